@@ -1,0 +1,204 @@
+"""The queue store seam: the one interface every queue implementation offers.
+
+Owns: the abstract `QueueStore`, the `MessageWriter` that streams one incoming message to the
+spool, and the plain records the store hands out (`QueuedMessage`, `QueuedRecipient`,
+`MessageMeta`, `QueueFilter`). The embedded implementation is `queue/sqlite_store.py`; a
+PostgreSQL one for a cluster implements the same class without touching its callers.
+Must not: know about SMTP sessions, routing or DSN text; it stores and hands back.
+
+Contract every implementation keeps:
+- `commit()` returns only once the message and its envelope are on stable storage. Commits that
+  are pending at the same moment share one sync (group commit).
+- A claimed message is leased to its claimer until `finish()`; `recover()` at start-up returns
+  the leases a crash left behind, so nothing acknowledged is ever stranded.
+- Each `record()` is durable before it returns (ARCHITECTURE.md step 9).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+from mailgate.core.envelope import Envelope, Recipient
+from mailgate.core.reply import Reply
+from mailgate.core.status import RecipientState
+
+
+class MessageState(str, Enum):
+    """A message's state as shown by `mailgate queue list` (derived, never stored apart)."""
+
+    ACTIVE = "active"  # claimed by a delivery worker right now
+    QUEUED = "queued"  # due now or waiting for a retry
+    DEFERRED = "deferred"  # at least one attempt made, waiting for the next
+    HELD = "held"  # on hold (admin or quarantine) until released
+
+
+@dataclass(slots=True)
+class MessageMeta:
+    """What reception knew about the message, kept for logs, `queue show` and DSNs."""
+
+    client_address: str = ""
+    client_helo: str = ""
+    auth_user: str = ""
+    protocol: str = "ESMTP"
+    listener: str = ""
+    direction: str = "inbound"  # inbound | outbound | local (DSNs made by mailgate)
+    hold_reason: str = ""  # non-empty: the message is committed on hold (quarantine)
+    received_count: int = 0
+    headers_end: int = 0  # offset of the empty line ending the header, 0 if unknown
+
+
+@dataclass(slots=True)
+class QueuedRecipient:
+    index: int
+    recipient: Recipient
+    state: RecipientState
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_reply: Reply | None = None
+    remote_mta: str | None = None
+
+
+@dataclass(slots=True)
+class QueuedMessage:
+    queue_id: str
+    envelope: Envelope
+    recipients: list[QueuedRecipient]
+    meta: MessageMeta
+    size: int
+    created: float
+    held: bool = False
+    delay_notified: bool = False
+    first_attempt: float | None = None
+
+    @property
+    def pending(self) -> list[QueuedRecipient]:
+        return [r for r in self.recipients if r.state is RecipientState.QUEUED]
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientUpdate:
+    """The result of one attempt for one recipient, to be recorded durably."""
+
+    index: int
+    state: RecipientState
+    reply: Reply
+    next_attempt: float = 0.0  # for QUEUED: when to try again
+    remote_mta: str | None = None
+
+
+@dataclass(slots=True)
+class QueueFilter:
+    """Filters for list, hold, release, delete (all given ones must match)."""
+
+    queue_id: str | None = None
+    sender: str | None = None  # substring, case-insensitive
+    recipient: str | None = None  # substring of any recipient, case-insensitive
+    domain: str | None = None  # any pending recipient's domain, exact
+    state: MessageState | None = None
+    older_than: float | None = None  # seconds of age
+    younger_than: float | None = None
+    limit: int | None = None
+
+
+@dataclass(slots=True)
+class QueueSummary:
+    """One row of `mailgate queue list`."""
+
+    queue_id: str
+    sender: str
+    recipients: list[tuple[str, RecipientState, str]] = field(default_factory=list)
+    size: int = 0
+    created: float = 0.0
+    state: MessageState = MessageState.QUEUED
+    hold_reason: str = ""
+    next_attempt: float | None = None
+
+
+class MessageWriter(abc.ABC):
+    """Streams one incoming message into the spool. Not durable until the store commits it."""
+
+    queue_id: str
+    size: int
+
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None:
+        """Append bytes; cheap to call often; never keeps the whole of a large message in memory."""
+
+    @abc.abstractmethod
+    def discard(self) -> None:
+        """Drop everything written; safe to call twice and after a failed commit."""
+
+
+class QueueStore(abc.ABC):
+    """The durable queue (ARCHITECTURE.md "Seams")."""
+
+    @abc.abstractmethod
+    def begin(self) -> MessageWriter:
+        """Start a message; its queue id is known from here on (for the Received header)."""
+
+    @abc.abstractmethod
+    async def commit(self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta) -> str:
+        """Make the message durable (group commit) and return its queue id."""
+
+    @abc.abstractmethod
+    async def claim_due(self, now: float, limit: int) -> list[QueuedMessage]:
+        """Lease up to `limit` messages that have a recipient due at `now` and are not held."""
+
+    @abc.abstractmethod
+    async def next_due(self) -> float | None:
+        """The earliest next attempt among unleased, unheld messages, or None if none."""
+
+    @abc.abstractmethod
+    def body_chunks(self, queue_id: str, chunk_size: int = 65536) -> AsyncIterator[bytes]:
+        """The message bytes, in order, in chunks."""
+
+    @abc.abstractmethod
+    async def record(self, queue_id: str, updates: list[RecipientUpdate]) -> None:
+        """Save per-recipient outcomes durably (before the next attempt is made)."""
+
+    @abc.abstractmethod
+    async def finish(self, queue_id: str, *, delay_notified: bool = False) -> bool:
+        """Return the lease; delete the message if no recipient is left queued. True if deleted."""
+
+    @abc.abstractmethod
+    async def get(self, queue_id: str) -> QueuedMessage | None:
+        """One message's envelope and per-recipient state (for `queue show`)."""
+
+    @abc.abstractmethod
+    async def list(self, query: QueueFilter) -> list[QueueSummary]:
+        ...
+
+    @abc.abstractmethod
+    async def hold(self, query: QueueFilter, reason: str) -> list[str]:
+        """Put matching messages on hold; returns their ids."""
+
+    @abc.abstractmethod
+    async def release(self, query: QueueFilter) -> list[str]:
+        """Release held messages and make them due now."""
+
+    @abc.abstractmethod
+    async def reschedule(self, query: QueueFilter, when: float) -> list[str]:
+        """Make every queued recipient of matching messages due at `when` (flush, retry)."""
+
+    @abc.abstractmethod
+    async def delete(self, query: QueueFilter) -> list[str]:
+        ...
+
+    @abc.abstractmethod
+    async def recover(self) -> int:
+        """At start-up: return leases a crash left behind, drop half-written spool files."""
+
+    @abc.abstractmethod
+    async def count_by_state(self) -> dict[MessageState, int]:
+        ...
+
+    @abc.abstractmethod
+    async def oldest_created(self) -> float | None:
+        ...
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        ...
