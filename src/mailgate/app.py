@@ -1,0 +1,272 @@
+"""The composition root: configuration in, running listeners, runner and control socket out.
+
+Owns: choosing the concrete implementations (SQLite store, dnspython resolver, SMTP transport,
+file user store), translating the validated configuration into each component's settings, the
+start-up checks (open-relay configuration, certificates), signal handling (SIGHUP reload keeping
+the old configuration on error, SIGTERM/SIGINT drain) and the order of start and stop.
+Must not: contain protocol, policy or delivery logic of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from mailgate.auth.lockout import AuthFailureTracker
+from mailgate.auth.store import FileUserStore
+from mailgate.config.loader import Config, ConfigError, effective_auth, effective_tls, load_file
+from mailgate.config.types import parse_host_port
+from mailgate.core.address import normalise_domain
+from mailgate.core.clock import Clock, SystemClock
+from mailgate.delivery.admin import QueueAdmin
+from mailgate.delivery.bouncer import Bouncer
+from mailgate.delivery.routing import HopSpec, HostedRoute, Router, RoutingSettings
+from mailgate.delivery.runner import DeliveryRunner, RunnerSettings
+from mailgate.delivery.transport import SmtpTransport
+from mailgate.dns.resolver import DnsPythonResolver
+from mailgate.policy.audit import open_relay_problems
+from mailgate.policy.relay import HostedDomain, PolicySettings, RelayPolicy
+from mailgate.queue.backoff import RetrySchedule
+from mailgate.queue.sqlite_store import SqliteQueueStore
+from mailgate.server.control import ControlServer
+from mailgate.server.listener import Listener, ListenerSettings
+from mailgate.server.session import ListenerProfile, Reception, Session
+from mailgate.server.tls import TlsConfigError, server_context
+
+log = logging.getLogger("mailgate")
+
+
+class StartupError(Exception):
+    """mailgate cannot start; each line names the configuration key and the problem."""
+
+
+def control_socket_path(config: Config) -> Path:
+    return Path(config.server.control_socket or Path(config.server.spool_dir) / "control.sock")
+
+
+def policy_settings(config: Config) -> PolicySettings:
+    hosted = {}
+    for domain in config.domain:
+        name = domain.name.strip()
+        parts = frozenset(domain.local_parts) if domain.local_parts else None
+        hosted[name] = HostedDomain(name, parts)
+    own = tuple(
+        ipaddress.ip_address(listener.address[0])
+        for listener in config.listener
+        if listener.address[0] not in ("0.0.0.0", "::")
+    )
+    relay = config.relay
+    return PolicySettings(
+        hosted_domains=hosted,
+        trusted_networks=relay.trusted_networks,
+        authenticated_relay=relay.authenticated_relay,
+        restrict_auth_senders=relay.restrict_auth_senders,
+        sender_blocklist=relay.sender_blocklist,
+        recipient_blocklist=relay.recipient_blocklist,
+        client_blocklist=relay.client_blocklist,
+        allow_routing_local_parts=relay.allow_routing_local_parts,
+        own_addresses=own,
+    )
+
+
+def routing_settings(config: Config) -> RoutingSettings:
+    hosted = {}
+    for domain in config.domain:
+        hops = []
+        for hop in domain.next_hop:
+            if hop.startswith("maildir:"):
+                hops.append(HopSpec(maildir=hop[len("maildir:"):]))
+            else:
+                host, port = parse_host_port(hop, 25)
+                hops.append(HopSpec(host=host, port=port))
+        hosted[normalise_domain(domain.name.strip().lstrip("."))] = HostedRoute(
+            tuple(hops), domain.tls, domain.ca_file or None
+        )
+    delivery = config.delivery
+    smart_host = None
+    smart_auth = None
+    if delivery.smart_host:
+        host, port = parse_host_port(delivery.smart_host, 25)
+        smart_host = HopSpec(host=host, port=port)
+        if delivery.smart_host_user:
+            password = Path(delivery.smart_host_password_file).read_text().strip()
+            smart_auth = (delivery.smart_host_user, password)
+    return RoutingSettings(
+        hosted=hosted,
+        helo_name=delivery.helo_name or config.server.hostname,
+        mx_port=delivery.mx_port,
+        mx_tls=delivery.tls,
+        mx_ca_file=delivery.ca_file or None,
+        smart_host=smart_host,
+        smart_host_tls=delivery.smart_host_tls,
+        smart_host_auth=smart_auth,
+    )
+
+
+def listener_profiles(config: Config) -> list[ListenerProfile]:
+    """Per-listener settings with their TLS contexts; StartupError lists every certificate problem."""
+    profiles, problems = [], []
+    for index, listener in enumerate(config.listener):
+        tls_mode = effective_tls(listener)
+        context = None
+        if tls_mode != "none":
+            try:
+                context = server_context(listener.cert_file, listener.key_file, f"listener[{index}]")
+            except TlsConfigError as exc:
+                problems.append(str(exc))
+        profiles.append(
+            ListenerProfile(
+                name=listener.name,
+                profile=listener.profile,
+                tls_mode=tls_mode,
+                tls_context=context,
+                auth=effective_auth(listener),
+                max_message_size=listener.max_message_size or config.server.max_message_size,
+                command_timeout=listener.command_timeout,
+                data_timeout=listener.data_timeout,
+                error_budget=listener.error_budget,
+            )
+        )
+    if problems:
+        raise StartupError("\n".join(problems))
+    return profiles
+
+
+async def open_offline_admin(config: Config) -> tuple[QueueAdmin, Callable[[], Awaitable[None]]]:
+    """A QueueAdmin on the store of a stopped server (for `mailgate queue`)."""
+    clock = SystemClock()
+    store = SqliteQueueStore(config.server.spool_dir, clock=clock)
+    await store.open()
+    bouncer = Bouncer(store, config.server.hostname, config.delivery.delay_warning, config.delivery.max_lifetime)
+    return QueueAdmin(store, bouncer, clock, lambda: None), store.close
+
+
+class Application:
+    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        problems = open_relay_problems(policy_settings(config), config.relay.acknowledge_open_relay)
+        if problems:
+            raise StartupError("\n".join(problems))
+        self.profiles = listener_profiles(config)
+        self.store = SqliteQueueStore(config.server.spool_dir, clock=self.clock)
+        dns = config.dns
+        self.resolver = DnsPythonResolver(list(dns.nameservers) or None, dns.port, dns.timeout)
+        self.router = Router(routing_settings(config), self.resolver)
+        delivery = config.delivery
+        self.transport = SmtpTransport(
+            connect_timeout=delivery.connect_timeout,
+            idle_timeout=delivery.connection_idle,
+            max_connections=delivery.max_connections,
+            max_per_destination=delivery.max_per_destination,
+        )
+        self.bouncer = Bouncer(
+            self.store, config.server.hostname, delivery.delay_warning, delivery.max_lifetime,
+            on_queued=self._wake_runner,
+        )
+        schedule = RetrySchedule(
+            steps=tuple(delivery.retry_schedule), max_interval=delivery.max_retry_interval,
+            max_lifetime=delivery.max_lifetime,
+        )
+        self.runner = DeliveryRunner(
+            self.store, self.router, self.transport, self.bouncer, schedule, self.clock,
+            RunnerSettings(delivery.workers, delivery.max_lifetime, delivery.delay_warning),
+        )
+        self.users = FileUserStore(config.server.users_file)
+        self.policy = RelayPolicy(policy_settings(config), allowed_senders=self.users.allowed_senders)
+        self.reception = Reception(
+            hostname=config.server.hostname,
+            policy=self.policy,
+            users=self.users,
+            lockout=AuthFailureTracker(self.clock),
+            store=self.store,
+            on_committed=self._wake_runner,
+            max_recipients=config.server.max_recipients,
+            received_limit=config.server.received_limit,
+            received_shows_user=config.server.received_shows_user,
+            resolver=self.resolver,
+            dnsbl_zones=tuple(dns.dnsbl_zones),
+        )
+        self.listeners = [self._listener(listener, profile) for listener, profile in zip(config.listener, self.profiles)]
+        self.control = ControlServer(
+            control_socket_path(config), QueueAdmin(self.store, self.bouncer, self.clock, self._wake_runner)
+        )
+        self._runner_task: asyncio.Task | None = None
+        self._stopped = asyncio.Event()
+
+    def _wake_runner(self) -> None:
+        self.runner.wake()
+
+    def _listener(self, listener, profile: ListenerProfile) -> Listener:
+        host, port = listener.address
+        settings = ListenerSettings(
+            name=listener.name,
+            host=host,
+            port=port,
+            implicit_tls=profile.tls_context if profile.tls_mode == "implicit" else None,
+            max_connections=listener.max_connections,
+            max_connections_per_client=listener.max_connections_per_client,
+        )
+
+        async def handle(reader, writer, owner: Listener) -> None:
+            await Session(self.reception, profile, reader, writer).run()
+
+        return Listener(settings, handle)
+
+    async def start(self) -> None:
+        await self.store.open()
+        recovered = await self.store.recover()
+        if recovered:
+            log.info("recovered %d message(s) left in delivery by a previous run", recovered)
+        for listener in self.listeners:
+            await listener.start()
+        await self.control.start()
+        self._runner_task = asyncio.create_task(self.runner.run())
+        log.info("mailgate ready: %s", ", ".join(
+            f"{l.settings.name}={l.settings.host}:{l.bound_port}" for l in self.listeners))
+
+    def reload(self) -> None:
+        """SIGHUP: a new configuration for new sessions and the next delivery attempts."""
+        try:
+            config = load_file(self.config.source)
+            profiles = listener_profiles(config)
+            problems = open_relay_problems(policy_settings(config), config.relay.acknowledge_open_relay)
+            if problems:
+                raise StartupError("\n".join(problems))
+        except (ConfigError, StartupError, OSError) as exc:
+            log.error("reload refused, keeping the running configuration:\n%s", exc)
+            return
+        self.config = config
+        self.router.update(routing_settings(config))
+        self.reception.policy = RelayPolicy(policy_settings(config), allowed_senders=self.users.allowed_senders)
+        for profile, new in zip(self.profiles, profiles):
+            profile.__dict__.update(new.__dict__)  # listeners keep their sockets; sessions read profiles anew
+        log.info("configuration reloaded from %s", config.source)
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def run_until_stopped(self, grace: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        if self.config.source != "<embedded default>":
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+        await self._stopped.wait()
+        await self.stop(grace)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        for listener in self.listeners:
+            await listener.stop_accepting()
+        await asyncio.gather(*(listener.drain(grace) for listener in self.listeners))
+        await self.runner.stop(grace)
+        if self._runner_task is not None:
+            self._runner_task.cancel()
+        await self.control.stop()
+        await self.transport.close()
+        await self.store.close()
+        log.info("mailgate stopped")

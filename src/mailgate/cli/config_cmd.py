@@ -1,0 +1,70 @@
+"""`mailgate config check|show|reference`: validate, display and document the configuration.
+
+Owns: those three sub-commands. Must not: validate anything itself (the loader does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mailgate.config.loader import ConfigError, embedded_text, load_file
+from mailgate.config.reference import render_reference
+from mailgate.config.schema import SECTIONS
+from mailgate.config.types import format_host_port
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    config = commands.add_parser("config", help="check, show or document the configuration")
+    sub = config.add_subparsers(dest="config_command", metavar="ACTION")
+    check = sub.add_parser("check", help="validate FILE; print every error with its key path, exit 2 if any")
+    check.add_argument("file")
+    check.set_defaults(handler=check_command)
+    show = sub.add_parser("show", help="print the effective configuration (defaults filled in)")
+    show.add_argument("file", nargs="?", help="omit for the embedded default")
+    show.set_defaults(handler=show_command)
+    reference = sub.add_parser("reference", help="print the Markdown reference of every key")
+    reference.set_defaults(handler=lambda args: sys.stdout.write(render_reference()) and 0)
+    config.set_defaults(handler=lambda args: config.print_help() or 2)
+
+
+def check_command(args: argparse.Namespace) -> int:
+    try:
+        load_file(args.file)
+    except FileNotFoundError:
+        print(f"{args.file}: no such file", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        for error in exc.errors:
+            print(f"{args.file}: {error}", file=sys.stderr)
+        print(f"{len(exc.errors)} error(s)", file=sys.stderr)
+        return 2
+    print(f"{args.file}: OK")
+    return 0
+
+
+def show_command(args: argparse.Namespace) -> int:
+    if not args.file:
+        sys.stdout.write(embedded_text())
+        return 0
+    try:
+        config = load_file(args.file)
+    except (FileNotFoundError, ConfigError) as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
+        return 2
+    for section in SECTIONS:
+        tables = getattr(config, section.name)
+        for table in tables if section.array else [tables]:
+            print(f"[[{section.name}]]" if section.array else f"[{section.name}]")
+            for key in section.keys:
+                print(f"{key.name} = {_render(key, getattr(table, key.name))}")
+            print()
+    return 0
+
+
+def _render(key, value) -> str:
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int) and isinstance(value[0], str):
+        return f'"{format_host_port(value)}"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    return key.kind.render(value)

@@ -1,0 +1,60 @@
+"""The `mailgate` command line: argument parsing and dispatch to one module per command.
+
+Owns: the top-level parser, exit codes (0 ok, 1 operation failed, 2 usage or configuration
+error) and the `mailq` alias. Must not: contain the logic of any command beyond dispatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mailgate import __version__
+from mailgate.cli import config_cmd, queue_cmd, serve_cmd, user_cmd
+
+EPILOG = """examples:
+  mailgate serve                       run the embedded default (loopback try-out, spool in ./var)
+  mailgate serve --config /etc/mailgate/mailgate.toml
+  mailgate config check mailgate.toml  list every configuration error, exit 2 if any
+  mailgate queue list --state deferred
+  mailgate user add alice@example.com  (password read from the terminal or stdin)
+
+exit codes: 0 success, 1 the operation failed, 2 usage or configuration error"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailgate",
+        description="mailgate: an SMTP relay that is never an open relay.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(handler=lambda args: print(f"mailgate {__version__}") or 0)
+    serve_cmd.register(commands)
+    config_cmd.register(commands)
+    queue_cmd.register(commands)
+    user_cmd.register(commands, default_users_file="./var/users")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        return 1
+
+
+def mailq() -> int:
+    """`mailq`: the same as `mailgate queue list` (as with Postfix and Exim)."""
+    return main(["queue", "list", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""`mailgate queue list|show|flush|retry|hold|release|delete|bounce` (and `mailq`).
+
+Owns: the arguments and output of the queue commands. They go to a live server through its
+control socket; when none answers, they open the store directly (the server is stopped).
+Must not: implement the operations (delivery/admin.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+from mailgate.config.loader import ConfigError, load_embedded, load_file
+from mailgate.config.types import Duration
+from mailgate.server import control
+
+EXAMPLES = """examples:
+  mailgate queue list                          every message, like mailq
+  mailgate queue list --state deferred --domain example.com --json
+  mailgate queue show 01HF3K9Q2X
+  mailgate queue hold --sender spammer@example.net --reason "investigating"
+  mailgate queue release 01HF3K9Q2X
+  mailgate queue flush                         retry everything now
+  mailgate queue bounce --older-than 2d        fail them now, with a DSN to each sender
+
+exit codes: 0 success, 1 nothing matched or the operation failed, 2 usage error"""
+
+SELECTING = ("hold", "release", "delete", "bounce")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    queue = commands.add_parser(
+        "queue", help="list and manage the queue", epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    queue.add_argument("--config", help="configuration file (default: the embedded default)")
+    sub = queue.add_subparsers(dest="queue_command", metavar="ACTION")
+    for name, text in (
+        ("list", "list messages (filters below)"),
+        ("show", "envelope, per-recipient state, last reply and headers of one message"),
+        ("flush", "make every queued message due now"),
+        ("retry", "make one message (or a selection) due now"),
+        ("hold", "put messages on hold"),
+        ("release", "release held messages"),
+        ("delete", "delete messages (no DSN)"),
+        ("bounce", "fail messages now and send a DSN to each sender"),
+    ):
+        parser = sub.add_parser(name, help=text)
+        parser.add_argument("queue_id", nargs="?", help="one message's queue id")
+        _add_filters(parser)
+        parser.set_defaults(handler=queue_command, action=name)
+    queue.set_defaults(handler=lambda args: queue.print_help() or 2)
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="configuration file (default: the embedded default)")
+    parser.add_argument("--sender", help="sender contains this text")
+    parser.add_argument("--recipient", help="a recipient contains this text")
+    parser.add_argument("--domain", help="a pending recipient is in this domain")
+    parser.add_argument("--state", choices=("active", "queued", "deferred", "held"))
+    parser.add_argument("--older-than", help="age at least this (e.g. 30m, 2d)")
+    parser.add_argument("--younger-than", help="age at most this")
+    parser.add_argument("--reason", default="", help="hold reason")
+    parser.add_argument("--all", action="store_true", help="allow delete/bounce/hold without a filter")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _query(args: argparse.Namespace) -> dict[str, Any]:
+    query: dict[str, Any] = {}
+    for name in ("queue_id", "sender", "recipient", "domain", "state"):
+        if getattr(args, name, None):
+            query[name] = getattr(args, name)
+    for name in ("older_than", "younger_than"):
+        if getattr(args, name, None):
+            query[name] = Duration().convert(getattr(args, name))
+    return query
+
+
+def queue_command(args: argparse.Namespace) -> int:
+    try:
+        config = load_file(args.config) if args.config else load_embedded()
+        query = _query(args)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"mailgate queue: {exc}", file=sys.stderr)
+        return 2
+    if args.action in ("show", "retry") and not args.queue_id:
+        print(f"mailgate queue {args.action}: a queue id is required", file=sys.stderr)
+        return 2
+    if args.action in SELECTING and not query and not args.all:
+        print(f"mailgate queue {args.action}: give a queue id or a filter (or --all)", file=sys.stderr)
+        return 2
+    result = asyncio.run(_run(config, args.action, query, args.reason))
+    if "error" in result:
+        print(f"mailgate queue {args.action}: {result['error']}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    return _print(args.action, result)
+
+
+async def _run(config, action: str, query: dict, reason: str) -> dict:
+    from mailgate.app import control_socket_path, open_offline_admin
+
+    try:
+        return await control.request(control_socket_path(config), action, query, reason)
+    except OSError:
+        pass  # no live server: work on the store directly
+    admin, close = await open_offline_admin(config)
+    try:
+        return await admin.run(action, query, reason)
+    finally:
+        await close()
+
+
+def _print(action: str, result: dict) -> int:
+    if action == "list":
+        messages = result["messages"]
+        if not messages:
+            print("Mail queue is empty")
+            return 0
+        print(f"{'Queue ID':<22} {'Size':>9} {'Arrived':<19} {'State':<9} Sender / Recipients")
+        for row in messages:
+            arrived = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created"]))
+            print(f"{row['queue_id']:<22} {row['size']:>9} {arrived:<19} {row['state']:<9} <{row['sender']}>")
+            if row.get("hold_reason"):
+                print(f"{'':62}held: {row['hold_reason']}")
+            for recipient in row["recipients"]:
+                reply = f"  ({recipient['last_reply']})" if recipient["last_reply"] else ""
+                print(f"{'':62}{recipient['address']} [{recipient['state']}]{reply}")
+        print(f"-- {len(messages)} message(s)")
+        return 0
+    if action == "show":
+        message = result["message"]
+        if message is None:
+            print("no such message", file=sys.stderr)
+            return 1
+        for key in ("queue_id", "sender", "size", "held", "hold_reason", "client", "helo", "auth_user", "direction"):
+            print(f"{key}: {message[key]}")
+        print(f"created: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(message['created']))}")
+        for r in message["recipients"]:
+            print(f"recipient: {r['address']} state={r['state']} attempts={r['attempts']} last={r['last_reply']}")
+        print()
+        print(message["headers"])
+        return 0
+    ids = result["ids"]
+    print(f"{action}: {len(ids)} message(s)" + (": " + " ".join(ids) if ids else ""))
+    return 0 if ids else 1

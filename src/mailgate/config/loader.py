@@ -1,0 +1,178 @@
+"""Loading configuration: TOML in, a validated `Config` out, or every error with its key path.
+
+Owns: reading the file (tomllib), checking it against `schema.SECTIONS` (unknown keys are
+errors), applying defaults, the cross-key checks no single key can make (TLS needs a
+certificate, listener names unique, domains well formed), and the embedded default.
+Must not: build runtime objects (that is app.py) or decide relay policy.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from mailgate.config.schema import REQUIRED, SECTIONS, Section
+from mailgate.config.types import parse_host_port
+from mailgate.core.address import AddressError, normalise_domain
+
+EMBEDDED_DEFAULT = "embedded.toml"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `errors` lists every problem as `key.path: reason`."""
+
+    def __init__(self, errors: list[str], source: str = "") -> None:
+        self.errors = errors
+        self.source = source
+        super().__init__("\n".join(errors))
+
+
+@dataclass
+class Config:
+    """Validated configuration: one namespace per section, a list of them per array section."""
+
+    source: str
+    raw: dict[str, Any]
+    server: SimpleNamespace
+    listener: list[SimpleNamespace]
+    relay: SimpleNamespace
+    domain: list[SimpleNamespace]
+    delivery: SimpleNamespace
+    dns: SimpleNamespace
+    log: SimpleNamespace
+
+
+def load_file(path: str | Path) -> Config:
+    text = Path(path).read_bytes()
+    return load_text(text.decode("utf-8", "replace"), source=str(path))
+
+
+def load_embedded() -> Config:
+    text = resources.files("mailgate.config").joinpath(EMBEDDED_DEFAULT).read_text("utf-8")
+    return load_text(text, source="<embedded default>")
+
+
+def embedded_text() -> str:
+    return resources.files("mailgate.config").joinpath(EMBEDDED_DEFAULT).read_text("utf-8")
+
+
+def load_text(text: str, source: str = "<string>") -> Config:
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: not valid TOML: {exc}"], source) from None
+    errors: list[str] = []
+    known = {s.name for s in SECTIONS}
+    for name in document:
+        if name not in known:
+            errors.append(f"{name}: unknown section (known: {', '.join(sorted(known))})")
+    values: dict[str, Any] = {}
+    for section in SECTIONS:
+        raw = document.get(section.name)
+        if section.array:
+            values[section.name] = _load_array(section, raw, errors)
+        else:
+            values[section.name] = _load_table(section, section.name, raw, errors)
+    _cross_checks(values, errors)
+    if errors:
+        raise ConfigError(errors, source)
+    return Config(source=source, raw=document, **values)
+
+
+def _load_array(section: Section, raw: Any, errors: list[str]) -> list[SimpleNamespace]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        errors.append(f"{section.name}: must be an array of tables ([[{section.name}]])")
+        return []
+    return [_load_table(section, f"{section.name}[{i}]", item, errors) for i, item in enumerate(raw)]
+
+
+def _load_table(section: Section, path: str, raw: Any, errors: list[str]) -> SimpleNamespace:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors.append(f"{path}: must be a table")
+        raw = {}
+    for name in raw:
+        if section.key(name) is None:
+            errors.append(f"{path}.{name}: unknown key")
+    out = {}
+    for key in section.keys:
+        if key.name in raw:
+            try:
+                out[key.name] = key.kind.convert(raw[key.name])
+            except ValueError as exc:
+                errors.append(f"{path}.{key.name}: {exc}")
+                out[key.name] = None
+        elif key.default is REQUIRED:
+            errors.append(f"{path}.{key.name}: required")
+            out[key.name] = None
+        else:
+            default = list(key.default) if isinstance(key.default, tuple) else key.default
+            out[key.name] = key.kind.convert(default)
+    return SimpleNamespace(**out)
+
+
+def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
+    names: set[str] = set()
+    addresses: set[tuple[str, int]] = set()
+    for index, listener in enumerate(values["listener"]):
+        path = f"listener[{index}]"
+        if None in vars(listener).values():
+            continue  # its own errors are reported already
+        if listener.name in names:
+            errors.append(f"{path}.name: duplicate listener name {listener.name!r}")
+        names.add(listener.name)
+        if listener.address in addresses:
+            errors.append(f"{path}.address: another listener binds {listener.address}")
+        addresses.add(listener.address)
+        if effective_tls(listener) != "none" and not (listener.cert_file and listener.key_file):
+            errors.append(f"{path}.cert_file: TLS mode {effective_tls(listener)!r} needs cert_file and key_file")
+        if effective_auth(listener) != "none" and effective_tls(listener) == "none":
+            errors.append(f"{path}.auth: AUTH is only offered inside TLS (SPEC R4); set tls")
+    if not values["listener"]:
+        errors.append("listener: at least one [[listener]] is required")
+    seen_domains: set[str] = set()
+    for index, domain in enumerate(values["domain"]):
+        path = f"domain[{index}]"
+        if domain.name is None or domain.next_hop is None:
+            continue
+        try:
+            normalised = normalise_domain(domain.name.strip().lstrip("."))
+        except AddressError as exc:
+            errors.append(f"{path}.name: {exc}")
+            continue
+        if normalised in seen_domains:
+            errors.append(f"{path}.name: duplicate domain {domain.name!r}")
+        seen_domains.add(normalised)
+        for hop_index, hop in enumerate(domain.next_hop):
+            if hop.startswith("maildir:"):
+                if not hop[len("maildir:"):]:
+                    errors.append(f"{path}.next_hop[{hop_index}]: maildir: needs a path")
+                continue
+            try:
+                parse_host_port(hop, 25)
+            except ValueError as exc:
+                errors.append(f"{path}.next_hop[{hop_index}]: {exc}")
+    if values["delivery"].smart_host:
+        try:
+            parse_host_port(values["delivery"].smart_host, 25)
+        except ValueError as exc:
+            errors.append(f"delivery.smart_host: {exc}")
+
+
+def effective_tls(listener: SimpleNamespace) -> str:
+    if listener.tls != "profile":
+        return listener.tls
+    return "implicit" if listener.profile == "smtps" else "starttls"
+
+
+def effective_auth(listener: SimpleNamespace) -> str:
+    if listener.auth != "profile":
+        return listener.auth
+    return "none" if listener.profile == "mx" else "required"

@@ -1,0 +1,209 @@
+"""The configuration schema: every key declared once, with type, default, bounds and doc.
+
+Owns: the list of sections and their keys. The loader validates against it, the reference in
+docs/configuration.md is generated from it, and nothing else declares a key or a default.
+Must not: read files or build runtime objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailgate.config.types import (
+    Boolean,
+    Choice,
+    Duration,
+    HostPort,
+    Integer,
+    ListOf,
+    Network,
+    Size,
+    Text,
+    ValueKind,
+)
+
+REQUIRED = object()  # marker: the key has no default and must be given
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    kind: ValueKind
+    default: Any
+    doc: str
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    doc: str
+    keys: tuple[Key, ...]
+    array: bool = False  # [[name]]: a list of tables
+    example: str = field(default="")
+
+    def key(self, name: str) -> Key | None:
+        return next((k for k in self.keys if k.name == name), None)
+
+
+SERVER = Section(
+    "server",
+    "Identity, spool and message-wide limits.",
+    (
+        Key("hostname", Text(allow_empty=False), "localhost",
+            "Name announced in the greeting, EHLO and Received headers (RFC 5321 §4.1.1.1)."),
+        Key("spool_dir", Text(allow_empty=False), "./var/spool",
+            "Directory of the durable queue (SQLite in WAL mode) and its spill files."),
+        Key("users_file", Text(), "./var/users",
+            "File of users allowed to AUTH, with argon2id hashes (`mailgate user ...` edits it)."),
+        Key("control_socket", Text(), "",
+            "Unix socket for `mailgate queue` on a live server; empty means <spool_dir>/control.sock."),
+        Key("max_message_size", Size(minimum=1024), 36700160,
+            "Largest message accepted, announced with SIZE (RFC 1870). Default 35 MiB."),
+        Key("max_recipients", Integer(minimum=1, maximum=100000), 1000,
+            "Recipients per message; more get 452 4.5.3 (RFC 5321 §4.5.3.1.8 requires at least 100)."),
+        Key("received_limit", Integer(minimum=5, maximum=1000), 50,
+            "More Received headers than this is a mail loop: 554 5.4.6 (RFC 5321 §6.3)."),
+        Key("received_shows_user", Boolean(), False,
+            "Put the authenticated user name into the Received header."),
+        Key("self_audit", Boolean(), True,
+            "At start-up, run the relay-trick table against our own listeners and refuse to run "
+            "if any form would relay."),
+    ),
+)
+
+LISTENER = Section(
+    "listener",
+    "One per listening socket. Profiles mirror the usual roles: `mx` (port 25, STARTTLS "
+    "offered, no AUTH), `submission` (587, STARTTLS, AUTH required), `smtps` (465, implicit TLS, "
+    "AUTH required).",
+    (
+        Key("name", Text(allow_empty=False), REQUIRED, "Name used in logs and metrics."),
+        Key("address", HostPort(), REQUIRED, "Address to bind: `127.0.0.1:25`, `[::]:25`."),
+        Key("profile", Choice(choices=("mx", "submission", "smtps")), "mx",
+            "Role of the listener; sets the defaults of `tls` and `auth`."),
+        Key("tls", Choice(choices=("profile", "none", "starttls", "implicit")), "profile",
+            "TLS mode (RFC 3207 STARTTLS, RFC 8314 implicit). `profile`: starttls for mx and "
+            "submission, implicit for smtps."),
+        Key("auth", Choice(choices=("profile", "none", "offered", "required")), "profile",
+            "AUTH PLAIN/LOGIN (RFC 4954), only ever inside TLS. `profile`: none for mx, "
+            "required for submission and smtps."),
+        Key("cert_file", Text(), "", "PEM certificate chain; needed for any TLS mode."),
+        Key("key_file", Text(), "", "PEM private key matching `cert_file`."),
+        Key("max_message_size", Size(minimum=0), 0,
+            "Per-listener SIZE limit; 0 uses server.max_message_size."),
+        Key("max_connections", Integer(minimum=1, maximum=100000), 1000,
+            "Simultaneous connections on this listener; more get 421 4.7.0."),
+        Key("max_connections_per_client", Integer(minimum=1, maximum=100000), 50,
+            "Simultaneous connections from one client address; more get 421 4.7.0."),
+        Key("command_timeout", Duration(minimum=1, maximum=3600), 300,
+            "Idle time allowed between commands (RFC 5321 §4.5.3.2.7: at least 5 minutes)."),
+        Key("data_timeout", Duration(minimum=1, maximum=3600), 300,
+            "Time allowed between two reads of message data (RFC 5321 §4.5.3.2.7)."),
+        Key("error_budget", Integer(minimum=1, maximum=1000), 10,
+            "Bad commands allowed before 421 and disconnect."),
+    ),
+    array=True,
+)
+
+RELAY = Section(
+    "relay",
+    "Who may relay where (SPEC R1-R6). Mail to a hosted domain is accepted from anyone; mail to "
+    "any other domain only from a trusted network or an authenticated user.",
+    (
+        Key("trusted_networks", ListOf(item=Network()), (),
+            "CIDR networks (IPv4 and IPv6) allowed to relay to any domain: your internal servers."),
+        Key("authenticated_relay", Boolean(), True,
+            "Allow every client that authenticated successfully to relay."),
+        Key("restrict_auth_senders", Boolean(), False,
+            "Authenticated users may only use their own sender addresses or domains."),
+        Key("allow_routing_local_parts", Boolean(), False,
+            "Accept %, ! or @ in the local part of a hosted address from untrusted clients."),
+        Key("sender_blocklist", ListOf(item=Text(allow_empty=False)), (),
+            "Senders refused inbound: `user@domain`, `@domain` or `domain`."),
+        Key("recipient_blocklist", ListOf(item=Text(allow_empty=False)), (),
+            "Destinations internal users may not send to: `user@domain`, `@domain` or `domain`."),
+        Key("client_blocklist", ListOf(item=Network()), (),
+            "Client networks refused at connection (554 5.7.1)."),
+        Key("acknowledge_open_relay", Boolean(), False,
+            "Run even though the configuration makes an open relay. Never set this on the internet."),
+    ),
+)
+
+DOMAIN = Section(
+    "domain",
+    "One per hosted domain: mail to it is accepted from anyone and forwarded to its next hops.",
+    (
+        Key("name", Text(allow_empty=False), REQUIRED, "The domain (IDN allowed, compared in A-label form)."),
+        Key("local_parts", ListOf(item=Text(allow_empty=False)), (),
+            "Accepted local parts; empty accepts any (550 5.1.1 for others)."),
+        Key("next_hop", ListOf(item=Text(allow_empty=False)), (),
+            "Next hops in order of preference: `host[:port]`, or `maildir:PATH` for the built-in "
+            "local mailbox. Empty: deliver by the domain's MX."),
+        Key("tls", Choice(choices=("none", "may", "encrypt", "verify")), "may",
+            "Outbound TLS policy to the next hops."),
+        Key("ca_file", Text(), "", "CA bundle for `verify`; empty uses the system store."),
+    ),
+    array=True,
+)
+
+DELIVERY = Section(
+    "delivery",
+    "Outbound delivery: smart host or MX, retries, time-outs and concurrency.",
+    (
+        Key("helo_name", Text(), "", "Name sent in EHLO; empty uses server.hostname."),
+        Key("smart_host", Text(), "",
+            "Relay all non-hosted mail through this `host[:port]`; empty delivers to each domain's MX."),
+        Key("smart_host_tls", Choice(choices=("none", "may", "encrypt", "verify")), "may",
+            "TLS policy to the smart host."),
+        Key("smart_host_user", Text(), "", "AUTH user for the smart host (only over TLS)."),
+        Key("smart_host_password_file", Text(), "", "File holding the smart host password."),
+        Key("tls", Choice(choices=("none", "may", "encrypt", "verify")), "may",
+            "TLS policy for direct MX delivery."),
+        Key("ca_file", Text(), "", "CA bundle for `verify`; empty uses the system store."),
+        Key("mx_port", Integer(minimum=1, maximum=65535), 25, "TCP port for direct MX delivery."),
+        Key("max_connections", Integer(minimum=1, maximum=10000), 100, "Outbound connections in all."),
+        Key("max_per_destination", Integer(minimum=1, maximum=1000), 20,
+            "Outbound connections to one next hop."),
+        Key("connection_idle", Duration(minimum=0, maximum=3600), 30,
+            "How long an idle outbound connection is kept for reuse."),
+        Key("connect_timeout", Duration(minimum=1, maximum=600), 30, "TCP connect time-out."),
+        Key("retry_schedule", ListOf(item=Duration(minimum=1)), ("1m", "5m", "10m", "30m", "1h"),
+            "Waits between attempts; after the last, `max_retry_interval` (jittered by 20%)."),
+        Key("max_retry_interval", Duration(minimum=60), "4h", "Longest wait between two attempts."),
+        Key("max_lifetime", Duration(minimum=60), "5d",
+            "A message still undelivered after this bounces (RFC 5321 §4.5.4.1: 4-5 days)."),
+        Key("delay_warning", Duration(minimum=0), "4h",
+            "Send one \"delayed\" DSN after this long (0 turns it off)."),
+        Key("workers", Integer(minimum=1, maximum=10000), 200,
+            "Messages delivered concurrently."),
+    ),
+)
+
+DNS = Section(
+    "dns",
+    "The resolver used for MX, A/AAAA and DNSBL look-ups.",
+    (
+        Key("nameservers", ListOf(item=Text(allow_empty=False)), (),
+            "Nameserver addresses; empty uses /etc/resolv.conf."),
+        Key("port", Integer(minimum=1, maximum=65535), 53, "Nameserver port (split DNS, test labs)."),
+        Key("timeout", Duration(minimum=0.1, maximum=60), 5, "Time-out of one look-up."),
+        Key("dnsbl_zones", ListOf(item=Text(allow_empty=False)), (),
+            "DNSBL zones checked for each client address; listed clients get 554 5.7.1."),
+    ),
+)
+
+LOG = Section(
+    "log",
+    "Diagnostics and transaction logs.",
+    (
+        Key("level", Choice(choices=("debug", "info", "warning", "error")), "info", "Diagnostic log level."),
+        Key("json_file", Text(), "", "JSON-lines transaction log; empty disables it."),
+    ),
+)
+
+SECTIONS: tuple[Section, ...] = (SERVER, LISTENER, RELAY, DOMAIN, DELIVERY, DNS, LOG)
+
+
+def section(name: str) -> Section | None:
+    return next((s for s in SECTIONS if s.name == name), None)

@@ -1,0 +1,169 @@
+"""One outbound SMTP connection driven by asyncio, and the pool of idle ones kept for reuse.
+
+Owns: the socket side of `smtp.client.ClientProtocol` (writing commands, reading replies with a
+time-out, upgrading to TLS in place), closing politely (QUIT) or abruptly, and the idle pool keyed
+by (address, port, policy) with its idle time-out. Must not: decide what to send in a transaction,
+which candidate to try or what an outcome is (delivery/transport.py does that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections import deque
+from collections.abc import Hashable
+
+from mailgate.smtp.client import (
+    ClientProtocol,
+    ClientUsageError,
+    Extensions,
+    PeerProtocolError,
+    ReplyEvent,
+    State,
+    Verb,
+)
+
+READ_SIZE = 65536
+# Waiting for the 221 to QUIT is a courtesy; a peer that does not answer is not waited for long.
+QUIT_TIMEOUT = 5.0
+
+
+class SmtpConnection:
+    """A connected socket, its protocol state and what the server announced."""
+
+    def __init__(self, host: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.host = host
+        self._reader = reader
+        self._writer = writer
+        self.protocol = ClientProtocol()
+        self.extensions = Extensions()
+        self.tls: str | None = None
+        self.replies_received = 0
+        self._events: deque[ReplyEvent] = deque()
+
+    def queue_command(self, verb: Verb, line: str, *, utf8: bool = False) -> None:
+        """Buffer a command; several can go out in one write when the server pipelines."""
+        self._writer.write(self.protocol.send(verb, line, utf8=utf8))
+
+    def queue_bytes(self, data: bytes) -> None:
+        if data:
+            self._writer.write(data)
+
+    async def flush(self, timeout: float) -> None:
+        await asyncio.wait_for(self._writer.drain(), timeout)
+
+    async def command(self, verb: Verb, line: str, timeout: float, *, utf8: bool = False) -> ReplyEvent:
+        """Send one command and wait for its reply (no other command outstanding)."""
+        self.queue_command(verb, line, utf8=utf8)
+        await self.flush(timeout)
+        return await self.next_reply(timeout)
+
+    async def next_reply(self, timeout: float) -> ReplyEvent:
+        """The reply to the oldest outstanding command; EOF raises IncompleteReadError."""
+        async with asyncio.timeout(timeout):
+            while not self._events:
+                data = await self._reader.read(READ_SIZE)
+                if not data:
+                    raise asyncio.IncompleteReadError(b"", None)
+                self._events.extend(self.protocol.receive(data))
+        self.replies_received += 1
+        return self._events.popleft()
+
+    async def start_tls(self, context: ssl.SSLContext, server_hostname: str | None, timeout: float) -> None:
+        """Wrap the socket after a 220 to STARTTLS; the protocol goes back to "need EHLO"."""
+        await self._writer.start_tls(context, server_hostname=server_hostname, ssl_handshake_timeout=timeout)
+        self.protocol.tls_established()
+        ssl_object = self._writer.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            cipher = ssl_object.cipher()
+            self.tls = f"{ssl_object.version()} {cipher[0] if cipher else ''}".strip()
+
+    @property
+    def usable(self) -> bool:
+        """Idle, between transactions, and not closed by the peer as far as we can tell."""
+        return (
+            self.protocol.state is State.READY
+            and self.protocol.outstanding == 0
+            and not self._events
+            and not self._reader.at_eof()
+            and not self._writer.is_closing()
+        )
+
+    def abort(self) -> None:
+        transport = self._writer.transport
+        if not transport.is_closing():
+            transport.abort()
+
+    async def quit(self) -> None:
+        """QUIT and close (RFC 5321 §4.1.1.10); any failure just closes."""
+        try:
+            if self.protocol.state in (State.READY, State.NEED_HELLO):
+                await self.command(Verb.QUIT, "QUIT", QUIT_TIMEOUT)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, PeerProtocolError, ClientUsageError):
+            pass  # closing anyway: nothing the peer says now changes an outcome
+        finally:
+            self.abort()
+
+
+class ConnectionPool:
+    """Idle connections by key; each is QUIT after `idle_timeout` seconds unused."""
+
+    def __init__(self, idle_timeout: float, max_idle_per_key: int) -> None:
+        self._idle_timeout = idle_timeout
+        self._max_idle_per_key = max_idle_per_key
+        self._idle: dict[Hashable, list[tuple[SmtpConnection, asyncio.TimerHandle]]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def take(self, key: Hashable) -> SmtpConnection | None:
+        """The most recently used idle connection for `key` that still looks alive."""
+        entries = self._idle.get(key, [])
+        while entries:
+            connection, timer = entries.pop()
+            timer.cancel()
+            if connection.usable:
+                return connection
+            connection.abort()
+        self._idle.pop(key, None)
+        return None
+
+    def put(self, key: Hashable, connection: SmtpConnection) -> None:
+        if not connection.usable:
+            connection.abort()
+            return
+        entries = self._idle.setdefault(key, [])
+        if len(entries) >= self._max_idle_per_key:
+            self._quit_later(connection)
+            return
+        timer = asyncio.get_running_loop().call_later(self._idle_timeout, self._expire, key, connection)
+        entries.append((connection, timer))
+
+    def _expire(self, key: Hashable, connection: SmtpConnection) -> None:
+        entries = self._idle.get(key, [])
+        for index, (candidate, _) in enumerate(entries):
+            if candidate is connection:
+                del entries[index]
+                break
+        if not entries:
+            self._idle.pop(key, None)
+        self._quit_later(connection)
+
+    def _quit_later(self, connection: SmtpConnection) -> None:
+        task = asyncio.get_running_loop().create_task(connection.quit())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    @property
+    def idle_count(self) -> int:
+        return sum(len(entries) for entries in self._idle.values())
+
+    async def close(self) -> None:
+        """QUIT every idle connection and wait for the ones already closing."""
+        for entries in self._idle.values():
+            for connection, timer in entries:
+                timer.cancel()
+                self._quit_later(connection)
+        self._idle.clear()
+        if self._closing:
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*self._closing, return_exceptions=True)

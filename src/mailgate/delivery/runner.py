@@ -1,0 +1,190 @@
+"""The queue runner: claims due messages, delivers them per next hop, records every outcome.
+
+Owns: the delivery loop (woken at once by new mail, otherwise sleeping until the next due
+retry), bounded concurrency, grouping a message's pending recipients by route (one transaction
+per next hop), turning outcomes into queue updates (retry with backoff, expiry after the
+maximum lifetime, ARCHITECTURE.md step 9) and handing failures and delays to the bouncer.
+Must not: speak SMTP itself (delivery/transport.py), parse DNS (routing) or build DSN text (dsn/).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mailgate.core.clock import Clock
+from mailgate.core.envelope import BodyType
+from mailgate.core.reply import Reply
+from mailgate.core.status import Outcome, RecipientState, classify
+from mailgate.delivery.bouncer import Bouncer
+from mailgate.delivery.maildir import deliver_to_maildir
+from mailgate.delivery.routing import Route, RouteError, Router
+from mailgate.delivery.transport import SmtpTransport
+from mailgate.queue.backoff import RetrySchedule
+from mailgate.queue.store import QueuedMessage, QueuedRecipient, QueueStore, RecipientUpdate
+
+log = logging.getLogger("mailgate.delivery")
+
+# RFC 3463 §3.5: 4.4.7 "Delivery time expired" replaces the last transient reply on expiry.
+EXPIRED = "5.4.7"
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    workers: int = 200
+    max_lifetime: float = 5 * 86400
+    delay_warning: float = 4 * 3600  # 0: never
+
+
+class DeliveryRunner:
+    def __init__(
+        self,
+        store: QueueStore,
+        router: Router,
+        transport: SmtpTransport,
+        bouncer: Bouncer,
+        schedule: RetrySchedule,
+        clock: Clock,
+        settings: RunnerSettings,
+        on_attempt: Callable[[QueuedMessage, Route | None, dict[int, Outcome]], None] = lambda *a: None,
+    ) -> None:
+        self._store = store
+        self._router = router
+        self._transport = transport
+        self._bouncer = bouncer
+        self._schedule = schedule
+        self._clock = clock
+        self._settings = settings
+        self._on_attempt = on_attempt
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.workers)
+        self._active: set[asyncio.Task] = set()
+        self._stopping = False
+        self._rng = random.Random()
+
+    def wake(self) -> None:
+        """New mail was committed: look for due work now."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self._wakeup.clear()
+            free = self._settings.workers - len(self._active)
+            claimed = await self._store.claim_due(self._clock.now(), free) if free > 0 else []
+            for message in claimed:
+                task = asyncio.create_task(self._deliver_guarded(message))
+                self._active.add(task)
+                task.add_done_callback(self._task_done)
+            if claimed and len(claimed) == free:
+                await self._wait(None)  # full: wait for a slot (a finished task wakes us)
+                continue
+            if claimed:
+                continue  # more may be due
+            await self._wait(await self._store.next_due())
+
+    async def _wait(self, due: float | None) -> None:
+        timeout = 60.0 if due is None else max(0.0, min(60.0, due - self._clock.now()))
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._active.discard(task)
+        self._wakeup.set()
+
+    async def stop(self, grace: float = 30.0) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        if self._active:
+            await asyncio.wait(self._active, timeout=grace)
+        for task in list(self._active):
+            task.cancel()  # its lease is returned by recover() at the next start
+
+    async def _deliver_guarded(self, message: QueuedMessage) -> None:
+        try:
+            await self.deliver(message)
+        except Exception:  # a bug must not kill the runner; the lease returns at restart
+            log.exception("delivery of %s failed unexpectedly", message.queue_id)
+
+    async def deliver(self, message: QueuedMessage) -> None:
+        """One attempt for every pending recipient of one claimed message."""
+        now = self._clock.now()
+        groups: dict[str, list[QueuedRecipient]] = {}
+        for recipient in message.pending:
+            groups.setdefault(recipient.recipient.address.domain, []).append(recipient)
+        by_route: dict[Route, list[QueuedRecipient]] = {}
+        outcomes: dict[int, Outcome] = {}
+        for domain, recipients in groups.items():
+            try:
+                route = await self._router.route(domain)
+            except RouteError as exc:
+                for recipient in recipients:
+                    outcomes[recipient.index] = classify(exc.reply)
+                self._on_attempt(message, None, {r.index: outcomes[r.index] for r in recipients})
+                continue
+            by_route.setdefault(route, []).extend(recipients)
+        attempts = [self._attempt(message, route, recipients) for route, recipients in by_route.items()]
+        for result in await asyncio.gather(*attempts):
+            outcomes.update(result)
+        updates = [self._update(message, index, outcome, now) for index, outcome in outcomes.items()]
+        await self._store.record(message.queue_id, updates)
+        delay_notified = await self._bouncer.after_attempt(message, updates, now)
+        await self._store.finish(message.queue_id, delay_notified=delay_notified)
+
+    async def _attempt(
+        self, message: QueuedMessage, route: Route, recipients: list[QueuedRecipient]
+    ) -> dict[int, Outcome]:
+        if route.maildir:
+            outcomes = await self._to_maildir(message, route, recipients)
+        else:
+            result = await self._transport.deliver(
+                list(route.candidates),
+                route.policy,
+                message.envelope.sender_text,
+                [(r.index, r.recipient) for r in recipients],
+                lambda: self._store.body_chunks(message.queue_id),
+                size=message.size,
+                smtputf8=message.envelope.smtputf8,
+                eight_bit=message.envelope.body is not BodyType.SEVEN_BIT,
+                ret=message.envelope.ret,
+                envid=message.envelope.envid,
+            )
+            outcomes = result.outcomes
+        self._on_attempt(message, route, outcomes)
+        return outcomes
+
+    async def _to_maildir(
+        self, message: QueuedMessage, route: Route, recipients: list[QueuedRecipient]
+    ) -> dict[int, Outcome]:
+        outcomes = {}
+        for recipient in recipients:
+            try:
+                path = await deliver_to_maildir(
+                    route.maildir,
+                    message.envelope.sender_text,
+                    str(recipient.recipient.address),
+                    self._store.body_chunks(message.queue_id),
+                )
+                reply = Reply(250, "2.0.0", f"Delivered to maildir {path.name}")
+            except OSError as exc:
+                reply = Reply(451, "4.3.0", f"Maildir write failed: {exc.strerror}")
+            outcomes[recipient.index] = classify(reply, "localhost")
+        return outcomes
+
+    def _update(self, message: QueuedMessage, index: int, outcome: Outcome, now: float) -> RecipientUpdate:
+        reply = outcome.reply
+        state = outcome.state
+        next_attempt = 0.0
+        if state is RecipientState.QUEUED:
+            if now - message.created >= self._settings.max_lifetime:
+                state = RecipientState.FAILED
+                reply = Reply(reply.code + 100 if reply.code < 500 else reply.code, EXPIRED,
+                              f"Delivery time expired; last error: {reply.code} {reply.enhanced} {reply.text}")
+            else:
+                attempts = next(r.attempts for r in message.recipients if r.index == index) + 1
+                next_attempt = now + self._schedule.next_delay(attempts, self._rng)
+        return RecipientUpdate(index, state, reply, next_attempt, outcome.remote_mta)

@@ -1,0 +1,191 @@
+"""Group commit: one thread owns the SQLite write connection and commits many writes per fsync.
+
+Owns: `GroupCommitWriter`. Callers submit a write operation (a function of the connection) from
+the event loop and await its result. The thread takes every operation pending at that moment, runs
+them all in ONE transaction (each inside its own SAVEPOINT, so one failing operation does not undo
+the others), commits once (with `synchronous=FULL` that is one WAL fsync for the whole group), runs
+the operations' after-commit actions, and only then resolves each caller's future through
+`loop.call_soon_threadsafe`. Under load many messages share one fsync (ARCHITECTURE.md step 7).
+Must not: know the schema or the queue's records; `sqlite_store.py` supplies the operations.
+Hand-written because the standard library has no group-commit helper and the ones in ORMs and
+aiosqlite serialise one transaction per call, which costs one fsync per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+WriteFunction = Callable[[sqlite3.Connection], Any]
+AfterCommit = Callable[[], None]
+ConnectionFactory = Callable[[], sqlite3.Connection]
+
+# A group is bounded so that one transaction stays a reasonable size; what is left waits for the
+# next commit, a few milliseconds later.
+MAX_GROUP = 1000
+
+
+class WriterStoppedError(RuntimeError):
+    """An operation was submitted after close() (API misuse) or the writer thread died."""
+
+
+@dataclass(slots=True)
+class WriterStats:
+    """Counters kept by the writer thread (read them from any thread; they only grow)."""
+
+    commits: int = 0  # transactions committed, i.e. fsyncs of the WAL
+    operations: int = 0  # operations run (successful or not)
+    failed_operations: int = 0
+    failed_commits: int = 0
+    largest_group: int = 0
+
+
+@dataclass(slots=True)
+class _Operation:
+    function: WriteFunction
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    after_commit: list[AfterCommit] = field(default_factory=list)
+    result: Any = None
+    error: BaseException | None = None
+
+
+_STOP = object()
+
+
+class GroupCommitWriter:
+    def __init__(self, connect: ConnectionFactory, name: str = "mailgate-queue-writer") -> None:
+        self.stats = WriterStats()
+        self._connect = connect
+        self._inbox: queue.SimpleQueue[_Operation | object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Start the thread and open the connection in it; raises what opening raised."""
+        self._thread.start()
+        await asyncio.to_thread(self._started.wait)
+        if self._start_error is not None:
+            raise self._start_error
+
+    def submit(
+        self, function: WriteFunction, after_commit: list[AfterCommit] | None = None
+    ) -> asyncio.Future[Any]:
+        """Queue one write; the future resolves after the group holding it has committed.
+
+        `function` runs in the writer thread inside a savepoint; `after_commit` actions run in
+        the writer thread after a successful commit (never if the operation or commit failed).
+        """
+        if self._stopping or not self._thread.is_alive():
+            raise WriterStoppedError("the queue writer is not running")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._inbox.put(_Operation(function, future, loop, list(after_commit or ())))
+        return future
+
+    async def run(self, function: WriteFunction, after_commit: list[AfterCommit] | None = None) -> Any:
+        return await self.submit(function, after_commit)
+
+    async def close(self) -> None:
+        """Finish every queued operation, then stop the thread and close the connection."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._thread.is_alive():
+            self._inbox.put(_STOP)
+            await asyncio.to_thread(self._thread.join)
+
+    def _run(self) -> None:
+        try:
+            connection = self._connect()
+        except BaseException as exc:  # reported to start(); the thread ends
+            self._start_error = exc
+            self._started.set()
+            return
+        self._started.set()
+        try:
+            stop = False
+            while not stop:
+                group, stop = self._take_group()
+                if group:
+                    self._commit_group(connection, group)
+        finally:
+            connection.close()
+
+    def _take_group(self) -> tuple[list[_Operation], bool]:
+        """Block for the first operation, then take everything else already pending."""
+        group: list[_Operation] = []
+        item = self._inbox.get()
+        while True:
+            if item is _STOP:
+                return group, True
+            assert isinstance(item, _Operation)
+            group.append(item)
+            if len(group) >= MAX_GROUP:
+                return group, False
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return group, False
+
+    def _commit_group(self, connection: sqlite3.Connection, group: list[_Operation]) -> None:
+        self.stats.largest_group = max(self.stats.largest_group, len(group))
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for operation in group:
+                self._run_operation(connection, operation)
+            connection.execute("COMMIT")
+        except BaseException as exc:  # the whole group failed to become durable
+            self.stats.failed_commits += 1
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            for operation in group:
+                operation.error = operation.error or exc
+            self._settle(group)
+            return
+        self.stats.commits += 1
+        for operation in group:
+            if operation.error is None:
+                for action in operation.after_commit:
+                    try:
+                        action()
+                    except OSError:
+                        pass  # after-commit actions are clean-ups; recover() redoes them
+        self._settle(group)
+
+    def _run_operation(self, connection: sqlite3.Connection, operation: _Operation) -> None:
+        self.stats.operations += 1
+        connection.execute("SAVEPOINT operation")
+        try:
+            operation.result = operation.function(connection)
+        except Exception as exc:  # the caller gets it; the rest of the group goes on
+            self.stats.failed_operations += 1
+            operation.error = exc
+            connection.execute("ROLLBACK TO operation")
+        connection.execute("RELEASE operation")
+
+    @staticmethod
+    def _settle(group: list[_Operation]) -> None:
+        for operation in group:
+            try:
+                operation.loop.call_soon_threadsafe(
+                    _resolve, operation.future, operation.result, operation.error
+                )
+            except RuntimeError:
+                pass  # the caller's loop is closed: nobody is waiting any more
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

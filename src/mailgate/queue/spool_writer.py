@@ -1,0 +1,101 @@
+"""The incoming-message writer of the embedded store: memory first, a spill file past a threshold.
+
+Owns: `SpoolWriter`, which collects one message's bytes while DATA or BDAT arrives. Up to
+`memory_threshold` bytes stay in memory; past it everything goes to `spool_dir/incoming/<id>` with
+plain buffered writes. No fsync here: the message becomes durable only when the writer thread
+copies it into SQLite and commits (`sqlite_store.py`), and a spill file left behind by a crash is
+deleted by `recover()`.
+Must not: talk to SQLite, or keep a large message in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+from mailgate.queue.store import MessageWriter
+
+INCOMING_DIRECTORY = "incoming"
+FILE_BUFFER_SIZE = 256 * 1024
+
+
+class WriterClosedError(RuntimeError):
+    """write() after discard() or after the message was handed to commit (API misuse)."""
+
+
+class SpoolWriter(MessageWriter):
+    def __init__(self, queue_id: str, incoming_dir: Path, memory_threshold: int) -> None:
+        self.queue_id = queue_id
+        self.size = 0
+        self._incoming_dir = incoming_dir
+        self._memory_threshold = memory_threshold
+        self._buffer = bytearray()
+        self._file: BinaryIO | None = None
+        self._spill_path: Path | None = None
+        self._sealed = False
+        self._discarded = False
+
+    @property
+    def spill_path(self) -> Path | None:
+        """The spill file, or None while the whole message is in memory."""
+        return self._spill_path
+
+    def write(self, data: bytes) -> None:
+        if self._sealed or self._discarded:
+            raise WriterClosedError(f"message {self.queue_id} is no longer writable")
+        if not data:
+            return
+        self.size += len(data)
+        if self._file is None and len(self._buffer) + len(data) <= self._memory_threshold:
+            self._buffer += data
+            return
+        if self._file is None:
+            self._spill()
+        assert self._file is not None
+        self._file.write(data)
+
+    def _spill(self) -> None:
+        """Move the in-memory part to a fresh spill file; later writes append to it."""
+        self._incoming_dir.mkdir(parents=True, exist_ok=True)
+        path = self._incoming_dir / self.queue_id
+        self._file = open(path, "xb", buffering=FILE_BUFFER_SIZE)  # noqa: SIM115 - closed in seal
+        self._spill_path = path
+        self._file.write(self._buffer)
+        self._buffer = bytearray()
+
+    def seal(self) -> bytes | Path:
+        """End writing: the body is now the returned bytes, or the flushed spill file's path."""
+        if self._discarded:
+            raise WriterClosedError(f"message {self.queue_id} was discarded")
+        self._sealed = True
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._spill_path is not None:
+            return self._spill_path
+        return bytes(self._buffer)
+
+    def mark_committed(self) -> None:
+        """The store owns the bytes now; a later discard() must not touch anything."""
+        self._buffer = bytearray()
+        self._spill_path = None
+        self._discarded = True
+
+    def discard(self) -> None:
+        self._discarded = True
+        self._buffer = bytearray()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._spill_path is not None:
+            remove_quietly(self._spill_path)
+            self._spill_path = None
+
+
+def remove_quietly(path: Path) -> None:
+    """Delete a spill file that may already be gone."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

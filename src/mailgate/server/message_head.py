@@ -1,0 +1,88 @@
+"""The head of an incoming message: the trace header we prepend and the header we inspect.
+
+Owns: the Received header (RFC 5321 §4.4, with the RFC 3848 protocol names and the TLS
+parameters), and `HeadBuilder`, which holds the message's header section (bounded) until its
+end so that Received headers can be counted for loop detection (RFC 5321 §6.3) and, for
+submission, a missing Message-ID and Date added (RFC 6409 §8.2, §8.3).
+Must not: parse MIME or touch the body beyond the header section.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+import uuid
+
+# Past this much header we stop holding it back: the rest streams as body (bounded memory).
+MAX_HEAD = 1024 * 1024
+_RECEIVED = re.compile(rb"(?im)^received:")
+_MESSAGE_ID = re.compile(rb"(?im)^message-id:")
+_DATE = re.compile(rb"(?im)^date:")
+_HELO_SAFE = re.compile(r"[^\x21-\x7e]")
+
+
+def received_header(
+    *, helo: str, client_address: str, hostname: str, protocol: str, queue_id: str,
+    tls: str, user: str | None, recipient: str | None, now: float | None = None,
+) -> bytes:
+    """`Received: from helo ([ip]) by host (mailgate) with ESMTPS id X for <r>; date` (RFC 5321 §4.4)."""
+    helo_text = _HELO_SAFE.sub("?", helo) or "unknown"
+    literal = f"IPv6:{client_address}" if ":" in client_address else client_address
+    lines = [f"Received: from {helo_text} ([{literal}])"]
+    lines.append(f"\tby {hostname} (mailgate) with {protocol} id {queue_id}")
+    comments = []
+    if tls:
+        comments.append(tls)
+    if user:
+        comments.append(f"authenticated as {_HELO_SAFE.sub('?', user)}")
+    if comments:
+        lines.append("\t(" + "; ".join(comments) + ")")
+    stamp = email.utils.formatdate(now if now is not None else time.time(), localtime=True)
+    lines.append(f"\tfor <{recipient}>; {stamp}" if recipient else f"\t; {stamp}")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
+
+
+class HeadBuilder:
+    def __init__(self, *, add_message_id_and_date: bool, hostname: str, queue_id: str) -> None:
+        self._buffer = bytearray()
+        self._add = add_message_id_and_date
+        self._hostname = hostname
+        self._queue_id = queue_id
+        self.done = False
+        self.received_count = 0
+
+    def feed(self, data: bytes) -> bytes:
+        """Take body bytes; once the header ends (or passes MAX_HEAD) return what follows it."""
+        start = max(0, len(self._buffer) - 3)
+        self._buffer += data
+        if self._buffer.startswith(b"\r\n"):
+            end = 0  # no header section at all
+        else:
+            end = self._buffer.find(b"\r\n\r\n", start)
+            end = end + 2 if end >= 0 else -1
+        if end < 0 and len(self._buffer) < MAX_HEAD:
+            return b""
+        if end < 0:
+            end = len(self._buffer)
+        rest = bytes(self._buffer[end:])
+        del self._buffer[end:]
+        self.finish()
+        return rest
+
+    def finish(self) -> None:
+        """The message ended inside the header (or the header is complete)."""
+        self.done = True
+        self.received_count = len(_RECEIVED.findall(self._buffer))
+
+    def completed_head(self) -> bytes:
+        """The header as it will be stored, with Message-ID and Date added when asked and missing."""
+        extra = b""
+        if self._add:
+            if not _MESSAGE_ID.search(self._buffer):
+                extra += f"Message-ID: <{self._queue_id}.{uuid.uuid4().hex[:12]}@{self._hostname}>\r\n".encode()
+            if not _DATE.search(self._buffer):
+                extra += f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode()
+        head = extra + bytes(self._buffer)
+        self._buffer.clear()
+        return head

@@ -1,0 +1,403 @@
+"""One SMTP session: drives the sans-IO protocol over a connection and answers its events.
+
+Owns: the read/write loop (large reads, replies batched until the next read, so a pipelined
+client gets its replies in one write, RFC 2920), the command and data time-outs (RFC 5321
+§4.5.3.2.7), STARTTLS on the stream, and the answer to each event: policy for the client, sender
+and recipients, AUTH against the user store with growing delays and lock-out, and the message
+itself, spooled as it arrives and answered 250 only after the durable commit (ARCHITECTURE.md
+steps 1-7). Must not: parse SMTP (smtp/server.py), decide relaying (policy/) or write the queue
+other than through the store interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailgate.core.envelope import Envelope
+from mailgate.core.reply import (
+    AUTH_FAILED, AUTH_OK, AUTH_REQUIRED, CANNOT_VRFY, CLOSING, HELP, LOCAL_ERROR, MESSAGE_TOO_BIG,
+    NOOP_OK, READY_TLS, RESET_OK, SENDER_OK, START_DATA, TEMP_AUTH_FAILURE, TIMEOUT,
+    TOO_MANY_RECIPIENTS, Reply, bdat_chunk_ok, queued,
+)
+from mailgate.dns.dnsbl import dnsbl_listed
+from mailgate.policy.relay import Client, RelayPolicy
+from mailgate.queue.store import MessageMeta, MessageWriter, QueueStore
+from mailgate.server.message_head import HeadBuilder, received_header
+from mailgate.server.tls import describe
+from mailgate.smtp import events as ev
+from mailgate.smtp.sasl import Challenge, Credentials, SaslError, SaslExchange
+from mailgate.smtp.server import ServerProtocol, ServerSettings
+
+log = logging.getLogger("mailgate.smtp")
+
+READ_SIZE = 256 * 1024
+# RFC 5321 §2.3.8 / SMTP smuggling: a message holding a bare CR or LF is refused whole.
+BARE_LINE_ENDING_IN_MESSAGE = Reply(550, "5.5.2", "Message refused: bare CR or LF in message data")
+# RFC 5322 §2.1.1: lines are limited to 998 characters plus CRLF.
+LONG_LINE_IN_MESSAGE = Reply(550, "5.6.0", "Message refused: a line exceeds 998 characters")
+# RFC 3207 §4.1: the handshake failed; the session cannot continue.
+SERVICE_READY = 220
+
+
+@dataclass
+class ListenerProfile:
+    """What a listener offers; reloaded in place on SIGHUP."""
+
+    name: str
+    profile: str  # mx | submission | smtps
+    tls_mode: str  # none | starttls | implicit
+    tls_context: ssl.SSLContext | None
+    auth: str  # none | offered | required
+    max_message_size: int
+    command_timeout: float = 300.0
+    data_timeout: float = 300.0
+    error_budget: int = 10
+
+
+@dataclass
+class Reception:
+    """The services every session shares."""
+
+    hostname: str
+    policy: RelayPolicy
+    users: Any  # auth.store.UserStore
+    lockout: Any  # auth.lockout.AuthFailureTracker
+    store: QueueStore
+    on_committed: Any  # callable: wake the delivery runner
+    max_recipients: int = 1000
+    received_limit: int = 50
+    received_shows_user: bool = False
+    resolver: Any = None
+    dnsbl_zones: tuple[str, ...] = ()
+    events: Any = field(default=None)  # observe.TransactionLog or None
+
+
+class _Transaction:
+    def __init__(self, envelope: Envelope) -> None:
+        self.envelope = envelope
+        self.writer: MessageWriter | None = None
+        self.head: HeadBuilder | None = None
+
+
+class Session:
+    def __init__(self, reception: Reception, profile: ListenerProfile, reader, writer) -> None:
+        self.reception = reception
+        self.profile = profile
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername") or ("0.0.0.0", 0)
+        address = ipaddress.ip_address(str(peer[0]).split("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        self.client_address = address
+        self.helo = ""
+        self.auth_user: str | None = None
+        self.tls = describe(writer.get_extra_info("ssl_object"))
+        self.transaction: _Transaction | None = None
+        self.sasl: SaslExchange | None = None
+        self.out = bytearray()
+        self.protocol = ServerProtocol(self._settings())
+
+    def _settings(self) -> ServerSettings:
+        profile = self.profile
+        tls_active = bool(self.tls)
+        return ServerSettings(
+            hostname=self.reception.hostname,
+            max_message_size=profile.max_message_size,
+            starttls_offered=profile.tls_mode == "starttls" and profile.tls_context is not None,
+            tls_active=tls_active,
+            auth_mechanisms=("PLAIN", "LOGIN") if profile.auth != "none" else (),
+            error_budget=profile.error_budget,
+        )
+
+    @property
+    def client(self) -> Client:
+        return Client(self.client_address, self.helo, self.auth_user, bool(self.tls))
+
+    async def run(self) -> None:
+        try:
+            if not await self._admit():
+                return
+            await self._loop()
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+            log.debug("session with %s ended: %s", self.client_address, exc)
+        finally:
+            self._discard()
+            self.writer.close()
+
+    async def _admit(self) -> bool:
+        """Connection-time checks (client block list, DNSBL), then the greeting."""
+        decision = self.reception.policy.check_client(self.client)
+        refusal = None if decision.permitted else decision.reply
+        if refusal is None and self.reception.dnsbl_zones:
+            listed = await dnsbl_listed(
+                self.reception.resolver, str(self.client_address), list(self.reception.dnsbl_zones)
+            )
+            if listed:
+                zone, reason = listed
+                # RFC 5321 §3.1: 554 greeting, then the session ends.
+                refusal = Reply(554, "5.7.1", f"Client {self.client_address} listed by {zone}" + (f": {reason}" if reason else ""))
+        if refusal is not None:
+            log.info("refused connection from %s: %s", self.client_address, refusal)
+            self.writer.write(refusal.encode())
+            await self.writer.drain()
+            return False
+        # RFC 5321 §4.2: the greeting has no enhanced status code.
+        self.writer.write(f"220 {self.reception.hostname} ESMTP mailgate\r\n".encode())
+        await self.writer.drain()
+        return True
+
+    async def _loop(self) -> None:
+        protocol = self.protocol
+        while True:
+            event = protocol.next_event()
+            if isinstance(event, ev.NeedData):
+                await self._flush()
+                timeout = self.profile.data_timeout if self.transaction and self.transaction.head else self.profile.command_timeout
+                try:
+                    data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+                except asyncio.TimeoutError:
+                    self.out += TIMEOUT.encode()
+                    await self._flush()
+                    return
+                protocol.receive_data(data)
+                continue
+            if isinstance(event, ev.Closed):
+                await self._flush()
+                return
+            if isinstance(event, ev.BodyChunk):
+                self._body(event.data)
+                continue
+            reply = await self._answer(event)
+            self.out += protocol.send(reply)
+            if isinstance(event, (ev.Quit, ev.TooManyErrors)):
+                await self._flush()
+                return
+            if isinstance(event, ev.StartTls) and reply.code == SERVICE_READY:
+                await self._flush()
+                await self.writer.start_tls(self.profile.tls_context)
+                self.tls = describe(self.writer.get_extra_info("ssl_object"))
+                self.helo, self.auth_user = "", None
+                protocol.start_tls_done()
+
+    async def _flush(self) -> None:
+        if self.out:
+            self.writer.write(bytes(self.out))
+            self.out.clear()
+            await self.writer.drain()
+
+    async def _answer(self, event: ev.Event) -> Reply:
+        """The reply to one event; the protocol encodes it and moves its state."""
+        if isinstance(event, (ev.ProtocolError, ev.TooManyErrors)):
+            return event.reply
+        if isinstance(event, ev.Hello):
+            self.helo = event.name
+            self._discard()
+            return Reply(250, "", "at your service")
+        if isinstance(event, ev.MailFrom):
+            return self._mail(event)
+        if isinstance(event, ev.RcptTo):
+            return self._rcpt(event)
+        if isinstance(event, ev.DataStart):
+            self._open_message()
+            return START_DATA
+        if isinstance(event, ev.BdatChunkEnd):
+            if event.oversize:
+                self._discard()
+                return MESSAGE_TOO_BIG
+            self._open_message()
+            return bdat_chunk_ok(event.size)
+        if isinstance(event, ev.MessageEnd):
+            return await self._end_of_message(event)
+        if isinstance(event, ev.Reset):
+            self._discard()
+            return RESET_OK
+        if isinstance(event, ev.Noop):
+            return NOOP_OK
+        if isinstance(event, ev.Quit):
+            return CLOSING
+        if isinstance(event, ev.Verify):
+            return CANNOT_VRFY  # RFC 5321 §3.5.3: never a user list
+        if isinstance(event, ev.Help):
+            return HELP
+        if isinstance(event, ev.StartTls):
+            return READY_TLS
+        if isinstance(event, ev.AuthStart):
+            return await self._auth_start(event)
+        if isinstance(event, ev.AuthLine):
+            return await self._auth_step(self.sasl.feed(event.text) if self.sasl else SaslError(AUTH_FAILED))
+        raise AssertionError(f"unhandled event {event!r}")
+
+    # --- transaction ---------------------------------------------------------------------------
+    def _mail(self, event: ev.MailFrom) -> Reply:
+        if self.profile.auth == "required" and self.auth_user is None:
+            return AUTH_REQUIRED  # RFC 4954 §6: 530 5.7.0
+        decision = self.reception.policy.check_sender(self.client, event.sender)
+        if not decision.permitted:
+            log.info("refused sender <%s> from %s by %s: %s", _text(event.sender), self.client_address, decision.rule, decision.reply)
+            return decision.reply
+        self._discard()
+        self.transaction = _Transaction(
+            Envelope(
+                sender=event.sender, body=event.body, smtputf8=event.smtputf8,
+                size_declared=event.size, ret=event.ret, envid=event.envid,
+            )
+        )
+        return SENDER_OK
+
+    def _rcpt(self, event: ev.RcptTo) -> Reply:
+        transaction = self.transaction
+        assert transaction is not None  # the protocol only sends RCPT inside a transaction
+        if len(transaction.envelope.recipients) >= self.reception.max_recipients:
+            return TOO_MANY_RECIPIENTS  # RFC 5321 §4.5.3.1.8: 452
+        address = event.recipient.address
+        decision = self.reception.policy.check_recipient(self.client, transaction.envelope.sender, address)
+        log.info(
+            "%s <%s> -> <%s> client=%s rule=%s reply=%s",
+            "accepted" if decision.permitted else "refused", _text(transaction.envelope.sender),
+            address, self.client_address, decision.rule, decision.reply.code,
+        )
+        if decision.permitted:
+            transaction.envelope.recipients.append(event.recipient)
+        return decision.reply
+
+    def _open_message(self) -> None:
+        transaction = self.transaction
+        if transaction is None or transaction.writer is not None:
+            return
+        transaction.writer = self.reception.store.begin()
+        transaction.head = HeadBuilder(
+            add_message_id_and_date=self.profile.profile != "mx",
+            hostname=self.reception.hostname,
+            queue_id=transaction.writer.queue_id,
+        )
+
+    def _body(self, data: bytes) -> None:
+        self._open_message()
+        transaction = self.transaction
+        if transaction is None or transaction.head is None or transaction.writer is None:
+            return
+        if transaction.head.done:
+            transaction.writer.write(data)
+            return
+        rest = transaction.head.feed(data)
+        if transaction.head.done:
+            transaction.writer.write(self._head_bytes(transaction))
+            if rest:
+                transaction.writer.write(rest)
+
+    def _head_bytes(self, transaction: _Transaction) -> bytes:
+        assert transaction.head is not None and transaction.writer is not None
+        recipients = transaction.envelope.recipients
+        trace = received_header(
+            helo=self.helo,
+            client_address=str(self.client_address),
+            hostname=self.reception.hostname,
+            protocol=self._protocol_name(),
+            queue_id=transaction.writer.queue_id,
+            tls=self.tls,
+            user=self.auth_user if self.reception.received_shows_user else None,
+            recipient=str(recipients[0].address) if len(recipients) == 1 else None,
+        )
+        return trace + transaction.head.completed_head()
+
+    def _protocol_name(self) -> str:
+        # RFC 3848: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA (both).
+        return "ESMTP" + ("S" if self.tls else "") + ("A" if self.auth_user else "")
+
+    async def _end_of_message(self, event: ev.MessageEnd) -> Reply:
+        transaction = self.transaction
+        if transaction is None:
+            return LOCAL_ERROR
+        self._open_message()
+        refusal = None
+        if event.oversize:
+            refusal = MESSAGE_TOO_BIG  # RFC 1870 §6 / RFC 5321 §4.5.3.1.7
+        elif event.bare_line_ending:
+            refusal = BARE_LINE_ENDING_IN_MESSAGE
+        elif event.long_line:
+            refusal = LONG_LINE_IN_MESSAGE
+        else:
+            assert transaction.head is not None and transaction.writer is not None
+            if not transaction.head.done:
+                transaction.head.finish()
+                transaction.writer.write(self._head_bytes(transaction))
+            if transaction.head.received_count > self.reception.received_limit:
+                refusal = Reply(554, "5.4.6", "Too many Received headers, mail loop detected")  # RFC 5321 §6.3
+        if refusal is not None:
+            log.info("refused message from %s: %s", self.client_address, refusal)
+            self._discard()
+            return refusal
+        return await self._commit(transaction)
+
+    async def _commit(self, transaction: _Transaction) -> Reply:
+        assert transaction.writer is not None
+        meta = MessageMeta(
+            client_address=str(self.client_address),
+            client_helo=self.helo,
+            auth_user=self.auth_user or "",
+            protocol=self._protocol_name(),
+            listener=self.profile.name,
+            direction=self._direction(transaction),
+            received_count=transaction.head.received_count if transaction.head else 0,
+        )
+        try:
+            queue_id = await self.reception.store.commit(transaction.writer, transaction.envelope, meta)
+        except Exception:
+            log.exception("commit failed")
+            self._discard()
+            return LOCAL_ERROR  # RFC 5321 §4.2.2: 451, the client keeps the message
+        self.transaction = None
+        log.info(
+            "queued %s from <%s> for %d recipient(s) size=%d client=%s",
+            queue_id, _text(transaction.envelope.sender), len(transaction.envelope.recipients),
+            transaction.writer.size, self.client_address,
+        )
+        self.reception.on_committed()
+        return queued(queue_id)
+
+    def _direction(self, transaction: _Transaction) -> str:
+        directions = {self.reception.policy.direction(self.client, r.address) for r in transaction.envelope.recipients}
+        return "outbound" if "outbound" in directions else "inbound"
+
+    def _discard(self) -> None:
+        if self.transaction is not None and self.transaction.writer is not None:
+            self.transaction.writer.discard()
+        self.transaction = None
+
+    # --- AUTH (RFC 4954) -----------------------------------------------------------------------
+    async def _auth_start(self, event: ev.AuthStart) -> Reply:
+        if self.reception.lockout.is_locked(str(self.client_address)):
+            return TEMP_AUTH_FAILURE  # 454 4.7.0
+        self.sasl = SaslExchange(event.mechanism, event.initial_response)
+        return await self._auth_step(self.sasl.challenge())
+
+    async def _auth_step(self, step) -> Reply:
+        if isinstance(step, Challenge):
+            return step.reply
+        self.sasl = None
+        if isinstance(step, SaslError):
+            return step.reply
+        assert isinstance(step, Credentials)
+        client = str(self.client_address)
+        valid = (not step.authzid or step.authzid == step.user) and await asyncio.to_thread(
+            self.reception.users.verify, step.user, step.password
+        )
+        if valid:
+            self.reception.lockout.success(client)
+            self.auth_user = step.user.lower()
+            log.info("authenticated %s from %s", self.auth_user, client)
+            return AUTH_OK
+        self.reception.lockout.failure(client)
+        log.info("authentication failed for %r from %s", step.user, client)
+        await asyncio.sleep(self.reception.lockout.delay_for(client))
+        return AUTH_FAILED  # 535 5.7.8
+
+
+def _text(address) -> str:
+    return "" if address is None else str(address)

@@ -1,0 +1,109 @@
+"""Message body reading: the DATA end-of-data scanner and the body inspector shared with BDAT.
+
+Owns: finding the end of a DATA body (RFC 5321 §4.1.1.4: only CRLF "." CRLF, or "." CRLF as
+the very first line), dot-unstuffing (RFC 5321 §4.5.2), and the facts the caller needs about a
+body whether it came by DATA or by BDAT (RFC 3030): its size against the limit (RFC 1870),
+bare CR or LF anywhere (SMTP smuggling, CVE-2023-51764 family) and text lines over the limit
+(RFC 5321 §4.5.3.1.6).
+Must not: know about commands, replies or state. Every scan uses bytes.find / count / replace /
+split so a body is never walked line by line in Python.
+"""
+
+from __future__ import annotations
+
+TERMINATOR = b"\r\n.\r\n"  # RFC 5321 §4.1.1.4
+_CR = 0x0D
+_LF = 0x0A
+
+
+def _held_back(view: bytes) -> int:
+    """How many trailing bytes might start a terminator that the next bytes complete."""
+    for length in (4, 3, 2, 1):
+        if view.endswith(TERMINATOR[:length]):
+            return length
+    return 0
+
+
+class DotBodyScanner:
+    """Splits a DATA stream into unstuffed body bytes and the end of data.
+
+    `_previous` is the last two octets already consumed (initially a virtual CRLF: the body
+    starts at a line start), so a terminator or a stuffed dot split across `scan` calls at any
+    byte is still seen. A bare LF or bare CR never ends the data: `\\n.\\n`, `\\r\\n.\\n`,
+    `\\n.\\r\\n` and `\\r.\\r\\n` are body bytes (which the inspector flags).
+    """
+
+    def __init__(self) -> None:
+        self._previous = b"\r\n"
+
+    def scan(self, buffer: bytes | bytearray) -> tuple[bytes, int, bool]:
+        """Return (unstuffed body bytes, octets of `buffer` consumed, end of data reached)."""
+        view = self._previous + bytes(buffer)
+        end = view.find(TERMINATOR)
+        if end >= 0:
+            # The CRLF before the final dot belongs to the message; the ".\r\n" does not.
+            region_end, consumed, done = end + 2, end + 3, True
+        else:
+            region_end = max(len(view) - _held_back(view), 2)
+            consumed, done = region_end - 2, False
+        region = view[:region_end]
+        # RFC 5321 §4.5.2: a line starting with "." lost that first dot. Matches start at index
+        # 0 at the earliest and keep their CRLF, so dropping the two `_previous` octets is exact.
+        body = region.replace(b"\r\n.", b"\r\n")[2:]
+        self._previous = region[-2:]
+        return body, consumed, done
+
+
+class BodyInspector:
+    """Counts a message's octets and flags what makes the caller refuse it.
+
+    Bare line endings are found by counting: the body is CRLF-clean exactly when the number of
+    CRs, of LFs and of CRLF pairs are equal (a pair split between two chunks is counted too).
+    The same inspector serves every BDAT chunk of a transaction: BDAT framing is a byte count,
+    so a bare LF there cannot end the message here, but the message may later be relayed with
+    DATA to a next hop that does treat bare LF as a line end, so BDAT content is flagged too.
+    """
+
+    def __init__(self, max_size: int, max_line: int) -> None:
+        self.max_size = max_size  # RFC 1870; 0 = unlimited
+        self.max_line = max_line  # octets including CRLF, RFC 5321 §4.5.3.1.6
+        self.size = 0
+        self.oversize = False
+        self.long_line = False
+        self._carriage_returns = 0
+        self._line_feeds = 0
+        self._pairs = 0
+        self._ends_with_cr = False
+        self._open_line = 0  # octets of the current line not yet ended by LF
+
+    @property
+    def bare_line_ending(self) -> bool:
+        return not self._carriage_returns == self._line_feeds == self._pairs
+
+    def inspect(self, chunk: bytes) -> bytes | None:
+        """Account for `chunk`; return it to pass on, or None (empty, or past the size limit)."""
+        if not chunk:
+            return None
+        self.size += len(chunk)
+        self._carriage_returns += chunk.count(b"\r")
+        self._line_feeds += chunk.count(b"\n")
+        self._pairs += chunk.count(b"\r\n") + (self._ends_with_cr and chunk[0] == _LF)
+        self._ends_with_cr = chunk[-1] == _CR
+        if not self.long_line:
+            self._measure_lines(chunk)
+        if self.max_size and self.size > self.max_size:
+            self.oversize = True  # from here on, bytes are counted and dropped
+        return None if self.oversize else chunk
+
+    def _measure_lines(self, chunk: bytes) -> None:
+        # Lines are measured up to their LF; "too long" is max_line or more octets before it,
+        # i.e. more than max_line with the CRLF.
+        first = chunk.find(b"\n")
+        if first < 0:
+            self._open_line += len(chunk)
+            longest = self._open_line
+        else:
+            longest = max(self._open_line + first, max(map(len, chunk[first + 1 :].split(b"\n"))))
+            self._open_line = len(chunk) - chunk.rfind(b"\n") - 1
+        if longest >= self.max_line:
+            self.long_line = True

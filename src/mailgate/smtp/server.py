@@ -1,0 +1,474 @@
+"""The SMTP server protocol as a sans-IO state machine (modelled on h11).
+
+Owns: command-line framing (CRLF only, RFC 5321 §2.3.8; line limits, §4.5.3.1.4), command
+sequencing (RFC 5321 §4.1.4, 503), the EHLO extension list, the DATA and BDAT body modes, the
+STARTTLS injection check (RFC 3207 §4, CVE-2011-0411, CVE-2024-34083) and the AUTH line mode
+(RFC 4954 §4). Must not: touch sockets, await, or decide policy (relay, credentials, storage):
+the caller answers every event that needs a decision.
+
+Use (bytes in, events out; replies in, bytes out)::
+
+    protocol = ServerProtocol(settings)
+    protocol.receive_data(data)               # b"" when the peer closed
+    while not isinstance(event := protocol.next_event(), NeedData | Closed):
+        if needs_reply(event):                # everything but BodyChunk
+            write(protocol.send(decide(event)))   # ProtocolError/TooManyErrors: event.reply
+
+Exactly one `send` answers each event that needs a reply, in order, so PIPELINING (RFC 2920)
+needs nothing special. Protocol-decided errors arrive as `ProtocolError(reply)`; each one
+counts against `error_budget`, after which the next event is `TooManyErrors` (421).
+
+State table: what a reply to an event does (anything not listed changes nothing).
+
+    event          reply       effect
+    Hello          2xx         greeted, transaction cleared; EHLO lists the extensions
+    MailFrom       2xx         transaction open (SMTPUTF8 remembered for RCPT)
+    RcptTo         2xx         one more accepted recipient (DATA/BDAT need one)
+    DataStart      354         DATA mode until CRLF.CRLF -> MessageEnd
+    BdatChunkEnd   not 2xx     transaction failed and cleared (RFC 3030 §2)
+    MessageEnd     any         transaction cleared
+    Reset          2xx         transaction cleared
+    StartTls       220         wait for start_tls_done(): then before-EHLO, TLS active
+    AuthStart/Line 334 / 235   AUTH line mode / authenticated; anything else ends AUTH
+    Quit, TooManyErrors  any   closed: next_event() says Closed
+
+Replies carry enhanced status codes (RFC 2034 §3) except the greeting and the EHLO/HELO reply.
+A positive reply to Hello supplies only the greeting text; the hostname and extensions are added.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from enum import Enum
+
+from mailgate.core.reply import (
+    ALREADY_AUTHENTICATED, AUTH_CANCELLED, BAD_SEQUENCE, BARE_LINE_ENDING, ENCRYPTION_REQUIRED,
+    LINE_TOO_LONG, NEED_HELO, NEED_MAIL, NEED_RCPT, NESTED_MAIL, NOT_IMPLEMENTED, PARAM_SYNTAX,
+    PIPELINED_STARTTLS, SYNTAX_ERROR, TOO_MANY_ERRORS, UNKNOWN_AUTH_MECHANISM, Reply,
+)
+from mailgate.smtp.commands import CommandError, parse_mail, parse_rcpt
+from mailgate.smtp.data import BodyInspector, DotBodyScanner
+from mailgate.smtp.events import (
+    AuthLine, AuthStart, BdatChunkEnd, BodyChunk, Closed, DataStart, Event, Hello, Help, MailFrom,
+    MessageEnd, NeedData, Noop, ProtocolError, Quit, RcptTo, Reset, ServerUsageError, StartTls,
+    TooManyErrors, Verify, needs_reply,
+)
+
+AUTH_LINE_LIMIT = 12288  # RFC 4954 §4: AUTH command and responses may be up to 12288 octets
+TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")  # RFC 3207 §4
+# RFC 5321 §4.1.1 commands we know and refuse: 502 rather than 500 (§4.2.4).
+_NOT_IMPLEMENTED = frozenset({"EXPN", "TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML"})
+# Control characters other than HT have no place in a command line (RFC 5321 §4.1.2).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 3030 §2: bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ]; chunk-size = 1*DIGIT.
+_BDAT = re.compile(r"([0-9]{1,18})(?: +(LAST))? *", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What one listener offers."""
+
+    hostname: str
+    max_message_size: int  # RFC 1870 SIZE; 0 = unlimited
+    starttls_offered: bool  # the listener can do STARTTLS and TLS is not active yet
+    tls_active: bool  # implicit TLS, or after STARTTLS
+    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")  # offered only with TLS (SPEC R4)
+    chunking: bool = True  # RFC 3030
+    dsn: bool = True  # RFC 3461
+    smtputf8: bool = True  # RFC 6531
+    eight_bit_mime: bool = True  # RFC 6152
+    pipelining: bool = True  # RFC 2920
+    max_command_line: int = 512  # RFC 5321 §4.5.3.1.4, including CRLF
+    max_text_line: int = 1000  # RFC 5321 §4.5.3.1.6, including CRLF
+    error_budget: int = 10  # protocol errors before 421 4.7.0
+
+
+class Mode(Enum):
+    COMMAND = "command"
+    AUTH = "auth"  # the next line answers a 334 challenge
+    DATA = "data"
+    BDAT = "bdat"  # reading the octets of one chunk
+    TLS_PENDING = "tls-pending"  # 220 sent to STARTTLS, handshake not done
+    CLOSED = "closed"
+
+
+@dataclass
+class _Transaction:
+    smtputf8: bool
+    recipients: int = 0
+    inspector: BodyInspector | None = None  # set when the body starts
+    bdat_used: bool = False  # RFC 3030 §2: no DATA after BDAT in one transaction
+
+
+@dataclass
+class _Chunk:
+    """One BDAT chunk being read. A refused chunk is still read in full: framing is kept."""
+
+    size: int
+    last: bool
+    remaining: int
+    refusal: Reply | None
+
+
+class ServerProtocol:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.greeted = False
+        self.extended = False
+        self.authenticated = False
+        self.errors = 0
+        self.mode = Mode.COMMAND
+        self._buffer = bytearray()
+        self._eof = False
+        self._pending: Event | None = None
+        self._transaction: _Transaction | None = None
+        self._scanner: DotBodyScanner | None = None
+        self._chunk: _Chunk | None = None
+        self._message_ended = False  # DATA end seen after a last BodyChunk went out
+        self._discarding_line = False  # skipping the rest of an over-long line
+
+    @property
+    def buffered(self) -> bytes:
+        """Bytes received and not yet consumed by an event."""
+        return bytes(self._buffer)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._transaction is not None
+
+    def receive_data(self, data: bytes) -> None:
+        if not data:
+            self._eof = True
+        elif self.mode is not Mode.CLOSED:
+            self._buffer += data
+
+    def next_event(self) -> Event | NeedData:
+        if self._pending is not None:
+            raise ServerUsageError(f"send a reply to {self._pending!r} first")
+        event = self._next_event()
+        if needs_reply(event):
+            self._pending = event
+        return event
+
+    def _next_event(self) -> Event | NeedData:
+        if self.mode is Mode.CLOSED:
+            return Closed()
+        if self.errors >= self.settings.error_budget:
+            return TooManyErrors(TOO_MANY_ERRORS)
+        if self.mode is Mode.DATA:
+            event = self._data_event()
+        elif self.mode is Mode.BDAT:
+            event = self._bdat_event()
+        elif self.mode is Mode.TLS_PENDING:
+            event = NeedData()
+        else:
+            event = self._line_event()
+        if isinstance(event, NeedData) and self._eof:
+            return Closed()
+        return event
+
+    def send(self, reply: Reply) -> bytes:
+        """Encode the caller's reply to the pending event and apply its effect (table above)."""
+        event, self._pending = self._pending, None
+        if event is None:
+            raise ServerUsageError("no event is waiting for a reply")
+        positive = 200 <= reply.code < 300
+        if isinstance(event, Hello) and positive:
+            self.greeted, self.extended, self._transaction = True, event.extended, None
+            return self._hello_reply(reply, event.extended)
+        if isinstance(event, MailFrom) and positive:
+            self._transaction = _Transaction(smtputf8=event.smtputf8)
+        elif isinstance(event, RcptTo) and positive and self._transaction is not None:
+            self._transaction.recipients += 1
+        elif isinstance(event, DataStart) and reply.code == 354:
+            self._start_data()
+        elif isinstance(event, MessageEnd) or (isinstance(event, BdatChunkEnd) and not positive):
+            self._transaction = None
+        elif isinstance(event, Reset) and positive:
+            self._transaction = None
+        elif isinstance(event, StartTls) and reply.code == 220:
+            self.mode = Mode.TLS_PENDING
+        elif isinstance(event, (AuthStart, AuthLine)):
+            self.authenticated = reply.code == 235
+            self.mode = Mode.AUTH if reply.code == 334 else Mode.COMMAND
+        elif isinstance(event, (Quit, TooManyErrors)):
+            self.mode = Mode.CLOSED
+            self._buffer.clear()
+        return reply.encode()
+
+    def start_tls_done(self) -> None:
+        """The TLS handshake after our 220 completed: RFC 3207 §4.2, forget everything."""
+        if self.mode is not Mode.TLS_PENDING:
+            raise ServerUsageError("start_tls_done() without a 220 to STARTTLS")
+        # Plaintext that slipped in after the 220 must never be read as protected commands.
+        self._buffer.clear()
+        self.settings = replace(self.settings, tls_active=True, starttls_offered=False)
+        self.greeted = self.extended = self.authenticated = False
+        self._transaction = None
+        self.mode = Mode.COMMAND
+
+    # --- replies the protocol builds ---------------------------------------------------------
+
+    def extensions(self) -> list[str]:
+        """The EHLO keywords for the current state (RFC 5321 §4.1.1.1)."""
+        settings = self.settings
+        offered = [
+            ("PIPELINING", settings.pipelining),  # RFC 2920
+            (f"SIZE {settings.max_message_size}", True),  # RFC 1870 §4 (0: no fixed limit)
+            ("8BITMIME", settings.eight_bit_mime),  # RFC 6152
+            ("SMTPUTF8", settings.smtputf8),  # RFC 6531
+            ("ENHANCEDSTATUSCODES", True),  # RFC 2034
+            ("STARTTLS", settings.starttls_offered and not settings.tls_active),  # RFC 3207
+            # RFC 4954 §4 and SPEC R4: no AUTH in clear text.
+            (f"AUTH {' '.join(settings.auth_mechanisms)}", self._auth_offered()),
+            ("CHUNKING", settings.chunking),  # RFC 3030
+            ("DSN", settings.dsn),  # RFC 3461
+        ]
+        return [keyword for keyword, on in offered if on]
+
+    def _hello_reply(self, reply: Reply, extended: bool) -> bytes:
+        first = f"{self.settings.hostname} {reply.text}".rstrip()
+        lines = [first, *self.extensions()] if extended else [first]
+        # RFC 2034 §3: no enhanced status code on the EHLO/HELO reply.
+        return Reply(reply.code, "", "\n".join(lines)).encode(enhanced=False)
+
+    def _auth_offered(self) -> bool:
+        return self.settings.tls_active and bool(self.settings.auth_mechanisms)
+
+    def _error(self, reply: Reply, *, counts: bool = True) -> ProtocolError:
+        if counts:
+            self.errors += 1
+        return ProtocolError(reply)
+
+    # --- command lines -----------------------------------------------------------------------
+
+    def _line_limit(self, start: bytes) -> int:
+        if self.mode is Mode.AUTH or start[:5].upper() == b"AUTH ":
+            return max(AUTH_LINE_LIMIT, self.settings.max_command_line)
+        return self.settings.max_command_line
+
+    def _line_event(self) -> Event | NeedData:
+        if self._discarding_line:
+            newline = self._buffer.find(b"\n")
+            if newline < 0:
+                self._buffer.clear()
+                return NeedData()
+            del self._buffer[: newline + 1]
+            self._discarding_line = False
+        newline = self._buffer.find(b"\n")
+        limit = self._line_limit(bytes(self._buffer[:5]))
+        if newline < 0 and len(self._buffer) <= limit:
+            return NeedData()
+        if newline < 0 or newline + 1 > limit:
+            # RFC 5321 §4.5.3.1.4: the over-long line is dropped whole, never executed.
+            self._discarding_line = True
+            return self._line_failed(LINE_TOO_LONG)
+        raw = bytes(self._buffer[: newline + 1])
+        del self._buffer[: newline + 1]
+        if not raw.endswith(b"\r\n") or b"\r" in raw[:-2]:
+            return self._line_failed(BARE_LINE_ENDING)  # RFC 5321 §2.3.8: CRLF only
+        try:
+            line = raw[:-2].decode("utf-8")
+        except UnicodeDecodeError:
+            return self._line_failed(SYNTAX_ERROR)
+        if _CONTROL.search(line):
+            return self._line_failed(SYNTAX_ERROR)
+        if self.mode is Mode.AUTH:
+            return self._auth_line(line)
+        verb, _, argument = line.partition(" ")
+        verb = verb.upper()
+        handler = _HANDLERS.get(verb)
+        if handler is not None:
+            return handler(self, argument.strip(" "), verb)
+        return self._error(NOT_IMPLEMENTED if verb in _NOT_IMPLEMENTED else SYNTAX_ERROR)
+
+    def _line_failed(self, reply: Reply) -> ProtocolError:
+        self.mode = Mode.COMMAND if self.mode is Mode.AUTH else self.mode  # a broken line ends AUTH
+        return self._error(reply)
+
+    def _auth_line(self, line: str) -> Event:
+        if line == "*":
+            self.mode = Mode.COMMAND
+            return self._error(AUTH_CANCELLED, counts=False)  # RFC 4954 §4: 501 on "*"
+        return AuthLine(line)
+
+    def _hello(self, argument: str, verb: str) -> Event:
+        if not argument or " " in argument:
+            return self._error(PARAM_SYNTAX)  # RFC 5321 §4.1.1.1: exactly one domain
+        return Hello(argument, extended=verb == "EHLO")
+
+    def _mail(self, argument: str, verb: str) -> Event:
+        if not self.greeted:
+            return self._error(NEED_HELO)
+        if self._transaction is not None:
+            return self._error(NESTED_MAIL)
+        if argument[:5].upper() != "FROM:":
+            return self._error(PARAM_SYNTAX)
+        settings = self.settings
+        try:
+            return parse_mail(
+                argument[5:], esmtp=self.extended, max_message_size=settings.max_message_size,
+                eight_bit_mime=settings.eight_bit_mime, smtputf8=settings.smtputf8,
+                dsn=settings.dsn, auth=self._auth_offered(),
+            )
+        except CommandError as error:
+            return self._error(error.reply, counts=error.counts_as_error)
+
+    def _rcpt(self, argument: str, verb: str) -> Event:
+        if self._transaction is None:
+            return self._error(NEED_MAIL if self.greeted else NEED_HELO)
+        if argument[:3].upper() != "TO:":
+            return self._error(PARAM_SYNTAX)
+        try:
+            return RcptTo(parse_rcpt(
+                argument[3:], esmtp=self.extended, smtputf8=self._transaction.smtputf8,
+                dsn=self.settings.dsn, postmaster_domain=self.settings.hostname,
+            ))
+        except CommandError as error:
+            return self._error(error.reply, counts=error.counts_as_error)
+
+    def _body_refusal(self) -> Reply | None:
+        """Why DATA/BDAT cannot start now (RFC 5321 §4.1.4), or None."""
+        if not self.greeted:
+            return NEED_HELO
+        if self._transaction is None:
+            return NEED_MAIL
+        if self._transaction.recipients == 0:
+            return NEED_RCPT
+        return None
+
+    def _data(self, argument: str, verb: str) -> Event:
+        if argument:
+            return self._error(PARAM_SYNTAX)
+        refusal = self._body_refusal()
+        if refusal is None and self._transaction is not None and self._transaction.bdat_used:
+            refusal = BAD_SEQUENCE  # RFC 3030 §2: DATA may not follow BDAT
+        return self._error(refusal) if refusal else DataStart()
+
+    def _start_data(self) -> None:
+        assert self._transaction is not None
+        self._transaction.inspector = self._new_inspector()
+        self._scanner = DotBodyScanner()
+        self.mode = Mode.DATA
+
+    def _new_inspector(self) -> BodyInspector:
+        return BodyInspector(self.settings.max_message_size, self.settings.max_text_line)
+
+    def _data_event(self) -> Event | NeedData:
+        transaction, scanner = self._transaction, self._scanner
+        assert transaction is not None and transaction.inspector is not None and scanner
+        if self._message_ended:
+            self._message_ended = False
+            return self._message_end(transaction.inspector)
+        body, consumed, done = scanner.scan(self._buffer)
+        del self._buffer[:consumed]
+        passed = transaction.inspector.inspect(body)
+        if done:
+            self._message_ended = passed is not None
+            if passed is None:
+                return self._message_end(transaction.inspector)
+        return BodyChunk(passed) if passed is not None else NeedData()
+
+    def _message_end(self, inspector: BodyInspector) -> MessageEnd:
+        self.mode = Mode.COMMAND
+        self._scanner = self._chunk = None
+        return MessageEnd(
+            inspector.size, inspector.oversize, inspector.bare_line_ending, inspector.long_line
+        )
+
+    def _bdat(self, argument: str, verb: str) -> Event | NeedData:
+        match = _BDAT.fullmatch(argument)
+        if match is None:
+            return self._error(PARAM_SYNTAX)
+        size = int(match[1])
+        refusal = self._body_refusal() if self.settings.chunking else NOT_IMPLEMENTED
+        if refusal is None and self._transaction is not None:
+            self._transaction.bdat_used = True
+            if self._transaction.inspector is None:
+                self._transaction.inspector = self._new_inspector()
+        self._chunk = _Chunk(size, match[2] is not None, size, refusal)
+        self.mode = Mode.BDAT
+        return self._bdat_event()
+
+    def _bdat_event(self) -> Event | NeedData:
+        chunk = self._chunk
+        assert chunk is not None
+        while chunk.remaining:
+            taken = bytes(self._buffer[: chunk.remaining])
+            if not taken:
+                return NeedData()
+            del self._buffer[: len(taken)]
+            chunk.remaining -= len(taken)
+            if chunk.refusal is None and self._transaction and self._transaction.inspector:
+                passed = self._transaction.inspector.inspect(taken)
+                if passed is not None:
+                    return BodyChunk(passed)
+        self.mode = Mode.COMMAND
+        self._chunk = None
+        if chunk.refusal is not None:
+            return self._error(chunk.refusal)
+        assert self._transaction is not None and self._transaction.inspector is not None
+        if chunk.last:
+            return self._message_end(self._transaction.inspector)
+        return BdatChunkEnd(chunk.size, self._transaction.inspector.oversize)
+
+    def _starttls(self, argument: str, verb: str) -> Event:
+        if argument:
+            return self._error(PARAM_SYNTAX)
+        if self.settings.tls_active:
+            return self._error(TLS_ALREADY_ACTIVE)
+        if not self.settings.starttls_offered:
+            return self._error(NOT_IMPLEMENTED)
+        if self._buffer:
+            # RFC 3207 §4, CVE-2011-0411: bytes behind STARTTLS would be read as if protected.
+            self._buffer.clear()
+            return self._error(PIPELINED_STARTTLS)
+        return StartTls()
+
+    def _auth(self, argument: str, verb: str) -> Event:
+        if not self.settings.tls_active:
+            return self._error(ENCRYPTION_REQUIRED)  # RFC 4954 §4, SPEC R4: 538 5.7.11
+        if not self.settings.auth_mechanisms:
+            return self._error(NOT_IMPLEMENTED)
+        if not self.greeted:
+            return self._error(NEED_HELO)
+        if self.authenticated:
+            return self._error(ALREADY_AUTHENTICATED)  # RFC 4954 §4: 503
+        if self._transaction is not None:
+            return self._error(BAD_SEQUENCE)  # RFC 4954 §4: not during a mail transaction
+        parts = argument.split(" ")
+        if not parts[0] or len(parts) > 2:
+            return self._error(PARAM_SYNTAX)
+        mechanism = parts[0].upper()
+        if mechanism not in self.settings.auth_mechanisms:
+            return self._error(UNKNOWN_AUTH_MECHANISM)  # RFC 4954 §4: 504
+        return AuthStart(mechanism, parts[1] if len(parts) == 2 else None)
+
+    def _simple(self, argument: str, verb: str) -> Event:
+        if verb == "NOOP":
+            return Noop()  # RFC 5321 §4.1.1.9: any argument is ignored
+        if verb == "HELP":
+            return Help(argument)
+        if verb == "VRFY":
+            return Verify(argument) if argument else self._error(PARAM_SYNTAX)
+        if argument:
+            return self._error(PARAM_SYNTAX)  # RSET, QUIT take no argument (§4.1.1.5, §4.1.1.10)
+        return Reset() if verb == "RSET" else Quit()
+
+
+_HANDLERS = {
+    "EHLO": ServerProtocol._hello,
+    "HELO": ServerProtocol._hello,
+    "MAIL": ServerProtocol._mail,
+    "RCPT": ServerProtocol._rcpt,
+    "DATA": ServerProtocol._data,
+    "BDAT": ServerProtocol._bdat,
+    "RSET": ServerProtocol._simple,
+    "NOOP": ServerProtocol._simple,
+    "QUIT": ServerProtocol._simple,
+    "VRFY": ServerProtocol._simple,
+    "HELP": ServerProtocol._simple,
+    "STARTTLS": ServerProtocol._starttls,
+    "AUTH": ServerProtocol._auth,
+}

@@ -1,0 +1,115 @@
+"""Crash safety: SIGKILL a process that is enqueueing, reopen the spool, and lose nothing.
+
+Each round starts `tests.support.crash_enqueuer` on the same spool, waits until it is enqueueing,
+kills it with SIGKILL at a random instant, then reopens the store and checks that
+- every id the child printed (it prints only after commit() returned: "we said 250") is present
+  with a byte-identical body and the envelope the child meant;
+- every visible message, printed or not, is whole: its body and envelope are exactly what its seed
+  makes, so no half-written message ever becomes visible;
+- recover() leaves no spill file behind and SQLite's integrity check passes.
+The spool accumulates over the rounds, so earlier messages must also survive later crashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mailgate.queue.sqlite_store import SqliteQueueStore
+from mailgate.queue.store import QueueFilter
+from tests.support.crash_enqueuer import expected_message, seed_of
+
+ROUNDS = 15
+PRODUCERS = 4
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run_child_until_killed(spool: Path, base_seed: int, delay: float, log: Path) -> dict[str, str]:
+    """Start the child, let it enqueue for `delay` seconds, SIGKILL it; its acknowledged ids."""
+    with open(log, "ab") as stderr:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.crash_enqueuer", str(spool), str(base_seed), str(PRODUCERS)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+    try:
+        assert child.stdout is not None
+        first = child.stdout.readline()
+        assert first == b"READY\n", f"child did not start: {first!r}, see {log}"
+        time.sleep(delay)
+        os.kill(child.pid, signal.SIGKILL)
+        output = child.stdout.read()
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=10)
+        if child.stdout is not None:
+            child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    acknowledged = {}
+    for line in output.split(b"\n")[:-1]:  # the text after the last newline may be cut short
+        queue_id, digest = line.decode("ascii").split()
+        acknowledged[queue_id] = digest
+    return acknowledged
+
+
+async def _verify(spool: Path, acknowledged: dict[str, str]) -> int:
+    store = SqliteQueueStore(spool)
+    await store.open()
+    try:
+        await store.recover()
+        assert os.listdir(store.incoming_dir) == []
+        visible = {summary.queue_id for summary in await store.list(QueueFilter())}
+        missing = set(acknowledged) - visible
+        assert not missing, f"acknowledged messages lost: {sorted(missing)[:5]}"
+        for queue_id in visible:
+            message = await store.get(queue_id)
+            assert message is not None
+            envelope, body = expected_message(seed_of(message.envelope))
+            digest = hashlib.sha256()
+            async for chunk in store.body_chunks(queue_id):
+                digest.update(chunk)
+            assert digest.hexdigest() == hashlib.sha256(body).hexdigest(), f"{queue_id} body differs"
+            assert message.size == len(body)
+            assert message.envelope == envelope, f"{queue_id} envelope differs"
+            if queue_id in acknowledged:
+                assert acknowledged[queue_id] == digest.hexdigest()
+        return len(visible)
+    finally:
+        await store.close()
+
+
+def _integrity(spool: Path) -> str:
+    connection = sqlite3.connect(spool / "queue.db")
+    try:
+        return connection.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        connection.close()
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_during_enqueue_loses_no_acknowledged_message(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    rng = random.Random(20240531)
+    acknowledged: dict[str, str] = {}
+    previous_visible = 0
+    for round_number in range(ROUNDS):
+        delay = rng.uniform(0.2, 1.5)
+        printed = _run_child_until_killed(spool, round_number + 1, delay, tmp_path / "child.log")
+        acknowledged.update(printed)
+        visible = asyncio.run(_verify(spool, acknowledged))
+        assert _integrity(spool) == "ok"
+        assert visible >= previous_visible + len(printed)  # nothing from earlier rounds went away
+        previous_visible = visible
+    assert len(acknowledged) > ROUNDS  # the child really was enqueueing when it died

@@ -1,0 +1,83 @@
+"""Child process of tests/integration/test_queue_crash.py: enqueue for ever until SIGKILLed.
+
+Run as `python -m tests.support.crash_enqueuer SPOOL_DIR BASE_SEED PRODUCERS`. Opens the store,
+prints `READY`, then several producers enqueue random messages concurrently; after each commit
+returns the child prints `<queue_id> <sha256 hex>` and flushes. Every message is derived from a
+seed carried in its sender address (`expected_message`), so the parent can recompute what any
+visible message must contain, including ones whose id was never printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import sys
+
+from mailgate.core.address import Address
+from mailgate.core.envelope import BodyType, Envelope, Notify, Recipient, Ret
+from mailgate.queue.sqlite_store import SqliteQueueStore
+from mailgate.queue.store import MessageMeta
+
+MAX_SIZE = 300 * 1024
+MEMORY_THRESHOLD = 32 * 1024  # low, so that many messages take the spill-file path
+SENDER_DOMAIN = "crash.test"
+NOTIFY_CHOICES = ((Notify.NEVER,), (Notify.SUCCESS, Notify.FAILURE), (), (Notify.FAILURE, Notify.DELAY))
+
+
+def seed_of(envelope: Envelope) -> int:
+    """The seed a crash-test message was made from (its sender's local part is `s<seed>`)."""
+    assert envelope.sender is not None and envelope.sender.local.startswith("s")
+    return int(envelope.sender.local[1:])
+
+
+def expected_message(seed: int) -> tuple[Envelope, bytes]:
+    """The envelope and body made from `seed`: 1 B to 300 KB, sizes spread log-uniformly."""
+    rng = random.Random(seed)
+    size = max(1, min(MAX_SIZE, int(MAX_SIZE ** rng.random())))
+    body = rng.randbytes(size)
+    recipients = [
+        Recipient(
+            Address(f"r{index}-{seed % 1000}", f"d{rng.randrange(5)}.crash.test"),
+            NOTIFY_CHOICES[rng.randrange(len(NOTIFY_CHOICES))],
+            None if rng.random() < 0.5 else f"rfc822;orig{index}@crash.test",
+        )
+        for index in range(1 + rng.randrange(3))
+    ]
+    envelope = Envelope(
+        sender=Address(f"s{seed}", SENDER_DOMAIN),
+        recipients=recipients,
+        body=BodyType.EIGHT_BIT_MIME if rng.random() < 0.5 else BodyType.SEVEN_BIT,
+        size_declared=size if rng.random() < 0.5 else None,
+        ret=Ret.HDRS if rng.random() < 0.5 else None,
+        envid=f"env{seed}" if rng.random() < 0.5 else None,
+    )
+    return envelope, body
+
+
+async def _produce(store: SqliteQueueStore, rng: random.Random) -> None:
+    while True:
+        seed = rng.getrandbits(62)
+        envelope, body = expected_message(seed)
+        writer = store.begin()
+        position = 0
+        while position < len(body):
+            step = rng.randint(1, 64 * 1024)
+            writer.write(body[position:position + step])
+            position += step
+            await asyncio.sleep(0)  # let the other producers interleave
+        queue_id = await store.commit(writer, envelope, MessageMeta(client_address="127.0.0.1"))
+        sys.stdout.write(f"{queue_id} {hashlib.sha256(body).hexdigest()}\n")
+        sys.stdout.flush()
+
+
+async def _main(spool_dir: str, base_seed: int, producers: int) -> None:
+    store = SqliteQueueStore(spool_dir, memory_threshold=MEMORY_THRESHOLD)
+    await store.open()
+    sys.stdout.write("READY\n")
+    sys.stdout.flush()
+    await asyncio.gather(*(_produce(store, random.Random(base_seed * 1000 + n)) for n in range(producers)))
+
+
+if __name__ == "__main__":
+    asyncio.run(_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
