@@ -124,17 +124,37 @@ def test_no_recipient_accepted_sends_no_data():
             assert "DATA" not in verbs and "RSET" in verbs
 
 
-def test_refused_mail_applies_to_every_recipient():
+@pytest.mark.parametrize("extensions", [("PIPELINING",), ()])
+def test_refused_mail_applies_to_every_recipient(extensions):
     async def scenario():
-        async with CaptureServer(mail_reply=Reply(451, "4.7.1", "greylisted")) as server:
+        async with CaptureServer(extensions=extensions, mail_replies=[Reply(451, "4.7.1", "greylisted")]) as server:
             transport = SmtpTransport(command_timeouts=FAST)
             result = await send(transport, [candidate(server)], ["a@example.com", "b@example.com"])
+            later = await send(transport, [candidate(server)], ["a@example.com"])
             await transport.close()
-            return result
+            return server, result, later
 
-    result = run(scenario())
+    server, result, later = run(scenario())
     assert states(result) == [RecipientState.QUEUED, RecipientState.QUEUED]
     assert {outcome.reply for outcome in result.outcomes.values()} == {Reply(451, "4.7.1", "greylisted")}
+    assert states(later) == [RecipientState.DELIVERED]
+    assert server.connections == 1  # the session stayed in step and was reused
+
+
+@pytest.mark.parametrize("extensions", [("PIPELINING",), ()])
+def test_421_at_rcpt_defers_everyone(extensions):
+    async def scenario():
+        closing = {"b@example.com": Reply(421, "4.3.2", "shutting down")}
+        async with CaptureServer(extensions=extensions, rcpt_replies=closing) as server:
+            transport = SmtpTransport(command_timeouts=FAST)
+            result = await send(transport, [candidate(server)], ["a@example.com", "b@example.com", "c@example.com"])
+            await transport.close()
+            return server, result
+
+    server, result = run(scenario())
+    assert states(result) == [RecipientState.QUEUED] * 3
+    assert result.outcomes[0].reply == result.outcomes[1].reply == Reply(421, "4.3.2", "shutting down")
+    assert server.completed == []
 
 
 def test_data_reply_applies_to_all_accepted_recipients():

@@ -150,6 +150,9 @@ class _Session:
         if step in self.server.delays:
             await asyncio.sleep(self.server.delays[step])
         self.writer.write(reply.encode())
+        if reply.code == 421:  # RFC 5321 §3.8: the server closes after 421
+            await self.writer.drain()
+            raise _Dropped
 
     async def read_line(self) -> str:
         while b"\r\n" not in self.buffer:
@@ -237,9 +240,6 @@ class _Session:
             self.transaction = Transaction(self.number, self.tls, path, params)
             self.server.transactions.append(self.transaction)
         await self.reply("MAIL", reply)
-        if reply.code == 421:  # RFC 5321 §3.8: the server closes after 421
-            await self.writer.drain()
-            raise _Dropped
 
     async def rcpt(self, argument: str) -> None:
         if self.transaction is None:

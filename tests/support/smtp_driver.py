@@ -50,7 +50,7 @@ class Driver:
         for _ in range(100_000):  # bounded: each event consumes input or changes state
             event = self.protocol.next_event()
             if isinstance(event, (ev.NeedData, ev.Closed)):
-                if isinstance(event, ev.Closed):
+                if isinstance(event, ev.Closed) and not self.closed:
                     self.events.append(event)
                 return bytes(out)
             self.events.append(event)
@@ -97,6 +97,10 @@ class Driver:
             ok = USERS.get(step.user) == step.password and step.authzid in ("", step.user)
             return AUTH_OK if ok else AUTH_FAILED
         return step.reply  # type: ignore[attr-defined]
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.events) and isinstance(self.events[-1], ev.Closed)
 
     def of_type(self, kind: type) -> list[object]:
         return [event for event in self.events if isinstance(event, kind)]

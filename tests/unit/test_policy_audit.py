@@ -12,7 +12,9 @@ from mailgate.policy.relay import HostedDomain, PolicySettings
 pytestmark = pytest.mark.timeout(30)
 
 
-def settings(networks: tuple[str, ...] = (), domains: tuple[str, ...] = ("example.com",), **extra: object) -> PolicySettings:
+def settings(
+    networks: tuple[str, ...] = (), domains: tuple[str, ...] = ("example.com",), **extra: object
+) -> PolicySettings:
     return PolicySettings(
         hosted_domains={name: HostedDomain(name) for name in domains},
         trusted_networks=tuple(ipaddress.ip_network(n) for n in networks),
@@ -21,9 +23,11 @@ def settings(networks: tuple[str, ...] = (), domains: tuple[str, ...] = ("exampl
 
 
 def test_sane_configuration_has_no_problems() -> None:
-    sane = settings(("10.0.0.0/8", "172.16.0.0/12", "192.168.1.0/24", "fd00::/8", "fc00::/7", "fe80::/10", "2001:db8:10::/48",
-                     "198.51.100.0/24", "127.0.0.1/32", "::1/128"),
-                    ("example.com", "bücher.example", ".sub.example.com"))
+    networks = (
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.1.0/24", "127.0.0.1/32", "198.51.100.0/24",
+        "fd00::/8", "fc00::/7", "fe80::/10", "::1/128", "2001:db8:10::/48",
+    )
+    sane = settings(networks, ("example.com", "bücher.example", ".sub.example.com"))
     assert open_relay_problems(sane, acknowledged=False) == []
 
 
@@ -35,8 +39,13 @@ def test_everything_trusted_is_an_open_relay_named_by_key() -> None:
     ]
 
 
-@pytest.mark.parametrize("network", ["0.0.0.0/0", "::/0", "0.0.0.0/1", "128.0.0.0/7", "10.0.0.0/7", "2000::/3",
-                                     "::/1", "::ffff:0:0/96", "::ffff:0:0/97"])
+HUGE = ["0.0.0.0/0", "::/0", "0.0.0.0/1", "128.0.0.0/7", "10.0.0.0/7", "2000::/3", "::/1",
+        "::ffff:0:0/96", "::ffff:0:0/97"]
+LARGE_PUBLIC = ["8.0.0.0/8", "100.64.0.0/10", "172.0.0.0/11", "192.168.0.0/15", "203.0.0.0/15",
+                "2a00::/20", "2001:db8::/31"]
+
+
+@pytest.mark.parametrize("network", HUGE)
 def test_huge_trusted_networks_are_refused(network: str) -> None:
     problems = open_relay_problems(settings((network,)), acknowledged=False)
     assert len(problems) == 1
@@ -44,7 +53,7 @@ def test_huge_trusted_networks_are_refused(network: str) -> None:
     assert "open relay" in problems[0] and "relay.acknowledge_open_relay = true" in problems[0]
 
 
-@pytest.mark.parametrize("network", ["8.0.0.0/8", "100.64.0.0/10", "172.0.0.0/11", "192.168.0.0/15", "203.0.0.0/15", "2a00::/20", "2001:db8::/31"])
+@pytest.mark.parametrize("network", LARGE_PUBLIC)
 def test_large_public_trusted_networks_are_refused(network: str) -> None:
     problems = open_relay_problems(settings((network,)), acknowledged=False)
     assert len(problems) == 1 and "large public range" in problems[0]
@@ -69,11 +78,15 @@ def test_routing_local_parts_is_reported() -> None:
 
 
 def test_every_problem_is_listed() -> None:
-    risky = settings(("0.0.0.0/0", "10.0.0.0/8", "::/0"), ("*", "example.com"), allow_routing_local_parts=True)
+    networks = ("0.0.0.0/0", "10.0.0.0/8", "::/0")
+    risky = settings(networks, ("*", "example.com"), allow_routing_local_parts=True)
     problems = open_relay_problems(risky, acknowledged=False)
     assert len(problems) == 4
     assert [p.split(":")[0] for p in problems] == [
-        "relay.trusted_networks", "relay.trusted_networks", "domain[0].name", "relay.allow_routing_local_parts",
+        "relay.trusted_networks",
+        "relay.trusted_networks",
+        "domain[0].name",
+        "relay.allow_routing_local_parts",
     ]
 
 

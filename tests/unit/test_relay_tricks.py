@@ -15,7 +15,7 @@ import pytest
 from mailgate.core.address import AddressError, parse_path
 from mailgate.core.reply import BAD_ADDRESS_SYNTAX, Reply
 from mailgate.policy.relay import Client, HostedDomain, PolicySettings, RelayPolicy
-from mailgate.policy.tricks import NMAP, TRICKS, RenderedTrick, render, render_all
+from mailgate.policy.tricks import NMAP, TRICKS, RelayTrick, RenderedTrick, render, render_all
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -108,7 +108,9 @@ SCENARIOS = [
 ]
 
 
-def make_policy(relay_host: str, relay_ip: str, host_relay_name: bool, hosted_literals: bool) -> RelayPolicy:
+def make_policy(
+    relay_host: str, relay_ip: str, host_relay_name: bool, hosted_literals: bool
+) -> RelayPolicy:
     hosted = {HOSTED: HostedDomain(HOSTED)}
     if host_relay_name:
         hosted[relay_host] = HostedDomain(relay_host)
@@ -143,11 +145,16 @@ def test_table_is_complete_and_named_uniquely() -> None:
 
 
 def test_nmap_forms_render_as_nmap_sends_them() -> None:
-    forms = {f.name: f for f in render_all(target=TARGET, relay_host="mx.relay.example", relay_ip="192.0.2.1", hosted=HOSTED)}
+    rendered = render_all(
+        target=TARGET, relay_host="mx.relay.example", relay_ip="192.0.2.1", hosted=HOSTED
+    )
+    forms = {form.name: form for form in rendered}
     assert forms["nmap_null_sender"].mail_from == "<>"
     assert forms["nmap_percent_relay_literal"].rcpt_to == "<relaytest%nmap.scanme.org@[192.0.2.1]>"
-    assert forms["nmap_quoted_at_relay_literal"].rcpt_to == '<"relaytest@nmap.scanme.org"@[192.0.2.1]>'
-    assert forms["nmap_source_route_host"].rcpt_to == "<@mx.relay.example:relaytest@nmap.scanme.org>"
+    quoted = forms["nmap_quoted_at_relay_literal"].rcpt_to
+    assert quoted == '<"relaytest@nmap.scanme.org"@[192.0.2.1]>'
+    routed = forms["nmap_source_route_host"].rcpt_to
+    assert routed == "<@mx.relay.example:relaytest@nmap.scanme.org>"
     assert forms["nmap_bang_relay_host"].mail_from == "<antispam@[192.0.2.1]>"
     assert forms["own_literal_alternate_form"].rcpt_to == "<relaytest@[IPv6:::ffff:192.0.2.1]>"
     assert forms["percent_upper_case"].rcpt_to == "<RELAYTEST%NMAP.SCANME.ORG@EXAMPLE.COM>"
@@ -162,7 +169,9 @@ def test_ipv6_relay_literals() -> None:
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: "-".join(map(str, s)))
-def test_every_trick_is_refused_with_its_expected_reply(scenario: tuple[str, str, bool, bool]) -> None:
+def test_every_trick_is_refused_with_its_expected_reply(
+    scenario: tuple[str, str, bool, bool],
+) -> None:
     relay_host, relay_ip, host_relay_name, hosted_literals = scenario
     relay = make_policy(relay_host, relay_ip, host_relay_name, hosted_literals)
     expected = dict(EXPECTED)
@@ -180,10 +189,12 @@ def test_every_trick_is_refused_with_its_expected_reply(scenario: tuple[str, str
 
 
 @pytest.mark.parametrize("trick", TRICKS, ids=lambda t: t.name)
-def test_sender_of_every_form_parses_and_is_accepted(trick) -> None:
+def test_sender_of_every_form_parses_and_is_accepted(trick: RelayTrick) -> None:
     """The relay refuses at RCPT, not MAIL: the tester's sender must reach the RCPT stage."""
     relay = make_policy("mx.relay.example", "192.0.2.1", False, False)
-    form = render(trick, target=TARGET, relay_host="mx.relay.example", relay_ip="192.0.2.1", hosted=HOSTED)
+    form = render(
+        trick, target=TARGET, relay_host="mx.relay.example", relay_ip="192.0.2.1", hosted=HOSTED
+    )
     sender, _ = parse_path(form.mail_from, allow_null=True, smtputf8=form.smtputf8)
     assert relay.check_sender(UNTRUSTED, sender).permitted
 
@@ -191,7 +202,9 @@ def test_sender_of_every_form_parses_and_is_accepted(trick) -> None:
 def test_trusted_client_may_relay_a_plain_form() -> None:
     """Sanity check of the harness: the same table permits what a trusted client may do."""
     relay = make_policy("mx.relay.example", "192.0.2.1", False, False)
-    forms = {f.name: f for f in render_all(target=TARGET, relay_host="mx", relay_ip="192.0.2.1", hosted=HOSTED)}
-    recipient, _ = parse_path(forms["upper_case_target"].rcpt_to, allow_null=False)
+    rendered = render_all(target=TARGET, relay_host="mx", relay_ip="192.0.2.1", hosted=HOSTED)
+    form = next(form for form in rendered if form.name == "upper_case_target")
+    recipient, _ = parse_path(form.rcpt_to, allow_null=False)
     assert recipient is not None
-    assert relay.check_recipient(Client(ipaddress.ip_address("10.0.0.5")), None, recipient).permitted
+    insider = Client(ipaddress.ip_address("10.0.0.5"))
+    assert relay.check_recipient(insider, None, recipient).permitted

@@ -41,7 +41,7 @@ def test_plain_without_initial_response_sends_empty_challenge() -> None:
     ("line", "reply"),
     [
         ("not base64!", MALFORMED_RESPONSE),
-        ("YWJj=", MALFORMED_RESPONSE),
+        ("YWJ", MALFORMED_RESPONSE),
         (b64(b"\xff\xfe"), MALFORMED_RESPONSE),
         ("=", MALFORMED_PLAIN),
         (b64(b"alice\0pw"), MALFORMED_PLAIN),

@@ -30,7 +30,7 @@ from mailgate.core.envelope import Recipient, Ret
 from mailgate.core.reply import MESSAGE_TOO_BIG, NEEDS_SMTPUTF8, Reply
 from mailgate.core.status import Outcome, classify
 from mailgate.delivery.pool import ConnectionPool, SmtpConnection
-from mailgate.smtp.client import PeerProtocolError, Verb, mail_command, parse_ehlo, rcpt_command
+from mailgate.smtp.client import PeerProtocolError, State, Verb, mail_command, parse_ehlo, rcpt_command
 
 TLS_MODES = ("none", "may", "encrypt", "verify")
 
@@ -343,6 +343,8 @@ class SmtpTransport:
         if reused and mail.code == 421:
             raise _StaleConnection  # the server timed the idle connection out (RFC 5321 §3.8)
         accepted = await self._recipients(connection, message, lines, mail, remote)
+        if connection.protocol.state is State.CLOSED:
+            return None  # a 421 ended the session; every recipient already has its outcome
         if extensions.has("PIPELINING"):
             data = (await connection.next_reply(self._timeouts.data_initiation)).reply
         elif accepted:
@@ -366,20 +368,27 @@ class SmtpTransport:
     ) -> list[int]:
         """Per-recipient RCPT results; the indexes accepted. A refused MAIL refuses them all."""
         pipelined = connection.extensions.has("PIPELINING")
+        # A refused MAIL answers for every recipient (the 503s behind it are not theirs to carry);
+        # so does a 421, after which the server reads nothing more (RFC 5321 §3.8).
+        verdict = None if mail.is_positive else mail
         accepted = []
         for (index, _), line in zip(message.recipients, lines):
-            if pipelined:
-                reply = (await connection.next_reply(self._timeouts.rcpt)).reply
-            elif mail.is_positive:
+            reply = verdict
+            if pipelined and (verdict is None or verdict.code != 421):
+                answer = (await connection.next_reply(self._timeouts.rcpt)).reply  # read even if moot
+                reply = verdict or answer
+            elif verdict is None:
                 reply = (await connection.command(Verb.RCPT, line, self._timeouts.rcpt, utf8=message.smtputf8)).reply
-            else:
-                reply = mail
-            if not mail.is_positive:
-                reply = mail  # the 503s behind a refused MAIL are not the recipients' fault
+            if reply.code == 421:
+                verdict = reply
             if reply.is_positive:
                 accepted.append(index)
             else:
                 message.outcomes[index] = classify(reply, remote)
+        if verdict is not None and verdict.code == 421:
+            for index in accepted:
+                message.outcomes[index] = classify(verdict, remote)
+            return []
         return accepted
 
     async def _send_body(self, connection: SmtpConnection, message: _Message | None) -> Reply:

@@ -4,7 +4,8 @@ Owns: command-line framing (CRLF only, RFC 5321 §2.3.8; line limits, §4.5.3.1.
 sequencing (RFC 5321 §4.1.4, 503), the EHLO extension list, the DATA and BDAT body modes, the
 STARTTLS injection check (RFC 3207 §4, CVE-2011-0411, CVE-2024-34083) and the AUTH line mode
 (RFC 4954 §4). Must not: touch sockets, await, or decide policy (relay, credentials, storage):
-the caller answers every event that needs a decision.
+the caller answers every event that needs a decision. Helpers: `smtp/commands.py` (MAIL/RCPT
+arguments), `smtp/data.py` (body scanning), `smtp/events.py`, `smtp/settings.py` (EHLO list).
 
 Use (bytes in, events out; replies in, bytes out)::
 
@@ -54,6 +55,9 @@ from mailgate.smtp.events import (
     MessageEnd, NeedData, Noop, ProtocolError, Quit, RcptTo, Reset, ServerUsageError, StartTls,
     TooManyErrors, Verify, needs_reply,
 )
+from mailgate.smtp.settings import ServerSettings, ehlo_keywords
+
+__all__ = ["AUTH_LINE_LIMIT", "TLS_ALREADY_ACTIVE", "Mode", "ServerProtocol", "ServerSettings"]
 
 AUTH_LINE_LIMIT = 12288  # RFC 4954 §4: AUTH command and responses may be up to 12288 octets
 TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")  # RFC 3207 §4
@@ -63,25 +67,6 @@ _NOT_IMPLEMENTED = frozenset({"EXPN", "TURN", "ETRN", "ATRN", "SEND", "SOML", "S
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 3030 §2: bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ]; chunk-size = 1*DIGIT.
 _BDAT = re.compile(r"([0-9]{1,18})(?: +(LAST))? *", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """What one listener offers."""
-
-    hostname: str
-    max_message_size: int  # RFC 1870 SIZE; 0 = unlimited
-    starttls_offered: bool  # the listener can do STARTTLS and TLS is not active yet
-    tls_active: bool  # implicit TLS, or after STARTTLS
-    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")  # offered only with TLS (SPEC R4)
-    chunking: bool = True  # RFC 3030
-    dsn: bool = True  # RFC 3461
-    smtputf8: bool = True  # RFC 6531
-    eight_bit_mime: bool = True  # RFC 6152
-    pipelining: bool = True  # RFC 2920
-    max_command_line: int = 512  # RFC 5321 §4.5.3.1.4, including CRLF
-    max_text_line: int = 1000  # RFC 5321 §4.5.3.1.6, including CRLF
-    error_budget: int = 10  # protocol errors before 421 4.7.0
 
 
 class Mode(Enum):
@@ -140,7 +125,8 @@ class ServerProtocol:
     def receive_data(self, data: bytes) -> None:
         if not data:
             self._eof = True
-        elif self.mode is not Mode.CLOSED:
+        elif self.mode not in (Mode.CLOSED, Mode.TLS_PENDING):
+            # After our 220 to STARTTLS only the handshake may come; plaintext is dropped.
             self._buffer += data
 
     def next_event(self) -> Event | NeedData:
@@ -201,8 +187,7 @@ class ServerProtocol:
         """The TLS handshake after our 220 completed: RFC 3207 §4.2, forget everything."""
         if self.mode is not Mode.TLS_PENDING:
             raise ServerUsageError("start_tls_done() without a 220 to STARTTLS")
-        # Plaintext that slipped in after the 220 must never be read as protected commands.
-        self._buffer.clear()
+        self._buffer.clear()  # nothing from before the handshake is read as protected
         self.settings = replace(self.settings, tls_active=True, starttls_offered=False)
         self.greeted = self.extended = self.authenticated = False
         self._transaction = None
@@ -210,31 +195,11 @@ class ServerProtocol:
 
     # --- replies the protocol builds ---------------------------------------------------------
 
-    def extensions(self) -> list[str]:
-        """The EHLO keywords for the current state (RFC 5321 §4.1.1.1)."""
-        settings = self.settings
-        offered = [
-            ("PIPELINING", settings.pipelining),  # RFC 2920
-            (f"SIZE {settings.max_message_size}", True),  # RFC 1870 §4 (0: no fixed limit)
-            ("8BITMIME", settings.eight_bit_mime),  # RFC 6152
-            ("SMTPUTF8", settings.smtputf8),  # RFC 6531
-            ("ENHANCEDSTATUSCODES", True),  # RFC 2034
-            ("STARTTLS", settings.starttls_offered and not settings.tls_active),  # RFC 3207
-            # RFC 4954 §4 and SPEC R4: no AUTH in clear text.
-            (f"AUTH {' '.join(settings.auth_mechanisms)}", self._auth_offered()),
-            ("CHUNKING", settings.chunking),  # RFC 3030
-            ("DSN", settings.dsn),  # RFC 3461
-        ]
-        return [keyword for keyword, on in offered if on]
-
     def _hello_reply(self, reply: Reply, extended: bool) -> bytes:
         first = f"{self.settings.hostname} {reply.text}".rstrip()
-        lines = [first, *self.extensions()] if extended else [first]
+        lines = [first, *ehlo_keywords(self.settings)] if extended else [first]
         # RFC 2034 §3: no enhanced status code on the EHLO/HELO reply.
         return Reply(reply.code, "", "\n".join(lines)).encode(enhanced=False)
-
-    def _auth_offered(self) -> bool:
-        return self.settings.tls_active and bool(self.settings.auth_mechanisms)
 
     def _error(self, reply: Reply, *, counts: bool = True) -> ProtocolError:
         if counts:
@@ -310,7 +275,7 @@ class ServerProtocol:
             return parse_mail(
                 argument[5:], esmtp=self.extended, max_message_size=settings.max_message_size,
                 eight_bit_mime=settings.eight_bit_mime, smtputf8=settings.smtputf8,
-                dsn=settings.dsn, auth=self._auth_offered(),
+                dsn=settings.dsn, auth=self.settings.auth_offered,
             )
         except CommandError as error:
             return self._error(error.reply, counts=error.counts_as_error)

@@ -1,0 +1,210 @@
+"""The servers under test and the counting sink they relay to.
+
+Owns: starting and stopping, on loopback, (1) mailgate as a subprocess with the one benchmark
+configuration below, (2) a private Postfix relaying the same hosted domain (tests/support/postfix,
+Postfix defaults otherwise: fsync on), (3) smtp-sink as the shared next hop, whose running
+counters (`-c`) tell us when all N messages have arrived.
+Must NOT: measure anything (procstat and clients do) or touch a system-wide mail server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support import postfix
+
+HOSTED_DOMAIN = "hosted.test"
+SMTP_SINK = "/usr/sbin/smtp-sink"
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+
+# The one place that says how mailgate is configured for the benchmark: its defaults
+# (durable queue) plus one MX listener and the hosted domain whose next hop is the sink.
+MAILGATE_CONFIG_TEMPLATE = """\
+[server]
+hostname = "bench.test"
+spool_dir = "{spool_dir}"
+
+[[listener]]
+name = "mx"
+address = "127.0.0.1:{listen_port}"
+profile = "mx"
+tls = "none"
+
+[relay]
+trusted_networks = []
+
+[[domain]]
+name = "{hosted_domain}"
+next_hop = ["127.0.0.1:{sink_port}"]
+tls = "none"
+"""
+
+
+class PeerError(RuntimeError):
+    """A server under test or the sink could not be started."""
+
+
+@dataclass
+class ServerHandle:
+    """A running server under test: the roots of its process tree, and how to stop it."""
+
+    name: str
+    pids: list[int]
+    stop: Callable[[], None]
+
+
+def start_mailgate(
+    workdir: Path, listen_port: int, sink_port: int, python: str = sys.executable
+) -> ServerHandle:
+    """`<python> -m mailgate serve --config <workdir>/mailgate.toml`, ready once it greets."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "mailgate.toml"
+    config.write_text(
+        MAILGATE_CONFIG_TEMPLATE.format(
+            spool_dir=workdir / "spool",
+            listen_port=listen_port,
+            sink_port=sink_port,
+            hosted_domain=HOSTED_DOMAIN,
+        )
+    )
+    log_path = workdir / "mailgate.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [python, "-m", "mailgate", "serve", "--config", str(config)],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop() -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(STOP_TIMEOUT_S)
+
+    try:
+        wait_for_banner(listen_port, START_TIMEOUT_S, alive=lambda: process.poll() is None)
+    except PeerError as error:
+        stop()
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise PeerError(f"mailgate did not start: {error}\n--- {log_path} ---\n{tail}") from error
+    return ServerHandle("mailgate", [process.pid], stop)
+
+
+def start_postfix(workdir: Path, listen_port: int, sink_port: int) -> ServerHandle:
+    """A private Postfix relaying the hosted domain to the sink, Postfix defaults otherwise."""
+    root = workdir / "postfix"
+    if root.exists():
+        shutil.rmtree(root)
+    instance = postfix.start_relay(
+        listen_port, HOSTED_DOMAIN, ("127.0.0.1", sink_port), root=root
+    )
+    master = instance.master_pid()
+    if master is None:
+        instance.stop()
+        raise PeerError("postfix started but its master PID file is missing")
+    return ServerHandle("postfix", [master], instance.stop)
+
+
+SERVERS: dict[str, Callable[[Path, int, int], ServerHandle]] = {
+    "mailgate": start_mailgate,
+    "postfix": start_postfix,
+}
+
+
+class CountingSink:
+    """smtp-sink on 127.0.0.1:port; a thread follows its `-c` counters ("... mesg=N\\r")."""
+
+    _MESSAGES = re.compile(rb"mesg=(\d+)\r")  # only complete counter lines
+
+    def __init__(self, port: int) -> None:
+        command = [SMTP_SINK, "-c"]
+        if os.geteuid() == 0:
+            command += ["-u", "postfix"]  # smtp-sink(1): required when run as root
+        command += [f"127.0.0.1:{port}", "1024"]
+        self.port = port
+        self.count = 0
+        self._target = 0
+        self._reached_at: float | None = None
+        self._reached = threading.Event()
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        self._reader = threading.Thread(target=self._follow, name="sink-counter", daemon=True)
+        self._reader.start()
+        try:
+            wait_for_banner(port, START_TIMEOUT_S, alive=lambda: self._process.poll() is None)
+        except PeerError:
+            self.stop()
+            raise
+
+    def expect(self, total: int) -> None:
+        """Arm wait_for_total(): the sink's message count that means "all arrived"."""
+        self._target = total
+        self._reached_at = None
+        self._reached.clear()
+        self._check_target()
+
+    def wait_for_total(self, timeout: float) -> float | None:
+        """Monotonic time at which the expected count was reached, None if not within timeout."""
+        self._reached.wait(timeout)
+        return self._reached_at
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(STOP_TIMEOUT_S)
+        self._reader.join(STOP_TIMEOUT_S)
+
+    def _follow(self) -> None:
+        assert self._process.stdout is not None
+        tail = b""
+        while chunk := os.read(self._process.stdout.fileno(), 65536):
+            tail = (tail + chunk)[-256:]
+            counts = self._MESSAGES.findall(tail)
+            if counts:
+                self.count = max(self.count, int(counts[-1]))
+                self._check_target()
+
+    def _check_target(self) -> None:
+        if self._target and self.count >= self._target and not self._reached.is_set():
+            self._reached_at = time.monotonic()
+            self._reached.set()
+
+
+def wait_for_banner(port: int, timeout: float, alive: Callable[[], bool]) -> None:
+    """Bounded wait until 127.0.0.1:port sends a 220 greeting (RFC 5321 §4.3.2)."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if not alive():
+            raise PeerError("the process exited before greeting")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                if sock.recv(512).startswith(b"220"):
+                    sock.sendall(b"QUIT\r\n")
+                    return
+        except OSError as error:
+            last_error = error
+        time.sleep(0.05)
+    raise PeerError(f"no 220 greeting on 127.0.0.1:{port} within {timeout:g}s: {last_error}")

@@ -1,0 +1,134 @@
+"""Turning raw benchmark runs into medians, mailgate/Postfix ratios and a printable table.
+
+Owns: percentiles, grouping repetitions, the summary dictionary saved in the JSON, and the
+Markdown table printed at the end (the same table docs/performance.md shows).
+Must NOT: run anything; it is pure.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+MIB = 1024 * 1024
+
+# (key in a throughput run, label, unit, "higher is better")
+THROUGHPUT_METRICS = (
+    ("accept_msgs_per_s", "accept throughput", "msg/s", True),
+    ("end_to_end_msgs_per_s", "end-to-end throughput", "msg/s", True),
+    ("peak_rss_mib", "peak memory (all processes)", "MiB", False),
+    ("cpu_s_per_1000_msgs", "CPU per 1000 messages", "s", False),
+)
+LATENCY_METRICS = (
+    ("p50_ms", "acceptance latency p50 @100 msg/s", "ms", False),
+    ("p99_ms", "acceptance latency p99 @100 msg/s", "ms", False),
+)
+CONNECTION_METRICS = (
+    ("greeted", "idle connections greeted", "", True),
+    ("seconds_to_greet_all", "time to greet them all", "s", False),
+    ("held_rss_mib", "memory with them all open", "MiB", False),
+)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """Nearest-rank percentile (fraction in 0..1) of `values`; None when there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1]
+
+
+def median_of(runs: Iterable[dict[str, Any]], key: str) -> float | None:
+    values = [run[key] for run in runs if run.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def ratio(mailgate: float | None, postfix: float | None) -> float | None:
+    if mailgate is None or postfix is None or postfix == 0:
+        return None
+    return mailgate / postfix
+
+
+def summarise(results: dict[str, Any], servers: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per (metric, case): the median per server and the mailgate/Postfix ratio."""
+    rows: list[dict[str, Any]] = []
+    sections = (
+        ("throughput", THROUGHPUT_METRICS, ("size", "sessions")),
+        ("latency", LATENCY_METRICS, ("size",)),
+        ("connections", CONNECTION_METRICS, ("requested",)),
+    )
+    for section, metrics, case_keys in sections:
+        cases = sorted({tuple(run[key] for key in case_keys) for run in results[section]})
+        for key, label, unit, higher_is_better in metrics:
+            for case in cases:
+                matching = [
+                    run for run in results[section]
+                    if tuple(run[k] for k in case_keys) == case
+                ]
+                medians = {
+                    server: median_of([run for run in matching if run["server"] == server], key)
+                    for server in servers
+                }
+                rows.append({
+                    "metric": key,
+                    "label": label,
+                    "unit": unit,
+                    "higher_is_better": higher_is_better,
+                    "case": dict(zip(case_keys, case)),
+                    "medians": medians,
+                    "ratio_mailgate_to_postfix": ratio(medians.get("mailgate"),
+                                                       medians.get("postfix")),
+                })
+    return rows
+
+
+def _case_text(case: dict[str, Any]) -> str:
+    parts = []
+    if "size" in case:
+        parts.append(f"{case['size'] // 1024} KiB")
+    if "sessions" in case:
+        parts.append(f"C={case['sessions']}")
+    if "requested" in case:
+        parts.append(f"{case['requested']} conns")
+    return ", ".join(parts)
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], extras: dict[str, Any]) -> str:
+    """The summary as a Markdown table, then the reference figures (disk, sink baseline)."""
+    lines = [
+        "| metric | case | mailgate | Postfix | mailgate/Postfix |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        unit = f" ({row['unit']})" if row["unit"] else ""
+        better = "higher" if row["higher_is_better"] else "lower"
+        lines.append(
+            f"| {row['label']}{unit}, {better} is better | {_case_text(row['case'])} "
+            f"| {_number(row['medians'].get('mailgate'))} "
+            f"| {_number(row['medians'].get('postfix'))} "
+            f"| {_number(row['ratio_mailgate_to_postfix'])} |"
+        )
+    lines.append("")
+    lines.append("| reference (no relay) | case | median |")
+    lines.append("|---|---|---:|")
+    for name, value in extras["fsync"].items():
+        lines.append(f"| disk: {name.replace('_', ' ')} | spool filesystem | {_number(value)} |")
+    baseline_cases = sorted({(run["size"], run["sessions"]) for run in extras["baseline"]})
+    for size, sessions in baseline_cases:
+        runs = [r for r in extras["baseline"] if (r["size"], r["sessions"]) == (size, sessions)]
+        lines.append(
+            f"| smtp-source into smtp-sink (msg/s) | {size // 1024} KiB, C={sessions} "
+            f"| {_number(median_of(runs, 'accept_msgs_per_s'))} |"
+        )
+    return "\n".join(lines)

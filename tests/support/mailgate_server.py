@@ -1,0 +1,109 @@
+"""Run a real mailgate for tests: in a thread of the test process, or as a child process.
+
+`InProcessMailgate` runs `Application` on its own event loop in a background thread (fast, and
+the test can inspect the store); `MailgateProcess` runs `python -m mailgate serve --config` as a
+child so tests can SIGTERM or SIGKILL it like an admin or a crash would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from mailgate.app import Application
+from mailgate.config.loader import load_text
+
+
+def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+class InProcessMailgate:
+    """`with InProcessMailgate(config_text) as mg:` ... `mg.call(coro)` runs on its loop."""
+
+    def __init__(self, config_text: str) -> None:
+        self.config = load_text(config_text, source="<test>")
+        self.app: Application | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> "InProcessMailgate":
+        self._thread.start()
+        self.app = self.call(self._create())
+        return self
+
+    async def _create(self) -> Application:
+        app = Application(self.config)
+        await app.start()
+        return app
+
+    def call(self, coroutine, timeout: float = 60.0):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def port(self, name: str) -> int:
+        assert self.app is not None
+        return next(l.bound_port for l in self.app.listeners if l.settings.name == name)
+
+    def __exit__(self, *exc_info) -> None:
+        if self.app is not None:
+            self.call(self.app.stop(grace=2.0))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+class MailgateProcess:
+    """A mailgate child process on a config file in `workdir`."""
+
+    def __init__(self, workdir: Path, config_text: str) -> None:
+        self.workdir = Path(workdir)
+        self.config_path = self.workdir / "mailgate.toml"
+        self.config_path.write_text(config_text)
+        self.process: subprocess.Popen | None = None
+        self.log_path = self.workdir / "mailgate.log"
+
+    def start(self, wait: tuple[str, int] | None = None) -> "MailgateProcess":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mailgate", "serve", "--config", str(self.config_path)],
+            cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+        )
+        if wait:
+            try:
+                wait_for_port(*wait)
+            except TimeoutError:
+                self.stop()
+                raise RuntimeError("mailgate did not start:\n" + self.log_path.read_text()) from None
+        return self
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no chance to clean up."""
+        if self.process and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode if self.process else None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
