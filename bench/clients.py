@@ -93,6 +93,10 @@ class _Session:
             pass
         self._writer.close()
 
+    def abort(self) -> None:
+        """Drops a session left in an unknown state (after an error)."""
+        self._writer.close()
+
     async def _command(self, line: bytes, expected: int) -> None:
         self._writer.write(line + b"\r\n")
         await self._writer.drain()
@@ -127,12 +131,15 @@ async def _latencies(port: int, rate: float, count: int, body: bytes) -> Latency
 
     async def send_one() -> None:
         async with session_slots:
+            session: _Session | None = None
             try:
                 session = idle.pop() if idle else await _Session.open(port)
                 result.seconds.append(await session.send(body))
                 idle.append(session)
             except (OSError, LoadError, asyncio.TimeoutError) as error:
                 result.errors.append(f"{type(error).__name__}: {error}")
+                if session is not None:
+                    session.abort()
 
     started = time.monotonic()
     tasks = []

@@ -12,13 +12,13 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-MIB = 1024 * 1024
 
 # (key in a throughput run, label, unit, "higher is better")
 THROUGHPUT_METRICS = (
     ("accept_msgs_per_s", "accept throughput", "msg/s", True),
     ("end_to_end_msgs_per_s", "end-to-end throughput", "msg/s", True),
-    ("peak_rss_mib", "peak memory (all processes)", "MiB", False),
+    ("peak_pss_mib", "peak memory, PSS of all processes", "MiB", False),
+    ("peak_rss_sum_mib", "peak memory, summed RSS of all processes", "MiB", False),
     ("cpu_s_per_1000_msgs", "CPU per 1000 messages", "s", False),
 )
 LATENCY_METRICS = (
@@ -28,7 +28,8 @@ LATENCY_METRICS = (
 CONNECTION_METRICS = (
     ("greeted", "idle connections greeted", "", True),
     ("seconds_to_greet_all", "time to greet them all", "s", False),
-    ("held_rss_mib", "memory with them all open", "MiB", False),
+    ("held_pss_mib", "memory (PSS) with them all open", "MiB", False),
+    ("kib_per_greeted_connection", "memory per greeted connection", "KiB", False),
 )
 
 

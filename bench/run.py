@@ -11,6 +11,7 @@ Must NOT: implement load, peers or /proc reading itself (clients, peers, procsta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -20,11 +21,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from bench import clients, peers, procstat, report
+from tests.support import postfix
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
@@ -89,34 +92,44 @@ def raise_open_file_limit(wanted: int) -> int:
     return max(soft, target)
 
 
-def throughput_run(server: str, size: int, sessions: int, messages: int,
-                   workdir: Path) -> dict[str, Any]:
-    """smtp-source pushes N messages through the server into the sink; times, CPU, memory."""
+@contextlib.contextmanager
+def relay_under_test(server: str, workdir: Path) -> Iterator[tuple[peers.ServerHandle, int,
+                                                                   peers.CountingSink]]:
+    """A fresh sink and a fresh server (empty spool) relaying to it; both stopped after."""
     sink = peers.CountingSink(free_port())
     try:
-        handle = peers.SERVERS[server](workdir, free_port(), sink.port)
-        listen_port = _listen_port(workdir, handle)
+        listen_port = free_port()
+        handle = peers.SERVERS[server](workdir, listen_port, sink.port)
         try:
-            sink.expect(messages)
-            cpu_before = procstat.tree_cpu_seconds(handle.pids)
-            sampler = procstat.PeakMemorySampler(lambda: handle.pids).start()
-            try:
-                started, accepted = clients.run_smtp_source(
-                    listen_port, messages, sessions, size, timeout=max(120.0, messages / 5))
-                delivered = sink.wait_for_total(timeout=max(120.0, messages / 5))
-            finally:
-                peak_rss = sampler.stop()
-            cpu = procstat.tree_cpu_seconds(handle.pids) - cpu_before
+            yield handle, listen_port, sink
         finally:
             handle.stop()
     finally:
         sink.stop()
+
+
+def throughput_run(server: str, size: int, sessions: int, messages: int,
+                   workdir: Path) -> dict[str, Any]:
+    """smtp-source pushes N messages through the server into the sink; times, CPU, memory."""
+    bound = max(120.0, messages / 5)  # seconds; generous, only there so nothing hangs
+    with relay_under_test(server, workdir) as (handle, listen_port, sink):
+        sink.expect(messages)
+        cpu_before = procstat.tree_cpu_seconds(handle.pids)
+        sampler = procstat.PeakMemorySampler(lambda: handle.pids).start()
+        try:
+            started, accepted = clients.run_smtp_source(
+                listen_port, messages, sessions, size, timeout=bound)
+            delivered = sink.wait_for_total(timeout=bound)
+        finally:
+            memory = sampler.stop()
+        cpu = procstat.tree_cpu_seconds(handle.pids) - cpu_before
     return {
         "server": server, "size": size, "sessions": sessions, "messages": messages,
         "accept_msgs_per_s": messages / (accepted - started),
         "end_to_end_msgs_per_s": messages / (delivered - started) if delivered else None,
         "sink_count": sink.count,
-        "peak_rss_mib": peak_rss / MIB,
+        "peak_pss_mib": memory.pss_bytes / MIB,
+        "peak_rss_sum_mib": memory.rss_sum_bytes / MIB,
         "cpu_s_per_1000_msgs": cpu / messages * 1000,
     }
 
@@ -135,21 +148,13 @@ def baseline_run(size: int, sessions: int, messages: int) -> dict[str, Any]:
 
 def latency_run(server: str, size: int, count: int, workdir: Path) -> dict[str, Any]:
     """Our client at a steady 100 msg/s: end-of-data to 250, per message."""
-    sink = peers.CountingSink(free_port())
-    try:
-        handle = peers.SERVERS[server](workdir, free_port(), sink.port)
-        try:
-            result = clients.acceptance_latencies(
-                _listen_port(workdir, handle), LATENCY_RATE, count, size)
-        finally:
-            handle.stop()
-    finally:
-        sink.stop()
+    with relay_under_test(server, workdir) as (_, listen_port, _sink):
+        result = clients.acceptance_latencies(listen_port, LATENCY_RATE, count, size)
     p50 = report.percentile(result.seconds, 0.50)
     p99 = report.percentile(result.seconds, 0.99)
     return {
         "server": server, "size": size, "sent": count, "accepted": len(result.seconds),
-        "errors": result.errors[:5], "error_count": len(result.errors),
+        "error_count": len(result.errors), "first_errors": result.errors[:5],
         "p50_ms": p50 * 1000 if p50 is not None else None,
         "p99_ms": p99 * 1000 if p99 is not None else None,
     }
@@ -157,32 +162,18 @@ def latency_run(server: str, size: int, count: int, workdir: Path) -> dict[str, 
 
 def connection_run(server: str, count: int, deadline: float, workdir: Path) -> dict[str, Any]:
     """`count` idle connections at once: how many get their 220 greeting, how fast, what RAM."""
-    sink = peers.CountingSink(free_port())
-    try:
-        handle = peers.SERVERS[server](workdir, free_port(), sink.port)
-        try:
-            rss_idle = procstat.tree_rss_bytes(handle.pids)
-            result = clients.idle_connections(
-                _listen_port(workdir, handle), count, deadline,
-                measure_while_held=lambda: procstat.tree_rss_bytes(handle.pids))
-        finally:
-            handle.stop()
-    finally:
-        sink.stop()
-    added = result.held_measurement - rss_idle
+    with relay_under_test(server, workdir) as (handle, listen_port, _sink):
+        pss_idle = procstat.tree_pss_bytes(handle.pids)
+        result = clients.idle_connections(
+            listen_port, count, deadline,
+            measure_while_held=lambda: procstat.tree_pss_bytes(handle.pids))
+    added = result.held_measurement - pss_idle
     return {
         "server": server, "requested": count, "greeted": result.greeted,
         "seconds_to_greet_all": result.seconds_to_greet_all,
-        "idle_rss_mib": rss_idle / MIB, "held_rss_mib": result.held_measurement / MIB,
+        "idle_pss_mib": pss_idle / MIB, "held_pss_mib": result.held_measurement / MIB,
         "kib_per_greeted_connection": added / 1024 / result.greeted if result.greeted else None,
     }
-
-
-_LISTEN_PORTS: dict[int, int] = {}
-
-
-def _listen_port(workdir: Path, handle: peers.ServerHandle) -> int:
-    return _LISTEN_PORTS[id(handle)]
 
 
 def machine_description(workdir: Path) -> dict[str, Any]:
@@ -204,3 +195,143 @@ def machine_description(workdir: Path) -> dict[str, Any]:
         "mailgate": mailgate_version, "workdir": str(workdir),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Every measurement, repetitions interleaved server by server. Over 60 lines because it is
+    the one readable list of what the benchmark does, in order."""
+    results: dict[str, Any] = {"throughput": [], "latency": [], "connections": [], "baseline": []}
+    results["fsync"] = procstat.fsync_rates(workdir)
+    _progress(f"disk fsync rates: {results['fsync']}")
+    run_number = 0
+
+    def fresh_dir(label: str) -> Path:
+        nonlocal run_number
+        run_number += 1
+        path = workdir / f"{run_number:03d}-{label}"
+        path.mkdir(mode=0o755)
+        return path
+
+    def done(path: Path) -> None:
+        if not args.keep_workdir:
+            shutil.rmtree(path, ignore_errors=True)
+
+    for rep in range(1, args.reps + 1):
+        for size in args.sizes:
+            for sessions in args.sessions:
+                case = {"rep": rep, "size": size, "sessions": sessions}
+                baseline = attempt(case, lambda: baseline_run(size, sessions, args.messages))
+                results["baseline"].append({"rep": rep, **baseline})
+                _progress(f"rep {rep} baseline size={size} C={sessions}: "
+                          f"{_fmt(baseline.get('accept_msgs_per_s'))} msg/s")
+                for server in args.servers:
+                    path = fresh_dir(f"{server}-throughput")
+                    run = attempt({**case, "server": server}, lambda: throughput_run(
+                        server, size, sessions, args.messages, path))
+                    results["throughput"].append({"rep": rep, **run})
+                    _progress(f"rep {rep} {server} size={size} C={sessions}: "
+                              f"accept {_fmt(run.get('accept_msgs_per_s'))} msg/s, "
+                              f"e2e {_fmt(run.get('end_to_end_msgs_per_s'))} msg/s, "
+                              f"peak PSS {_fmt(run.get('peak_pss_mib'))} MiB, "
+                              f"{_fmt(run.get('cpu_s_per_1000_msgs'))} CPU s/1000")
+                    done(path)
+            for server in args.servers:
+                path = fresh_dir(f"{server}-latency")
+                run = attempt({"rep": rep, "size": size, "server": server}, lambda: latency_run(
+                    server, size, args.latency_count, path))
+                results["latency"].append({"rep": rep, **run})
+                _progress(f"rep {rep} {server} latency size={size}: "
+                          f"p50 {_fmt(run.get('p50_ms'))} ms, p99 {_fmt(run.get('p99_ms'))} ms, "
+                          f"errors {run.get('error_count', '-')}")
+                done(path)
+        for server in args.servers:
+            path = fresh_dir(f"{server}-connections")
+            case = {"rep": rep, "requested": args.connections, "server": server}
+            run = attempt(case, lambda: connection_run(
+                server, args.connections, args.connection_deadline, path))
+            results["connections"].append({"rep": rep, **run})
+            _progress(f"rep {rep} {server} {args.connections} idle connections: "
+                      f"greeted {run.get('greeted', '-')} in "
+                      f"{_fmt(run.get('seconds_to_greet_all'))} s, "
+                      f"held PSS {_fmt(run.get('held_pss_mib'))} MiB")
+            done(path)
+    return results
+
+
+RUN_FAILURES = (clients.LoadError, peers.PeerError, postfix.PostfixError,
+                subprocess.TimeoutExpired, OSError)
+
+
+def attempt(case: dict[str, Any], measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One measurement; a failure is recorded (and printed) instead of ending the whole run."""
+    try:
+        return measure()
+    except RUN_FAILURES as error:
+        _progress(f"FAILED {case}: {type(error).__name__}: {error}")
+        return {**case, "error": f"{type(error).__name__}: {error}"}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _progress(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def preflight(args: argparse.Namespace) -> str | None:
+    """Why the run cannot start, or None."""
+    for tool in (peers.SMTP_SINK, clients.SMTP_SOURCE):
+        if not os.access(tool, os.X_OK):
+            return f"{tool} is missing: install Postfix (apt-get install postfix)"
+    if "postfix" in args.servers and os.geteuid() != 0:
+        return ("the Postfix side needs root (Postfix's master runs as root): run with sudo, "
+                "or use --only mailgate")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    problem = preflight(args)
+    if problem:
+        print(f"bench: {problem}", file=sys.stderr)
+        return 2
+    limit = raise_open_file_limit(args.connections + FD_HEADROOM)
+    if limit < args.connections + FD_HEADROOM:
+        args.connections = max(1, limit - FD_HEADROOM)
+        _progress(f"RLIMIT_NOFILE is {limit}: connection test lowered to {args.connections}")
+    workdir = args.workdir / time.strftime("%Y%m%d-%H%M%S")
+    workdir.mkdir(parents=True, mode=0o755)
+    for path in (workdir, *workdir.parents):  # Postfix daemons must reach their maildirs/logs
+        if path == args.workdir.parent:
+            break
+        path.chmod(0o755)
+    started = time.monotonic()
+    try:
+        results = run_all(args, workdir)
+    finally:
+        if not args.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    summary = report.summarise(results, args.servers)
+    document = {
+        "machine": machine_description(workdir),
+        "parameters": {
+            "messages": args.messages, "reps": args.reps, "sizes": args.sizes,
+            "sessions": args.sessions, "servers": args.servers,
+            "latency_rate_per_s": LATENCY_RATE, "latency_count": args.latency_count,
+            "connections": args.connections, "connection_deadline_s": args.connection_deadline,
+            "open_file_limit": limit,
+        },
+        "elapsed_s": time.monotonic() - started,
+        "summary": summary,
+        "runs": results,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(document, indent=2) + "\n")
+    print(report.markdown_table(summary, results))
+    print(f"\nsaved {args.json} ({document['elapsed_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

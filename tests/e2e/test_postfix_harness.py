@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
 def _message(subject: str) -> bytes:
-    return f"From: a@src.test\r\nSubject: {subject}\r\n\r\nHello from the harness test.\r\n".encode()
+    return f"From: a@src.test\r\nSubject: {subject}\r\n\r\nHello from the harness.\r\n".encode()
 
 
 @pytest.fixture

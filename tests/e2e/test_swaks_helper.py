@@ -1,4 +1,4 @@
-"""The swaks helper against a private Postfix: clear text, verified STARTTLS, refusals, exit codes."""
+"""The swaks helper against a private Postfix: clear text, verified STARTTLS, refusals."""
 
 from __future__ import annotations
 

@@ -43,14 +43,16 @@ def _run_child_until_killed(spool: Path, base_seed: int, delay: float, log: Path
     """
     with open(log, "ab") as stderr:
         child = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.crash_enqueuer", str(spool), str(base_seed), str(PRODUCERS)],
+            [sys.executable, "-m", "tests.support.crash_enqueuer"]
+            + [str(spool), str(base_seed), str(PRODUCERS)],
             cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
             stderr=stderr,
         )
     assert child.stdout is not None
     output: list[bytes] = []
-    drain = threading.Thread(target=lambda: output.extend(iter(child.stdout.readline, b"")))  # type: ignore[union-attr]
+    lines = child.stdout
+    drain = threading.Thread(target=lambda: output.extend(iter(lines.readline, b"")))
     try:
         first = child.stdout.readline()
         assert first == b"READY\n", f"child did not start: {first!r}, see {log}"

@@ -9,6 +9,7 @@ import os
 import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,10 @@ pytestmark = pytest.mark.timeout(60)
 START = 1_800_000_000.0
 
 
-def run(spool: Path, test: Callable[[SqliteQueueStore, FakeClock], Awaitable[None]], **kwargs) -> None:
+StoreTest = Callable[[SqliteQueueStore, FakeClock], Awaitable[None]]
+
+
+def run(spool: Path, test: StoreTest, **kwargs: Any) -> None:
     async def main() -> None:
         clock = FakeClock(START)
         store = SqliteQueueStore(spool, clock=clock, **kwargs)
@@ -116,16 +120,20 @@ def test_claim_record_finish_cycle(tmp_path: Path) -> None:
 
         retry_at = START + 300
         deferred = Reply(451, "4.3.0", "try later")
+        delivered = Reply(250, "2.0.0", "ok id=1")
         await store.record(queue_id, [
-            RecipientUpdate(0, RecipientState.DELIVERED, Reply(250, "2.0.0", "ok id=1"), 0.0, "dns; mx.one"),
+            RecipientUpdate(0, RecipientState.DELIVERED, delivered, 0.0, "dns; mx.one"),
             RecipientUpdate(1, RecipientState.QUEUED, deferred, retry_at, "dns; mx.two"),
         ])  # fmt: skip
         message = await store.get(queue_id)
         assert message is not None and message.first_attempt == START
         first, second = message.recipients
-        assert (first.state, first.attempts, first.remote_mta) == (RecipientState.DELIVERED, 1, "dns; mx.one")
-        assert first.last_reply == Reply(250, "2.0.0", "ok id=1")
-        assert (second.state, second.next_attempt, second.last_reply) == (RecipientState.QUEUED, retry_at, deferred)
+        assert (first.state, first.attempts, first.remote_mta, first.last_reply) == (
+            RecipientState.DELIVERED, 1, "dns; mx.one", delivered,
+        )  # fmt: skip
+        assert (second.state, second.next_attempt, second.last_reply, second.remote_mta) == (
+            RecipientState.QUEUED, retry_at, deferred, "dns; mx.two",
+        )  # fmt: skip
         assert [r.index for r in message.pending] == [1]
 
         assert await store.finish(queue_id, delay_notified=True) is False  # one still queued
@@ -137,13 +145,14 @@ def test_claim_record_finish_cycle(tmp_path: Path) -> None:
         again = await store.claim_due(retry_at, 10)
         assert [m.queue_id for m in again] == [queue_id] and again[0].delay_notified
 
-        await store.record(queue_id, [RecipientUpdate(1, RecipientState.FAILED, Reply(550, "5.1.1", "no"))])
+        failed = [RecipientUpdate(1, RecipientState.FAILED, Reply(550, "5.1.1", "no"))]
+        await store.record(queue_id, failed)
         assert await store.finish(queue_id) is True
         assert await store.get(queue_id) is None
         assert await store.list(QueueFilter()) == []
         assert await store.oldest_created() is None
         # A message deleted meanwhile (an admin) is not an error for the runner.
-        await store.record(queue_id, [RecipientUpdate(1, RecipientState.FAILED, Reply(550, "5.1.1", "no"))])
+        await store.record(queue_id, failed)
         assert await store.finish(queue_id) is True
 
     run(tmp_path, test)
@@ -200,7 +209,8 @@ def test_hold_at_commit_is_quarantine_and_release_makes_due(tmp_path: Path) -> N
         queue_id = await enqueue(store, envelope("s@example.com", "a@example.com"),
                                  meta=MessageMeta(hold_reason="attachment rule exe"))
         message = await store.get(queue_id)
-        assert message is not None and message.held and message.meta.hold_reason == "attachment rule exe"
+        assert message is not None and message.held
+        assert message.meta.hold_reason == "attachment rule exe"
         assert await store.claim_due(START + 10, 10) == []
         assert await store.next_due() is None
         summary = (await store.list(QueueFilter(state=MessageState.HELD)))[0]
@@ -219,7 +229,8 @@ def test_hold_at_commit_is_quarantine_and_release_makes_due(tmp_path: Path) -> N
 
 def test_admin_filters_hold_reschedule_delete(tmp_path: Path) -> None:
     async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
-        old = await enqueue(store, envelope("Alice@Sender.example", "x@one.example", "y@two.example"))
+        old_envelope = envelope("Alice@Sender.example", "x@one.example", "y@two.example")
+        old = await enqueue(store, old_envelope)
         clock.advance(3600)
         mid = await enqueue(store, envelope("bob@other.example", "z@Two.example"))
         clock.advance(60)
@@ -242,7 +253,8 @@ def test_admin_filters_hold_reschedule_delete(tmp_path: Path) -> None:
 
         # A recipient no longer queued no longer counts for the domain filter.
         await store.claim_due(clock.now(), 10)
-        await store.record(old, [RecipientUpdate(1, RecipientState.DELIVERED, Reply(250, "2.0.0", "ok"))])
+        delivered = RecipientUpdate(1, RecipientState.DELIVERED, Reply(250, "2.0.0", "ok"))
+        await store.record(old, [delivered])
         await store.finish(old)
         await store.finish(mid)
         await store.finish(new)
@@ -264,7 +276,8 @@ def test_admin_filters_hold_reschedule_delete(tmp_path: Path) -> None:
         later = clock.now() + 999
         assert await store.reschedule(QueueFilter(sender="bob"), later) == [mid]
         held_mid = await store.get(mid)
-        assert held_mid is not None and held_mid.held and held_mid.recipients[0].next_attempt == later
+        assert held_mid is not None and held_mid.held
+        assert held_mid.recipients[0].next_attempt == later
 
         assert await store.delete(QueueFilter(state=MessageState.HELD)) == [old, mid]
         assert await ids() == [new]
@@ -286,7 +299,19 @@ def test_large_message_spills_to_disk_and_comes_back_identical(tmp_path: Path) -
             writer.write(body[start:start + 8191])
         spill = store.incoming_dir / writer.queue_id
         assert spill.exists()  # past the threshold the bytes are on disk, not in memory
-        queue_id = await store.commit(writer, envelope("s@example.com", "a@example.com"), MessageMeta())
+        env = envelope("s@example.com", "a@example.com")
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticking = asyncio.create_task(ticker())
+        queue_id = await store.commit(writer, env, MessageMeta())
+        ticking.cancel()
+        assert ticks > 1  # the loop kept running while the writer thread copied 5 MB
         assert not spill.exists()  # the database owns the bytes now
         writer.discard()  # harmless after commit
         assert (await store.get(queue_id)).size == len(body)  # type: ignore[union-attr]

@@ -22,7 +22,12 @@ from mailgate.queue.store import MessageMeta
 MAX_SIZE = 300 * 1024
 MEMORY_THRESHOLD = 32 * 1024  # low, so that many messages take the spill-file path
 SENDER_DOMAIN = "crash.test"
-NOTIFY_CHOICES = ((Notify.NEVER,), (Notify.SUCCESS, Notify.FAILURE), (), (Notify.FAILURE, Notify.DELAY))
+NOTIFY_CHOICES = (
+    (Notify.NEVER,),
+    (Notify.SUCCESS, Notify.FAILURE),
+    (),
+    (Notify.FAILURE, Notify.DELAY),
+)
 
 
 def seed_of(envelope: Envelope) -> int:
@@ -76,7 +81,8 @@ async def _main(spool_dir: str, base_seed: int, producers: int) -> None:
     await store.open()
     sys.stdout.write("READY\n")
     sys.stdout.flush()
-    await asyncio.gather(*(_produce(store, random.Random(base_seed * 1000 + n)) for n in range(producers)))
+    rngs = [random.Random(base_seed * 1000 + n) for n in range(producers)]
+    await asyncio.gather(*(_produce(store, rng) for rng in rngs))
 
 
 if __name__ == "__main__":

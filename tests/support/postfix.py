@@ -277,7 +277,8 @@ def _write_layout(
     }
     if instance.mailbox_dir is not None:
         main["mailbox_root"] = str(instance.mailbox_dir)  # user-defined, used by receivers
-    (config_dir / "main.cf").write_text("".join(f"{key} = {value}\n" for key, value in main.items()))
+    lines = [f"{key} = {value}\n" for key, value in main.items()]
+    (config_dir / "main.cf").write_text("".join(lines))
     for name, text in maps.items():
         (config_dir / name).write_text(text)
     (config_dir / "master.cf").write_text(_master_cf(instance.port))

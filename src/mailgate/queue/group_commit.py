@@ -90,7 +90,9 @@ class GroupCommitWriter:
         self._inbox.put(_Operation(function, future, loop, list(after_commit or ())))
         return future
 
-    async def run(self, function: WriteFunction, after_commit: list[AfterCommit] | None = None) -> Any:
+    async def run(
+        self, function: WriteFunction, after_commit: list[AfterCommit] | None = None
+    ) -> Any:
         return await self.submit(function, after_commit)
 
     async def close(self) -> None:
@@ -144,8 +146,11 @@ class GroupCommitWriter:
             connection.execute("COMMIT")
         except BaseException as exc:  # the whole group failed to become durable
             self.stats.failed_commits += 1
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
+            try:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite may have rolled back already (disk full, I/O error); keep serving
             for operation in group:
                 operation.error = operation.error or exc
             self._settle(group)

@@ -101,7 +101,7 @@ class SchemaVersionError(RuntimeError):
 
 
 def _icontains(haystack: str | None, needle: str | None) -> bool:
-    """Case-insensitive substring test (SQLite's lower() knows only ASCII; addresses may be UTF-8)."""
+    """Case-insensitive substring; SQLite's lower() knows only ASCII, addresses may be UTF-8."""
     if haystack is None or needle is None:
         return False
     return needle.casefold() in haystack.casefold()
@@ -201,7 +201,9 @@ def _recipient_from_row(row: sqlite3.Row | tuple[Any, ...]) -> QueuedRecipient:
     )
 
 
-def load_messages(connection: sqlite3.Connection, where: str, params: dict[str, Any]) -> list[QueuedMessage]:
+def load_messages(
+    connection: sqlite3.Connection, where: str, params: dict[str, Any]
+) -> list[QueuedMessage]:
     """Full records of the messages matching `where` (over alias m), oldest first."""
     rows = connection.execute(
         f"SELECT {MESSAGE_COLUMNS} FROM messages m WHERE {where} ORDER BY m.created, m.id", params
@@ -216,7 +218,9 @@ def load_messages(connection: sqlite3.Connection, where: str, params: dict[str, 
             (message_id,),
         ).fetchall()
         recipients = [_recipient_from_row(item) for item in recipient_rows]
-        sender = None if s_local is None else Address(s_local, s_domain, bool(s_literal), bool(s_route))
+        sender = (
+            None if s_local is None else Address(s_local, s_domain, bool(s_literal), bool(s_route))
+        )
         envelope = Envelope(
             sender=sender,
             recipients=[item.recipient for item in recipients],
@@ -285,7 +289,9 @@ def filter_sql(query: QueueFilter, now: float) -> tuple[str, dict[str, Any]]:
     return where, params
 
 
-def matching_ids(connection: sqlite3.Connection, query: QueueFilter, now: float) -> list[tuple[int, str]]:
+def matching_ids(
+    connection: sqlite3.Connection, query: QueueFilter, now: float
+) -> list[tuple[int, str]]:
     """(row id, queue id) of the matching messages, oldest first, at most `query.limit`."""
     where, params = filter_sql(query, now)
     sql = f"SELECT m.id, m.queue_id FROM messages m WHERE {where} ORDER BY m.created, m.id"

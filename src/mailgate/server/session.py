@@ -21,7 +21,7 @@ from typing import Any
 from mailgate.core.envelope import Envelope
 from mailgate.core.reply import (
     AUTH_FAILED, AUTH_OK, AUTH_REQUIRED, CANNOT_VRFY, CLOSING, HELP, LOCAL_ERROR, MESSAGE_TOO_BIG,
-    NOOP_OK, READY_TLS, RESET_OK, SENDER_OK, START_DATA, TEMP_AUTH_FAILURE, TIMEOUT,
+    NOOP_OK, READY_TLS, RESET_OK, SENDER_OK, SERVICE_READY, START_DATA, TEMP_AUTH_FAILURE, TIMEOUT,
     TOO_MANY_RECIPIENTS, Reply, bdat_chunk_ok, queued,
 )
 from mailgate.dns.dnsbl import dnsbl_listed
@@ -40,8 +40,6 @@ READ_SIZE = 256 * 1024
 BARE_LINE_ENDING_IN_MESSAGE = Reply(550, "5.5.2", "Message refused: bare CR or LF in message data")
 # RFC 5322 §2.1.1: lines are limited to 998 characters plus CRLF.
 LONG_LINE_IN_MESSAGE = Reply(550, "5.6.0", "Message refused: a line exceeds 998 characters")
-# RFC 3207 §4.1: the handshake failed; the session cannot continue.
-SERVICE_READY = 220
 
 
 @dataclass
@@ -298,7 +296,7 @@ class Session:
             helo=self.helo,
             client_address=str(self.client_address),
             hostname=self.reception.hostname,
-            protocol=self._protocol_name(),
+            protocol=self._protocol_name(transaction),
             queue_id=transaction.writer.queue_id,
             tls=self.tls,
             user=self.auth_user if self.reception.received_shows_user else None,
@@ -306,9 +304,11 @@ class Session:
         )
         return trace + transaction.head.completed_head()
 
-    def _protocol_name(self) -> str:
-        # RFC 3848: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA (both).
-        return "ESMTP" + ("S" if self.tls else "") + ("A" if self.auth_user else "")
+    def _protocol_name(self, transaction: _Transaction) -> str:
+        # RFC 3848: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA (both); RFC 6531 §3.7.3: UTF8SMTP
+        # in place of ESMTP when the transaction used SMTPUTF8 (UTF8SMTPS, UTF8SMTPA, UTF8SMTPSA).
+        base = "UTF8SMTP" if transaction.envelope.smtputf8 else "ESMTP"
+        return base + ("S" if self.tls else "") + ("A" if self.auth_user else "")
 
     async def _end_of_message(self, event: ev.MessageEnd) -> Reply:
         transaction = self.transaction
@@ -341,7 +341,7 @@ class Session:
             client_address=str(self.client_address),
             client_helo=self.helo,
             auth_user=self.auth_user or "",
-            protocol=self._protocol_name(),
+            protocol=self._protocol_name(transaction),
             listener=self.profile.name,
             direction=self._direction(transaction),
             received_count=transaction.head.received_count if transaction.head else 0,

@@ -1,0 +1,326 @@
+"""The statements of the embedded queue: each operation as a function of one SQLite connection.
+
+Owns: what each store operation does to the tables. Write operations run in the group-commit
+writer thread inside a savepoint of the group's transaction (so they never commit themselves);
+read queries run in a reader thread inside one read transaction (one consistent snapshot).
+Must not: start threads, commit, or touch the event loop (`sqlite_store.py` does), nor know the
+column layout beyond what `sqlite_schema.py` exports.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mailgate.core.envelope import Envelope
+from mailgate.core.reply import Reply
+from mailgate.core.status import RecipientState
+from mailgate.queue import sqlite_schema as schema
+from mailgate.queue.store import (
+    MessageState,
+    QueuedMessage,
+    QueueFilter,
+    QueueSummary,
+    RecipientUpdate,
+)
+
+BLOB_COPY_CHUNK = 1024 * 1024
+BODY_READ_BATCH = 1024 * 1024  # bytes read from the database per reader round trip
+
+Matches = list[tuple[int, str]]  # (row id, queue id) of the messages an admin filter matched
+
+
+class MessageNotFoundError(KeyError):
+    """No message with that queue id (never queued, or delivered and deleted)."""
+
+
+# --- writes (writer thread, inside a savepoint) ---------------------------------------------------
+def insert_message(
+    connection: sqlite3.Connection,
+    row: dict[str, Any],
+    envelope: Envelope,
+    body: bytes | Path,
+    size: int,
+) -> None:
+    cursor = connection.execute(_insert_sql("messages", row), row)
+    message_id = cursor.lastrowid
+    assert message_id is not None
+    for index, recipient in enumerate(envelope.recipients):
+        recipient_row = schema.recipient_row(message_id, index, recipient, row["created"])
+        connection.execute(_insert_sql("recipients", recipient_row), recipient_row)
+    if isinstance(body, bytes):
+        connection.execute(
+            "INSERT INTO bodies (message_id, data) VALUES (?, ?)", (message_id, body)
+        )
+    else:
+        _copy_spill_file(connection, message_id, body, size)
+
+
+def _insert_sql(table: str, row: dict[str, Any]) -> str:
+    names = ", ".join(row)
+    values = ", ".join(f":{name}" for name in row)
+    return f"INSERT INTO {table} ({names}) VALUES ({values})"
+
+
+def _copy_spill_file(
+    connection: sqlite3.Connection, message_id: int, path: Path, size: int
+) -> None:
+    """Stream the spill file into a zeroblob of its size, a megabyte at a time."""
+    with open(path, "rb") as source:
+        if os.fstat(source.fileno()).st_size != size:
+            raise OSError(f"spill file {path} does not hold the {size} bytes written")
+        connection.execute(
+            "INSERT INTO bodies (message_id, data) VALUES (?, zeroblob(?))", (message_id, size)
+        )
+        with connection.blobopen("bodies", "data", message_id) as blob:
+            while chunk := source.read(BLOB_COPY_CHUNK):
+                blob.write(chunk)
+
+
+def claim_due(
+    connection: sqlite3.Connection, now: float, limit: int, owner: str, until: float
+) -> list[QueuedMessage]:
+    """Lease the messages with the earliest due queued recipients; returns them in that order."""
+    rows = connection.execute(
+        "SELECT r.message_id, m.queue_id, min(r.next_attempt) AS due FROM recipients r"
+        " JOIN messages m ON m.id = r.message_id"
+        " WHERE r.state = 'queued' AND r.next_attempt <= :now AND NOT m.held"
+        f" AND {schema.UNLEASED_SQL}"
+        " GROUP BY r.message_id ORDER BY due, r.message_id LIMIT :limit",
+        {"now": now, "limit": limit},
+    ).fetchall()
+    if not rows:
+        return []
+    ids = {f"id{position}": row[0] for position, row in enumerate(rows)}
+    marks = ", ".join(f":{name}" for name in ids)
+    connection.execute(
+        f"UPDATE messages SET lease_owner = :owner, lease_expires = :until WHERE id IN ({marks})",
+        {"owner": owner, "until": until, **ids},
+    )
+    claimed = schema.load_messages(connection, f"m.id IN ({marks})", ids)
+    due_order = {row[1]: position for position, row in enumerate(rows)}
+    return sorted(claimed, key=lambda message: due_order[message.queue_id])
+
+
+def _message_id(connection: sqlite3.Connection, queue_id: str) -> int | None:
+    found = connection.execute("SELECT id FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
+    return None if found is None else found[0]
+
+
+def record(
+    connection: sqlite3.Connection, queue_id: str, updates: list[RecipientUpdate], now: float
+) -> None:
+    """Each update is one attempt; a message deleted meanwhile (by an admin) is skipped."""
+    message_id = _message_id(connection, queue_id)
+    if message_id is None:
+        return
+    for update in updates:
+        queued = update.state is RecipientState.QUEUED
+        connection.execute(
+            "UPDATE recipients SET state = ?, attempts = attempts + 1, next_attempt = ?,"
+            " reply_code = ?, reply_enhanced = ?, reply_text = ?, remote_mta = ?"
+            " WHERE message_id = ? AND idx = ?",
+            (
+                update.state.value,
+                update.next_attempt if queued else 0.0,
+                update.reply.code,
+                update.reply.enhanced,
+                update.reply.text,
+                update.remote_mta,
+                message_id,
+                update.index,
+            ),
+        )
+    connection.execute(
+        "UPDATE messages SET first_attempt = coalesce(first_attempt, ?) WHERE id = ?",
+        (now, message_id),
+    )
+
+
+def finish(connection: sqlite3.Connection, queue_id: str, delay_notified: bool) -> bool:
+    """Return the lease; delete the message when nothing is left queued. True if it is gone."""
+    message_id = _message_id(connection, queue_id)
+    if message_id is None:
+        return True
+    connection.execute(
+        "UPDATE messages SET lease_owner = NULL, lease_expires = NULL,"
+        " delay_notified = delay_notified OR ? WHERE id = ?",
+        (int(delay_notified), message_id),
+    )
+    pending = connection.execute(
+        "SELECT 1 FROM recipients WHERE message_id = ? AND state = 'queued' LIMIT 1", (message_id,)
+    ).fetchone()
+    if pending is not None:
+        return False
+    _delete_rows(connection, [message_id])
+    return True
+
+
+def _delete_rows(connection: sqlite3.Connection, message_ids: list[int]) -> None:
+    rows = [(message_id,) for message_id in message_ids]
+    connection.executemany("DELETE FROM bodies WHERE message_id = ?", rows)
+    connection.executemany("DELETE FROM recipients WHERE message_id = ?", rows)
+    connection.executemany("DELETE FROM messages WHERE id = ?", rows)
+
+
+def clear_leases(connection: sqlite3.Connection) -> int:
+    return connection.execute(
+        "UPDATE messages SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner IS NOT NULL"
+    ).rowcount
+
+
+def apply_to_matching(
+    connection: sqlite3.Connection,
+    query: QueueFilter,
+    now: float,
+    action: Callable[..., list[str]],
+    **kwargs: Any,
+) -> list[str]:
+    """Run an admin action (hold, release, reschedule, delete) on the messages `query` matches."""
+    matches = schema.matching_ids(connection, query, now)
+    if not matches:
+        return []
+    return action(connection, matches, now=now, **kwargs)
+
+
+def hold(connection: sqlite3.Connection, matches: Matches, now: float, reason: str) -> list[str]:
+    held = []
+    for message_id, queue_id in matches:
+        cursor = connection.execute(
+            "UPDATE messages SET held = 1, hold_reason = ? WHERE id = ? AND NOT held",
+            (reason, message_id),
+        )
+        if cursor.rowcount:
+            held.append(queue_id)
+    return held
+
+
+def release(connection: sqlite3.Connection, matches: Matches, now: float) -> list[str]:
+    released = []
+    for message_id, queue_id in matches:
+        cursor = connection.execute(
+            "UPDATE messages SET held = 0, hold_reason = '' WHERE id = ? AND held", (message_id,)
+        )
+        if cursor.rowcount:
+            _make_due(connection, message_id, now)
+            released.append(queue_id)
+    return released
+
+
+def reschedule(
+    connection: sqlite3.Connection, matches: Matches, now: float, when: float
+) -> list[str]:
+    return [queue_id for message_id, queue_id in matches if _make_due(connection, message_id, when)]
+
+
+def _make_due(connection: sqlite3.Connection, message_id: int, when: float) -> int:
+    """Move every queued recipient of the message to `when`; returns how many there were."""
+    return connection.execute(
+        "UPDATE recipients SET next_attempt = ? WHERE message_id = ? AND state = 'queued'",
+        (when, message_id),
+    ).rowcount
+
+
+def delete(connection: sqlite3.Connection, matches: Matches, now: float) -> list[str]:
+    _delete_rows(connection, [message_id for message_id, _ in matches])
+    return [queue_id for _, queue_id in matches]
+
+
+# --- reads (reader thread, inside one read transaction) -------------------------------------------
+def get(connection: sqlite3.Connection, queue_id: str) -> QueuedMessage | None:
+    messages = schema.load_messages(connection, "m.queue_id = :queue_id", {"queue_id": queue_id})
+    return messages[0] if messages else None
+
+
+def next_due(connection: sqlite3.Connection, now: float) -> float | None:
+    return connection.execute(
+        "SELECT min(r.next_attempt) FROM recipients r JOIN messages m ON m.id = r.message_id"
+        f" WHERE r.state = 'queued' AND NOT m.held AND {schema.UNLEASED_SQL}",
+        {"now": now},
+    ).fetchone()[0]
+
+
+def count_by_state(connection: sqlite3.Connection, now: float) -> dict[MessageState, int]:
+    counts = {state: 0 for state in MessageState}
+    rows = connection.execute(
+        f"SELECT {schema.STATE_SQL} AS state, count(*) FROM messages m GROUP BY state", {"now": now}
+    )
+    for state, count in rows:
+        counts[MessageState(state)] = count
+    return counts
+
+
+def oldest_created(connection: sqlite3.Connection) -> float | None:
+    return connection.execute("SELECT min(created) FROM messages").fetchone()[0]
+
+
+def read_body(
+    connection: sqlite3.Connection, queue_id: str, offset: int, chunk_size: int
+) -> tuple[int, list[bytes]]:
+    """(body size, chunks from `offset` totalling at most about BODY_READ_BATCH bytes)."""
+    found = connection.execute(
+        "SELECT b.message_id, m.size FROM bodies b JOIN messages m ON m.id = b.message_id"
+        " WHERE m.queue_id = ?",
+        (queue_id,),
+    ).fetchone()
+    if found is None:
+        raise MessageNotFoundError(queue_id)
+    message_id, size = found
+    chunks: list[bytes] = []
+    if offset >= size:
+        return size, chunks
+    with connection.blobopen("bodies", "data", message_id, readonly=True) as blob:
+        blob.seek(offset)
+        budget = max(BODY_READ_BATCH, chunk_size)
+        while budget >= chunk_size and (chunk := blob.read(chunk_size)):
+            chunks.append(chunk)
+            budget -= len(chunk)
+    return size, chunks
+
+
+def list_summaries(
+    connection: sqlite3.Connection, query: QueueFilter, now: float
+) -> list[QueueSummary]:
+    where, params = schema.filter_sql(query, now)
+    sql = (
+        "SELECT m.id, m.queue_id, m.sender_text, m.size, m.created,"
+        f" {schema.STATE_SQL}, m.hold_reason FROM messages m WHERE {where}"
+        " ORDER BY m.created, m.id"
+    )
+    if query.limit is not None:
+        sql += " LIMIT :limit"
+        params["limit"] = query.limit
+    summaries = []
+    for message_id, queue_id, sender, size, created, state, hold_reason in connection.execute(
+        sql, params
+    ).fetchall():
+        recipients = connection.execute(
+            "SELECT address_text, state, next_attempt, reply_code, reply_enhanced, reply_text"
+            " FROM recipients WHERE message_id = ? ORDER BY idx",
+            (message_id,),
+        ).fetchall()
+        pending = [row[2] for row in recipients if row[1] == RecipientState.QUEUED.value]
+        summaries.append(
+            QueueSummary(
+                queue_id=queue_id,
+                sender=sender,
+                recipients=[
+                    (address, RecipientState(r_state), _reply_text(code, enhanced, text))
+                    for address, r_state, _, code, enhanced, text in recipients
+                ],
+                size=size,
+                created=created,
+                state=MessageState(state),
+                hold_reason=hold_reason,
+                next_attempt=min(pending) if pending else None,
+            )
+        )
+    return summaries
+
+
+def _reply_text(code: int | None, enhanced: str | None, text: str | None) -> str:
+    """The last reply as `queue list` shows it, '' before the first attempt."""
+    return "" if code is None else str(Reply(code, enhanced or "", text or ""))

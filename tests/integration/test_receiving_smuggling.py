@@ -1,0 +1,132 @@
+"""SMTP smuggling and command injection over a raw socket (RFC 5321 §2.3.8, §4.1.1.4; RFC 3207 §4).
+
+A message whose data holds a fake end of data (`<LF>.<LF>` and friends) followed by a second
+transaction must never turn into two messages: the client gets exactly one reply to the whole
+data, a refusal, and the queue holds nothing. Commands with bare line endings are refused, and a
+command pipelined behind STARTTLS is never executed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.mailgate_server import InProcessMailgate
+from tests.support.receiving import HOSTED, RawSmtp, SmtpReply, client_context, config_text, queued
+
+pytestmark = pytest.mark.timeout(60)
+
+SMUGGLED = f"MAIL FROM:<x@y.test>\r\nRCPT TO:<victim@{HOSTED}>\r\nDATA\r\nsmuggled\r\n.\r\n".encode()
+# Fake ends of data seen in the wild (SEC Consult 2023, CVE-2023-51764/5/6) and close relatives.
+FAKE_ENDS = [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n", b"\n.\r", b"\r.\r", b"\r\n.\r", b".\n"]
+
+
+@pytest.fixture
+def mailgate(tmp_path: Path, tls_files: dict[str, str]) -> Iterator[InProcessMailgate]:
+    with InProcessMailgate(config_text(tmp_path, tls_files)) as mg:
+        yield mg
+
+
+async def _smuggle(port: int, fake_end: bytes) -> tuple[list[SmtpReply], bool]:
+    client = await RawSmtp.connect(port)
+    replies = [await client.reply()]
+    await client.send(
+        b"EHLO attacker.test\r\nMAIL FROM:<a@attacker.test>\r\n"
+        + f"RCPT TO:<user@{HOSTED}>\r\nDATA\r\n".encode()
+    )
+    replies += await client.replies(4)
+    await client.send(b"Subject: cover\r\n\r\ncover" + fake_end + SMUGGLED)
+    replies.append(await client.reply())
+    replies.append(await client.command("QUIT"))
+    closed = await client.at_eof()  # nothing else was answered: one reply to the whole data
+    await client.close()
+    return replies, closed
+
+
+@pytest.mark.parametrize("fake_end", FAKE_ENDS, ids=repr)
+def test_smuggled_transaction_is_refused_whole(mailgate: InProcessMailgate, fake_end: bytes) -> None:
+    replies, closed = asyncio.run(_smuggle(mailgate.port("mx"), fake_end))
+
+    assert [r.code for r in replies] == [220, 250, 250, 250, 354, 550, 221]
+    assert replies[5].lines[0].startswith("5.")
+    assert closed
+    assert queued(mailgate) == []
+
+
+async def _bare_line_endings(port: int) -> list[SmtpReply]:
+    client = await RawSmtp.connect(port)
+    await client.reply()
+    replies = [await client.command("EHLO client.test")]
+    await client.send(b"MAIL FROM:<a@b.test>\n")
+    replies.append(await client.reply())
+    await client.send(b"MAIL FROM:<a@b.test>\rRCPT TO:<u@hosted.test>\r\n")
+    replies.append(await client.reply())
+    replies.append(await client.command(f"RCPT TO:<user@{HOSTED}>"))
+    await client.close()
+    return replies
+
+
+def test_bare_line_endings_in_commands_are_refused(mailgate: InProcessMailgate) -> None:
+    ehlo, bare_lf, bare_cr, rcpt = asyncio.run(_bare_line_endings(mailgate.port("mx")))
+
+    assert ehlo.code == 250
+    assert (bare_lf.code, bare_lf.lines[0][:5]) == (500, "5.5.2")  # RFC 5321 §2.3.8
+    assert (bare_cr.code, bare_cr.lines[0][:5]) == (500, "5.5.2")
+    assert rcpt.code == 503  # neither MAIL was executed
+
+
+async def _pipelined_starttls(port: int, ca: str) -> list:
+    client = await RawSmtp.connect(port)
+    await client.reply()
+    replies = [await client.command("EHLO client.test")]
+    await client.send(b"STARTTLS\r\nMAIL FROM:<injected@attacker.test>\r\n")
+    replies.append(await client.reply())
+    replies.append(await client.command("NOOP"))  # the MAIL above got no reply of its own
+    replies.append(await client.command("STARTTLS"))  # STARTTLS alone is still possible
+    await client.starttls(client_context(ca))
+    replies.append(await client.command("EHLO client.test"))
+    replies.append(await client.command(f"RCPT TO:<user@{HOSTED}>"))
+    await client.close()
+    return replies
+
+
+def test_command_pipelined_behind_starttls_is_refused_and_never_executed(
+    mailgate: InProcessMailgate, tls_files: dict[str, str]
+) -> None:
+    ehlo, starttls, noop, starttls_alone, ehlo_tls, rcpt = asyncio.run(
+        _pipelined_starttls(mailgate.port("mx"), tls_files["ca"])
+    )
+
+    assert "STARTTLS" in ehlo.lines
+    assert (starttls.code, starttls.lines[0][:5]) == (554, "5.5.1")  # RFC 3207 §4, CVE-2011-0411
+    assert noop.code == 250
+    assert starttls_alone.code == 220
+    assert ehlo_tls.code == 250 and "STARTTLS" not in ehlo_tls.lines
+    assert rcpt.code == 503  # the injected MAIL opened no transaction, before or after TLS
+    assert queued(mailgate) == []
+
+
+async def _plaintext_after_starttls(port: int) -> bytes:
+    """The CVE-2011-0411 shape: the command arrives after the 220, in clear, before the handshake."""
+    client = await RawSmtp.connect(port)
+    await client.reply()
+    await client.command("EHLO client.test")
+    assert (await client.command("STARTTLS")).code == 220
+    await client.send(b"MAIL FROM:<injected@attacker.test>\r\n")
+    try:
+        answer = await asyncio.wait_for(client.reader.read(), 10)
+    except (ConnectionError, ssl.SSLError):
+        answer = b""
+    await client.close()
+    return answer
+
+
+def test_plaintext_sent_after_the_220_is_not_read_as_a_command(mailgate: InProcessMailgate) -> None:
+    answer = asyncio.run(_plaintext_after_starttls(mailgate.port("mx")))
+
+    assert not answer.startswith((b"250", b"5", b"4"))  # at most a TLS alert, never an SMTP reply
+    assert queued(mailgate) == []
