@@ -52,8 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run only this server (repeatable); default both")
     parser.add_argument("--latency-count", type=int, help="probes per latency run (default 1000)")
     parser.add_argument("--connections", type=int, help="idle connections (default 5000)")
-    parser.add_argument("--connection-deadline", type=float, default=30.0,
-                        help="seconds to wait for every greeting (default 30)")
+    parser.add_argument("--connection-deadline", type=float, default=15.0,
+                        help="seconds to wait for every greeting (default 15)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                         help="spools and queues live here: the disk being measured")

@@ -145,10 +145,30 @@ async def open_offline_admin(config: Config) -> tuple[QueueAdmin, Callable[[], A
     return QueueAdmin(store, bouncer, clock, lambda: None), store.close
 
 
+async def recover_store(store: SqliteQueueStore) -> None:
+    recovered = await store.recover()
+    if recovered:
+        log.info("recovered %d message(s) left in delivery by a previous run", recovered)
+
+
+async def recover_offline(config: Config) -> None:
+    """Recover the store of a stopped server (the supervisor, before it starts its workers)."""
+    store = SqliteQueueStore(config.server.spool_dir)
+    await store.open()
+    try:
+        await recover_store(store)
+    finally:
+        await store.close()
+
+
 class Application:
-    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: Config, *, clock: Clock | None = None, worker_index: int = 0, workers: int = 1
+    ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
+        self.worker_index = worker_index
+        self.workers = workers
         problems = open_relay_problems(policy_settings(config), config.relay.acknowledge_open_relay)
         if problems:
             raise StartupError("\n".join(problems))
@@ -210,6 +230,7 @@ class Application:
             implicit_tls=profile.tls_context if profile.tls_mode == "implicit" else None,
             max_connections=listener.max_connections,
             max_connections_per_client=listener.max_connections_per_client,
+            reuse_port=self.workers > 1,
         )
 
         async def handle(reader, writer, owner: Listener) -> None:
@@ -219,12 +240,12 @@ class Application:
 
     async def start(self) -> None:
         await self.store.open()
-        recovered = await self.store.recover()
-        if recovered:
-            log.info("recovered %d message(s) left in delivery by a previous run", recovered)
+        if self.workers == 1:  # with several workers the supervisor recovered before forking
+            await recover_store(self.store)
         for listener in self.listeners:
             await listener.start()
-        await self.control.start()
+        if self.worker_index == 0:
+            await self.control.start()
         self._runner_task = asyncio.create_task(self.runner.run())
         log.info("mailgate ready: %s", ", ".join(
             f"{l.settings.name}={l.settings.host}:{l.bound_port}" for l in self.listeners))
@@ -266,7 +287,8 @@ class Application:
         await self.runner.stop(grace)
         if self._runner_task is not None:
             self._runner_task.cancel()
-        await self.control.stop()
+        if self.worker_index == 0:
+            await self.control.stop()
         await self.transport.close()
         await self.store.close()
         log.info("mailgate stopped")

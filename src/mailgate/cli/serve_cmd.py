@@ -12,6 +12,7 @@ import asyncio
 import logging
 import sys
 
+from mailgate import supervisor
 from mailgate.config.loader import ConfigError, load_embedded, load_file
 
 
@@ -48,14 +49,17 @@ def serve_command(args: argparse.Namespace) -> int:
         logging.getLogger("mailgate").info(
             "running the embedded default: try  mailgate send or swaks --server 127.0.0.1:2525 --to you@demo.test"
         )
+    # The queue's writer thread holds the GIL between SQLite calls; a short switch interval keeps
+    # the event loop from waiting up to 5 ms for it after every socket call (GIL convoy).
+    sys.setswitchinterval(0.0005)
     try:
         import uvloop
     except ImportError:
         uvloop = None
 
-    async def main() -> int:
+    async def worker(index: int, count: int) -> int:
         try:
-            app = Application(config)
+            app = Application(config, worker_index=index, workers=count)
             await app.start()
         except (StartupError, OSError) as exc:
             for line in str(exc).splitlines():
@@ -64,6 +68,5 @@ def serve_command(args: argparse.Namespace) -> int:
         await app.run_until_stopped()
         return 0
 
-    if uvloop is not None:
-        return uvloop.run(main())
-    return asyncio.run(main())
+    run_loop = uvloop.run if uvloop is not None else asyncio.run
+    return supervisor.run(config, run_loop, worker)

@@ -66,6 +66,8 @@ SERVER = Section(
             "More Received headers than this is a mail loop: 554 5.4.6 (RFC 5321 §6.3)."),
         Key("received_shows_user", Boolean(), False,
             "Put the authenticated user name into the Received header."),
+        Key("workers", Integer(minimum=0, maximum=64), 0,
+            "Worker processes sharing the listening ports and the queue; 0 starts one per CPU core."),
         Key("self_audit", Boolean(), True,
             "At start-up, run the relay-trick table against our own listeners and refuse to run "
             "if any form would relay."),

@@ -41,16 +41,19 @@ class SmtpConnection:
         self.tls: str | None = None
         self.replies_received = 0
         self._events: deque[ReplyEvent] = deque()
+        self._outgoing = bytearray()  # written in one piece by flush(): one send per round trip
 
     def queue_command(self, verb: Verb, line: str, *, utf8: bool = False) -> None:
         """Buffer a command; several can go out in one write when the server pipelines."""
-        self._writer.write(self.protocol.send(verb, line, utf8=utf8))
+        self._outgoing += self.protocol.send(verb, line, utf8=utf8)
 
     def queue_bytes(self, data: bytes) -> None:
-        if data:
-            self._writer.write(data)
+        self._outgoing += data
 
     async def flush(self, timeout: float) -> None:
+        if self._outgoing:
+            self._writer.write(bytes(self._outgoing))
+            self._outgoing.clear()
         await asyncio.wait_for(self._writer.drain(), timeout)
 
     async def command(self, verb: Verb, line: str, timeout: float, *, utf8: bool = False) -> ReplyEvent:

@@ -90,6 +90,10 @@ class _NextCandidate(Exception):
         self.reply = reply
 
 
+# Body chunks this large are sent at once; smaller ones wait for the end-of-data dot.
+BODY_FLUSH_SIZE = 32 * 1024
+
+
 class _StaleConnection(Exception):
     """A pooled connection died before answering anything in this transaction."""
 
@@ -395,7 +399,8 @@ class SmtpTransport:
         if message is not None:
             async for chunk in message.body():
                 connection.queue_bytes(connection.protocol.body(chunk))
-                await connection.flush(self._timeouts.data_block)
+                if len(chunk) >= BODY_FLUSH_SIZE:  # small messages go out with the final dot
+                    await connection.flush(self._timeouts.data_block)
         connection.queue_bytes(connection.protocol.end_of_data())
         await connection.flush(self._timeouts.data_block)
         return (await connection.next_reply(self._timeouts.data_termination)).reply

@@ -1,0 +1,10 @@
+"""The message screener: attachment, keyword and envelope rules, clamd and rspamd (SPEC §3).
+
+The session calls `Screener.needs_message` and `Screener.screen` at end of data and applies the
+`Verdict`; `Screener.from_config` builds it from the `[screen.*]` configuration tables.
+"""
+
+from mailgate.screen.rules import Rule, ScreenConfigError, ScreenContext
+from mailgate.screen.screener import Screener, Verdict
+
+__all__ = ["Rule", "ScreenConfigError", "ScreenContext", "Screener", "Verdict"]

@@ -117,3 +117,14 @@ class MacroScanner:
             self.found = True
             return
         self._tail = window[-(len(_VBA_MARKER) - 1):]
+
+
+def known_names() -> frozenset[str]:
+    """Every kind and category a rule's `sniffed_type` may name (for configuration checks)."""
+    results = [entry[2] for entry in _MAGIC_TABLE] + [entry[1] for entry in _ZIP_FLAVOURS]
+    results += [ZIP, OLE2_MACRO]
+    names: set[str] = set()
+    for result in results:
+        names.add(result.kind)
+        names.update(result.categories)
+    return frozenset(names)

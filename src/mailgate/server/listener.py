@@ -32,6 +32,7 @@ class ListenerSettings:
     implicit_tls: ssl.SSLContext | None
     max_connections: int
     max_connections_per_client: int
+    reuse_port: bool = False  # several worker processes accept on the same port (SO_REUSEPORT)
 
 
 SessionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Listener"], Awaitable[None]]
@@ -63,6 +64,7 @@ class Listener:
             limit=READ_LIMIT,
             backlog=4096,
             reuse_address=True,
+            reuse_port=settings.reuse_port or None,
         )
         self.bound_port = self._server.sockets[0].getsockname()[1]
         log.info("listener %s on %s:%d", settings.name, settings.host, self.bound_port)

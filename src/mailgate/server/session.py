@@ -158,8 +158,9 @@ class Session:
                 await self._flush()
                 timeout = self.profile.data_timeout if self.transaction and self.transaction.head else self.profile.command_timeout
                 try:
-                    data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(timeout):
+                        data = await self.reader.read(READ_SIZE)
+                except TimeoutError:
                     self.out += TIMEOUT.encode()
                     await self._flush()
                     return

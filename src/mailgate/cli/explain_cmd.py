@@ -1,0 +1,132 @@
+"""`mailgate explain`: the server's answer to a hypothetical transaction, rule by rule.
+
+Owns: the arguments, building the policy, resolver and limits from the configuration exactly as
+the server does (`app.policy_settings`, the users file for sender ownership, `dns` settings for
+DNSBL, the listener's AUTH mode and size limit), and the text and JSON output.
+Must not: decide anything (tools/explain.py walks the real policy code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from mailgate.config.loader import Config, ConfigError, effective_auth, load_embedded, load_file
+from mailgate.tools.explain import Explanation, Hypothetical, SessionLimits, Step, explain
+
+EPILOG = """examples:
+  mailgate explain --client 203.0.113.5 --from a@example.org --to b@example.com
+  mailgate explain --config /etc/mailgate/mailgate.toml --client 10.0.0.7 \\
+      --from app@corp.example --to x@example.net --to y@corp.example --size 2000000
+  mailgate explain --client 198.51.100.9 --user alice --listener submission \\
+      --from alice@corp.example --to bob@example.net --json
+
+Per recipient it prints the reply, the rule that decided and the chain of rules consulted, in
+order (permit / reject / dunno = no opinion / noted). DNSBL zones from the configuration are
+queried unless --no-dnsbl. --user assumes that AUTH succeeded (inside TLS) as that user.
+
+exit codes: 0 every recipient would be accepted, 1 at least one would be refused,
+  2 usage or configuration error"""
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "explain", help="what the policy would answer to a hypothetical transaction, and why",
+        description="Run the real relay policy on a hypothetical transaction.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="configuration file (default: the embedded default)")
+    parser.add_argument("--client", required=True, metavar="IP", help="the client's IP address")
+    parser.add_argument("--helo", default="", help="the client's EHLO name")
+    parser.add_argument("--user", help="assume the client authenticated as USER")
+    parser.add_argument("--from", dest="mail_from", required=True, metavar="ADDRESS",
+                        help='envelope sender ("" for the null sender <>)')
+    parser.add_argument("--to", dest="recipients", action="append", required=True, metavar="ADDRESS",
+                        help="envelope recipient (repeatable)")
+    parser.add_argument("--size", type=int, help="message size declared with SIZE= (octets)")
+    parser.add_argument("--listener", help="listener name (default: the first one)")
+    parser.add_argument("--no-dnsbl", action="store_true", help="skip the DNSBL look-ups")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(handler=explain_command)
+
+
+def _load(path: str | None) -> Config:
+    return load_file(path) if path else load_embedded()
+
+
+def explain_command(args: argparse.Namespace) -> int:
+    from mailgate.app import policy_settings
+    from mailgate.auth.store import FileUserStore, UserStoreError
+    from mailgate.dns.resolver import DnsPythonResolver
+    from mailgate.policy.relay import RelayPolicy
+
+    try:
+        config = _load(args.config)
+    except FileNotFoundError:
+        print(f"mailgate explain: {args.config}: no such file", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        for error in exc.errors:
+            print(f"mailgate explain: {exc.source}: {error}", file=sys.stderr)
+        return 2
+    listeners = [l for l in config.listener if args.listener in (None, l.name)]
+    if not listeners:
+        names = ", ".join(l.name for l in config.listener)
+        print(f"mailgate explain: no listener named {args.listener!r} (have: {names})", file=sys.stderr)
+        return 2
+    listener = listeners[0]
+    try:
+        users = FileUserStore(config.server.users_file)
+    except UserStoreError as exc:
+        print(f"mailgate explain: server.users_file: {exc}", file=sys.stderr)
+        return 2
+    policy = RelayPolicy(policy_settings(config), allowed_senders=users.allowed_senders)
+    limits = SessionLimits(
+        hostname=config.server.hostname,
+        auth=effective_auth(listener),
+        max_message_size=listener.max_message_size or config.server.max_message_size,
+        max_recipients=config.server.max_recipients,
+    )
+    request = Hypothetical(
+        client_ip=args.client, mail_from=args.mail_from.strip("<>"),
+        recipients=tuple(r.strip("<>") for r in args.recipients), helo=args.helo, user=args.user,
+        size=args.size,
+    )
+    zones = () if args.no_dnsbl else tuple(config.dns.dnsbl_zones)
+    resolver = DnsPythonResolver(list(config.dns.nameservers) or None, config.dns.port, config.dns.timeout) if zones else None
+    try:
+        result = asyncio.run(explain(policy, request, limits, resolver=resolver, dnsbl_zones=zones))
+    except ValueError as exc:
+        print(f"mailgate explain: --client {args.client}: {exc}", file=sys.stderr)
+        return 2
+    if args.user:
+        if args.user.lower() not in {name for name, _ in users.list()}:
+            result.notes.append(f"user {args.user!r} is not in {config.server.users_file}: AUTH would fail (535 5.7.8)")
+    result.notes.insert(0, f"configuration: {config.source}; listener {listener.name} ({listener.profile})")
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(render(result))
+    return 0 if result.all_accepted else 1
+
+
+def _chain(step: Step) -> str:
+    return " -> ".join(f"{rule}:{verdict}" for rule, verdict in step.chain)
+
+
+def render(result: Explanation) -> str:
+    lines = [f"# {note}" for note in result.notes]
+    lines.append(f"client {result.client}")
+    for step in result.steps:
+        state = "ok" if step.permitted else "REFUSED"
+        lines.append(f"  {step.stage:<10} {step.subject}: {state}, {step.reply}  [rule {step.rule}]")
+        lines.append(f"  {'':<10} chain: {_chain(step)}")
+    for step in result.recipients:
+        state = "accepted" if step.permitted else "REFUSED"
+        lines.append(f"RCPT TO:{step.subject}")
+        lines.append(f"  {state}: {step.reply}")
+        lines.append(f"  decided by: {step.rule} (at {step.stage})")
+        lines.append(f"  chain: {_chain(step)}")
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""The JSON-lines transaction log: one JSON object per line, one line per event.
+
+Owns: the record shape, its rendering, the event names, the daily file names derived from the
+configured `log.json_file` (`/var/log/mailgate/transactions.jsonl` is written as
+`transactions-YYYYMMDD.jsonl` beside it; point a log shipper at `transactions-*.jsonl`), and
+reading the files back for `mailgate stats`.
+Must not: write files or rotate (writer.py) or decide what is logged (translog.py).
+
+Shape (what Filebeat, Vector, Fluent Bit, Promtail and Logstash take without a parser rule):
+a flat object per line, UTF-8, with `@timestamp` (RFC 3339, UTC, milliseconds, `Z`), `event`
+(one of EVENTS) and the event's fields in snake_case. Lists stay lists (recipients). A reply is
+three fields: `reply_code`, `reply_enhanced`, `reply_text`. JSON escapes every control
+character, so a hostile address cannot forge a line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mailgate.core.reply import Reply
+from mailgate.observe.writer import DatedNaming
+
+log = logging.getLogger("mailgate.observe")
+
+CONNECTION_OPENED = "connection.opened"
+CONNECTION_CLOSED = "connection.closed"
+CONNECTION_REFUSED = "connection.refused"
+TRANSACTION_ACCEPTED = "transaction.accepted"
+TRANSACTION_REFUSED = "transaction.refused"
+DELIVERY_ATTEMPT = "delivery.attempt"
+BOUNCE = "bounce"
+EVENTS = (
+    CONNECTION_OPENED, CONNECTION_CLOSED, CONNECTION_REFUSED, TRANSACTION_ACCEPTED,
+    TRANSACTION_REFUSED, DELIVERY_ATTEMPT, BOUNCE,
+)
+
+
+def timestamp(when: float) -> str:
+    moment = datetime.fromtimestamp(when, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_timestamp(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+def record(event: str, when: float, **fields: Any) -> dict[str, Any]:
+    """One record: `@timestamp` and `event` first, then the fields (None values left out)."""
+    out: dict[str, Any] = {"@timestamp": timestamp(when), "event": event}
+    out.update((name, value) for name, value in fields.items() if value is not None)
+    return out
+
+
+def reply_fields(reply: Reply | None) -> dict[str, Any]:
+    if reply is None:
+        return {}
+    return {"reply_code": reply.code, "reply_enhanced": reply.enhanced or None, "reply_text": reply.text}
+
+
+def render(fields: Mapping[str, Any]) -> str:
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+
+
+def naming(json_file: str | Path) -> DatedNaming:
+    """Daily files beside `json_file`: its stem, `-YYYYMMDD`, its suffix."""
+    path = Path(json_file)
+    return DatedNaming(path.parent, path.stem + "-", "%Y%m%d", path.suffix)
+
+
+def log_files(json_file: str | Path) -> list[Path]:
+    """Every daily file of `json_file`, oldest first."""
+    return [path for _day, path in naming(json_file).days_on_disk()]
+
+
+def read_records(paths: Iterable[Path], since: float | None = None) -> Iterator[dict[str, Any]]:
+    """Every record in `paths` (in order) stamped at or after `since`; bad lines are skipped
+    (a line cut by a crash or a full disk must not stop a report)."""
+    for path in paths:
+        try:
+            handle = open(path, encoding="utf-8", errors="replace")
+        except OSError as exc:
+            log.warning("cannot read %s: %s", path, exc)
+            continue
+        with handle:
+            for line in handle:
+                try:
+                    item = json.loads(line)
+                    when = parse_timestamp(item["@timestamp"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if since is None or when >= since:
+                    item["_when"] = when
+                    yield item

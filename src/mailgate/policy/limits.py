@@ -1,0 +1,134 @@
+"""Message rate limits per client address and per authenticated user over a sliding window (SPEC §4).
+
+Owns: `RateLimiter`, a pure sliding-window counter (`allow(key, now) -> bool`) with bounded
+memory, and `MessageRateLimits`, the pair of limiters the session asks at MAIL FROM; when a
+limit is hit the session answers `RATE_LIMITED` (450 4.7.1, RFC 5321 §4.2.5 / RFC 3463 §3.8
+"delivery not authorized") and the client retries later.
+Must not: read the clock itself (callers pass `now`), send replies, sleep, or decide which
+clients are exempt (the caller passes no client key for those, e.g. trusted networks).
+
+Each MAIL FROM counts as one message, as Postfix's anvil counts `smtpd_client_message_rate_limit`:
+a refused transaction still cost the server work.
+
+Algorithm: the sliding-window counter (two fixed buckets per key, the previous one weighted by how
+much of it the sliding window still covers). An exact log of timestamps would cost `limit`
+floats per key; this costs two integers and a float, so 100,000 tracked keys stay a few MiB
+whatever the limit. Guarantees, which the tests check as properties: no fixed bucket of `window`
+seconds ever holds more than `limit` allowed events, so no sliding window holds more than
+2 x `limit`; and a key silent for 2 x `window` is always allowed again. Memory: at most
+`max_keys` keys, least recently used evicted first (an evicted key starts afresh, which errs
+towards allowing, never towards refusing a client that did nothing).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from itertools import islice
+
+# Keys looked at for expiry on each call: keeps the cost of one call small and bounded.
+_EXPIRE_PER_CALL = 8
+
+
+@dataclass(slots=True)
+class _Buckets:
+    start: float  # start of the current fixed bucket, a multiple of `window`
+    current: int
+    previous: int
+
+
+class RateLimiter:
+    """At most `limit` events per `window` seconds per key (see the module docstring)."""
+
+    def __init__(self, limit: int, window: float, max_keys: int = 100_000) -> None:
+        if limit < 1 or window <= 0 or max_keys < 1:
+            raise ValueError("limit and max_keys must be at least 1 and window positive")
+        self.limit = limit
+        self.window = window
+        self.max_keys = max_keys
+        self._keys: OrderedDict[str, _Buckets] = OrderedDict()
+
+    def allow(self, key: str, now: float) -> bool:
+        """Count one event for `key` at `now` if it is within the limit; True when counted."""
+        self._expire(now)
+        if not self.would_allow(key, now):
+            return False
+        self.record(key, now)
+        return True
+
+    def would_allow(self, key: str, now: float) -> bool:
+        """Would one more event be within the limit? Counts nothing."""
+        return self.estimate(key, now) < self.limit
+
+    def record(self, key: str, now: float) -> None:
+        """Count one event for `key` at `now`, allowed or not by the caller's other limits."""
+        buckets = self._keys.pop(key, None)
+        buckets = self._advance(buckets, now) if buckets else _Buckets(self._bucket_start(now), 0, 0)
+        buckets.current += 1
+        self._keys[key] = buckets  # most recently used at the end
+        self._expire(now)
+
+    def estimate(self, key: str, now: float) -> float:
+        """Events of `key` in the sliding window ending at `now` (previous bucket weighted)."""
+        buckets = self._keys.get(key)
+        if buckets is None:
+            return 0.0
+        buckets = self._advance(buckets, now)
+        elapsed = min(max(now - buckets.start, 0.0), self.window)
+        covered = 1.0 - elapsed / self.window  # share of the previous bucket still in the window
+        return buckets.previous * covered + buckets.current
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def _bucket_start(self, now: float) -> float:
+        return math.floor(now / self.window) * self.window
+
+    def _advance(self, buckets: _Buckets, now: float) -> _Buckets:
+        """The buckets as seen at `now`; a clock going backwards is treated as no time passing."""
+        start = self._bucket_start(now)
+        if start <= buckets.start:
+            return buckets
+        if start - buckets.start < self.window * 1.5:  # exactly one bucket later (float-safe)
+            return _Buckets(start, 0, buckets.current)
+        return _Buckets(start, 0, 0)
+
+    def _expire(self, now: float) -> None:
+        horizon = self._bucket_start(now) - self.window  # older buckets weigh nothing any more
+        for key in list(islice(self._keys, _EXPIRE_PER_CALL)):
+            if self._keys[key].start < horizon:
+                del self._keys[key]
+        while len(self._keys) > self.max_keys:
+            self._keys.popitem(last=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    rule: str  # "rate.client", "rate.user" or "rate.ok": logged with the refusal
+
+
+class MessageRateLimits:
+    """Messages per client address and per authenticated user; either limiter may be off (None)."""
+
+    def __init__(self, per_client: RateLimiter | None, per_user: RateLimiter | None) -> None:
+        self.per_client = per_client
+        self.per_user = per_user
+
+    def check_message(self, client_key: str | None, user: str | None, now: float) -> RateDecision:
+        """Called at MAIL FROM. `client_key` None exempts the client (trusted network); `user` is
+        the authenticated user or None. Counts the message against both only when both allow it,
+        so a refusal by one limit does not use up the other."""
+        counted: list[tuple[RateLimiter, str]] = []
+        if self.per_client is not None and client_key is not None:
+            if not self.per_client.would_allow(client_key, now):
+                return RateDecision(False, "rate.client")
+            counted.append((self.per_client, client_key))
+        if self.per_user is not None and user is not None:
+            if not self.per_user.would_allow(user, now):
+                return RateDecision(False, "rate.user")
+            counted.append((self.per_user, user))
+        for limiter, key in counted:
+            limiter.record(key, now)
+        return RateDecision(True, "rate.ok")

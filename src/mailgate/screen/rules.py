@@ -1,0 +1,374 @@
+"""Screening rules: the model, its parsing from configuration tables, and matching.
+
+Owns: `Rule` and `Match` (one `[[screen.rule]]` each), `parse_rules` (plain dicts in, every
+error out with its key path), and the match predicates at three levels: the envelope (no
+message needed), the root header section, and each MIME leaf (names, types, size, zip content,
+decoded text). A rule matches when every match key it gives matches; within one key's list, any
+entry will do. The part-level keys (filename, extension, mime_type, sniffed_type, min_size) must
+all hold for the same part.
+Must not: read messages (mime.py does) or decide between several matching rules (screener.py).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from mailgate.core.address import AddressError, normalise_domain, parse_mailbox
+from mailgate.screen.mime import LeafPart
+from mailgate.screen.sniff import known_names
+
+DIRECTIONS = ("inbound", "outbound", "both")
+ACTIONS = ("reject", "strip", "quarantine", "tag", "tempfail")
+ENVELOPE_KEYS = ("sender", "sender_domain", "recipient", "client", "helo")
+HEADER_KEYS = ("subject", "header")
+PART_KEYS = ("filename", "extension", "mime_type", "sniffed_type", "min_size")
+MATCH_KEYS = (*PART_KEYS, "in_zip", *HEADER_KEYS, "body", *ENVELOPE_KEYS)
+RULE_KEYS = ("name", "direction", "action", "text", "tag_header", *MATCH_KEYS)
+DEFAULT_TAG_HEADER = "X-Mailgate-Tag"
+NULL_SENDER = "<>"  # a `sender` entry matching the null reverse-path (RFC 5321 §4.5.5)
+# Unicode bidi controls change how a name displays, never what Windows runs: matched without them.
+_BIDI_CONTROLS = dict.fromkeys(map(ord, "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))
+
+
+class ScreenConfigError(ValueError):
+    """The screening configuration is invalid; `errors` lists each problem with its key path."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class ScreenContext:
+    """What the session knows about the transaction when data ends."""
+
+    direction: str  # "inbound" | "outbound"
+    sender: str  # "" for the null reverse-path
+    recipients: list[str]
+    client_address: str
+    helo: str
+    auth_user: str | None = None
+
+
+@dataclass(frozen=True)
+class Match:
+    filename: tuple[str, ...] = ()  # glob patterns, lower case
+    extension: tuple[str, ...] = ()  # lower case, without the leading dot ("exe", "tar.gz")
+    mime_type: tuple[str, ...] = ()  # declared type globs ("application/x-msdownload", "video/*")
+    sniffed_type: tuple[str, ...] = ()  # sniff.py kinds or categories ("executable", "zip")
+    min_size: int | None = None  # decoded octets
+    in_zip: bool = False  # filename, extension and sniffed_type also see names inside zips
+    subject: tuple[re.Pattern[str], ...] = ()
+    header: tuple[tuple[str, re.Pattern[str]], ...] = ()
+    body: tuple[re.Pattern[str], ...] = ()
+    sender: tuple[str, ...] = ()
+    sender_domain: tuple[str, ...] = ()  # "example.com" exactly, ".example.com" its subdomains
+    recipient: tuple[str, ...] = ()
+    client: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    helo: tuple[re.Pattern[str], ...] = ()
+
+    @property
+    def has_part_keys(self) -> bool:
+        return bool(self.filename or self.extension or self.mime_type or self.sniffed_type
+                    or self.min_size is not None)
+
+    @property
+    def has_header_keys(self) -> bool:
+        return bool(self.subject or self.header)
+
+    @property
+    def needs_message(self) -> bool:
+        return self.has_part_keys or self.has_header_keys or bool(self.body)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    direction: str
+    action: str
+    match: Match
+    text: str = ""
+    tag_header: str = DEFAULT_TAG_HEADER
+
+    def applies_to(self, direction: str) -> bool:
+        return self.direction in (direction, "both")
+
+    def describe(self) -> str:
+        return self.text or f"Message refused by rule {self.name}"
+
+
+# --- Matching ----------------------------------------------------------------------------------
+
+def _normal_address(text: str) -> str:
+    if text in ("", NULL_SENDER):
+        return ""
+    try:
+        address = parse_mailbox(text.strip("<>"), smtputf8=True)
+    except AddressError:
+        return text.strip("<>").lower()
+    return f"{address.local_unquoted.lower()}@{address.domain}"
+
+
+def _domain_matches(domain: str, patterns: Iterable[str]) -> bool:
+    for pattern in patterns:
+        if pattern.startswith("."):
+            if domain.endswith(pattern):
+                return True
+        elif domain == pattern:
+            return True
+    return False
+
+
+def _client_in(client: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(client.strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address.version == network.version and address in network for network in networks)
+
+
+def envelope_matches(match: Match, ctx: ScreenContext) -> bool:
+    """The envelope keys of `match` (True when it gives none)."""
+    sender = _normal_address(ctx.sender)
+    if match.sender and sender not in match.sender:
+        return False
+    if match.sender_domain and not _domain_matches(sender.rpartition("@")[2], match.sender_domain):
+        return False
+    if match.recipient and not any(_normal_address(r) in match.recipient for r in ctx.recipients):
+        return False
+    if match.client and not _client_in(ctx.client_address, match.client):
+        return False
+    if match.helo and not any(pattern.search(ctx.helo) for pattern in match.helo):
+        return False
+    return True
+
+
+def headers_match(match: Match, headers: EmailMessage) -> bool:
+    """The subject and header keys of `match` against the root header section (decoded)."""
+    if match.subject:
+        subject = _header_text(headers, "subject")
+        if not any(pattern.search(value) for value in subject for pattern in match.subject):
+            return False
+    if match.header:
+        if not any(pattern.search(value) for name, pattern in match.header
+                   for value in _header_text(headers, name)):
+            return False
+    return True
+
+
+def _header_text(headers: EmailMessage, name: str) -> list[str]:
+    values = []
+    for value in headers.get_all(name) or []:
+        try:
+            values.append(str(value))  # RFC 2047 encoded words decoded by the header policy
+        except (ValueError, LookupError):
+            values.append(value.encode("utf-8", "replace").decode() if isinstance(value, str) else "")
+    return values
+
+
+def body_matches(match: Match, part: LeafPart) -> bool:
+    return part.text is not None and any(pattern.search(part.text) for pattern in match.body)
+
+
+def normal_name(name: str) -> str:
+    """How a file name is compared: bidi controls dropped, trailing dots and spaces dropped (Windows
+    ignores them when it runs the file), lower case."""
+    return name.translate(_BIDI_CONTROLS).strip().rstrip(". ").lower()
+
+
+def part_matches(match: Match, part: LeafPart) -> list[str]:
+    """What made the part-level keys hold (names, for the log and the strip notice); [] if not."""
+    names = [normal_name(name) for name in part.names]
+    kinds = {part.sniffed.kind: part.sniffed} if part.sniffed is not None else {}
+    zip_names: list[str] = []
+    if match.in_zip and part.zip is not None:
+        zip_names = [normal_name(name.rsplit("/", 1)[-1]) for name in part.zip.names]
+    if match.min_size is not None and part.size < match.min_size:
+        return []
+    if match.mime_type and not any(fnmatch.fnmatchcase(part.content_type, t) for t in match.mime_type):
+        return []
+    found: list[str] = []
+    if match.filename or match.extension:
+        hits = [name for name in names + zip_names if _name_matches(match, name)]
+        if not hits:
+            return []
+        found += hits
+    if match.sniffed_type:
+        sniffed_hits = [kind for kind, sniffed in kinds.items()
+                        if any(sniffed.matches(wanted) for wanted in match.sniffed_type)]
+        if match.in_zip and part.zip is not None:
+            sniffed_hits += _zip_kind_hits(match, part)
+        if not sniffed_hits:
+            return []
+        found += [f"content: {kind}" for kind in sniffed_hits]
+    return found or (names[:1] or [part.content_type])
+
+
+def _zip_kind_hits(match: Match, part: LeafPart) -> list[str]:
+    assert part.zip is not None
+    return [f"{sniffed.kind} in zip ({name})" for name, sniffed in part.zip.kinds.items()
+            if any(sniffed.matches(wanted) for wanted in match.sniffed_type)]
+
+
+def _name_matches(match: Match, name: str) -> bool:
+    if match.filename and not any(fnmatch.fnmatchcase(name, pattern) for pattern in match.filename):
+        return False
+    return not match.extension or any(name.endswith("." + extension) for extension in match.extension)
+
+
+# --- Parsing -----------------------------------------------------------------------------------
+
+_HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 §3.6.8 ftext: printable but ":"
+
+
+def parse_rules(tables: list[Mapping[str, Any]], where: str = "screen.rule") -> list[Rule]:
+    """Rules from `[[screen.rule]]` tables; raises ScreenConfigError naming every bad key."""
+    errors: list[str] = []
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    for index, table in enumerate(tables):
+        path = f"{where}[{index}]"
+        rule = _parse_rule(table, path, errors)
+        if rule is None:
+            continue
+        if rule.name in seen:
+            errors.append(f"{path}.name: duplicate rule name {rule.name!r}")
+        seen.add(rule.name)
+        rules.append(rule)
+    if errors:
+        raise ScreenConfigError(errors)
+    return rules
+
+
+class _Fields:
+    """Typed reads of one table that record errors instead of raising, so all are reported."""
+
+    def __init__(self, table: Mapping[str, Any], path: str, errors: list[str]) -> None:
+        self.table, self.path, self.errors = table, path, errors
+
+    def error(self, key: str, message: str) -> None:
+        self.errors.append(f"{self.path}.{key}: {message}")
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        value = self.table.get(key, default)
+        if value is None:
+            self.error(key, "is required")
+        elif not isinstance(value, str):
+            self.error(key, "must be a string")
+            return None
+        return value
+
+    def strings(self, key: str) -> list[str]:
+        value = self.table.get(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+            self.error(key, "must be a list of non-empty strings")
+            return []
+        return value
+
+    def regexes(self, key: str, values: list[str] | None = None) -> tuple[re.Pattern[str], ...]:
+        compiled = []
+        for value in self.strings(key) if values is None else values:
+            try:
+                compiled.append(re.compile(value, re.IGNORECASE))  # keywords ignore case
+            except re.error as exc:
+                self.error(key, f"bad regular expression {value!r}: {exc}")
+        return tuple(compiled)
+
+    def converted(self, key: str, convert: Any) -> tuple[Any, ...]:
+        out = []
+        for value in self.strings(key):
+            try:
+                out.append(convert(value))
+            except (ValueError, AddressError) as exc:
+                self.error(key, f"{value!r}: {exc}")
+        return tuple(out)
+
+
+def _parse_rule(table: Mapping[str, Any], path: str, errors: list[str]) -> Rule | None:
+    fields = _Fields(table, path, errors)
+    before = len(errors)
+    for key in table:
+        if key not in RULE_KEYS:
+            fields.error(key, "unknown key")
+    name = fields.text("name")
+    direction = fields.text("direction")
+    if direction is not None and direction not in DIRECTIONS:
+        fields.error("direction", f"must be one of {', '.join(DIRECTIONS)}")
+    action = fields.text("action")
+    if action is not None and action not in ACTIONS:
+        fields.error("action", f"must be one of {', '.join(ACTIONS)}")
+    text = fields.text("text", "") or ""
+    tag_header = fields.text("tag_header", DEFAULT_TAG_HEADER) or DEFAULT_TAG_HEADER
+    if not _HEADER_NAME.fullmatch(tag_header):
+        fields.error("tag_header", "is not a valid header field name (RFC 5322 §3.6.8)")
+    match = _parse_match(fields)
+    if not any(key in table for key in MATCH_KEYS if key != "in_zip"):
+        fields.error("name", "the rule has no match key, it would match every message")
+    if action == "strip" and not match.has_part_keys:
+        fields.error("action", "strip needs a part key: " + ", ".join(PART_KEYS))
+    if len(errors) > before or name is None or direction is None or action is None:
+        return None
+    return Rule(name, direction, action, match, text, tag_header)
+
+
+def _parse_match(fields: _Fields) -> Match:
+    table = fields.table
+    sniffed = tuple(value.lower() for value in fields.strings("sniffed_type"))
+    unknown = sorted(set(sniffed) - known_names())
+    if unknown:
+        fields.error("sniffed_type", f"unknown {unknown}; known: {', '.join(sorted(known_names()))}")
+    min_size = table.get("min_size")
+    if min_size is not None and (isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0):
+        fields.error("min_size", "must be a non-negative integer (octets)")
+        min_size = None
+    in_zip = table.get("in_zip", False)
+    if not isinstance(in_zip, bool):
+        fields.error("in_zip", "must be true or false")
+        in_zip = False
+    headers = []
+    for entry in fields.strings("header"):
+        header_name, colon, expression = entry.partition(":")
+        if not colon or not _HEADER_NAME.fullmatch(header_name.strip()):
+            fields.error("header", f"{entry!r} is not 'Name: regex'")
+            continue
+        for pattern in fields.regexes("header", [expression.strip()]):
+            headers.append((header_name.strip().lower(), pattern))
+    return Match(
+        filename=tuple(value.lower() for value in fields.strings("filename")),
+        extension=tuple(value.lower().lstrip(".") for value in fields.strings("extension")),
+        mime_type=tuple(value.lower() for value in fields.strings("mime_type")),
+        sniffed_type=sniffed,
+        min_size=min_size,
+        in_zip=in_zip,
+        subject=fields.regexes("subject"),
+        header=tuple(headers),
+        body=fields.regexes("body"),
+        sender=fields.converted("sender", _config_address),
+        sender_domain=fields.converted("sender_domain", _config_domain),
+        recipient=fields.converted("recipient", _config_address),
+        client=fields.converted("client", lambda value: ipaddress.ip_network(value, strict=False)),
+        helo=fields.regexes("helo"),
+    )
+
+
+def _config_address(value: str) -> str:
+    if value == NULL_SENDER:
+        return ""
+    address = parse_mailbox(value.strip("<>"), smtputf8=True)
+    return f"{address.local_unquoted.lower()}@{address.domain}"
+
+
+def _config_domain(value: str) -> str:
+    if value.startswith("."):
+        return "." + normalise_domain(value[1:])
+    return normalise_domain(value)

@@ -1,0 +1,307 @@
+"""The screener facade: rules, antivirus and spam engines combined into one verdict per message.
+
+Owns: `Screener` (built from rules and optional clamd and rspamd clients, or from configuration
+tables), `needs_message` (False lets the session skip all parsing), `screen` (envelope rules
+first, then the MIME walk in a worker thread alongside clamd and rspamd, then the most severe
+outcome), the mapping of rule actions and engine answers to SMTP replies, and the log line of
+every verdict with the name of the rule that decided (logger "mailgate.screen").
+Must not: write the queue or talk SMTP: the session applies the verdict (reply, hold reason,
+added headers, rewritten message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from mailgate.core.reply import SCANNER_UNAVAILABLE, Reply
+from mailgate.screen import actions
+from mailgate.screen.clamd import DEFAULT_MAX_BYTES, ClamdClient, ClamdError
+from mailgate.screen.mime import LeafPart, Needs, WalkResult, root_headers, walk
+from mailgate.screen.rspamd import (
+    ADD_HEADER, GREYLIST, REJECT, REWRITE_SUBJECT, SOFT_REJECT, RspamdClient, RspamdError, SpamResult,
+)
+from mailgate.screen.rules import (
+    Rule, ScreenConfigError, ScreenContext, body_matches, envelope_matches, headers_match,
+    parse_rules, part_matches,
+)
+
+log = logging.getLogger("mailgate.screen")
+
+# Most severe first: the verdict is the most severe action any rule or engine asked for.
+SEVERITY = ("reject", "tempfail", "quarantine", "strip", "tag")
+ANTIVIRUS_RULE = "antivirus"
+SPAM_RULE = "rspamd"
+AV_ACTIONS = ("reject", "quarantine", "tag")
+AV_KEYS = ("clamd", "timeout", "fail_open", "action", "max_size")
+SPAM_KEYS = ("rspamd_url", "timeout", "fail_open")
+VIRUS_HEADER = "X-Mailgate-Virus"
+
+Rewrite = Callable[[Callable[[bytes], None]], None]
+
+
+# Replies owned by the screener (RFC 5321 §4.2.3 codes, RFC 3463 §3.8 X.7.1 "delivery not
+# authorized, message refused"). `core.reply.SCANNER_UNAVAILABLE` (451 4.7.1) is reused.
+def rule_rejection(text: str) -> Reply:
+    return Reply(550, "5.7.1", text)
+
+
+def rule_tempfail(text: str) -> Reply:
+    return Reply(451, "4.7.1", text)
+
+
+def virus_rejection(signature: str) -> Reply:
+    return Reply(554, "5.7.1", f"Message refused: virus found: {signature}")
+
+
+SPAM_REJECTED = Reply(554, "5.7.1", "Spam message rejected")
+SPAM_DEFERRED = Reply(451, "4.7.1", "Message deferred by the spam filter, try again later")
+GREYLISTED = Reply(451, "4.7.1", "Greylisted, please try again later")  # RFC 6647 §2.1: a 4yz
+
+
+@dataclass
+class Verdict:
+    """What to do with the message. `rewrite(sink)`, when set, streams the message to enqueue
+    instead of the original (it must run before `open_message` stops working); `add_headers`
+    are prepended by the caller in every case that accepts the message."""
+
+    action: str  # accept | reject | tempfail | quarantine | strip | tag
+    reply: Reply | None = None
+    rule: str | None = None
+    reason: str = ""
+    add_headers: list[tuple[str, str]] = field(default_factory=list)
+    rewrite: Rewrite | None = None
+    matched: list[str] = field(default_factory=list)  # every rule or engine that matched
+
+
+@dataclass
+class _Hit:
+    name: str
+    action: str
+    reason: str
+    reply: Reply | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    parts: dict[str, tuple[str, ...]] = field(default_factory=dict)  # strip: path -> names
+    subject: str | None = None  # rspamd "rewrite subject"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class Screener:
+    def __init__(
+        self, rules: list[Rule], clamd: ClamdClient | None = None, rspamd: RspamdClient | None = None,
+        *, fail_open_av: bool = False, av_action: str = "reject", fail_open_spam: bool = False,
+    ) -> None:
+        self.rules = rules
+        self.clamd = clamd
+        self.rspamd = rspamd
+        self.fail_open_av = fail_open_av
+        self.av_action = av_action
+        self.fail_open_spam = fail_open_spam
+
+    # --- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_config(
+        cls, rules: list[Mapping[str, Any]], av: Mapping[str, Any], spam: Mapping[str, Any],
+    ) -> "Screener":
+        """From `[[screen.rule]]`, `[screen.antivirus]` and `[screen.spam]`; ScreenConfigError lists
+        every problem with its key path."""
+        errors: list[str] = []
+        try:
+            parsed = parse_rules(list(rules))
+        except ScreenConfigError as exc:
+            errors.extend(exc.errors)
+            parsed = []
+        errors += [f"screen.antivirus.{key}: unknown key" for key in av if key not in AV_KEYS]
+        errors += [f"screen.spam.{key}: unknown key" for key in spam if key not in SPAM_KEYS]
+        clamd = rspamd = None
+        av_action = av.get("action", "reject")
+        if av_action not in AV_ACTIONS:
+            errors.append(f"screen.antivirus.action: must be one of {', '.join(AV_ACTIONS)}")
+        try:
+            if av.get("clamd"):
+                clamd = ClamdClient(str(av["clamd"]), timeout=float(av.get("timeout", 30.0)),
+                                    max_bytes=int(av.get("max_size", DEFAULT_MAX_BYTES)))
+        except (ValueError, TypeError) as exc:
+            errors.append(f"screen.antivirus.clamd: {exc}")
+        try:
+            if spam.get("rspamd_url"):
+                rspamd = RspamdClient(str(spam["rspamd_url"]), timeout=float(spam.get("timeout", 15.0)))
+        except (ValueError, TypeError) as exc:
+            errors.append(f"screen.spam.rspamd_url: {exc}")
+        if errors:
+            raise ScreenConfigError(errors)
+        return cls(parsed, clamd, rspamd, fail_open_av=bool(av.get("fail_open", False)),
+                   av_action=av_action, fail_open_spam=bool(spam.get("fail_open", False)))
+
+    # --- the API the session calls ----------------------------------------------------------------
+    def _content_rules(self, ctx: ScreenContext) -> list[Rule]:
+        return [rule for rule in self.rules if rule.applies_to(ctx.direction)
+                and rule.match.needs_message and envelope_matches(rule.match, ctx)]
+
+    def needs_message(self, ctx: ScreenContext) -> bool:
+        """False when neither a rule nor an engine needs the content: no parsing at all then.
+        `screen` must still be called (envelope rules); it then never calls `open_message`."""
+        return self.clamd is not None or self.rspamd is not None or bool(self._content_rules(ctx))
+
+    async def screen(
+        self, ctx: ScreenContext, open_message: Callable[[], BinaryIO], size: int,
+        *, queue_id: str | None = None,
+    ) -> Verdict:
+        hits = [self._rule_hit(rule, {}) for rule in self.rules if rule.applies_to(ctx.direction)
+                and not rule.match.needs_message and envelope_matches(rule.match, ctx)]
+        walked: WalkResult | None = None
+        if not any(hit.action in ("reject", "tempfail") for hit in hits):
+            content_rules = self._content_rules(ctx)
+            jobs = []
+            if content_rules:
+                jobs.append(asyncio.to_thread(self._scan_content, content_rules, open_message))
+            if self.clamd is not None:
+                jobs.append(self._antivirus(open_message, size))
+            if self.rspamd is not None:
+                jobs.append(self._spam(ctx, open_message, size, queue_id))
+            for found, result in await asyncio.gather(*jobs):
+                hits += found
+                walked = result or walked
+        verdict = self._decide(hits, open_message, walked)
+        log.info("screen verdict=%s rule=%s reason=%s matched=%s queue_id=%s direction=%s sender=<%s> "
+                 "client=%s", verdict.action, verdict.rule or "-", verdict.reason or "-",
+                 ",".join(verdict.matched) or "-", queue_id or "-", ctx.direction, ctx.sender,
+                 ctx.client_address)
+        return verdict
+
+    # --- rules --------------------------------------------------------------------------------------
+    def _rule_hit(self, rule: Rule, parts: dict[str, tuple[str, ...]]) -> _Hit:
+        text = _one_line(rule.describe())
+        hit = _Hit(rule.name, rule.action, f"rule {rule.name}: {text}", parts=parts)
+        if rule.action == "reject":
+            hit.reply = rule_rejection(text)
+        elif rule.action == "tempfail":
+            hit.reply = rule_tempfail(text)
+        elif rule.action == "tag":
+            hit.headers.append((rule.tag_header, _one_line(rule.text) or rule.name))
+        return hit
+
+    def _scan_content(
+        self, rules: list[Rule], open_message: Callable[[], BinaryIO],
+    ) -> tuple[list[_Hit], WalkResult | None]:
+        """Runs in a worker thread: one MIME walk serves every content rule."""
+        part_rules = [rule for rule in rules if rule.match.has_part_keys or rule.match.body]
+        if not part_rules:
+            with open_message() as file:
+                headers = root_headers(file)
+            return [self._rule_hit(rule, {}) for rule in rules if headers_match(rule.match, headers)], None
+        needs = Needs(
+            decode=any(r.match.sniffed_type or r.match.min_size is not None for r in part_rules),
+            text=any(r.match.body for r in part_rules),
+            zips=any(r.match.in_zip for r in part_rules),
+        )
+        parts: dict[str, dict[str, tuple[str, ...]]] = {rule.name: {} for rule in rules}
+        body_hits: set[str] = set()
+
+        def on_part(part: LeafPart) -> None:
+            for rule in part_rules:
+                if rule.match.has_part_keys and (found := part_matches(rule.match, part)):
+                    parts[rule.name][part.path] = tuple(found)
+                if rule.match.body and rule.name not in body_hits and body_matches(rule.match, part):
+                    body_hits.add(rule.name)
+
+        with open_message() as file:
+            walked = walk(file, needs, on_part)
+        hits = []
+        for rule in rules:
+            if rule.match.has_header_keys and not headers_match(rule.match, walked.root_headers):
+                continue
+            if rule.match.body and rule.name not in body_hits:
+                continue
+            if rule.match.has_part_keys and not parts[rule.name]:
+                continue
+            hits.append(self._rule_hit(rule, parts[rule.name]))
+        return hits, walked
+
+    # --- engines ------------------------------------------------------------------------------------
+    async def _antivirus(self, open_message: Callable[[], BinaryIO], size: int) -> tuple[list[_Hit], None]:
+        assert self.clamd is not None
+        if size > self.clamd.max_bytes:
+            log.warning("screen antivirus skipped: %d bytes is over clamd's limit of %d", size,
+                        self.clamd.max_bytes)
+            return [], None
+        try:
+            result = await self.clamd.scan(open_message)
+        except ClamdError as exc:
+            if self.fail_open_av:
+                log.warning("screen antivirus failed open: %s", exc)
+                return [], None
+            return [_Hit(ANTIVIRUS_RULE, "tempfail", f"antivirus unavailable: {exc}", SCANNER_UNAVAILABLE)], None
+        if not result.infected:
+            return [], None
+        signature = _one_line(result.signature or "unknown")
+        hit = _Hit(ANTIVIRUS_RULE, self.av_action, f"virus found: {signature}")
+        if self.av_action == "reject":
+            hit.reply = virus_rejection(signature)
+        elif self.av_action == "tag":
+            hit.headers.append((VIRUS_HEADER, signature))
+        return [hit], None
+
+    async def _spam(
+        self, ctx: ScreenContext, open_message: Callable[[], BinaryIO], size: int, queue_id: str | None,
+    ) -> tuple[list[_Hit], None]:
+        assert self.rspamd is not None
+        try:
+            result = await self.rspamd.check(
+                open_message, size, sender=ctx.sender, recipients=ctx.recipients,
+                client_address=ctx.client_address, helo=ctx.helo, user=ctx.auth_user, queue_id=queue_id)
+        except RspamdError as exc:
+            if self.fail_open_spam:
+                log.warning("screen spam check failed open: %s", exc)
+                return [], None
+            return [_Hit(SPAM_RULE, "tempfail", f"spam filter unavailable: {exc}", SCANNER_UNAVAILABLE)], None
+        hit = _spam_hit(result)
+        return ([hit] if hit is not None else []), None
+
+    # --- decision -----------------------------------------------------------------------------------
+    def _decide(
+        self, hits: list[_Hit], open_message: Callable[[], BinaryIO], walked: WalkResult | None,
+    ) -> Verdict:
+        if not hits:
+            return Verdict("accept")
+        decisive = min(hits, key=lambda hit: SEVERITY.index(hit.action))  # first of the most severe
+        verdict = Verdict(decisive.action, decisive.reply, decisive.name, decisive.reason,
+                          matched=[hit.name for hit in hits])
+        if decisive.action in ("reject", "tempfail"):
+            return verdict
+        for hit in hits:
+            verdict.add_headers += [h for h in hit.headers if h not in verdict.add_headers]
+        ending = walked.line_ending if walked is not None else b"\r\n"
+        if decisive.action == "strip" and walked is not None:
+            matched = {path: (names, hit.reason) for hit in hits if hit.action == "strip"
+                       for path, names in hit.parts.items()}
+            removals = actions.plan_removals(matched, walked.entities)
+            verdict.rewrite = functools.partial(actions.write_stripped, open_message, removals, ending)
+        elif decisive.action == "tag" and (subject := next((h.subject for h in hits if h.subject), None)):
+            verdict.rewrite = functools.partial(actions.write_with_subject, open_message, subject, ending)
+        return verdict
+
+
+def _spam_hit(result: SpamResult) -> _Hit | None:
+    """rspamd's action as ours: reject, tempfail (soft reject, greylist) or tag (headers, subject)."""
+    reason = f"spam score {result.score:.2f}/{result.required_score:.2f} action {result.action}"
+    if result.action == REJECT:
+        reply = SPAM_REJECTED.with_text(_one_line(result.message)) if result.message else SPAM_REJECTED
+        return _Hit(SPAM_RULE, "reject", reason, reply)
+    if result.action == SOFT_REJECT:
+        return _Hit(SPAM_RULE, "tempfail", reason, SPAM_DEFERRED)
+    if result.action == GREYLIST:
+        return _Hit(SPAM_RULE, "tempfail", reason, GREYLISTED)
+    if result.action in (ADD_HEADER, REWRITE_SUBJECT):
+        headers = [("X-Spam", "Yes"), ("X-Spam-Score", f"{result.score:.2f} / {result.required_score:.2f}")]
+        headers += [h for h in result.milter_headers if h[0].lower() not in ("x-spam", "x-spam-score")]
+        subject = result.subject if result.action == REWRITE_SUBJECT else None
+        return _Hit(SPAM_RULE, "tag", reason, headers=headers, subject=subject)
+    return None

@@ -1,0 +1,137 @@
+"""Message rate limits: the sliding-window counter, its guarantees as properties, bounded memory."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailgate.core.clock import FakeClock
+from mailgate.policy.limits import MessageRateLimits, RateDecision, RateLimiter
+
+pytestmark = pytest.mark.timeout(60)
+
+HOUR = 3600.0
+T0 = 1_800_000_000.0  # a multiple of 3600: the first fixed bucket starts here
+
+
+def test_the_limit_holds_within_a_window_and_is_per_key() -> None:
+    limiter = RateLimiter(limit=3, window=HOUR)
+    assert [limiter.allow("192.0.2.1", T0 + i) for i in range(5)] == [True, True, True, False, False]
+    assert limiter.allow("192.0.2.2", T0 + 5)  # another client has its own budget
+
+
+def test_refused_attempts_do_not_count() -> None:
+    limiter = RateLimiter(limit=2, window=HOUR)
+    assert limiter.allow("k", T0) and limiter.allow("k", T0 + 1)
+    for second in range(2, 100):
+        assert not limiter.allow("k", T0 + second)
+    assert limiter.estimate("k", T0 + 100) == 2
+
+
+def test_the_previous_window_weighs_by_how_much_the_sliding_window_still_covers() -> None:
+    limiter = RateLimiter(limit=10, window=HOUR)
+    for i in range(10):
+        assert limiter.allow("k", T0 + i)
+    # Half-way through the next bucket the previous ten count as five: five more are allowed.
+    half = T0 + HOUR + HOUR / 2
+    assert limiter.estimate("k", half) == pytest.approx(5.0)
+    assert [limiter.allow("k", half) for _ in range(6)] == [True] * 5 + [False]
+    # A quarter later the previous bucket weighs 2.5, plus 5 current: 7.5, so three more.
+    later = half + HOUR / 4
+    assert [limiter.allow("k", later) for _ in range(4)] == [True, True, True, False]
+
+
+def test_a_key_silent_for_two_windows_starts_afresh() -> None:
+    limiter = RateLimiter(limit=2, window=60)
+    assert limiter.allow("k", T0) and limiter.allow("k", T0)
+    assert not limiter.allow("k", T0 + 59)
+    assert limiter.allow("k", T0 + 120) and limiter.allow("k", T0 + 120)
+
+
+def test_a_clock_going_backwards_never_grants_more() -> None:
+    limiter = RateLimiter(limit=2, window=60)
+    assert limiter.allow("k", T0 + 30) and limiter.allow("k", T0 + 31)
+    assert not limiter.allow("k", T0 - 500)
+
+
+def test_memory_is_bounded_and_old_keys_expire() -> None:
+    limiter = RateLimiter(limit=5, window=60, max_keys=100)
+    for index in range(1000):
+        limiter.allow(f"10.0.{index // 256}.{index % 256}", T0)
+    assert len(limiter) == 100
+    # The most recent clients are the ones kept; an evicted one starts afresh (allowed).
+    assert limiter.estimate("10.0.3.231", T0) == 1  # index 999
+    assert limiter.estimate("10.0.0.0", T0) == 0
+    # Long after, every use expires a few stale keys: they all go without any special sweep.
+    for step in range(20):
+        limiter.allow("fresh", T0 + 10 * 60 + step)
+    assert len(limiter) == 1
+
+
+def test_invalid_settings_are_refused() -> None:
+    for args in ((0, 60.0), (1, 0.0), (1, -1.0)):
+        with pytest.raises(ValueError):
+            RateLimiter(*args)
+    with pytest.raises(ValueError):
+        RateLimiter(1, 60, max_keys=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    limit=st.integers(1, 20),
+    window=st.sampled_from([1.0, 60.0, 3600.0]),
+    gaps=st.lists(st.floats(0, 2.5, allow_nan=False), min_size=1, max_size=300),
+)
+def test_properties_of_the_sliding_window(limit: int, window: float, gaps: list[float]) -> None:
+    """No fixed bucket holds more than `limit` allowed events, no sliding window more than twice
+    that, and after 2 x window of silence the next event is allowed."""
+    limiter = RateLimiter(limit, window)
+    clock = FakeClock(T0)
+    allowed: list[float] = []
+    last_allowed: float | None = None
+    for gap in gaps:
+        clock.advance(gap * window / 4)
+        now = clock.now()
+        silent_long = last_allowed is None or now - last_allowed >= 2 * window
+        ok = limiter.allow("k", now)
+        if silent_long:
+            assert ok
+        if ok:
+            allowed.append(now)
+            last_allowed = now
+    per_bucket: dict[int, int] = {}
+    for moment in allowed:
+        index = int((moment - T0) // window)
+        per_bucket[index] = per_bucket.get(index, 0) + 1
+    assert max(per_bucket.values()) <= limit
+    for start in allowed:
+        assert sum(1 for t in allowed if start <= t < start + window) <= 2 * limit
+
+
+def test_message_limits_per_client_and_per_user() -> None:
+    limits = MessageRateLimits(RateLimiter(2, HOUR), RateLimiter(3, HOUR))
+    assert limits.check_message("192.0.2.1", None, T0) == RateDecision(True, "rate.ok")
+    assert limits.check_message("192.0.2.1", None, T0).allowed
+    assert limits.check_message("192.0.2.1", None, T0) == RateDecision(False, "rate.client")
+    # A user's messages are limited wherever they come from (the client key None: exempt network).
+    for _ in range(3):
+        assert limits.check_message(None, "alice", T0).allowed
+    assert limits.check_message(None, "alice", T0) == RateDecision(False, "rate.user")
+    assert limits.check_message(None, "bob", T0).allowed
+
+
+def test_a_refusal_by_one_limit_does_not_use_up_the_other() -> None:
+    per_client, per_user = RateLimiter(5, HOUR), RateLimiter(1, HOUR)
+    limits = MessageRateLimits(per_client, per_user)
+    assert limits.check_message("192.0.2.1", "alice", T0).allowed
+    for _ in range(10):
+        assert limits.check_message("192.0.2.1", "alice", T0) == RateDecision(False, "rate.user")
+    assert per_client.estimate("192.0.2.1", T0) == 1
+    # ... so another user on the same address still has the client's remaining four.
+    assert [limits.check_message("192.0.2.1", f"user{i}", T0).allowed for i in range(5)] == [True] * 4 + [False]
+
+
+def test_limits_switched_off_allow_everything() -> None:
+    limits = MessageRateLimits(None, None)
+    assert all(limits.check_message("192.0.2.1", "alice", T0).allowed for _ in range(1000))
