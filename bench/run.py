@@ -212,8 +212,12 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         path.mkdir(mode=0o755)
         return path
 
-    def done(path: Path) -> None:
-        if not args.keep_workdir:
+    def done(path: Path, run: dict[str, Any]) -> None:
+        """Frees the disk after a run; a failed run's spool and logs stay for a post-mortem."""
+        if "error" in run:
+            run["kept_workdir"] = str(path)
+            _progress(f"kept {path} (logs of the failed run)")
+        elif not args.keep_workdir:
             shutil.rmtree(path, ignore_errors=True)
 
     for rep in range(1, args.reps + 1):
@@ -221,7 +225,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             for sessions in args.sessions:
                 case = {"rep": rep, "size": size, "sessions": sessions}
                 baseline = attempt(case, lambda: baseline_run(size, sessions, args.messages))
-                results["baseline"].append({"rep": rep, **baseline})
+                results["baseline"].append(baseline)
                 _progress(f"rep {rep} baseline size={size} C={sessions}: "
                           f"{_fmt(baseline.get('accept_msgs_per_s'))} msg/s")
                 for server in args.servers:
@@ -229,32 +233,32 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     run = attempt({**case, "server": server}, lambda: throughput_run(
                         server, size, sessions, args.messages, path))
                     results["throughput"].append({"rep": rep, **run})
+                    done(path, results["throughput"][-1])
                     _progress(f"rep {rep} {server} size={size} C={sessions}: "
                               f"accept {_fmt(run.get('accept_msgs_per_s'))} msg/s, "
                               f"e2e {_fmt(run.get('end_to_end_msgs_per_s'))} msg/s, "
                               f"peak PSS {_fmt(run.get('peak_pss_mib'))} MiB, "
                               f"{_fmt(run.get('cpu_s_per_1000_msgs'))} CPU s/1000")
-                    done(path)
             for server in args.servers:
                 path = fresh_dir(f"{server}-latency")
                 run = attempt({"rep": rep, "size": size, "server": server}, lambda: latency_run(
                     server, size, args.latency_count, path))
                 results["latency"].append({"rep": rep, **run})
+                done(path, results["latency"][-1])
                 _progress(f"rep {rep} {server} latency size={size}: "
                           f"p50 {_fmt(run.get('p50_ms'))} ms, p99 {_fmt(run.get('p99_ms'))} ms, "
                           f"errors {run.get('error_count', '-')}")
-                done(path)
         for server in args.servers:
             path = fresh_dir(f"{server}-connections")
             case = {"rep": rep, "requested": args.connections, "server": server}
             run = attempt(case, lambda: connection_run(
                 server, args.connections, args.connection_deadline, path))
             results["connections"].append({"rep": rep, **run})
+            done(path, results["connections"][-1])
             _progress(f"rep {rep} {server} {args.connections} idle connections: "
                       f"greeted {run.get('greeted', '-')} in "
                       f"{_fmt(run.get('seconds_to_greet_all'))} s, "
                       f"held PSS {_fmt(run.get('held_pss_mib'))} MiB")
-            done(path)
     return results
 
 
@@ -307,11 +311,9 @@ def main(argv: list[str] | None = None) -> int:
             break
         path.chmod(0o755)
     started = time.monotonic()
-    try:
-        results = run_all(args, workdir)
-    finally:
-        if not args.keep_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+    results = run_all(args, workdir)
+    if not args.keep_workdir and not any(workdir.iterdir()):
+        workdir.rmdir()  # kept only when a failed run left its logs in it
     summary = report.summarise(results, args.servers)
     document = {
         "machine": machine_description(workdir),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import shutil
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,6 +29,9 @@ from mailgate.delivery.routing import HopSpec, HostedRoute, Router, RoutingSetti
 from mailgate.delivery.runner import DeliveryRunner, RunnerSettings
 from mailgate.delivery.transport import SmtpTransport
 from mailgate.dns.resolver import DnsPythonResolver
+from mailgate.observe.http import ObserveServer, spool_problem
+from mailgate.observe.metrics import Metrics
+from mailgate.observe.translog import open_transaction_log
 from mailgate.policy.audit import open_relay_problems
 from mailgate.policy.relay import HostedDomain, PolicySettings, RelayPolicy
 from mailgate.queue.backoff import RetrySchedule
@@ -173,6 +177,11 @@ class Application:
         if problems:
             raise StartupError("\n".join(problems))
         self.profiles = listener_profiles(config)
+        self.metrics = Metrics()
+        self.log = open_transaction_log(
+            self.clock, config.server.hostname, w3c_dir=config.log.w3c_dir, json_file=config.log.json_file,
+            retention_days=config.log.retention_days, metrics=self.metrics, max_pending=config.log.queue_limit,
+        )
         self.store = SqliteQueueStore(config.server.spool_dir, clock=self.clock)
         dns = config.dns
         self.resolver = DnsPythonResolver(list(dns.nameservers) or None, dns.port, dns.timeout)
@@ -187,6 +196,7 @@ class Application:
         self.bouncer = Bouncer(
             self.store, config.server.hostname, delivery.delay_warning, delivery.max_lifetime,
             on_queued=self._wake_runner,
+            on_dsn=self.log.bounce,
         )
         schedule = RetrySchedule(
             steps=tuple(delivery.retry_schedule), max_interval=delivery.max_retry_interval,
@@ -195,6 +205,7 @@ class Application:
         self.runner = DeliveryRunner(
             self.store, self.router, self.transport, self.bouncer, schedule, self.clock,
             RunnerSettings(delivery.workers, delivery.max_lifetime, delivery.delay_warning),
+            on_attempt=self._log_attempt,
         )
         self.users = FileUserStore(config.server.users_file)
         self.policy = RelayPolicy(policy_settings(config), allowed_senders=self.users.allowed_senders)
@@ -210,16 +221,47 @@ class Application:
             received_shows_user=config.server.received_shows_user,
             resolver=self.resolver,
             dnsbl_zones=tuple(dns.dnsbl_zones),
+            events=self.log,
         )
         self.listeners = [self._listener(listener, profile) for listener, profile in zip(config.listener, self.profiles)]
         self.control = ControlServer(
             control_socket_path(config), QueueAdmin(self.store, self.bouncer, self.clock, self._wake_runner)
         )
+        self.observe: ObserveServer | None = None
+        if config.metrics.address:
+            host, port = parse_host_port(config.metrics.address)
+            self.observe = ObserveServer(host, port + worker_index, self.metrics, self._readiness)
+        self._gauges_task: asyncio.Task | None = None
         self._runner_task: asyncio.Task | None = None
         self._stopped = asyncio.Event()
 
     def _wake_runner(self) -> None:
         self.runner.wake()
+
+    def _log_attempt(self, message, route, outcomes, tls: str | None, elapsed: float) -> None:
+        now = self.clock.now()
+        by_index = {r.index: r for r in message.recipients}
+        for index, outcome in outcomes.items():
+            self.log.delivery_attempt(
+                message.queue_id, str(by_index[index].recipient.address), route.key if route else "", outcome,
+                sender=message.envelope.sender_text, tls=tls or "", elapsed=elapsed,
+                delay=now - message.created, size=message.size,
+            )
+
+    def _readiness(self) -> list[str]:
+        problems = [f"listener {l.settings.name} not listening" for l in self.listeners if not l.listening]
+        spool = spool_problem(self.config.server.spool_dir)
+        return problems + ([spool] if spool else [])
+
+    async def _update_gauges(self, interval: float = 15.0) -> None:
+        while True:
+            counts = await self.store.count_by_state()
+            oldest = await self.store.oldest_created()
+            now = self.clock.now()
+            self.metrics.set_queue({state.value: n for state, n in counts.items()}, now - oldest if oldest else 0.0)
+            usage = shutil.disk_usage(self.config.server.spool_dir)
+            self.metrics.set_free_disk(usage.free)
+            await asyncio.sleep(interval)
 
     def _listener(self, listener, profile: ListenerProfile) -> Listener:
         host, port = listener.address
@@ -236,7 +278,10 @@ class Application:
         async def handle(reader, writer, owner: Listener) -> None:
             await Session(self.reception, profile, reader, writer).run()
 
-        return Listener(settings, handle)
+        def refused(client: str, port: int, reply) -> None:
+            self.log.connection_refused(client, port, listener.name, "limit", reply)
+
+        return Listener(settings, handle, on_refused=refused)
 
     async def start(self) -> None:
         await self.store.open()
@@ -246,6 +291,9 @@ class Application:
             await listener.start()
         if self.worker_index == 0:
             await self.control.start()
+        if self.observe is not None:
+            await self.observe.start()
+        self._gauges_task = asyncio.create_task(self._update_gauges())
         self._runner_task = asyncio.create_task(self.runner.run())
         log.info("mailgate ready: %s", ", ".join(
             f"{l.settings.name}={l.settings.host}:{l.bound_port}" for l in self.listeners))
@@ -289,6 +337,11 @@ class Application:
             self._runner_task.cancel()
         if self.worker_index == 0:
             await self.control.stop()
+        if self.observe is not None:
+            await self.observe.stop()
+        if self._gauges_task is not None:
+            self._gauges_task.cancel()
         await self.transport.close()
         await self.store.close()
+        self.log.close()
         log.info("mailgate stopped")

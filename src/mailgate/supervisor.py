@@ -33,6 +33,7 @@ def run(config: Config, run_loop: Callable, start_worker: Callable[[int, int], "
     """Run `start_worker(index, count)` (a coroutine function) in each worker; return an exit code."""
     count = worker_count(config)
     if count == 1:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop installs the reload handler
         return run_loop(start_worker(0, 1))
     from mailgate.app import recover_offline
 
@@ -41,8 +42,10 @@ def run(config: Config, run_loop: Callable, start_worker: Callable[[int, int], "
     for index in range(count):
         pid = os.fork()
         if pid == 0:  # the worker
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, signal.SIG_DFL)
+            # A reload before the worker is ready must not kill it; its loop takes SIGHUP later.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             code = 1
             try:
                 code = run_loop(start_worker(index, count))

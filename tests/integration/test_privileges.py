@@ -129,6 +129,15 @@ def test_bind_listener_socket_listens_on_ipv4_and_ipv6() -> None:
             assert not sock.getblocking()
 
 
+def test_bind_listener_socket_with_reuse_port_lets_workers_share_a_port() -> None:
+    with bind_listener_socket("127.0.0.1", 0, reuse_port=True) as first:
+        port = first.getsockname()[1]
+        with bind_listener_socket("127.0.0.1", port, reuse_port=True) as second:
+            assert second.getsockname()[1] == port
+        with pytest.raises(OSError):
+            bind_listener_socket("127.0.0.1", port)  # without it the port is taken
+
+
 def test_spool_ownership_problems_are_reported_not_repaired(tmp_path: Path) -> None:
     nobody = _require_root_and_nobody()
     identity = resolve_identity("nobody")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -83,6 +84,18 @@ class Relay:
             time.sleep(0.05)
         raise AssertionError(f"{text!r} x{count} not logged in {timeout}s:\n{self.process.log()}")
 
+    def wait_until_ready(self, timeout: float = 30.0) -> None:
+        """Every worker process has started (the supervisor, if any, says how many): only then
+        are the signal handlers installed, so a signal cannot hit a half-started worker."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.process.log()
+            workers = re.search(r"started (\d+) workers", log)
+            if log.count("mailgate ready") >= (int(workers.group(1)) if workers else 1):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"mailgate not ready in {timeout}s:\n{self.process.log()}")
+
     def client(self, source: str = UNTRUSTED) -> smtplib.SMTP:
         smtp = smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=15,
                             source_address=(source, 0))
@@ -94,6 +107,7 @@ class Relay:
 def relay(tmp_path: Path) -> Iterator[Relay]:
     relay = Relay(tmp_path)
     relay.process.start(wait=("127.0.0.1", relay.port))
+    relay.wait_until_ready()
     try:
         yield relay
     finally:

@@ -24,7 +24,8 @@ EPILOG = f"""It tries {len(TRICKS)} relay forms (the 16 of nmap's smtp-open-rela
 bang paths, source routes, quoted local parts, IP literals, trailing dots, case and IDN forms),
 each on its own connection: greeting, EHLO, MAIL FROM, RCPT TO, then RSET and QUIT.
 It NEVER sends DATA: no message reaches anyone, whatever the server answers.
-A 2xx reply to RCPT means the server relays that form.
+A 2xx reply to RCPT means the server relays that form; a plain address inside the --domain
+tree (e.g. a subdomain) accepted with 2xx is reported "local", not as relaying.
 
 examples:
   mailgate relay-test mx.example.com
@@ -33,7 +34,7 @@ examples:
   mailgate relay-test 127.0.0.1:25 --source-address 127.0.0.2 --json > report.json
 
 exit codes:
-  0  CLOSED        every form was refused permanently (5xx)
+  0  CLOSED        every form was refused permanently (5xx) or was local
   1  OPEN          at least one form was accepted; they are named
   2  usage error
   3  INCONCLUSIVE  the server could not be reached, or answered some forms only with 4xx

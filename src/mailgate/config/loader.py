@@ -44,6 +44,7 @@ class Config:
     delivery: SimpleNamespace
     dns: SimpleNamespace
     log: SimpleNamespace
+    metrics: SimpleNamespace
 
 
 def load_file(path: str | Path) -> Config:
@@ -159,6 +160,11 @@ def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
                 parse_host_port(hop, 25)
             except ValueError as exc:
                 errors.append(f"{path}.next_hop[{hop_index}]: {exc}")
+    if values["metrics"].address:
+        try:
+            parse_host_port(values["metrics"].address)
+        except ValueError as exc:
+            errors.append(f"metrics.address: {exc}")
     if values["delivery"].smart_host:
         try:
             parse_host_port(values["delivery"].smart_host, 25)

@@ -200,11 +200,29 @@ LOG = Section(
     "Diagnostics and transaction logs.",
     (
         Key("level", Choice(choices=("debug", "info", "warning", "error")), "info", "Diagnostic log level."),
-        Key("json_file", Text(), "", "JSON-lines transaction log; empty disables it."),
+        Key("json_file", Text(), "",
+            "JSON-lines transaction log, written as daily NAME-YYYYMMDD.EXT files beside this "
+            "path (UTC days); empty disables it."),
+        Key("w3c_dir", Text(), "",
+            "Directory of the W3C extended log as the IIS SMTP service writes it, daily "
+            "exYYMMDD.log (UTC); empty disables it."),
+        Key("retention_days", Integer(minimum=0, maximum=3650), 30, "Days of log files kept; 0 keeps all."),
+        Key("queue_limit", Integer(minimum=100, maximum=1000000), 20000,
+            "Records waiting for the log writer thread; more are dropped and counted."),
     ),
 )
 
-SECTIONS: tuple[Section, ...] = (SERVER, LISTENER, RELAY, DOMAIN, DELIVERY, DNS, LOG)
+METRICS = Section(
+    "metrics",
+    "Prometheus metrics and health endpoints.",
+    (
+        Key("address", Text(), "",
+            "host:port serving /metrics, /healthz and /readyz; empty disables it. With several "
+            "workers, worker N listens on port + N. Keep it on loopback or a management network."),
+    ),
+)
+
+SECTIONS: tuple[Section, ...] = (SERVER, LISTENER, RELAY, DOMAIN, DELIVERY, DNS, LOG, METRICS)
 
 
 def section(name: str) -> Section | None:

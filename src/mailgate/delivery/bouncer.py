@@ -30,7 +30,7 @@ class Bouncer:
         delay_warning: float,
         max_lifetime: float,
         on_queued: Callable[[], None] = lambda: None,
-        on_dsn: Callable[[str, str], None] = lambda kind, queue_id: None,
+        on_dsn: Callable[[str, str, str, str, list[str]], None] = lambda *args: None,
     ) -> None:
         self._store = store
         self._reporting_mta = reporting_mta
@@ -108,7 +108,7 @@ class Bouncer:
         )
         queue_id = await self._store.commit(writer, envelope, MessageMeta(direction="local", protocol="local"))
         log.info("%s DSN %s queued for %s about %s", action, queue_id, message.envelope.sender_text, message.queue_id)
-        self._on_dsn(action, queue_id)
+        self._on_dsn(message.queue_id, queue_id, action, message.envelope.sender_text, [r.address for r in recipients])
         self._on_queued()
 
     async def _original(self, queue_id: str, whole: bool) -> bytes:

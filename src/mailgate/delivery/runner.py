@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,7 +50,9 @@ class DeliveryRunner:
         schedule: RetrySchedule,
         clock: Clock,
         settings: RunnerSettings,
-        on_attempt: Callable[[QueuedMessage, Route | None, dict[int, Outcome]], None] = lambda *a: None,
+        on_attempt: Callable[[QueuedMessage, Route | None, dict[int, Outcome], str | None, float], None] = (
+            lambda *args: None
+        ),
     ) -> None:
         self._store = store
         self._router = router
@@ -124,13 +127,16 @@ class DeliveryRunner:
             except RouteError as exc:
                 for recipient in recipients:
                     outcomes[recipient.index] = classify(exc.reply)
-                self._on_attempt(message, None, {r.index: outcomes[r.index] for r in recipients})
+                self._on_attempt(message, None, {r.index: outcomes[r.index] for r in recipients}, None, 0.0)
                 continue
             by_route.setdefault(route, []).extend(recipients)
         attempts = [self._attempt(message, route, recipients) for route, recipients in by_route.items()]
         for result in await asyncio.gather(*attempts):
             outcomes.update(result)
         updates = [self._update(message, index, outcome, now) for index, outcome in outcomes.items()]
+        if all(update.state is RecipientState.DELIVERED for update in updates):
+            await self._store.finish(message.queue_id, updates=updates)  # the common case: one step
+            return
         await self._store.record(message.queue_id, updates)
         delay_notified = await self._bouncer.after_attempt(message, updates, now)
         await self._store.finish(message.queue_id, delay_notified=delay_notified)
@@ -138,6 +144,8 @@ class DeliveryRunner:
     async def _attempt(
         self, message: QueuedMessage, route: Route, recipients: list[QueuedRecipient]
     ) -> dict[int, Outcome]:
+        started = time.monotonic()
+        tls = None
         if route.maildir:
             outcomes = await self._to_maildir(message, route, recipients)
         else:
@@ -153,8 +161,8 @@ class DeliveryRunner:
                 ret=message.envelope.ret,
                 envid=message.envelope.envid,
             )
-            outcomes = result.outcomes
-        self._on_attempt(message, route, outcomes)
+            outcomes, tls = result.outcomes, result.tls
+        self._on_attempt(message, route, outcomes, tls, time.monotonic() - started)
         return outcomes
 
     async def _to_maildir(

@@ -13,10 +13,13 @@ ULID library would give a 26-character id that is tedious in logs.
 
 from __future__ import annotations
 
+import os
 import random
 
 # Not secrets: ids need uniqueness, not unpredictability, and os.urandom per id costs a syscall.
 _random = random.Random()
+# Forked workers must not share the parent's sequence (they would make the same ids).
+os.register_at_fork(after_in_child=_random.seed)
 
 CROCKFORD_BASE32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 TIME_CHARACTERS = 9  # 45 bits of milliseconds: until the year 3084

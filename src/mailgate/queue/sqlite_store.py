@@ -23,6 +23,7 @@ import os
 import socket
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -56,6 +57,7 @@ DEFAULT_MEMORY_THRESHOLD = 256 * 1024
 # become claimable again after this long. It must exceed one delivery attempt: the RFC 5321
 # §4.5.3.2 time-outs of one transaction add up to well under an hour.
 DEFAULT_LEASE_SECONDS = 3600.0
+HOT_BODY_BYTES = 64 * 1024 * 1024  # bodies kept in memory between commit and delivery
 READER_THREADS = 2
 
 T = TypeVar("T")
@@ -82,6 +84,7 @@ class SqliteQueueStore(QueueStore):
         self._reader_connections: list[sqlite3.Connection] = []
         self._reader_local = threading.local()
         self._reader_lock = threading.Lock()
+        self._hot = HotBodies(HOT_BODY_BYTES)
 
     @property
     def stats(self) -> WriterStats:
@@ -149,6 +152,8 @@ class SqliteQueueStore(QueueStore):
         remove_spill_file = [partial(remove_quietly, body)] if isinstance(body, Path) else []
         await self._writer.run(insert, remove_spill_file)
         writer.mark_committed()
+        if isinstance(body, bytes):
+            self._hot.put(writer.queue_id, body)
         return writer.queue_id
 
     # --- delivery --------------------------------------------------------------------------------
@@ -170,6 +175,11 @@ class SqliteQueueStore(QueueStore):
         """
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
+        hot = self._hot.get(queue_id)
+        if hot is not None:  # committed by this process and still cached: no read-back
+            for start in range(0, len(hot), chunk_size):
+                yield hot[start : start + chunk_size]
+            return
         offset = 0
         while True:
             size, chunks = await self._read(queries.read_body, queue_id, offset, chunk_size)
@@ -184,10 +194,21 @@ class SqliteQueueStore(QueueStore):
         now = self._clock.now()
         await self._writer.run(partial(queries.record, queue_id=queue_id, updates=updates, now=now))
 
-    async def finish(self, queue_id: str, *, delay_notified: bool = False) -> bool:
+    async def finish(
+        self, queue_id: str, *, delay_notified: bool = False, updates: list[RecipientUpdate] | None = None
+    ) -> bool:
         """True also when the message was already gone (deleted by an admin meanwhile)."""
-        finish = partial(queries.finish, queue_id=queue_id, delay_notified=delay_notified)
-        return await self._writer.run(finish)
+        now = self._clock.now()
+
+        def record_and_finish(connection: sqlite3.Connection) -> bool:
+            if updates:  # one operation, one group slot: the common all-delivered case
+                queries.record(connection, queue_id=queue_id, updates=updates, now=now)
+            return queries.finish(connection, queue_id=queue_id, delay_notified=delay_notified)
+
+        gone = await self._writer.run(record_and_finish)
+        if gone:
+            self._hot.pop(queue_id)
+        return gone
 
     # --- administration --------------------------------------------------------------------------
     async def get(self, queue_id: str) -> QueuedMessage | None:
@@ -209,7 +230,10 @@ class SqliteQueueStore(QueueStore):
         return await self._admin(query, queries.reschedule, when=when)
 
     async def delete(self, query: QueueFilter) -> list[str]:
-        return await self._admin(query, queries.delete)
+        deleted = await self._admin(query, queries.delete)
+        for queue_id in deleted:
+            self._hot.pop(queue_id)
+        return deleted
 
     async def _admin(
         self, query: QueueFilter, action: Callable[..., list[str]], **kwargs: Any
@@ -247,6 +271,36 @@ class SqliteQueueStore(QueueStore):
             return function(connection, *args)
         finally:
             connection.execute("COMMIT")
+
+
+class HotBodies:
+    """Bodies this process committed, kept (bounded, oldest out first) until delivered.
+
+    The runner usually delivers a message moments after its commit; reading it back from SQLite
+    through a reader thread would cost a round trip for bytes we still hold.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._bytes = 0
+        self._bodies: OrderedDict[str, bytes] = OrderedDict()
+
+    def put(self, queue_id: str, body: bytes) -> None:
+        if len(body) > self._limit // 16:
+            return
+        self._bodies[queue_id] = body
+        self._bytes += len(body)
+        while self._bytes > self._limit:
+            _, oldest = self._bodies.popitem(last=False)
+            self._bytes -= len(oldest)
+
+    def get(self, queue_id: str) -> bytes | None:
+        return self._bodies.get(queue_id)
+
+    def pop(self, queue_id: str) -> None:
+        body = self._bodies.pop(queue_id, None)
+        if body is not None:
+            self._bytes -= len(body)
 
 
 def _fsync_directory(path: Path) -> None:

@@ -160,8 +160,11 @@ class QueueStore(abc.ABC):
         """Save per-recipient outcomes durably (before the next attempt is made)."""
 
     @abc.abstractmethod
-    async def finish(self, queue_id: str, *, delay_notified: bool = False) -> bool:
-        """Return the lease; delete the message if no recipient is left queued. True if deleted."""
+    async def finish(
+        self, queue_id: str, *, delay_notified: bool = False, updates: list[RecipientUpdate] | None = None
+    ) -> bool:
+        """Record `updates` (as `record` does), return the lease, and delete the message if no
+        recipient is left queued, all in one durable step. True if deleted."""
 
     @abc.abstractmethod
     async def get(self, queue_id: str) -> QueuedMessage | None:

@@ -27,16 +27,19 @@ import binascii
 import codecs
 import email.parser
 import email.policy
+import email.utils
+from email.header import decode_header, make_header
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.message import EmailMessage
+from email.message import Message
 from typing import BinaryIO
 
 from mailgate.screen import sniff as sniffing
 from mailgate.screen.archives import ZipListing, list_zip
 
 MAX_LINE = 64 * 1024  # longer lines are read in pieces (RFC 5322 §2.1.1 allows 998 octets)
+READ_CHUNK = 64 * 1024
 MAX_HEADER_BYTES = 256 * 1024  # per entity; the rest of an oversized section is skipped
 MAX_NESTING = 32  # multipart / message depth; deeper containers are treated as opaque leaves
 MAX_ENTITIES = 10_000  # past this many entities, containers are no longer opened
@@ -44,7 +47,9 @@ MAX_TEXT_CHARS = 1024 * 1024  # decoded text kept per part for body rules
 ZIP_MEMORY_BYTES = 1024 * 1024
 MAX_ZIP_BYTES = 32 * 1024 * 1024  # larger zips are not listed (`zip_too_big` is set)
 
-_HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.default)
+# compat32: several times faster than policy.default; the few values rules read are decoded
+# explicitly by `decoded` and `_names`.
+_HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 _NOT_BASE64 = bytes(byte for byte in range(256) if byte not in _BASE64_ALPHABET)
 
@@ -64,7 +69,7 @@ class LeafPart:
     byte before the line break that precedes the next boundary (RFC 2046 §5.1.1)."""
 
     path: str  # "1.2.1": position under the root ("" is the root itself)
-    headers: EmailMessage
+    headers: Message
     content_type: str
     names: list[str]
     start: int
@@ -88,49 +93,92 @@ class Entity:
 
 @dataclass
 class WalkResult:
-    root_headers: EmailMessage
+    root_headers: Message
     line_ending: bytes  # of the message's first line, for text that rewriting adds
     entities: dict[str, Entity] = field(default_factory=dict)  # by path, at most MAX_ENTITIES
     truncated: bool = False  # nesting or entity limits left some containers unopened
 
 
 class _Reader:
-    """Lines (or pieces of over-long lines) with their offsets, and one line of push-back."""
+    """Lines (or pieces of over-long lines) with their offsets, one line of push-back, and
+    `bulk()`: runs of whole lines that cannot hold a delimiter, so leaf bodies (nearly all of a
+    message's bytes) are skipped or decoded in large blocks rather than line by line."""
 
     def __init__(self, file: BinaryIO) -> None:
         self._file = file
+        self._buffer = b""
+        self._position = 0
+        self._eof = False
         self.offset = 0
-        self._pushed: bytes | None = None
+        self._pushed_back = False
         self._next_starts_line = True
         self.piece_started_line = True  # whether the piece just read began a line
         self.last_ending = b""  # line break of the last piece consumed (not pushed back)
         self._saved: tuple[bool, bool, bytes] = (True, True, b"")
 
-    def line(self) -> bytes:
-        if self._pushed is not None:
-            piece, self._pushed = self._pushed, None
-        else:
-            piece = self._file.readline(MAX_LINE)
+    def _fill(self) -> bool:
+        """Append one read to the unread rest of the buffer; False at the end of the file."""
+        if self._eof:
+            return False
+        chunk = self._file.read(READ_CHUNK)
+        if not chunk:
+            self._eof = True
+            return False
+        self._buffer = self._buffer[self._position:] + chunk
+        self._position = 0
+        return True
+
+    def _consume(self, end: int) -> bytes:
+        piece = self._buffer[self._position:end]
+        self._position = end
         self._saved = (self._next_starts_line, self.piece_started_line, self.last_ending)
         self.piece_started_line = self._next_starts_line
         self._next_starts_line = piece.endswith(b"\n")
         self.last_ending = _line_ending(piece)
         self.offset += len(piece)
+        self._pushed_back = False
         return piece
 
-    def push(self, piece: bytes) -> None:
-        self._pushed = piece
-        self.offset -= len(piece)
-        self._next_starts_line, self.piece_started_line, self.last_ending = self._saved
+    def line(self) -> bytes:
+        while True:
+            newline = self._buffer.find(b"\n", self._position, self._position + MAX_LINE)
+            if newline >= 0:
+                return self._consume(newline + 1)
+            if len(self._buffer) - self._position >= MAX_LINE:
+                return self._consume(self._position + MAX_LINE)
+            if not self._fill():
+                return self._consume(len(self._buffer))
 
-    @property
-    def stopped_at_delimiter(self) -> bool:
-        return self._pushed is not None
+    def bulk(self) -> bytes:
+        """Whole lines up to (not including) the next line that starts with "--"; b"" when the
+        next line does, or when no whole line is buffered at the end of the file."""
+        if not self._next_starts_line:
+            return b""
+        while True:
+            if len(self._buffer) - self._position < 2 and self._fill():
+                continue
+            if self._buffer.startswith(b"--", self._position):
+                return b""
+            candidate = self._buffer.find(b"\n--", self._position)
+            if candidate >= 0:
+                return self._consume(candidate + 1)
+            last_newline = self._buffer.rfind(b"\n", self._position)
+            if last_newline >= 0:
+                return self._consume(last_newline + 1)
+            if len(self._buffer) - self._position >= MAX_LINE or not self._fill():
+                return b""
+
+    def push(self, piece: bytes) -> None:
+        """Un-read the piece `line()` just returned (it is still in the buffer)."""
+        self._position -= len(piece)
+        self.offset -= len(piece)
+        self._pushed_back = True
+        self._next_starts_line, self.piece_started_line, self.last_ending = self._saved
 
     def end_of_entity(self) -> int:
         """Where the entity just read ends: before the line break that belongs to the delimiter
         pushed back (RFC 2046 §5.1.1), or at the end of the message."""
-        if self._pushed is None:
+        if not self._pushed_back:
             return self.offset
         return self.offset - len(self.last_ending)
 
@@ -152,16 +200,30 @@ def _boundary_of(line: bytes, boundaries: list[bytes]) -> bytes | None:
     return None
 
 
-def _names(headers: EmailMessage) -> list[str]:
-    """Content-Disposition filename and Content-Type name, decoded (RFC 2231, RFC 2047)."""
+def decoded(value: object) -> str:
+    """A header value as text: raw 8-bit bytes as UTF-8, RFC 2047 encoded words decoded."""
+    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if "=?" not in text:
+        return text
+    try:
+        return str(make_header(decode_header(text)))
+    except (ValueError, LookupError, UnicodeError):
+        return text
+
+
+def _names(headers: Message) -> list[str]:
+    """Content-Disposition filename and Content-Type name, decoded: RFC 2231 (charset, language,
+    continuations) and the RFC 2047 encoded words some mailers put in quoted parameters."""
     names: list[str] = []
     for header, param in (("content-disposition", "filename"), ("content-type", "name")):
         try:
-            value = headers[header].params.get(param) if headers[header] is not None else None
-        except (AttributeError, LookupError, ValueError, TypeError):
-            value = None
-        if value and value.strip() and value.strip() not in names:
-            names.append(value.strip())
+            raw = headers.get_param(param, None, header)
+            value = decoded(email.utils.collapse_rfc2231_value(raw)) if raw else ""
+        except (ValueError, LookupError, TypeError, UnicodeError):
+            value = ""
+        value = value.strip()
+        if value and value not in names:
+            names.append(value)
     return names
 
 
@@ -262,7 +324,7 @@ class _Walker:
         self.result: WalkResult | None = None
         self._started = 0  # entities begun, bounded by MAX_ENTITIES
 
-    def _headers(self, boundaries: list[bytes]) -> tuple[EmailMessage, bytes]:
+    def _headers(self, boundaries: list[bytes]) -> tuple[Message, bytes]:
         """Read one header section up to its blank line (or a delimiter: then no body at all)."""
         kept = bytearray()
         first_ending = b""
@@ -290,7 +352,8 @@ class _Walker:
         if "content-type" not in headers:
             headers.set_default_type(default_type)
         content_type = headers.get_content_type()
-        openable = path.count(".") + 1 < MAX_NESTING and self._started < MAX_ENTITIES
+        depth = path.count(".") + 1 if path else 0
+        openable = depth < MAX_NESTING and self._started < MAX_ENTITIES
         if openable and content_type.startswith("multipart/") and headers.get_boundary():
             self._multipart(path, headers, boundaries)
         elif openable and content_type == "message/rfc822" and _encoding(headers) in _IDENTITY_ENCODINGS:
@@ -301,7 +364,7 @@ class _Walker:
             self._leaf(path, headers, content_type, start, boundaries, in_multipart)
         result.entities[path] = Entity(start, self._reader.end_of_entity(), in_multipart)
 
-    def _multipart(self, path: str, headers: EmailMessage, outer: list[bytes]) -> None:
+    def _multipart(self, path: str, headers: Message, outer: list[bytes]) -> None:
         boundary = headers.get_boundary().encode("utf-8", "replace")
         boundaries = [*outer, boundary]
         child_type = "message/rfc822" if headers.get_content_subtype() == "digest" else "text/plain"
@@ -337,7 +400,7 @@ class _Walker:
                 return
 
     def _leaf(
-        self, path: str, headers: EmailMessage, content_type: str, start: int,
+        self, path: str, headers: Message, content_type: str, start: int,
         boundaries: list[bytes], in_multipart: bool,
     ) -> None:
         part = LeafPart(path, headers, content_type, _names(headers), start, start, in_multipart)
@@ -346,6 +409,13 @@ class _Walker:
         decoder = _Decoder(_encoding(headers))
         held = b""  # one line of delay: the line break before a delimiter is not content
         while True:
+            block = self._reader.bulk()
+            if block:
+                if sink is not None:
+                    last_line = block.rfind(b"\n", 0, len(block) - 1) + 1
+                    sink.feed(decoder.feed(held + block[:last_line]))
+                    held = block[last_line:]
+                continue
             line = self._reader.line()
             if not line:
                 break
@@ -366,7 +436,7 @@ class _Walker:
 _IDENTITY_ENCODINGS = ("7bit", "8bit", "binary")  # RFC 2046 §5.2.1: message/rfc822 allows no other
 
 
-def _encoding(headers: EmailMessage) -> str:
+def _encoding(headers: Message) -> str:
     return str(headers.get("content-transfer-encoding", "7bit")).strip().lower()
 
 
@@ -374,7 +444,7 @@ def _child(path: str, index: int) -> str:
     return f"{path}.{index}" if path else str(index)
 
 
-def root_headers(file: BinaryIO) -> EmailMessage:
+def root_headers(file: BinaryIO) -> Message:
     """Only the root header section: for header rules when no rule needs the body."""
     return _Walker(file, Needs(), lambda part: None)._headers([])[0]
 

@@ -16,11 +16,11 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from email.message import EmailMessage
+from email.message import Message
 from typing import Any
 
 from mailgate.core.address import AddressError, normalise_domain, parse_mailbox
-from mailgate.screen.mime import LeafPart
+from mailgate.screen.mime import LeafPart, decoded
 from mailgate.screen.sniff import known_names
 
 DIRECTIONS = ("inbound", "outbound", "both")
@@ -31,6 +31,13 @@ PART_KEYS = ("filename", "extension", "mime_type", "sniffed_type", "min_size")
 MATCH_KEYS = (*PART_KEYS, "in_zip", *HEADER_KEYS, "body", *ENVELOPE_KEYS)
 RULE_KEYS = ("name", "direction", "action", "text", "tag_header", *MATCH_KEYS)
 DEFAULT_TAG_HEADER = "X-Mailgate-Tag"
+_DEFAULT_TEXT = {
+    "reject": "Message refused by policy",
+    "tempfail": "Message deferred by policy, try again later",
+    "strip": "attachment not allowed",
+    "quarantine": "held for review",
+    "tag": "tagged",
+}
 NULL_SENDER = "<>"  # a `sender` entry matching the null reverse-path (RFC 5321 §4.5.5)
 # Unicode bidi controls change how a name displays, never what Windows runs: matched without them.
 _BIDI_CONTROLS = dict.fromkeys(map(ord, "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))
@@ -100,7 +107,7 @@ class Rule:
         return self.direction in (direction, "both")
 
     def describe(self) -> str:
-        return self.text or f"Message refused by rule {self.name}"
+        return self.text or _DEFAULT_TEXT[self.action]
 
 
 # --- Matching ----------------------------------------------------------------------------------
@@ -151,7 +158,7 @@ def envelope_matches(match: Match, ctx: ScreenContext) -> bool:
     return True
 
 
-def headers_match(match: Match, headers: EmailMessage) -> bool:
+def headers_match(match: Match, headers: Message) -> bool:
     """The subject and header keys of `match` against the root header section (decoded)."""
     if match.subject:
         subject = _header_text(headers, "subject")
@@ -164,14 +171,8 @@ def headers_match(match: Match, headers: EmailMessage) -> bool:
     return True
 
 
-def _header_text(headers: EmailMessage, name: str) -> list[str]:
-    values = []
-    for value in headers.get_all(name) or []:
-        try:
-            values.append(str(value))  # RFC 2047 encoded words decoded by the header policy
-        except (ValueError, LookupError):
-            values.append(value.encode("utf-8", "replace").decode() if isinstance(value, str) else "")
-    return values
+def _header_text(headers: Message, name: str) -> list[str]:
+    return [decoded(value) for value in headers.get_all(name) or []]
 
 
 def body_matches(match: Match, part: LeafPart) -> bool:

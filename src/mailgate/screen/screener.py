@@ -208,7 +208,9 @@ class Screener:
         def on_part(part: LeafPart) -> None:
             for rule in part_rules:
                 if rule.match.has_part_keys and (found := part_matches(rule.match, part)):
-                    parts[rule.name][part.path] = tuple(found)
+                    parts[rule.name][part.path] = tuple(part.names) or tuple(found)
+                    log.debug("screen rule=%s part=%s names=%s matched=%s", rule.name, part.path,
+                              part.names, found)
                 if rule.match.body and rule.name not in body_hits and body_matches(rule.match, part):
                     body_hits.add(rule.name)
 

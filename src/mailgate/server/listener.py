@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from mailgate.core.reply import TOO_MANY_CONNECTIONS
+from mailgate.core.reply import TOO_MANY_CONNECTIONS, Reply
 
 log = logging.getLogger("mailgate.listener")
 
@@ -39,13 +39,21 @@ SessionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Listener
 
 
 class Listener:
-    def __init__(self, settings: ListenerSettings, handler: SessionHandler) -> None:
+    def __init__(
+        self, settings: ListenerSettings, handler: SessionHandler,
+        on_refused: Callable[[str, int, Reply], None] = lambda client, port, reply: None,
+    ) -> None:
         self.settings = settings
         self._handler = handler
+        self._on_refused = on_refused
         self._server: asyncio.base_events.Server | None = None
         self._per_client: Counter[str] = Counter()
         self._sessions: set[asyncio.Task] = set()
         self.bound_port: int = settings.port
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None and self._server.is_serving()
 
     @property
     def open_connections(self) -> int:
@@ -76,6 +84,7 @@ class Listener:
             len(self._sessions) >= self.settings.max_connections
             or self._per_client[client] >= self.settings.max_connections_per_client
         ):
+            self._on_refused(client, int(peer[1]), TOO_MANY_CONNECTIONS)
             writer.write(TOO_MANY_CONNECTIONS.encode())
             try:
                 await writer.drain()

@@ -41,13 +41,18 @@ class Identity:
     groups: tuple[int, ...]  # supplementary groups, the primary one included
 
 
-def bind_listener_socket(host: str, port: int, backlog: int = 4096) -> socket.socket:
+def bind_listener_socket(
+    host: str, port: int, backlog: int = 4096, *, reuse_port: bool = False
+) -> socket.socket:
     """A bound, listening, non-blocking TCP socket; IPv6 wildcards accept IPv6 only (bind
-    `0.0.0.0` as well for IPv4), so both families behave the same on every system."""
+    `0.0.0.0` as well for IPv4), so both families behave the same on every system.
+    `reuse_port`: SO_REUSEPORT, for several worker processes each binding the same port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))

@@ -15,18 +15,22 @@ import asyncio
 import ipaddress
 import logging
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from mailgate.core.envelope import Envelope
 from mailgate.core.reply import (
-    AUTH_FAILED, AUTH_OK, AUTH_REQUIRED, CANNOT_VRFY, CLOSING, HELP, LOCAL_ERROR, MESSAGE_TOO_BIG,
+    AUTH_FAILED, AUTH_OK, AUTH_REQUIRED, CANNOT_VRFY, CLOSING, HELP, LOCAL_ERROR, LOOP_DETECTED,
+    MESSAGE_TOO_BIG,
     NOOP_OK, READY_TLS, RESET_OK, SENDER_OK, SERVICE_READY, START_DATA, TEMP_AUTH_FAILURE, TIMEOUT,
     TOO_MANY_RECIPIENTS, Reply, bdat_chunk_ok, queued,
 )
 from mailgate.dns.dnsbl import dnsbl_listed
 from mailgate.policy.relay import Client, RelayPolicy
 from mailgate.queue.store import MessageMeta, MessageWriter, QueueStore
+from mailgate.observe.translog import TransactionLog, new_session_id
+from mailgate.server import command_log
 from mailgate.server.message_head import HeadBuilder, received_header
 from mailgate.server.tls import describe
 from mailgate.smtp import events as ev
@@ -72,7 +76,7 @@ class Reception:
     received_shows_user: bool = False
     resolver: Any = None
     dnsbl_zones: tuple[str, ...] = ()
-    events: Any = field(default=None)  # observe.TransactionLog or None
+    events: TransactionLog = field(default=None)  # type: ignore[assignment]  # set by app.py
 
 
 class _Transaction:
@@ -80,6 +84,7 @@ class _Transaction:
         self.envelope = envelope
         self.writer: MessageWriter | None = None
         self.head: HeadBuilder | None = None
+        self.rule = ""  # the relay rule that permitted the first recipient, for the logs
 
 
 class Session:
@@ -100,6 +105,9 @@ class Session:
         self.sasl: SaslExchange | None = None
         self.out = bytearray()
         self.protocol = ServerProtocol(self._settings())
+        self.log = reception.events
+        self.session_id = new_session_id()
+        self.close_reason = "dropped"
 
     def _settings(self) -> ServerSettings:
         profile = self.profile
@@ -118,15 +126,27 @@ class Session:
         return Client(self.client_address, self.helo, self.auth_user, bool(self.tls))
 
     async def run(self) -> None:
+        peer = self.writer.get_extra_info("peername") or ("", 0)
+        local = self.writer.get_extra_info("sockname") or ("", 0)
+        opened = False
         try:
             if not await self._admit():
                 return
+            self.log.connection_opened(
+                self.session_id, str(self.client_address), peer[1], self.profile.name, str(local[0]), local[1]
+            )
+            opened = True
             await self._loop()
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
             log.debug("session with %s ended: %s", self.client_address, exc)
+        except asyncio.CancelledError:
+            self.close_reason = "shutdown"
+            raise
         finally:
             self._discard()
             self.writer.close()
+            if opened:
+                self.log.connection_closed(self.session_id, self.close_reason)
 
     async def _admit(self) -> bool:
         """Connection-time checks (client block list, DNSBL), then the greeting."""
@@ -142,6 +162,9 @@ class Session:
                 refusal = Reply(554, "5.7.1", f"Client {self.client_address} listed by {zone}" + (f": {reason}" if reason else ""))
         if refusal is not None:
             log.info("refused connection from %s: %s", self.client_address, refusal)
+            peer = self.writer.get_extra_info("peername") or ("", 0)
+            reason = "blocklist" if not decision.permitted else "dnsbl"
+            self.log.connection_refused(str(self.client_address), peer[1], self.profile.name, reason, refusal)
             self.writer.write(refusal.encode())
             await self.writer.drain()
             return False
@@ -163,19 +186,26 @@ class Session:
                 except TimeoutError:
                     self.out += TIMEOUT.encode()
                     await self._flush()
+                    self.close_reason = "timeout"
                     return
                 protocol.receive_data(data)
                 continue
             if isinstance(event, ev.Closed):
                 await self._flush()
+                self.close_reason = "dropped"
                 return
             if isinstance(event, ev.BodyChunk):
                 self._body(event.data)
                 continue
+            started = time.monotonic()
+            queue_id = self.transaction.writer.queue_id if self.transaction and self.transaction.writer else ""
             reply = await self._answer(event)
-            self.out += protocol.send(reply)
+            encoded = protocol.send(reply)
+            self.out += encoded
+            self._log_command(event, reply, len(encoded), started, queue_id)
             if isinstance(event, (ev.Quit, ev.TooManyErrors)):
                 await self._flush()
+                self.close_reason = "quit" if isinstance(event, ev.Quit) else "errors"
                 return
             if isinstance(event, ev.StartTls) and reply.code == SERVICE_READY:
                 await self._flush()
@@ -183,6 +213,13 @@ class Session:
                 self.tls = describe(self.writer.get_extra_info("ssl_object"))
                 self.helo, self.auth_user = "", None
                 protocol.start_tls_done()
+
+    def _log_command(self, event: ev.Event, reply: Reply, bytes_out: int, started: float, queue_id: str) -> None:
+        described = command_log.describe(event, queue_id if reply.code == 250 else "")
+        if described is not None:
+            verb, argument, bytes_in = described
+            elapsed_ms = int((time.monotonic() - started) * 1000)
+            self.log.command(self.session_id, verb, argument, reply.code, bytes_in, bytes_out, elapsed_ms, helo=self.helo)
 
     async def _flush(self) -> None:
         if self.out:
@@ -239,6 +276,7 @@ class Session:
         decision = self.reception.policy.check_sender(self.client, event.sender)
         if not decision.permitted:
             log.info("refused sender <%s> from %s by %s: %s", _text(event.sender), self.client_address, decision.rule, decision.reply)
+            self.log.transaction_refused(self.session_id, "mail", decision.reply, decision.rule, sender=_text(event.sender))
             return decision.reply
         self._discard()
         self.transaction = _Transaction(
@@ -263,6 +301,12 @@ class Session:
         )
         if decision.permitted:
             transaction.envelope.recipients.append(event.recipient)
+            transaction.rule = transaction.rule or decision.rule
+        else:
+            self.log.transaction_refused(
+                self.session_id, "rcpt", decision.reply, decision.rule,
+                sender=_text(transaction.envelope.sender), recipient=str(address),
+            )
         return decision.reply
 
     def _open_message(self) -> None:
@@ -316,22 +360,23 @@ class Session:
         if transaction is None:
             return LOCAL_ERROR
         self._open_message()
-        refusal = None
+        refusal, reason = None, ""
         if event.oversize:
-            refusal = MESSAGE_TOO_BIG  # RFC 1870 §6 / RFC 5321 §4.5.3.1.7
+            refusal, reason = MESSAGE_TOO_BIG, "size"  # RFC 1870 §6 / RFC 5321 §4.5.3.1.7
         elif event.bare_line_ending:
-            refusal = BARE_LINE_ENDING_IN_MESSAGE
+            refusal, reason = BARE_LINE_ENDING_IN_MESSAGE, "bare_lf"
         elif event.long_line:
-            refusal = LONG_LINE_IN_MESSAGE
+            refusal, reason = LONG_LINE_IN_MESSAGE, "long_line"
         else:
             assert transaction.head is not None and transaction.writer is not None
             if not transaction.head.done:
                 transaction.head.finish()
                 transaction.writer.write(self._head_bytes(transaction))
             if transaction.head.received_count > self.reception.received_limit:
-                refusal = Reply(554, "5.4.6", "Too many Received headers, mail loop detected")  # RFC 5321 §6.3
+                refusal, reason = LOOP_DETECTED, "loop"  # RFC 5321 §6.3: 554 5.4.6
         if refusal is not None:
             log.info("refused message from %s: %s", self.client_address, refusal)
+            self.log.transaction_refused(self.session_id, "data", refusal, reason, sender=_text(transaction.envelope.sender))
             self._discard()
             return refusal
         return await self._commit(transaction)
@@ -347,13 +392,21 @@ class Session:
             direction=self._direction(transaction),
             received_count=transaction.head.received_count if transaction.head else 0,
         )
+        started = time.monotonic()
         try:
             queue_id = await self.reception.store.commit(transaction.writer, transaction.envelope, meta)
         except Exception:
             log.exception("commit failed")
             self._discard()
+            self.log.transaction_refused(self.session_id, "data", LOCAL_ERROR, "commit", sender=_text(transaction.envelope.sender))
             return LOCAL_ERROR  # RFC 5321 §4.2.2: 451, the client keeps the message
         self.transaction = None
+        self.log.transaction_accepted(
+            self.session_id, queue_id, _text(transaction.envelope.sender),
+            [str(r.address) for r in transaction.envelope.recipients], transaction.writer.size,
+            transaction.rule, tls=self.tls, auth_user=self.auth_user or "", direction=meta.direction,
+            helo=self.helo, elapsed=time.monotonic() - started,
+        )
         log.info(
             "queued %s from <%s> for %d recipient(s) size=%d client=%s",
             queue_id, _text(transaction.envelope.sender), len(transaction.envelope.recipients),

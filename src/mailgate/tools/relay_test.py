@@ -9,12 +9,16 @@ which forms "should" be accepted: a 2xx to RCPT is relaying, whatever the form.
 
 Classification of one attempt:
   ACCEPTED  RCPT answered 2xx (RFC 5321 §4.2.1 positive completion): the server relays that form.
+  LOCAL     RCPT answered 2xx for a plain address (no routing characters, no source route) in the
+            hosted domain or one of its subdomains: delivery inside the admin's own domain tree
+            (Postfix relays subdomains of relay_domains by default), not relaying to a third party.
   REFUSED   MAIL or RCPT answered 5xx: permanently refused.
   TEMPFAIL  4xx to greeting, MAIL or RCPT: no answer now (greylisting, Postfix's 454 "Relay access
             denied" under defer_unauth_destination, rate limits).
   UNTESTED  the form could not be tried: connection refused or lost, time-out, 5xx greeting (the
             server refuses us, RFC 5321 §3.1), EHLO and HELO both refused.
-Verdict: OPEN if any form was ACCEPTED; else CLOSED if every form was REFUSED; else INCONCLUSIVE.
+Verdict: OPEN if any form was ACCEPTED; else CLOSED if every form was REFUSED or LOCAL; else
+INCONCLUSIVE.
 Each form has its own connection: a server counting bad commands (RFC 5321 §4.1.1.x error budgets)
 would otherwise disconnect half-way and hide the later forms.
 """
@@ -27,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 
+from mailgate.core.address import AddressError, normalise_domain, parse_path
 from mailgate.core.reply import Reply
 from mailgate.policy.tricks import RenderedTrick, render_all
 from mailgate.tools.conversation import (
@@ -42,6 +47,7 @@ CUSTOM_FORM = "given_addresses"
 
 class Outcome(str, Enum):
     ACCEPTED = "accepted"
+    LOCAL = "local"
     REFUSED = "refused"
     TEMPFAIL = "tempfail"
     UNTESTED = "untested"
@@ -109,7 +115,7 @@ class RelayTestReport:
 def verdict_of(outcomes: list[Outcome]) -> Verdict:
     if Outcome.ACCEPTED in outcomes:
         return Verdict.OPEN
-    if outcomes and all(outcome is Outcome.REFUSED for outcome in outcomes):
+    if outcomes and all(outcome in (Outcome.REFUSED, Outcome.LOCAL) for outcome in outcomes):
         return Verdict.CLOSED
     return Verdict.INCONCLUSIVE
 
@@ -137,7 +143,7 @@ async def run_relay_test(
     report.hosted = settings.hosted or report.server_name
     forms = forms_for(settings, report)
     for index, form in enumerate(forms, start=1):
-        attempt = await try_form(settings, form)
+        attempt = await try_form(settings, form, report.hosted)
         report.attempts.append(attempt)
         if progress is not None:
             progress(index, len(forms), attempt)
@@ -211,14 +217,15 @@ def _plausible_name(name: str, address: str) -> str:
     return f"[{literal}]" if literal.version == 4 else f"[IPv6:{literal}]"
 
 
-async def try_form(settings: RelayTestSettings, form: RenderedTrick) -> Attempt:
-    """One form on its own connection; never sends DATA (RSET after RCPT, then QUIT)."""
+async def try_form(settings: RelayTestSettings, form: RenderedTrick, hosted: str | None = None) -> Attempt:
+    """One form on its own connection; never sends DATA (RSET after RCPT, then QUIT). `hosted`
+    is the domain whose tree counts as local (Outcome.LOCAL)."""
     try:
         conversation = await _open(settings)
     except ConversationError as exc:
         return Attempt(form, Outcome.UNTESTED, "connect", str(exc))
     try:
-        return await _dialogue(settings, form, conversation)
+        return await _dialogue(settings, form, hosted, conversation)
     except ConversationError as exc:
         conversation.note(str(exc))
         return Attempt(form, Outcome.UNTESTED, "connection", str(exc), conversation.transcript)
@@ -226,7 +233,9 @@ async def try_form(settings: RelayTestSettings, form: RenderedTrick) -> Attempt:
         await conversation.quit()
 
 
-async def _dialogue(settings: RelayTestSettings, form: RenderedTrick, conversation: Conversation) -> Attempt:
+async def _dialogue(
+    settings: RelayTestSettings, form: RenderedTrick, hosted: str | None, conversation: Conversation
+) -> Attempt:
     def attempt(outcome: Outcome, stage: str, reply: Reply) -> Attempt:
         return Attempt(form, outcome, stage, str(reply), conversation.transcript)
 
@@ -245,5 +254,22 @@ async def _dialogue(settings: RelayTestSettings, form: RenderedTrick, conversati
         return attempt(classify_reply(mail), "mail", mail)
     rcpt = await conversation.command(f"RCPT TO:{form.rcpt_to}")
     await conversation.command("RSET")  # never DATA: nothing is sent to anyone
-    return attempt(classify_reply(rcpt), "rcpt", rcpt)
+    outcome = classify_reply(rcpt)
+    if outcome is Outcome.ACCEPTED and inside_hosted_tree(form.rcpt_to, hosted):
+        outcome = Outcome.LOCAL
+    return attempt(outcome, "rcpt", rcpt)
+
+
+def inside_hosted_tree(path: str, hosted: str | None) -> bool:
+    """A plain mailbox (strictly parsed) at `hosted` or a subdomain of it: see Outcome.LOCAL."""
+    if not hosted:
+        return False
+    try:
+        address, _ = parse_path(path, allow_null=False, smtputf8=True)
+        domain = normalise_domain(hosted)
+    except AddressError:
+        return False
+    if address is None or address.literal or address.had_source_route or address.has_routing_characters:
+        return False
+    return address.domain == domain or address.domain.endswith("." + domain)
 

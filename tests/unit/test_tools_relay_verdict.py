@@ -9,7 +9,7 @@ from mailgate.policy.tricks import NMAP, TRICKS
 from mailgate.tools.audit import connection_plan
 from mailgate.tools.relay_test import (
     CUSTOM_FORM, Outcome, RelayTestReport, RelayTestSettings, Verdict, classify_reply, forms_for,
-    verdict_of,
+    inside_hosted_tree, verdict_of,
 )
 
 pytestmark = pytest.mark.timeout(10)
@@ -86,3 +86,27 @@ def test_given_from_and_to_make_an_extra_first_form_and_set_the_target() -> None
 )
 def test_self_audit_connection_plan(listener: str, plan: tuple[str, str] | None) -> None:
     assert connection_plan(listener) == plan
+
+
+@pytest.mark.parametrize(
+    ("path", "local"),
+    [
+        ("<relaytest@relay.example.com>", True),  # a subdomain of the hosted domain
+        ("<postmaster@EXAMPLE.com>", True),
+        ("<relaytest%example.net@example.com>", False),  # routing characters: a relay trick
+        ('<"relaytest@example.net"@example.com>', False),
+        ("<@example.com:relaytest@example.net>", False),
+        ("<relaytest@notexample.com>", False),
+        ("<relaytest@example.com.example.net>", False),
+        ("<relaytest@[192.0.2.25]>", False),
+        ("<relaytest@example.net", False),  # unparsable: never excused
+    ],
+)
+def test_inside_hosted_tree(path: str, local: bool) -> None:
+    assert inside_hosted_tree(path, "example.com") is local
+    assert inside_hosted_tree(path, None) is False
+
+
+def test_local_acceptances_do_not_make_an_open_verdict() -> None:
+    assert verdict_of([R, Outcome.LOCAL, R]) is Verdict.CLOSED
+    assert verdict_of([Outcome.LOCAL, A]) is Verdict.OPEN
