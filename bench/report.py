@@ -69,10 +69,11 @@ def summarise(results: dict[str, Any], servers: Sequence[str]) -> list[dict[str,
                     run for run in results[section]
                     if tuple(run[k] for k in case_keys) == case
                 ]
-                medians = {
-                    server: median_of([run for run in matching if run["server"] == server], key)
+                per_server = {
+                    server: [run for run in matching if run["server"] == server]
                     for server in servers
                 }
+                medians = {server: median_of(runs, key) for server, runs in per_server.items()}
                 rows.append({
                     "metric": key,
                     "label": label,
@@ -80,6 +81,11 @@ def summarise(results: dict[str, Any], servers: Sequence[str]) -> list[dict[str,
                     "higher_is_better": higher_is_better,
                     "case": dict(zip(case_keys, case)),
                     "medians": medians,
+                    "runs_measured": {
+                        server: sum(1 for run in runs if run.get(key) is not None)
+                        for server, runs in per_server.items()
+                    },
+                    "runs_attempted": {server: len(runs) for server, runs in per_server.items()},
                     "ratio_mailgate_to_postfix": ratio(medians.get("mailgate"),
                                                        medians.get("postfix")),
                 })
@@ -105,6 +111,16 @@ def _number(value: float | None) -> str:
     return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
 
 
+def _cell(row: dict[str, Any], server: str) -> str:
+    """The median, with "(k of n)" when some repetitions gave no figure (failed runs)."""
+    text = _number(row["medians"].get(server))
+    measured = row["runs_measured"].get(server, 0)
+    attempted = row["runs_attempted"].get(server, 0)
+    if text != "-" and measured < attempted:
+        text += f" ({measured} of {attempted})"
+    return text
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], extras: dict[str, Any]) -> str:
     """The summary as a Markdown table, then the reference figures (disk, sink baseline)."""
     lines = [
@@ -116,8 +132,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], extras: dict[str, Any]) -> st
         better = "higher" if row["higher_is_better"] else "lower"
         lines.append(
             f"| {row['label']}{unit}, {better} is better | {_case_text(row['case'])} "
-            f"| {_number(row['medians'].get('mailgate'))} "
-            f"| {_number(row['medians'].get('postfix'))} "
+            f"| {_cell(row, 'mailgate')} | {_cell(row, 'postfix')} "
             f"| {_number(row['ratio_mailgate_to_postfix'])} |"
         )
     lines.append("")

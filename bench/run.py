@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                         help="spools and queues live here: the disk being measured")
     parser.add_argument("--keep-workdir", action="store_true", help="keep spools and logs")
+    parser.add_argument("--show", type=Path, metavar="JSON",
+                        help="print the table of a saved run and exit (nothing is measured)")
     args = parser.parse_args(argv)
     quick = args.quick
     args.messages = args.messages or (500 if quick else 5000)
@@ -296,6 +298,11 @@ def preflight(args: argparse.Namespace) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.show:
+        saved = json.loads(args.show.read_text())
+        summary = report.summarise(saved["runs"], saved["parameters"]["servers"])
+        print(report.markdown_table(summary, saved["runs"]))
+        return 0
     problem = preflight(args)
     if problem:
         print(f"bench: {problem}", file=sys.stderr)

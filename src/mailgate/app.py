@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
+import os
 import shutil
 import signal
 from collections.abc import Awaitable, Callable
@@ -33,11 +35,14 @@ from mailgate.observe.http import ObserveServer, spool_problem
 from mailgate.observe.metrics import Metrics
 from mailgate.observe.translog import open_transaction_log
 from mailgate.policy.audit import open_relay_problems
+from mailgate.policy.limits import MessageRateLimits, RateLimiter
 from mailgate.policy.relay import HostedDomain, PolicySettings, RelayPolicy
 from mailgate.queue.backoff import RetrySchedule
 from mailgate.queue.sqlite_store import SqliteQueueStore
 from mailgate.server.control import ControlServer
+from mailgate.server.diskguard import DiskGuard, DiskState
 from mailgate.server.listener import Listener, ListenerSettings
+from mailgate.server.privileges import PrivilegeError, drop_privileges, resolve_identity, spool_ownership_problems
 from mailgate.server.session import ListenerProfile, Reception, Session
 from mailgate.server.tls import TlsConfigError, server_context
 
@@ -207,6 +212,13 @@ class Application:
             RunnerSettings(delivery.workers, delivery.max_lifetime, delivery.delay_warning),
             on_attempt=self._log_attempt,
         )
+        server = config.server
+        self.disk = DiskGuard(
+            server.spool_dir, server.disk_soft_free, server.disk_hard_free, server.disk_soft_free_inodes,
+            server.disk_hard_free_inodes, server.disk_check_interval,
+        )
+        self.disk.subscribe(self._disk_state_changed)
+        self._disk_task: asyncio.Task | None = None
         self.users = FileUserStore(config.server.users_file)
         self.policy = RelayPolicy(policy_settings(config), allowed_senders=self.users.allowed_senders)
         self.reception = Reception(
@@ -222,6 +234,9 @@ class Application:
             resolver=self.resolver,
             dnsbl_zones=tuple(dns.dnsbl_zones),
             events=self.log,
+            rate_limits=self._rate_limits(config),
+            disk=self.disk,
+            clock=self.clock,
         )
         self.listeners = [self._listener(listener, profile) for listener, profile in zip(config.listener, self.profiles)]
         self.control = ControlServer(
@@ -238,6 +253,26 @@ class Application:
     def _wake_runner(self) -> None:
         self.runner.wake()
 
+    def _rate_limits(self, config: Config) -> MessageRateLimits | None:
+        limits = config.limits
+        # Each worker counts its own share; connections are spread evenly by the kernel.
+        def limiter(limit: int) -> RateLimiter | None:
+            return RateLimiter(math.ceil(limit / self.workers), limits.window) if limit else None
+
+        per_client, per_user = limiter(limits.messages_per_client), limiter(limits.messages_per_user)
+        return MessageRateLimits(per_client, per_user) if per_client or per_user else None
+
+    async def _disk_state_changed(self, old: DiskState, new: DiskState, sample) -> None:
+        log.warning("spool disk %s -> %s (%s bytes, %s inodes free)", old.label, new.label,
+                    sample.free_bytes, sample.free_inodes)
+        if self.log.writer is not None:
+            self.log.writer.on_disk_state(new.label)
+        for listener in self.listeners:
+            if new is DiskState.HARD:
+                await listener.pause()
+            elif old is DiskState.HARD:
+                await listener.resume()
+
     def _log_attempt(self, message, route, outcomes, tls: str | None, elapsed: float) -> None:
         now = self.clock.now()
         by_index = {r.index: r for r in message.recipients}
@@ -251,7 +286,8 @@ class Application:
     def _readiness(self) -> list[str]:
         problems = [f"listener {l.settings.name} not listening" for l in self.listeners if not l.listening]
         spool = spool_problem(self.config.server.spool_dir)
-        return problems + ([spool] if spool else [])
+        pressure = [] if self.disk.accepting_mail else [f"disk back-pressure: {self.disk.state.label}"]
+        return problems + ([spool] if spool else []) + pressure
 
     async def _update_gauges(self, interval: float = 15.0) -> None:
         while True:
@@ -273,10 +309,12 @@ class Application:
             max_connections=listener.max_connections,
             max_connections_per_client=listener.max_connections_per_client,
             reuse_port=self.workers > 1,
+            proxy_from=listener.proxy_from if listener.proxy_protocol else None,
+            proxy_timeout=listener.proxy_timeout,
         )
 
-        async def handle(reader, writer, owner: Listener) -> None:
-            await Session(self.reception, profile, reader, writer).run()
+        async def handle(reader, writer, owner: Listener, client: str) -> None:
+            await Session(self.reception, profile, reader, writer, client).run()
 
         def refused(client: str, port: int, reply) -> None:
             self.log.connection_refused(client, port, listener.name, "limit", reply)
@@ -284,11 +322,18 @@ class Application:
         return Listener(settings, handle, on_refused=refused)
 
     async def start(self) -> None:
+        for listener in self.listeners:
+            listener.bind()  # privileged ports first, then give up root
+        self._drop_privileges()
         await self.store.open()
         if self.workers == 1:  # with several workers the supervisor recovered before forking
             await recover_store(self.store)
+        Path(self.config.server.spool_dir).mkdir(parents=True, exist_ok=True)
+        await self.disk.poll()
+        self._disk_task = asyncio.create_task(self.disk.run())
         for listener in self.listeners:
-            await listener.start()
+            if self.disk.state is not DiskState.HARD:
+                await listener.start()
         if self.worker_index == 0:
             await self.control.start()
         if self.observe is not None:
@@ -297,6 +342,20 @@ class Application:
         self._runner_task = asyncio.create_task(self.runner.run())
         log.info("mailgate ready: %s", ", ".join(
             f"{l.settings.name}={l.settings.host}:{l.bound_port}" for l in self.listeners))
+
+    def _drop_privileges(self) -> None:
+        server = self.config.server
+        if not server.user or os.geteuid() != 0:
+            return
+        try:
+            identity = resolve_identity(server.user, server.group)
+        except PrivilegeError as exc:
+            raise StartupError(f"server.user: {exc}") from None
+        problems = spool_ownership_problems(server.spool_dir, identity)
+        if problems:
+            raise StartupError("\n".join(f"server.spool_dir: {problem}" for problem in problems))
+        drop_privileges(identity)
+        log.info("running as %s", server.user)
 
     def reload(self) -> None:
         """SIGHUP: a new configuration for new sessions and the next delivery attempts."""
@@ -341,6 +400,9 @@ class Application:
             await self.observe.stop()
         if self._gauges_task is not None:
             self._gauges_task.cancel()
+        self.disk.stop()
+        if self._disk_task is not None:
+            self._disk_task.cancel()
         await self.transport.close()
         await self.store.close()
         self.log.close()

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 
 import pytest
 
-from mailgate.screen import mime
+from mailgate.screen import leaf, mime
 from mailgate.screen.mime import LeafPart, Needs, WalkResult, root_headers, walk
 
 DATA = Path(__file__).parent.parent / "data" / "mime"
-ALL = Needs(decode=True, text=True, zips=True)
+ALL = Needs(decode=True, size=True, text=True, zips=True)
 
 
 def _walk(data: bytes, needs: Needs = ALL) -> tuple[list[LeafPart], WalkResult]:
@@ -69,7 +70,7 @@ def test_rfc2231_and_rfc2047_names_are_decoded() -> None:
     assert parts[0].text == "Счет во вложении"  # base64 + koi8-r
     assert parts[1].names == ["Счет.EXE"]
     assert parts[2].names == ["акт № 1.pdf.scr"]  # continuations name*0*, name*1*, name*2
-    assert mime.decoded(result.root_headers["subject"]) == "Счет на оплату"
+    assert leaf.decoded(result.root_headers["subject"]) == "Счет на оплату"
 
 
 def test_zip_listing_only_when_asked() -> None:
@@ -125,7 +126,7 @@ def test_nesting_limit(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_text_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mime, "MAX_TEXT_CHARS", 10)
+    monkeypatch.setattr(leaf, "MAX_TEXT_CHARS", 10)
     parts, _ = _walk(b"Subject: t\r\n\r\n" + b"abcdefghij" * 50 + b"\r\n")
     assert parts[0].text == "abcdefghij" and parts[0].size == 502  # the final CRLF is content
 
@@ -133,7 +134,7 @@ def test_text_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_root_headers_reads_only_the_header_section() -> None:
     data = io.BytesIO(_sample("keywords.eml") + b"x" * (4 * mime.READ_CHUNK))
     headers = root_headers(data)
-    assert mime.decoded(headers["subject"]) == "Sie haben gewonnen: Glückwunsch!"
+    assert leaf.decoded(headers["subject"]) == "Sie haben gewonnen: Glückwunsch!"
     assert data.tell() <= mime.READ_CHUNK
 
 
@@ -143,3 +144,14 @@ def test_rfc2047_words_in_quoted_parameters_as_outlook_writes_them() -> None:
             b'Content-Disposition: attachment; filename="=?UTF-8?B?w6lsw6kuZXhl?="\r\n\r\nx\r\n--o--\r\n')
     parts, _ = _walk(data)
     assert parts[0].names == ["élé.exe"]
+
+
+def test_decoding_stops_once_the_head_is_sniffed_unless_size_is_needed() -> None:
+    payload = b"MZ" + b"\0" * (4 * leaf.sniffing.HEAD_BYTES)
+
+    data = (b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + base64.encodebytes(payload).replace(b"\n", b"\r\n"))
+    sniff_only, _ = _walk(data, Needs(decode=True))
+    assert sniff_only[0].sniffed.kind == "pe" and sniff_only[0].size < len(payload)
+    exact, _ = _walk(data, Needs(decode=True, size=True))
+    assert exact[0].size == len(payload)

@@ -22,7 +22,7 @@ def _rule(**match: object):
 
 def _parts(sample: str) -> list[LeafPart]:
     parts: list[LeafPart] = []
-    walk(io.BytesIO((DATA / sample).read_bytes()), Needs(True, True, True), parts.append)
+    walk(io.BytesIO((DATA / sample).read_bytes()), Needs(True, True, True, True), parts.append)
     return parts
 
 

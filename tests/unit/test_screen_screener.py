@@ -237,3 +237,13 @@ def test_config_errors_for_engines() -> None:
     for key in ("screen.antivirus.clamd", "screen.antivirus.action", "screen.antivirus.colour",
                 "screen.spam.rspamd_url"):
         assert key in text
+
+
+def test_a_failing_walk_is_a_temporary_failure() -> None:
+    def broken() -> io.BytesIO:
+        raise OSError("spool file vanished")
+
+    screener = Screener.from_config([BLOCK_EXE], {}, {})
+    verdict = asyncio.run(screener.screen(INBOUND, broken, 100))
+    assert verdict.action == "tempfail" and verdict.rule == "screener"
+    assert verdict.reply is not None and verdict.reply.code == 451

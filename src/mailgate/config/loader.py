@@ -43,6 +43,7 @@ class Config:
     domain: list[SimpleNamespace]
     delivery: SimpleNamespace
     dns: SimpleNamespace
+    limits: SimpleNamespace
     log: SimpleNamespace
     metrics: SimpleNamespace
 
@@ -134,6 +135,8 @@ def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
         addresses.add(listener.address)
         if effective_tls(listener) != "none" and not (listener.cert_file and listener.key_file):
             errors.append(f"{path}.cert_file: TLS mode {effective_tls(listener)!r} needs cert_file and key_file")
+        if listener.proxy_protocol and not listener.proxy_from:
+            errors.append(f"{path}.proxy_from: PROXY protocol needs the load balancers' networks")
         if effective_auth(listener) != "none" and effective_tls(listener) == "none":
             errors.append(f"{path}.auth: AUTH is only offered inside TLS (SPEC R4); set tls")
     if not values["listener"]:
@@ -160,6 +163,9 @@ def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
                 parse_host_port(hop, 25)
             except ValueError as exc:
                 errors.append(f"{path}.next_hop[{hop_index}]: {exc}")
+    server = values["server"]
+    if None not in (server.disk_soft_free, server.disk_hard_free) and server.disk_hard_free > server.disk_soft_free:
+        errors.append("server.disk_hard_free: must not exceed server.disk_soft_free")
     if values["metrics"].address:
         try:
             parse_host_port(values["metrics"].address)

@@ -66,6 +66,16 @@ SERVER = Section(
             "More Received headers than this is a mail loop: 554 5.4.6 (RFC 5321 §6.3)."),
         Key("received_shows_user", Boolean(), False,
             "Put the authenticated user name into the Received header."),
+        Key("user", Text(), "",
+            "After binding the listening ports, run as this user (when started as root)."),
+        Key("group", Text(), "", "... and this group; empty uses the user's primary group."),
+        Key("disk_soft_free", Size(minimum=0), "512M",
+            "Below this much free space in the spool's file system, new mail gets 452 4.3.1."),
+        Key("disk_hard_free", Size(minimum=0), "128M",
+            "Below this, the listeners stop accepting connections until space returns."),
+        Key("disk_soft_free_inodes", Integer(minimum=0), 10000, "Free inodes for the soft threshold."),
+        Key("disk_hard_free_inodes", Integer(minimum=0), 1000, "Free inodes for the hard threshold."),
+        Key("disk_check_interval", Duration(minimum=0.1, maximum=3600), 5, "How often free space is measured."),
         Key("workers", Integer(minimum=0, maximum=64), 0,
             "Worker processes sharing the listening ports and the queue; 0 starts one per CPU core."),
         Key("self_audit", Boolean(), True,
@@ -104,6 +114,12 @@ LISTENER = Section(
             "Time allowed between two reads of message data (RFC 5321 §4.5.3.2.7)."),
         Key("error_budget", Integer(minimum=1, maximum=1000), 10,
             "Bad commands allowed before 421 and disconnect."),
+        Key("proxy_protocol", Boolean(), False,
+            "Expect a PROXY protocol v1 or v2 header (a load balancer in front); policy and logs "
+            "then use the client address it carries."),
+        Key("proxy_from", ListOf(item=Network()), (),
+            "Load balancer networks allowed to send the PROXY header; others are disconnected."),
+        Key("proxy_timeout", Duration(minimum=1, maximum=300), 10, "Time allowed for the PROXY header."),
     ),
     array=True,
 )
@@ -212,6 +228,19 @@ LOG = Section(
     ),
 )
 
+LIMITS = Section(
+    "limits",
+    "Message rates over a sliding window (refused with 450 4.7.1); trusted networks are exempt "
+    "from the per-client limit.",
+    (
+        Key("messages_per_client", Integer(minimum=0, maximum=1000000), 0,
+            "Messages one client address (an IPv6 /64) may send per window; 0 turns it off."),
+        Key("messages_per_user", Integer(minimum=0, maximum=1000000), 1000,
+            "Messages one authenticated user may send per window; 0 turns it off."),
+        Key("window", Duration(minimum=1, maximum=86400), "1h", "The window of both limits."),
+    ),
+)
+
 METRICS = Section(
     "metrics",
     "Prometheus metrics and health endpoints.",
@@ -222,7 +251,7 @@ METRICS = Section(
     ),
 )
 
-SECTIONS: tuple[Section, ...] = (SERVER, LISTENER, RELAY, DOMAIN, DELIVERY, DNS, LOG, METRICS)
+SECTIONS: tuple[Section, ...] = (SERVER, LISTENER, RELAY, DOMAIN, DELIVERY, DNS, LIMITS, LOG, METRICS)
 
 
 def section(name: str) -> Section | None:

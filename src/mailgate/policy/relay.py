@@ -338,6 +338,10 @@ class RelayPolicy:
         return address in self._own or address.is_loopback or address.is_unspecified
 
     # --- helpers ---------------------------------------------------------------------------------
+    def is_trusted(self, client: Client) -> bool:
+        """Inside `trusted_networks` (exempt from the per-client message rate, for instance)."""
+        return self._trusted.match(client.address) is not None
+
     def _query(self, client: Client, sender: Address | None) -> Query:
         trusted = self._trusted.match(client.address) is not None
         relay_authenticated = client.auth_user is not None and self.settings.authenticated_relay

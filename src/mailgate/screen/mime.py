@@ -3,17 +3,16 @@
 Owns: `walk(file, needs, on_part)`, which reads a binary file object line by line, follows
 multipart boundaries (RFC 2046 §5.1) and message/rfc822 bodies (RFC 2046 §5.2.1) to
 `MAX_NESTING`, decodes each leaf's transfer encoding (RFC 2045 §6.7 quoted-printable, §6.8
-base64) as it streams, and hands every leaf to `on_part` as a `LeafPart`: its headers, names
-(RFC 2231 and RFC 2047 forms decoded by the `email` header parser), byte range in the raw message
-(for strip), decoded size, sniffed kind, and, only when a rule needs them, decoded text and the
-names inside a zip. Also returns the root header section (for subject and header rules).
+base64, via leaf.py) as it streams, and hands every leaf to `on_part` as a `LeafPart`: its
+headers, names, byte range in the raw message (for strip), decoded size, sniffed kind, and, only
+when a rule needs them, decoded text and the names inside a zip. Also returns the root header
+section (for subject and header rules) and every entity's byte range.
 Must not: decide anything (rules do), or hold a whole message or a whole part in memory.
 
-Memory bounds, whatever the message size: one line piece (`MAX_LINE`), one entity's header
-section (`MAX_HEADER_BYTES`), the boundary stack (`MAX_NESTING`), one part's head for sniffing
-(`sniff.HEAD_BYTES`), one part's decoded text (`MAX_TEXT_CHARS`, only when a body rule exists),
-and a zip candidate spooled in memory up to `ZIP_MEMORY_BYTES` then on disk up to `MAX_ZIP_BYTES`
-(only when an `in_zip` rule exists). Nothing of a part is kept once `on_part` returns.
+Memory bounds, whatever the message size: one read buffer (`READ_CHUNK` plus a line piece of
+at most `MAX_LINE`), one entity's header section (`MAX_HEADER_BYTES`), the boundary stack
+(`MAX_NESTING`), the entity table (`MAX_ENTITIES` small tuples), and one part's collected bytes
+(leaf.py's limits). Nothing of a part is kept once `on_part` returns.
 
 Hand-written rather than `email.feedparser`: the feed parser keeps every payload of the message
 in its object tree, and gives no byte offsets, which strip needs to copy everything else verbatim
@@ -23,63 +22,24 @@ each header section.
 
 from __future__ import annotations
 
-import binascii
-import codecs
 import email.parser
 import email.policy
-import email.utils
-from email.header import decode_header, make_header
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
 from typing import BinaryIO
 
-from mailgate.screen import sniff as sniffing
-from mailgate.screen.archives import ZipListing, list_zip
+from mailgate.screen.leaf import Decoder, LeafPart, LeafSink, Needs, part_names
 
 MAX_LINE = 64 * 1024  # longer lines are read in pieces (RFC 5322 §2.1.1 allows 998 octets)
 READ_CHUNK = 64 * 1024
 MAX_HEADER_BYTES = 256 * 1024  # per entity; the rest of an oversized section is skipped
 MAX_NESTING = 32  # multipart / message depth; deeper containers are treated as opaque leaves
 MAX_ENTITIES = 10_000  # past this many entities, containers are no longer opened
-MAX_TEXT_CHARS = 1024 * 1024  # decoded text kept per part for body rules
-ZIP_MEMORY_BYTES = 1024 * 1024
-MAX_ZIP_BYTES = 32 * 1024 * 1024  # larger zips are not listed (`zip_too_big` is set)
-
 # compat32: several times faster than policy.default; the few values rules read are decoded
-# explicitly by `decoded` and `_names`.
+# explicitly by `leaf.decoded` and `leaf.part_names`.
 _HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.compat32)
-_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
-_NOT_BASE64 = bytes(byte for byte in range(256) if byte not in _BASE64_ALPHABET)
-
-
-@dataclass(frozen=True, slots=True)
-class Needs:
-    """Which expensive facts the rules need; the walk skips what nobody asked for."""
-
-    decode: bool = False  # decoded size and sniffing
-    text: bool = False  # decoded text of text/* parts
-    zips: bool = False  # names inside zip archives
-
-
-@dataclass
-class LeafPart:
-    """One leaf entity. `start`/`end` delimit it in the raw message: its first header byte to the
-    byte before the line break that precedes the next boundary (RFC 2046 §5.1.1)."""
-
-    path: str  # "1.2.1": position under the root ("" is the root itself)
-    headers: Message
-    content_type: str
-    names: list[str]
-    start: int
-    end: int
-    in_multipart: bool  # False for the root and for the body of a message/rfc822
-    size: int = 0
-    sniffed: sniffing.Sniffed | None = None
-    text: str | None = None
-    zip: ZipListing | None = None
-    zip_too_big: bool = False
+__all__ = ["Entity", "LeafPart", "Needs", "WalkResult", "root_headers", "walk"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,123 +159,6 @@ def _boundary_of(line: bytes, boundaries: list[bytes]) -> bytes | None:
             return boundary
     return None
 
-
-def decoded(value: object) -> str:
-    """A header value as text: raw 8-bit bytes as UTF-8, RFC 2047 encoded words decoded."""
-    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    if "=?" not in text:
-        return text
-    try:
-        return str(make_header(decode_header(text)))
-    except (ValueError, LookupError, UnicodeError):
-        return text
-
-
-def _names(headers: Message) -> list[str]:
-    """Content-Disposition filename and Content-Type name, decoded: RFC 2231 (charset, language,
-    continuations) and the RFC 2047 encoded words some mailers put in quoted parameters."""
-    names: list[str] = []
-    for header, param in (("content-disposition", "filename"), ("content-type", "name")):
-        try:
-            raw = headers.get_param(param, None, header)
-            value = decoded(email.utils.collapse_rfc2231_value(raw)) if raw else ""
-        except (ValueError, LookupError, TypeError, UnicodeError):
-            value = ""
-        value = value.strip()
-        if value and value not in names:
-            names.append(value)
-    return names
-
-
-class _Decoder:
-    """Content-Transfer-Encoding decoding, line by line, with base64 carry-over (RFC 2045 §6)."""
-
-    def __init__(self, encoding: str) -> None:
-        self._encoding = encoding
-        self._carry = b""
-
-    def feed(self, raw: bytes) -> bytes:
-        if self._encoding == "base64":
-            data = self._carry + raw.translate(None, _NOT_BASE64)
-            usable = len(data) - len(data) % 4
-            self._carry = data[usable:]
-            return _a2b_base64(data[:usable])
-        if self._encoding == "quoted-printable":
-            return binascii.a2b_qp(raw)
-        return raw
-
-
-def _a2b_base64(data: bytes) -> bytes:
-    try:
-        return binascii.a2b_base64(data)
-    except binascii.Error:
-        return b""
-
-
-class _LeafSink:
-    """Collects what the rules need from one leaf's decoded bytes, within the module's bounds."""
-
-    def __init__(self, part: LeafPart, needs: Needs) -> None:
-        self._part = part
-        self._needs = needs
-        self._head = bytearray()
-        self._macro: sniffing.MacroScanner | None = None
-        self._text_decoder = None
-        self._text: list[str] = []
-        self._text_chars = 0
-        self._zip = None
-        if needs.text and part.content_type.startswith("text/"):
-            charset = part.headers.get_content_charset() or "us-ascii"
-            try:
-                self._text_decoder = codecs.getincrementaldecoder(charset)(errors="replace")
-            except LookupError:
-                self._text_decoder = codecs.getincrementaldecoder("latin-1")()
-        if needs.zips and not part.content_type.startswith("text/"):
-            self._zip = tempfile.SpooledTemporaryFile(max_size=ZIP_MEMORY_BYTES)
-
-    def feed(self, data: bytes) -> None:
-        if not data:
-            return
-        self._part.size += len(data)
-        if len(self._head) < sniffing.HEAD_BYTES:
-            self._head += data[: sniffing.HEAD_BYTES - len(self._head)]
-            if len(self._head) >= 8 and self._macro is None and self._head.startswith(b"\xd0\xcf\x11\xe0"):
-                self._macro = sniffing.MacroScanner()
-        if self._macro is not None:
-            self._macro.feed(data)
-        if self._text_decoder is not None and self._text_chars < MAX_TEXT_CHARS:
-            chunk = self._text_decoder.decode(data)[: MAX_TEXT_CHARS - self._text_chars]
-            self._text.append(chunk)
-            self._text_chars += len(chunk)
-        if self._zip is not None:
-            if len(self._head) >= 4 and not self._head.startswith(b"PK"):
-                self._drop_zip()
-            elif self._part.size > MAX_ZIP_BYTES:
-                self._part.zip_too_big = True
-                self._drop_zip()
-            else:
-                self._zip.write(data)
-
-    def _drop_zip(self) -> None:
-        if self._zip is not None:
-            self._zip.close()
-            self._zip = None
-
-    def finish(self) -> None:
-        part = self._part
-        part.sniffed = sniffing.sniff(bytes(self._head))
-        if part.sniffed is not None and part.sniffed.kind == "ole2" and self._macro and self._macro.found:
-            part.sniffed = sniffing.OLE2_MACRO
-        if self._text_decoder is not None:
-            self._text.append(self._text_decoder.decode(b"", final=True))
-            part.text = "".join(self._text)
-        if self._zip is not None:
-            if part.sniffed is not None and part.sniffed.kind in ("zip", "ooxml", "odf", "jar"):
-                self._zip.seek(0)
-                part.zip = list_zip(self._zip)  # type: ignore[arg-type]
-            self._drop_zip()
-
-
 class _Walker:
     def __init__(self, file: BinaryIO, needs: Needs, on_part: Callable[[LeafPart], None]) -> None:
         self._reader = _Reader(file)
@@ -403,15 +246,15 @@ class _Walker:
         self, path: str, headers: Message, content_type: str, start: int,
         boundaries: list[bytes], in_multipart: bool,
     ) -> None:
-        part = LeafPart(path, headers, content_type, _names(headers), start, start, in_multipart)
-        wants_body = self._needs.decode or self._needs.text or self._needs.zips
-        sink = _LeafSink(part, self._needs) if wants_body else None
-        decoder = _Decoder(_encoding(headers))
+        part = LeafPart(path, headers, content_type, part_names(headers), start, start, in_multipart)
+        wants_body = self._needs.decode or self._needs.size or self._needs.text or self._needs.zips
+        sink = LeafSink(part, self._needs) if wants_body else None
+        decoder = Decoder(_encoding(headers))
         held = b""  # one line of delay: the line break before a delimiter is not content
         while True:
             block = self._reader.bulk()
             if block:
-                if sink is not None:
+                if sink is not None and sink.wants_more:
                     last_line = block.rfind(b"\n", 0, len(block) - 1) + 1
                     sink.feed(decoder.feed(held + block[:last_line]))
                     held = block[last_line:]
@@ -423,12 +266,13 @@ class _Walker:
                 self._reader.push(line)
                 held = held[: len(held) - len(_line_ending(held))]
                 break
-            if sink is not None and held:
+            if sink is not None and held and sink.wants_more:
                 sink.feed(decoder.feed(held))
             held = line
         part.end = self._reader.end_of_entity()
         if sink is not None:
-            sink.feed(decoder.feed(held))
+            if sink.wants_more:
+                sink.feed(decoder.feed(held))
             sink.finish()
         self._on_part(part)
 

@@ -15,12 +15,12 @@ import fnmatch
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 
 from mailgate.core.address import AddressError, normalise_domain, parse_mailbox
-from mailgate.screen.mime import LeafPart, decoded
+from mailgate.screen.leaf import LeafPart, decoded
 from mailgate.screen.sniff import known_names
 
 DIRECTIONS = ("inbound", "outbound", "both")

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from mailgate.core.reply import SCANNER_UNAVAILABLE, Reply
+from mailgate.core.reply import LOCAL_ERROR, SCANNER_UNAVAILABLE, Reply
 from mailgate.screen import actions
 from mailgate.screen.clamd import DEFAULT_MAX_BYTES, ClamdClient, ClamdError
 from mailgate.screen.mime import LeafPart, Needs, WalkResult, root_headers, walk
@@ -36,6 +36,7 @@ log = logging.getLogger("mailgate.screen")
 SEVERITY = ("reject", "tempfail", "quarantine", "strip", "tag")
 ANTIVIRUS_RULE = "antivirus"
 SPAM_RULE = "rspamd"
+SCREENER_RULE = "screener"  # the screener itself failed
 AV_ACTIONS = ("reject", "quarantine", "tag")
 AV_KEYS = ("clamd", "timeout", "fail_open", "action", "max_size")
 SPAM_KEYS = ("rspamd_url", "timeout", "fail_open")
@@ -45,7 +46,8 @@ Rewrite = Callable[[Callable[[bytes], None]], None]
 
 
 # Replies owned by the screener (RFC 5321 §4.2.3 codes, RFC 3463 §3.8 X.7.1 "delivery not
-# authorized, message refused"). `core.reply.SCANNER_UNAVAILABLE` (451 4.7.1) is reused.
+# authorized, message refused"). `core.reply.SCANNER_UNAVAILABLE` (451 4.7.1) and LOCAL_ERROR
+# (451 4.3.0) are reused.
 def rule_rejection(text: str) -> Reply:
     return Reply(550, "5.7.1", text)
 
@@ -166,7 +168,12 @@ class Screener:
                 jobs.append(self._antivirus(open_message, size))
             if self.rspamd is not None:
                 jobs.append(self._spam(ctx, open_message, size, queue_id))
-            for found, result in await asyncio.gather(*jobs):
+            for outcome in await asyncio.gather(*jobs, return_exceptions=True):
+                if isinstance(outcome, Exception):  # a bug or an unreadable spool: never a silent 250
+                    log.error("screen failed: %r", outcome, exc_info=outcome)
+                    hits.append(_Hit(SCREENER_RULE, "tempfail", f"screening failed: {outcome!r}", LOCAL_ERROR))
+                    continue
+                found, result = outcome
                 hits += found
                 walked = result or walked
         verdict = self._decide(hits, open_message, walked)
@@ -198,7 +205,8 @@ class Screener:
                 headers = root_headers(file)
             return [self._rule_hit(rule, {}) for rule in rules if headers_match(rule.match, headers)], None
         needs = Needs(
-            decode=any(r.match.sniffed_type or r.match.min_size is not None for r in part_rules),
+            decode=any(r.match.sniffed_type for r in part_rules),
+            size=any(r.match.min_size is not None for r in part_rules),
             text=any(r.match.body for r in part_rules),
             zips=any(r.match.in_zip for r in part_rules),
         )

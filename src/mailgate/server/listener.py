@@ -1,9 +1,11 @@
 """Listeners: bound sockets, connection limits, and one session task per connection.
 
-Owns: binding each configured address (IPv4 or IPv6; implicit TLS wraps the socket for `smtps`),
-counting connections in all and per client address (421 4.7.0 beyond either, RFC 5321 §4.2.3),
-and draining: stop accepting, let sessions finish within a limit. Must not: speak SMTP beyond
-the one refusal line, or decide policy.
+Owns: binding each configured address (IPv4 or IPv6) before privileges are dropped, implicit TLS
+for `smtps`, the PROXY protocol header from configured load balancers (the client address it
+carries replaces the peer's for limits, policy and logs), counting connections in all and per
+client address (421 4.7.0 beyond either, RFC 5321 §4.2.3), pausing and resuming under disk
+back-pressure, and draining: stop accepting, let sessions finish within a limit.
+Must not: speak SMTP beyond the one refusal line, or decide policy.
 """
 
 from __future__ import annotations
@@ -17,8 +19,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mailgate.core.reply import TOO_MANY_CONNECTIONS, Reply
+from mailgate.server.privileges import bind_listener_socket
+from mailgate.server.proxy_protocol import ProxyProtocolError, proxy_peer_allowed, read_proxy_header
 
 log = logging.getLogger("mailgate.listener")
+
+# RFC 3463 §3.4 4.3.1 "Mail system full": hard disk back-pressure, try again later.
+SPOOL_FULL = Reply(421, "4.3.1", "Insufficient system storage, try again later")
 
 # Large reads: bodies are consumed in big chunks, never line by line (issue "Benchmark").
 READ_LIMIT = 256 * 1024
@@ -33,9 +40,11 @@ class ListenerSettings:
     max_connections: int
     max_connections_per_client: int
     reuse_port: bool = False  # several worker processes accept on the same port (SO_REUSEPORT)
+    proxy_from: tuple | None = None  # load balancer networks when the PROXY protocol is on
+    proxy_timeout: float = 10.0
 
 
-SessionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Listener"], Awaitable[None]]
+SessionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Listener", str], Awaitable[None]]
 
 
 class Listener:
@@ -46,10 +55,12 @@ class Listener:
         self.settings = settings
         self._handler = handler
         self._on_refused = on_refused
+        self._socket: socket.socket | None = None
         self._server: asyncio.base_events.Server | None = None
         self._per_client: Counter[str] = Counter()
         self._sessions: set[asyncio.Task] = set()
         self.bound_port: int = settings.port
+        self.paused = False
 
     @property
     def listening(self) -> bool:
@@ -59,44 +70,65 @@ class Listener:
     def open_connections(self) -> int:
         return len(self._sessions)
 
-    async def start(self) -> None:
+    def bind(self) -> None:
+        """Bind the port (before privileges are dropped); serving starts with `start()`."""
         settings = self.settings
-        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+        self._socket = bind_listener_socket(settings.host, settings.port, reuse_port=settings.reuse_port)
+        self.bound_port = self._socket.getsockname()[1]
+
+    async def start(self) -> None:
+        if self._socket is None:
+            self.bind()
+        assert self._socket is not None
+        settings = self.settings
+        # With PROXY the header comes before any TLS: the handshake starts after it (_accept).
+        tls = settings.implicit_tls if settings.proxy_from is None else None
         self._server = await asyncio.start_server(
             self._accept,
-            host=settings.host,
-            port=settings.port,
-            family=family,
-            ssl=settings.implicit_tls,
-            ssl_handshake_timeout=30 if settings.implicit_tls else None,
+            sock=self._socket.dup(),  # a copy: pause() closes the server, never our bound socket
+            ssl=tls,
+            ssl_handshake_timeout=30 if tls else None,
             limit=READ_LIMIT,
             backlog=4096,
-            reuse_address=True,
-            reuse_port=settings.reuse_port or None,
         )
-        self.bound_port = self._server.sockets[0].getsockname()[1]
         log.info("listener %s on %s:%d", settings.name, settings.host, self.bound_port)
+
+    async def pause(self) -> None:
+        """Hard disk back-pressure: new connections get 421 4.3.1 and are closed at once (the
+        socket stays bound: after dropping privileges port 25 could not be bound again)."""
+        if not self.paused:
+            self.paused = True
+            log.warning("listener %s paused: disk back-pressure", self.settings.name)
+
+    async def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            log.warning("listener %s resumed", self.settings.name)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("", 0)
         client = str(peer[0])
+        if self.paused:
+            await self._refuse(writer, client, int(peer[1]), SPOOL_FULL)
+            return
+        if self.settings.proxy_from is not None:
+            proxied = await self._proxy_client(reader, writer, client)
+            if proxied is None:
+                writer.close()
+                return
+            client = proxied
         if (
             len(self._sessions) >= self.settings.max_connections
             or self._per_client[client] >= self.settings.max_connections_per_client
         ):
-            self._on_refused(client, int(peer[1]), TOO_MANY_CONNECTIONS)
-            writer.write(TOO_MANY_CONNECTIONS.encode())
-            try:
-                await writer.drain()
-            finally:
-                writer.close()
+            await self._refuse(writer, client, int(peer[1]), TOO_MANY_CONNECTIONS)
             return
         task = asyncio.current_task()
         assert task is not None
         self._sessions.add(task)
         self._per_client[client] += 1
         try:
-            await self._handler(reader, writer, self)
+            await self._handler(reader, writer, self, client)
         finally:
             self._sessions.discard(task)
             self._per_client[client] -= 1
@@ -105,9 +137,34 @@ class Listener:
             if not writer.is_closing():
                 writer.close()
 
+    async def _refuse(self, writer, client: str, port: int, reply: Reply) -> None:
+        self._on_refused(client, port, reply)
+        writer.write(reply.encode())
+        try:
+            await writer.drain()
+        finally:
+            writer.close()
+
+    async def _proxy_client(self, reader, writer, peer: str) -> str | None:
+        """The client address a PROXY header carries (v1 or v2), or None to drop the connection."""
+        settings = self.settings
+        if not proxy_peer_allowed(peer, settings.proxy_from or ()):
+            log.warning("listener %s: PROXY header from %s, not a configured load balancer", settings.name, peer)
+            return None
+        try:
+            header = await read_proxy_header(reader, settings.proxy_timeout)
+            if settings.implicit_tls is not None:
+                await writer.start_tls(settings.implicit_tls, ssl_handshake_timeout=30)
+        except (ProxyProtocolError, TimeoutError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as exc:
+            log.info("listener %s: bad PROXY header from %s: %s", settings.name, peer, exc)
+            return None
+        return str(header.source[0]) if header.source else peer
+
     async def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._socket is not None:
+            self._socket.close()  # nothing may queue in the kernel's backlog any more
 
     async def drain(self, grace: float) -> None:
         """Let sessions in progress finish for up to `grace` seconds, then cut them."""

@@ -24,9 +24,11 @@ from mailgate.core.reply import (
     AUTH_FAILED, AUTH_OK, AUTH_REQUIRED, CANNOT_VRFY, CLOSING, HELP, LOCAL_ERROR, LOOP_DETECTED,
     MESSAGE_TOO_BIG,
     NOOP_OK, READY_TLS, RESET_OK, SENDER_OK, SERVICE_READY, START_DATA, TEMP_AUTH_FAILURE, TIMEOUT,
-    TOO_MANY_RECIPIENTS, Reply, bdat_chunk_ok, queued,
+    TOO_MANY_RECIPIENTS, INSUFFICIENT_STORAGE, RATE_LIMITED, Reply, bdat_chunk_ok, queued,
 )
+from mailgate.auth.lockout import client_key
 from mailgate.dns.dnsbl import dnsbl_listed
+from mailgate.policy.limits import MessageRateLimits
 from mailgate.policy.relay import Client, RelayPolicy
 from mailgate.queue.store import MessageMeta, MessageWriter, QueueStore
 from mailgate.observe.translog import TransactionLog, new_session_id
@@ -77,6 +79,9 @@ class Reception:
     resolver: Any = None
     dnsbl_zones: tuple[str, ...] = ()
     events: TransactionLog = field(default=None)  # type: ignore[assignment]  # set by app.py
+    rate_limits: MessageRateLimits | None = None
+    disk: Any = None  # server.diskguard.DiskGuard: 452 4.3.1 under soft back-pressure
+    clock: Any = None
 
 
 class _Transaction:
@@ -88,13 +93,16 @@ class _Transaction:
 
 
 class Session:
-    def __init__(self, reception: Reception, profile: ListenerProfile, reader, writer) -> None:
+    def __init__(
+        self, reception: Reception, profile: ListenerProfile, reader, writer, client_address: str | None = None
+    ) -> None:
         self.reception = reception
         self.profile = profile
         self.reader = reader
         self.writer = writer
         peer = writer.get_extra_info("peername") or ("0.0.0.0", 0)
-        address = ipaddress.ip_address(str(peer[0]).split("%")[0])
+        # A PROXY header (listener.py) names the real client; otherwise the socket's peer.
+        address = ipaddress.ip_address((client_address or str(peer[0])).split("%")[0])
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
         self.client_address = address
@@ -240,6 +248,8 @@ class Session:
         if isinstance(event, ev.RcptTo):
             return self._rcpt(event)
         if isinstance(event, ev.DataStart):
+            if self.reception.disk is not None and not self.reception.disk.accepting_mail:
+                return INSUFFICIENT_STORAGE  # 452 4.3.1: the spool filled up since MAIL
             self._open_message()
             return START_DATA
         if isinstance(event, ev.BdatChunkEnd):
@@ -273,6 +283,9 @@ class Session:
     def _mail(self, event: ev.MailFrom) -> Reply:
         if self.profile.auth == "required" and self.auth_user is None:
             return AUTH_REQUIRED  # RFC 4954 §6: 530 5.7.0
+        refusal = self._limits_refusal(event.size or 0)
+        if refusal is not None:
+            return refusal
         decision = self.reception.policy.check_sender(self.client, event.sender)
         if not decision.permitted:
             log.info("refused sender <%s> from %s by %s: %s", _text(event.sender), self.client_address, decision.rule, decision.reply)
@@ -286,6 +299,20 @@ class Session:
             )
         )
         return SENDER_OK
+
+    def _limits_refusal(self, declared_size: int) -> Reply | None:
+        """Disk back-pressure (452 4.3.1) and message rates (450 4.7.1) at MAIL."""
+        reception = self.reception
+        if reception.disk is not None and not reception.disk.room_for(declared_size):
+            self.log.transaction_refused(self.session_id, "mail", INSUFFICIENT_STORAGE, "disk")
+            return INSUFFICIENT_STORAGE  # RFC 3463 §3.4: 4.3.1 mail system full
+        if reception.rate_limits is not None:
+            key = None if reception.policy.is_trusted(self.client) else client_key(str(self.client_address))
+            decision = reception.rate_limits.check_message(key, self.auth_user, reception.clock.now())
+            if not decision.allowed:
+                self.log.transaction_refused(self.session_id, "mail", RATE_LIMITED, decision.rule)
+                return RATE_LIMITED  # 450 4.7.1
+        return None
 
     def _rcpt(self, event: ev.RcptTo) -> Reply:
         transaction = self.transaction

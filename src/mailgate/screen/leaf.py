@@ -1,0 +1,185 @@
+"""One MIME leaf: what is known about it, and the bounded collection of its decoded bytes.
+
+Owns: `Needs` (what the rules want from each part), `LeafPart` (a leaf's headers, names, place
+in the raw message, size, sniffed kind, text, zip listing), `decoded` (header values as text:
+raw 8-bit as UTF-8, RFC 2047 encoded words), `part_names` (RFC 2231 and RFC 2047 file names),
+`Decoder` (Content-Transfer-Encoding, RFC 2045 §6.7 quoted-printable and §6.8 base64, fed block
+by block) and `LeafSink` (keeps, within its limits, only what `Needs` asks for).
+Must not: find boundaries or read the message (mime.py does).
+
+Memory per part: `sniff.HEAD_BYTES` of head, `MAX_TEXT_CHARS` of text (only with a body rule), and
+a zip candidate in memory up to `ZIP_MEMORY_BYTES`, then on disk up to `MAX_ZIP_BYTES` (only with
+an `in_zip` rule). Decoding stops as soon as no rule needs more of the part.
+"""
+
+from __future__ import annotations
+
+import binascii
+import codecs
+import email.utils
+import tempfile
+from dataclasses import dataclass
+from email.header import decode_header, make_header
+from email.message import Message
+
+from mailgate.screen import sniff as sniffing
+from mailgate.screen.archives import ZipListing, list_zip
+
+MAX_TEXT_CHARS = 1024 * 1024  # decoded text kept per part for body rules
+ZIP_MEMORY_BYTES = 1024 * 1024
+MAX_ZIP_BYTES = 32 * 1024 * 1024  # larger zips are not listed (`zip_too_big` is set)
+
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+_NOT_BASE64 = bytes(byte for byte in range(256) if byte not in _BASE64_ALPHABET)
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """Which expensive facts the rules need; the walk skips what nobody asked for."""
+
+    decode: bool = False  # sniffing (the decoded head of each part)
+    size: bool = False  # the exact decoded size (else decoding stops once nothing else needs it)
+    text: bool = False  # decoded text of text/* parts
+    zips: bool = False  # names inside zip archives
+
+
+@dataclass
+class LeafPart:
+    """One leaf entity. `start`/`end` delimit it in the raw message: its first header byte to the
+    byte before the line break that precedes the next boundary (RFC 2046 §5.1.1)."""
+
+    path: str  # "1.2.1": position under the root ("" is the root itself)
+    headers: Message
+    content_type: str
+    names: list[str]
+    start: int
+    end: int
+    in_multipart: bool  # False for the root and for the body of a message/rfc822
+    size: int = 0  # decoded octets; exact only when `Needs.size` was asked for
+    sniffed: sniffing.Sniffed | None = None
+    text: str | None = None
+    zip: ZipListing | None = None
+    zip_too_big: bool = False
+
+
+def decoded(value: object) -> str:
+    """A header value as text: raw 8-bit bytes as UTF-8, RFC 2047 encoded words decoded."""
+    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if "=?" not in text:
+        return text
+    try:
+        return str(make_header(decode_header(text)))
+    except (ValueError, LookupError, UnicodeError):
+        return text
+
+
+def part_names(headers: Message) -> list[str]:
+    """Content-Disposition filename and Content-Type name, decoded: RFC 2231 (charset, language,
+    continuations) and the RFC 2047 encoded words some mailers put in quoted parameters."""
+    names: list[str] = []
+    for header, param in (("content-disposition", "filename"), ("content-type", "name")):
+        try:
+            raw = headers.get_param(param, None, header)
+            value = decoded(email.utils.collapse_rfc2231_value(raw)) if raw else ""
+        except (ValueError, LookupError, TypeError, UnicodeError):
+            value = ""
+        value = value.strip()
+        if value and value not in names:
+            names.append(value)
+    return names
+
+
+class Decoder:
+    """Content-Transfer-Encoding decoding, line by line, with base64 carry-over (RFC 2045 §6)."""
+
+    def __init__(self, encoding: str) -> None:
+        self._encoding = encoding
+        self._carry = b""
+
+    def feed(self, raw: bytes) -> bytes:
+        if self._encoding == "base64":
+            data = self._carry + raw.translate(None, _NOT_BASE64)
+            usable = len(data) - len(data) % 4
+            self._carry = data[usable:]
+            return _a2b_base64(data[:usable])
+        if self._encoding == "quoted-printable":
+            return binascii.a2b_qp(raw)
+        return raw
+
+
+def _a2b_base64(data: bytes) -> bytes:
+    try:
+        return binascii.a2b_base64(data)
+    except binascii.Error:
+        return b""
+
+
+class LeafSink:
+    """Collects what the rules need from one leaf's decoded bytes, within the module's bounds."""
+
+    def __init__(self, part: LeafPart, needs: Needs) -> None:
+        self._part = part
+        self._needs = needs
+        self._head = bytearray()
+        self._macro: sniffing.MacroScanner | None = None
+        self._text_decoder = None
+        self._text: list[str] = []
+        self._text_chars = 0
+        self._zip = None
+        if needs.text and part.content_type.startswith("text/"):
+            charset = part.headers.get_content_charset() or "us-ascii"
+            try:
+                self._text_decoder = codecs.getincrementaldecoder(charset)(errors="replace")
+            except LookupError:
+                self._text_decoder = codecs.getincrementaldecoder("latin-1")()
+        if needs.zips and not part.content_type.startswith("text/"):
+            self._zip = tempfile.SpooledTemporaryFile(max_size=ZIP_MEMORY_BYTES)
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        self._part.size += len(data)
+        if len(self._head) < sniffing.HEAD_BYTES:
+            self._head += data[: sniffing.HEAD_BYTES - len(self._head)]
+            if len(self._head) >= 8 and self._macro is None and self._head.startswith(b"\xd0\xcf\x11\xe0"):
+                self._macro = sniffing.MacroScanner()
+        if self._macro is not None:
+            self._macro.feed(data)
+        if self._text_decoder is not None and self._text_chars < MAX_TEXT_CHARS:
+            chunk = self._text_decoder.decode(data)[: MAX_TEXT_CHARS - self._text_chars]
+            self._text.append(chunk)
+            self._text_chars += len(chunk)
+        if self._zip is not None:
+            if len(self._head) >= 4 and not self._head.startswith(b"PK"):
+                self._drop_zip()
+            elif self._part.size > MAX_ZIP_BYTES:
+                self._part.zip_too_big = True
+                self._drop_zip()
+            else:
+                self._zip.write(data)
+
+    @property
+    def wants_more(self) -> bool:
+        """Whether any rule still needs this part's decoded bytes."""
+        return (self._needs.size or len(self._head) < sniffing.HEAD_BYTES or self._zip is not None
+                or (self._macro is not None and not self._macro.found)
+                or (self._text_decoder is not None and self._text_chars < MAX_TEXT_CHARS))
+
+    def _drop_zip(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+
+    def finish(self) -> None:
+        part = self._part
+        part.sniffed = sniffing.sniff(bytes(self._head))
+        if part.sniffed is not None and part.sniffed.kind == "ole2" and self._macro and self._macro.found:
+            part.sniffed = sniffing.OLE2_MACRO
+        if self._text_decoder is not None:
+            self._text.append(self._text_decoder.decode(b"", final=True))
+            part.text = "".join(self._text)
+        if self._zip is not None:
+            if part.sniffed is not None and part.sniffed.kind in ("zip", "ooxml", "odf", "jar"):
+                self._zip.seek(0)
+                part.zip = list_zip(self._zip)  # type: ignore[arg-type]
+            self._drop_zip()
