@@ -38,6 +38,7 @@ from mailgate.policy.audit import open_relay_problems
 from mailgate.policy.limits import MessageRateLimits, RateLimiter
 from mailgate.policy.relay import HostedDomain, PolicySettings, RelayPolicy
 from mailgate.queue.backoff import RetrySchedule
+from mailgate.screen import Screener, ScreenConfigError
 from mailgate.queue.sqlite_store import SqliteQueueStore
 from mailgate.server.control import ControlServer
 from mailgate.server.diskguard import DiskGuard, DiskState
@@ -45,6 +46,7 @@ from mailgate.server.listener import Listener, ListenerSettings
 from mailgate.server.privileges import PrivilegeError, drop_privileges, resolve_identity, spool_ownership_problems
 from mailgate.server.session import ListenerProfile, Reception, Session
 from mailgate.server.tls import TlsConfigError, server_context
+from mailgate.tools.audit import AuditTarget, self_audit
 
 log = logging.getLogger("mailgate")
 
@@ -145,6 +147,31 @@ def listener_profiles(config: Config) -> list[ListenerProfile]:
     return profiles
 
 
+SCREEN_RULE_OPTIONAL = ("text", "tag_header", "filename", "extension", "mime_type", "sniffed_type", "min_size",
+                        "in_zip", "subject", "header", "body", "sender", "sender_domain", "recipient",
+                        "client", "helo")
+
+
+def build_screener(config: Config) -> Screener | None:
+    """The screener, or None when no rule, clamd or rspamd is configured (no parsing at all)."""
+    rules = []
+    for rule in config.screen_rule:
+        data = {"name": rule.name, "direction": rule.direction, "action": rule.action}
+        for key in SCREEN_RULE_OPTIONAL:
+            value = getattr(rule, key)
+            if value and not (key == "tag_header" and value == "X-Mailgate-Tag"):
+                data[key] = list(value) if isinstance(value, tuple) else value
+        rules.append(data)
+    av = vars(config.antivirus) if config.antivirus.clamd else {}
+    spam = vars(config.spam) if config.spam.rspamd_url else {}
+    if not rules and not av and not spam:
+        return None
+    try:
+        return Screener.from_config(rules, av, spam)
+    except ScreenConfigError as exc:
+        raise StartupError("\n".join(e.replace("screen.rule", "screen_rule") for e in exc.errors)) from None
+
+
 async def open_offline_admin(config: Config) -> tuple[QueueAdmin, Callable[[], Awaitable[None]]]:
     """A QueueAdmin on the store of a stopped server (for `mailgate queue`)."""
     clock = SystemClock()
@@ -237,6 +264,7 @@ class Application:
             rate_limits=self._rate_limits(config),
             disk=self.disk,
             clock=self.clock,
+            screener=build_screener(config),
         )
         self.listeners = [self._listener(listener, profile) for listener, profile in zip(config.listener, self.profiles)]
         self.control = ControlServer(
@@ -322,6 +350,13 @@ class Application:
         return Listener(settings, handle, on_refused=refused)
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(grace=0)  # whatever did start is stopped again
+            raise
+
+    async def _start(self) -> None:
         for listener in self.listeners:
             listener.bind()  # privileged ports first, then give up root
         self._drop_privileges()
@@ -332,8 +367,11 @@ class Application:
         await self.disk.poll()
         self._disk_task = asyncio.create_task(self.disk.run())
         for listener in self.listeners:
-            if self.disk.state is not DiskState.HARD:
-                await listener.start()
+            await listener.start()
+            if self.disk.state is DiskState.HARD:
+                await listener.pause()
+        if self.config.server.self_audit and self.worker_index == 0:
+            await self._self_audit()
         if self.worker_index == 0:
             await self.control.start()
         if self.observe is not None:
@@ -342,6 +380,17 @@ class Application:
         self._runner_task = asyncio.create_task(self.runner.run())
         log.info("mailgate ready: %s", ", ".join(
             f"{l.settings.name}={l.settings.host}:{l.bound_port}" for l in self.listeners))
+
+    async def _self_audit(self) -> None:
+        """server.self_audit: the relay-trick table against our own listeners (SPEC R3), from an
+        untrusted loopback address, before we say we are ready; an open relay refuses to run."""
+        hosted = next((normalise_domain(d.name.strip()) for d in self.config.domain
+                       if not d.name.strip().startswith(".")), None)
+        targets = [AuditTarget(l.settings.host, l.bound_port, l.settings.implicit_tls is not None)
+                   for l in self.listeners if l.listening and l.settings.proxy_from is None]
+        accepted = await self_audit(targets, hosted)
+        if accepted:
+            raise StartupError("self-audit: an untrusted client (127.0.0.2) could relay:\n" + "\n".join(accepted))
 
     def _drop_privileges(self) -> None:
         server = self.config.server

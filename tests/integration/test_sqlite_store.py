@@ -297,7 +297,7 @@ def test_large_message_spills_to_disk_and_comes_back_identical(tmp_path: Path) -
         writer = store.begin()
         for start in range(0, len(body), 8191):
             writer.write(body[start:start + 8191])
-        spill = store.incoming_dir / writer.queue_id
+        spill = writer.spill_path
         assert spill.exists()  # past the threshold the bytes are on disk, not in memory
         env = envelope("s@example.com", "a@example.com")
         ticks = 0
@@ -326,10 +326,10 @@ def test_small_message_stays_in_memory_and_discard_cleans_up(tmp_path: Path) -> 
     async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
         small = store.begin()
         small.write(b"x" * 1000)
-        assert not (store.incoming_dir / small.queue_id).exists()
+        assert small.spill_path is None
         big = store.begin()
         big.write(b"y" * 5000)
-        assert (store.incoming_dir / big.queue_id).exists()
+        assert big.spill_path is not None and big.spill_path.exists()
         big.discard()
         big.discard()
         assert os.listdir(store.incoming_dir) == []
@@ -354,7 +354,7 @@ def test_a_failing_commit_does_not_spoil_its_group(tmp_path: Path) -> None:
     async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
         doomed = store.begin()
         doomed.write(b"z" * 10_000)  # spills (threshold 1024)
-        (store.incoming_dir / doomed.queue_id).unlink()  # the spill file vanished under us
+        doomed.spill_path.unlink()  # the spill file vanished under us
         good = [store.begin() for _ in range(5)]
         for writer in good:
             writer.write(b"fine")

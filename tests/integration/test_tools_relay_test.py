@@ -21,6 +21,7 @@ from mailgate.policy.tricks import TRICKS
 from mailgate.tools.audit import AuditTarget, audit_listener, self_audit
 from mailgate.tools.relay_test import Verdict
 from tests.support.mailgate_server import InProcessMailgate
+from mailgate.app import StartupError
 from tests.support.receiving import HOSTED, UNTRUSTED_SOURCE, config_text, queued
 
 pytestmark = pytest.mark.timeout(120)
@@ -81,10 +82,23 @@ def test_self_audit_passes_a_correct_configuration(tmp_path: Path) -> None:
     assert accepted == []
 
 
-def test_self_audit_catches_a_configuration_that_trusts_its_source(tmp_path: Path) -> None:
+def open_config(tmp_path: Path, self_audit: bool) -> str:
     relay = 'trusted_networks = ["127.0.0.0/8"]\nacknowledge_open_relay = true'
-    text = config_text(tmp_path).replace('[relay]\ntrusted_networks = ["127.0.0.1/32"]', "[relay]\n" + relay)
-    with InProcessMailgate(text) as mg:
+    text = config_text(tmp_path, server_extra=f"self_audit = {str(self_audit).lower()}\n")
+    return text.replace('[relay]\ntrusted_networks = ["127.0.0.1/32"]', "[relay]\n" + relay)
+
+
+def test_start_up_refuses_to_run_when_the_self_audit_relays(tmp_path: Path) -> None:
+    mailgate = InProcessMailgate(open_config(tmp_path, self_audit=True))
+    try:
+        with pytest.raises(StartupError, match="self-audit: an untrusted client"):
+            mailgate.__enter__()
+    finally:
+        mailgate.__exit__(None, None, None)
+
+
+def test_self_audit_catches_a_configuration_that_trusts_its_source(tmp_path: Path) -> None:
+    with InProcessMailgate(open_config(tmp_path, self_audit=False)) as mg:
         accepted = mg.call(self_audit([AuditTarget("127.0.0.1", mg.port("mx"))], HOSTED))
     assert len(accepted) > 16
     assert any("nmap_null_sender: MAIL FROM:<> RCPT TO:<relaytest@example.net>" in line for line in accepted)

@@ -10,7 +10,9 @@ import argparse
 import sys
 
 from mailgate import __version__
-from mailgate.cli import config_cmd, queue_cmd, serve_cmd, user_cmd
+from mailgate.cli import (
+    cert_cmd, config_cmd, explain_cmd, mx_cmd, queue_cmd, relay_test_cmd, send_cmd, serve_cmd, stats_cmd, user_cmd,
+)
 
 EPILOG = """examples:
   mailgate serve                       run the embedded default (loopback try-out, spool in ./var)
@@ -18,8 +20,14 @@ EPILOG = """examples:
   mailgate config check mailgate.toml  list every configuration error, exit 2 if any
   mailgate queue list --state deferred
   mailgate user add alice@example.com  (password read from the terminal or stdin)
+  mailgate mx example.com --probe      MX hosts, addresses, banner, STARTTLS, certificate
+  mailgate relay-test mx.example.com   the open-relay test of any server (stops after RCPT)
+  mailgate explain --client 203.0.113.5 --from a@b.example --to c@d.example
+  mailgate send --server 127.0.0.1:2525 --from me@example.org --to you@demo.test
+  mailgate stats --since 24h           a pflogsumm-like summary of the transaction log
 
-exit codes: 0 success, 1 the operation failed, 2 usage or configuration error"""
+exit codes: 0 success, 1 the operation failed (relay-test: OPEN), 2 usage or configuration
+error, 3 inconclusive or could not connect (relay-test, mx --probe, send)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     config_cmd.register(commands)
     queue_cmd.register(commands)
     user_cmd.register(commands, default_users_file="./var/users")
+    mx_cmd.register(commands)
+    relay_test_cmd.register(commands)
+    explain_cmd.register(commands)
+    send_cmd.register(commands)
+    cert_cmd.register(commands)
+    stats_cmd.register(commands)
     return parser
 
 

@@ -43,6 +43,9 @@ class Config:
     domain: list[SimpleNamespace]
     delivery: SimpleNamespace
     dns: SimpleNamespace
+    screen_rule: list[SimpleNamespace]
+    antivirus: SimpleNamespace
+    spam: SimpleNamespace
     limits: SimpleNamespace
     log: SimpleNamespace
     metrics: SimpleNamespace

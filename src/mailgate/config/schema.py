@@ -228,6 +228,68 @@ LOG = Section(
     ),
 )
 
+SCREEN_RULE = Section(
+    "screen_rule",
+    "Message screening rules, checked in order at the end of data. A rule matches when every "
+    "match key it gives matches (within one list: any entry). The strongest action of all "
+    "matching rules wins: reject > tempfail > quarantine > strip > tag.",
+    (
+        Key("name", Text(allow_empty=False), REQUIRED, "Name shown in replies, logs and quarantine reasons."),
+        Key("direction", Choice(choices=("inbound", "outbound", "both")), "both",
+            "inbound: to a hosted domain from outside; outbound: from a trusted network or an "
+            "authenticated user."),
+        Key("action", Choice(choices=("reject", "strip", "quarantine", "tag", "tempfail")), REQUIRED,
+            "reject: 550 5.7.1 with `text`; strip: remove matching parts, add a notice; "
+            "quarantine: accept and hold; tag: add `tag_header`; tempfail: 451 4.7.1."),
+        Key("text", Text(), "", "Reply or notice text; empty uses a standard one naming the rule."),
+        Key("tag_header", Text(), "X-Mailgate-Tag", "Header added by the tag action."),
+        Key("filename", ListOf(item=Text(allow_empty=False)), (),
+            "Attachment file name globs (Content-Disposition filename or Content-Type name, RFC 2231 "
+            "decoded, case-insensitive): `*.exe`, `invoice*.pdf.*`."),
+        Key("extension", ListOf(item=Text(allow_empty=False)), (),
+            "File name extensions, any of the name's extensions (double extensions caught): `exe`."),
+        Key("mime_type", ListOf(item=Text(allow_empty=False)), (), "Declared MIME type globs: `application/x-msdownload`."),
+        Key("sniffed_type", ListOf(item=Text(allow_empty=False)), (),
+            "Type recognised from the content: executable, archive, script, office-macro, pdf, ..."),
+        Key("min_size", Size(minimum=0), 0, "Parts at least this large (decoded); 0: any size."),
+        Key("in_zip", Boolean(), False, "Also match names inside zip archives (bounded depth)."),
+        Key("subject", ListOf(item=Text(allow_empty=False)), (), "Regular expressions on the decoded Subject."),
+        Key("header", ListOf(item=Text(allow_empty=False)), (), "`Name: regex` on any header."),
+        Key("body", ListOf(item=Text(allow_empty=False)), (),
+            "Regular expressions on the decoded text of the body (quoted-printable, base64, charsets)."),
+        Key("sender", ListOf(item=Text(allow_empty=False)), (), "Envelope senders; `<>` is the null sender."),
+        Key("sender_domain", ListOf(item=Text(allow_empty=False)), (), "Sender domains; `.example.com` adds subdomains."),
+        Key("recipient", ListOf(item=Text(allow_empty=False)), (), "Envelope recipients."),
+        Key("client", ListOf(item=Text(allow_empty=False)), (), "Client networks (CIDR)."),
+        Key("helo", ListOf(item=Text(allow_empty=False)), (), "Regular expressions on the HELO name."),
+    ),
+    array=True,
+)
+
+ANTIVIRUS = Section(
+    "antivirus",
+    "ClamAV's clamd, asked over its INSTREAM protocol for every message.",
+    (
+        Key("clamd", Text(), "", "`unix:/run/clamav/clamd.ctl` or `tcp:127.0.0.1:3310`; empty: no virus scan."),
+        Key("timeout", Duration(minimum=1, maximum=600), 30, "Time allowed for one scan."),
+        Key("fail_open", Boolean(), False,
+            "Accept mail unscanned when clamd fails (default: 451 4.7.1, the sender retries)."),
+        Key("action", Choice(choices=("reject", "quarantine", "tag")), "reject",
+            "Infected mail: reject (554 5.7.1 naming the signature), quarantine or tag."),
+        Key("max_size", Size(minimum=1024), "25M", "Larger messages are not scanned (clamd's StreamMaxLength)."),
+    ),
+)
+
+SPAM = Section(
+    "spam",
+    "rspamd, asked over its HTTP protocol (/checkv2); its actions map to replies and headers.",
+    (
+        Key("rspamd_url", Text(), "", "`http://127.0.0.1:11333`; empty: no spam scoring."),
+        Key("timeout", Duration(minimum=1, maximum=600), 15, "Time allowed for one check."),
+        Key("fail_open", Boolean(), False, "Accept mail unchecked when rspamd fails (default: 451 4.7.1)."),
+    ),
+)
+
 LIMITS = Section(
     "limits",
     "Message rates over a sliding window (refused with 450 4.7.1); trusted networks are exempt "
@@ -251,7 +313,9 @@ METRICS = Section(
     ),
 )
 
-SECTIONS: tuple[Section, ...] = (SERVER, LISTENER, RELAY, DOMAIN, DELIVERY, DNS, LIMITS, LOG, METRICS)
+SECTIONS: tuple[Section, ...] = (
+    SERVER, LISTENER, RELAY, DOMAIN, DELIVERY, DNS, SCREEN_RULE, ANTIVIRUS, SPAM, LIMITS, LOG, METRICS,
+)
 
 
 def section(name: str) -> Section | None:

@@ -10,6 +10,7 @@ Must not: talk to SQLite, or keep a large message in memory.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import BinaryIO
@@ -55,10 +56,19 @@ class SpoolWriter(MessageWriter):
         assert self._file is not None
         self._file.write(data)
 
+    def open_reader(self) -> BinaryIO:
+        """Read back what was written: a view of the memory buffer, or the flushed spill file."""
+        if self._file is not None:
+            self._file.flush()
+        if self._spill_path is not None:
+            return open(self._spill_path, "rb")  # noqa: SIM115 - the caller closes it
+        return io.BytesIO(bytes(self._buffer))
+
     def _spill(self) -> None:
         """Move the in-memory part to a fresh spill file; later writes append to it."""
         self._incoming_dir.mkdir(parents=True, exist_ok=True)
-        path = self._incoming_dir / self.queue_id
+        # Unique even when a rewritten copy (the screener's strip) reuses the queue id.
+        path = self._incoming_dir / f"{self.queue_id}.{os.getpid()}.{id(self):x}"
         self._file = open(path, "xb", buffering=FILE_BUFFER_SIZE)  # noqa: SIM115 - closed in seal
         self._spill_path = path
         self._file.write(self._buffer)

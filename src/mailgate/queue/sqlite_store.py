@@ -135,8 +135,8 @@ class SqliteQueueStore(QueueStore):
             remove_quietly(entry)
 
     # --- reception -------------------------------------------------------------------------------
-    def begin(self) -> MessageWriter:
-        queue_id = new_queue_id(self._clock.now())
+    def begin(self, queue_id: str | None = None) -> MessageWriter:
+        queue_id = queue_id or new_queue_id(self._clock.now())
         return SpoolWriter(queue_id, self.incoming_dir, self._memory_threshold)
 
     async def commit(self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta) -> str:

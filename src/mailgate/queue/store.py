@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
+from typing import BinaryIO
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -128,6 +129,10 @@ class MessageWriter(abc.ABC):
         """Append bytes; cheap to call often; never keeps the whole of a large message in memory."""
 
     @abc.abstractmethod
+    def open_reader(self) -> BinaryIO:
+        """A fresh binary file object reading what was written so far (for the screener)."""
+
+    @abc.abstractmethod
     def discard(self) -> None:
         """Drop everything written; safe to call twice and after a failed commit."""
 
@@ -136,8 +141,9 @@ class QueueStore(abc.ABC):
     """The durable queue (ARCHITECTURE.md "Seams")."""
 
     @abc.abstractmethod
-    def begin(self) -> MessageWriter:
-        """Start a message; its queue id is known from here on (for the Received header)."""
+    def begin(self, queue_id: str | None = None) -> MessageWriter:
+        """Start a message; its queue id is known from here on (for the Received header).
+        `queue_id` reuses the id of a message being rewritten before its commit."""
 
     @abc.abstractmethod
     async def commit(self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta) -> str:

@@ -24,7 +24,8 @@ from mailgate.core.reply import (
     AUTH_FAILED, AUTH_OK, AUTH_REQUIRED, CANNOT_VRFY, CLOSING, HELP, LOCAL_ERROR, LOOP_DETECTED,
     MESSAGE_TOO_BIG,
     NOOP_OK, READY_TLS, RESET_OK, SENDER_OK, SERVICE_READY, START_DATA, TEMP_AUTH_FAILURE, TIMEOUT,
-    TOO_MANY_RECIPIENTS, INSUFFICIENT_STORAGE, RATE_LIMITED, Reply, bdat_chunk_ok, queued,
+    TOO_MANY_RECIPIENTS, INSUFFICIENT_STORAGE, RATE_LIMITED, SCANNER_UNAVAILABLE, Reply, bdat_chunk_ok,
+    queued,
 )
 from mailgate.auth.lockout import client_key
 from mailgate.dns.dnsbl import dnsbl_listed
@@ -33,6 +34,8 @@ from mailgate.policy.relay import Client, RelayPolicy
 from mailgate.queue.store import MessageMeta, MessageWriter, QueueStore
 from mailgate.observe.translog import TransactionLog, new_session_id
 from mailgate.server import command_log
+from mailgate.screen import Screener, ScreenContext
+from mailgate.server.screening import Screened, screen_message
 from mailgate.server.message_head import HeadBuilder, received_header
 from mailgate.server.tls import describe
 from mailgate.smtp import events as ev
@@ -82,6 +85,7 @@ class Reception:
     rate_limits: MessageRateLimits | None = None
     disk: Any = None  # server.diskguard.DiskGuard: 452 4.3.1 under soft back-pressure
     clock: Any = None
+    screener: Screener | None = None
 
 
 class _Transaction:
@@ -406,9 +410,39 @@ class Session:
             self.log.transaction_refused(self.session_id, "data", refusal, reason, sender=_text(transaction.envelope.sender))
             self._discard()
             return refusal
-        return await self._commit(transaction)
+        hold_reason = ""
+        if self.reception.screener is not None:
+            refusal, hold_reason = await self._screen(transaction)
+            if refusal is not None:
+                return refusal
+        return await self._commit(transaction, hold_reason)
 
-    async def _commit(self, transaction: _Transaction) -> Reply:
+    async def _screen(self, transaction: _Transaction) -> tuple[Reply | None, str]:
+        """Run the screener (ARCHITECTURE.md step 6); a failing scanner is a tempfail, never a 250."""
+        assert transaction.writer is not None
+        envelope = transaction.envelope
+        context = ScreenContext(
+            direction=self._direction(transaction), sender=_text(envelope.sender),
+            recipients=[str(r.address) for r in envelope.recipients], client_address=str(self.client_address),
+            helo=self.helo, auth_user=self.auth_user,
+        )
+        try:
+            screened = await screen_message(self.reception.screener, self.reception.store, context, transaction.writer)
+        except Exception:
+            log.exception("screening failed")
+            screened = Screened(SCANNER_UNAVAILABLE, transaction.writer, rule="screener")
+        transaction.writer = screened.writer
+        if screened.refusal is not None:
+            self.log.transaction_refused(
+                self.session_id, "data", screened.refusal, screened.rule or "screener", sender=context.sender
+            )
+            self._discard()
+            return screened.refusal, ""
+        if screened.rule:
+            transaction.rule = f"{transaction.rule} screen:{screened.rule}"
+        return None, screened.hold_reason
+
+    async def _commit(self, transaction: _Transaction, hold_reason: str = "") -> Reply:
         assert transaction.writer is not None
         meta = MessageMeta(
             client_address=str(self.client_address),
@@ -418,6 +452,7 @@ class Session:
             listener=self.profile.name,
             direction=self._direction(transaction),
             received_count=transaction.head.received_count if transaction.head else 0,
+            hold_reason=hold_reason,
         )
         started = time.monotonic()
         try:
