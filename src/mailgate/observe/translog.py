@@ -14,8 +14,10 @@ optional (None turns them off).
 
 from __future__ import annotations
 
+import itertools
+import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,9 +38,22 @@ OUTCOME_NAMES = {
 }
 
 
+_session_prefix = secrets.token_hex(3)
+_session_numbers = itertools.count(1)
+
+
+def _new_prefix() -> None:
+    global _session_prefix
+    _session_prefix = secrets.token_hex(3)
+
+
+os.register_at_fork(after_in_child=_new_prefix)  # each worker process its own prefix
+
+
 def new_session_id() -> str:
-    """A short random id naming one connection in every record about it."""
-    return secrets.token_hex(6)
+    """A short unique id naming one connection in every record about it: a random prefix per
+    process and a counter (no system call per connection)."""
+    return f"{_session_prefix}{next(_session_numbers):06x}"
 
 
 @dataclass
@@ -83,7 +98,7 @@ class TransactionLog:
         self._connections[session_id] = _Connection(client_ip, client_port, listener, server_ip, server_port, now)
         if self.metrics:
             self.metrics.connection_opened(listener)
-        self._emit_json(jsonlog.record(
+        self._emit_json(lambda: jsonlog.record(
             jsonlog.CONNECTION_OPENED, now, session_id=session_id, client_ip=client_ip,
             client_port=client_port, listener=listener, server_ip=server_ip, server_port=server_port,
         ))
@@ -96,7 +111,7 @@ class TransactionLog:
             return
         if self.metrics:
             self.metrics.connection_closed(connection.listener)
-        self._emit_json(jsonlog.record(
+        self._emit_json(lambda: jsonlog.record(
             jsonlog.CONNECTION_CLOSED, now, session_id=session_id, client_ip=connection.client_ip,
             listener=connection.listener, reason=reason, duration=round(now - connection.opened, 3),
             commands=connection.commands, messages=connection.messages,
@@ -108,7 +123,7 @@ class TransactionLog:
         fixed word (`limit`, `blocklist`, `dnsbl`) used as a metric label."""
         if self.metrics:
             self.metrics.connection_refused(listener, reason)
-        self._emit_json(jsonlog.record(
+        self._emit_json(lambda: jsonlog.record(
             jsonlog.CONNECTION_REFUSED, self._clock.now(), client_ip=client_ip, client_port=client_port,
             listener=listener, reason=reason, **jsonlog.reply_fields(reply),
         ))
@@ -163,7 +178,7 @@ class TransactionLog:
             connection.messages += 1
         if self.metrics:
             self.metrics.transaction_accepted(direction, rule, size, tls, elapsed)
-        self._emit_json(jsonlog.record(
+        self._emit_json(lambda: jsonlog.record(
             jsonlog.TRANSACTION_ACCEPTED, self._clock.now(), session_id=session_id, queue_id=queue_id,
             sender=sender, recipients=list(recipients), recipient_count=len(recipients), size=size,
             client_ip=connection.client_ip if connection else None,
@@ -180,7 +195,7 @@ class TransactionLog:
         connection = self._connections.get(session_id)
         if self.metrics:
             self.metrics.transaction_refused(stage, rule)
-        self._emit_json(jsonlog.record(
+        self._emit_json(lambda: jsonlog.record(
             jsonlog.TRANSACTION_REFUSED, self._clock.now(), session_id=session_id, stage=stage,
             rule=rule or None, sender=sender, recipient=recipient or None,
             client_ip=connection.client_ip if connection else None,
@@ -197,7 +212,7 @@ class TransactionLog:
         name = OUTCOME_NAMES[outcome.state]
         if self.metrics:
             self.metrics.delivery_attempt(name, next_hop, tls, elapsed, delay)
-        self._emit_json(jsonlog.record(
+        self._emit_json(lambda: jsonlog.record(
             jsonlog.DELIVERY_ATTEMPT, self._clock.now(), queue_id=queue_id, sender=sender,
             recipient=recipient, next_hop=next_hop or None, remote_mta=outcome.remote_mta,
             outcome=name, tls=tls or None, size=size,
@@ -209,7 +224,7 @@ class TransactionLog:
         """A DSN was queued (kind: failed or delayed) to `sender` about `recipients`."""
         if self.metrics:
             self.metrics.dsn_sent(kind)
-        self._emit_json(jsonlog.record(
+        self._emit_json(lambda: jsonlog.record(
             jsonlog.BOUNCE, self._clock.now(), queue_id=queue_id, dsn_queue_id=dsn_queue_id, kind=kind,
             sender=sender, recipients=list(recipients),
         ))
@@ -222,9 +237,10 @@ class TransactionLog:
         if self.writer:
             self.writer.close()
 
-    def _emit_json(self, fields: dict[str, Any]) -> None:
+    def _emit_json(self, build: Callable[[], dict[str, Any]]) -> None:
+        """Records are built only when the JSON log is on (the hot path pays nothing otherwise)."""
         if self._json is not None and self.writer is not None:
-            self.writer.emit(self._json, self._clock.now(), fields)
+            self.writer.emit(self._json, self._clock.now(), build())
 
 
 def open_transaction_log(

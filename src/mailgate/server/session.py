@@ -36,6 +36,7 @@ from mailgate.observe.translog import TransactionLog, new_session_id
 from mailgate.server import command_log
 from mailgate.screen import Screener, ScreenContext
 from mailgate.server.screening import Screened, screen_message
+from mailgate.server.read_deadline import ReadDeadline
 from mailgate.server.message_head import HeadBuilder, received_header
 from mailgate.server.tls import describe
 from mailgate.smtp import events as ev
@@ -186,6 +187,13 @@ class Session:
         return True
 
     async def _loop(self) -> None:
+        deadline = ReadDeadline()
+        try:
+            await self._serve(deadline)
+        finally:
+            deadline.close()
+
+    async def _serve(self, deadline: ReadDeadline) -> None:
         protocol = self.protocol
         while True:
             event = protocol.next_event()
@@ -193,8 +201,7 @@ class Session:
                 await self._flush()
                 timeout = self.profile.data_timeout if self.transaction and self.transaction.head else self.profile.command_timeout
                 try:
-                    async with asyncio.timeout(timeout):
-                        data = await self.reader.read(READ_SIZE)
+                    data = await deadline.read(self.reader, READ_SIZE, timeout)
                 except TimeoutError:
                     self.out += TIMEOUT.encode()
                     await self._flush()
