@@ -15,7 +15,7 @@ the rest count under `other`, so direct-to-MX delivery cannot grow the series wi
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -94,54 +94,55 @@ class Metrics:
             buckets=DELAY_BUCKETS, registry=r,
         )
         self._next_hops: set[str] = set()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # labels() lookups, cached
 
     # --- connections -------------------------------------------------------------------------
     def connection_opened(self, listener: str) -> None:
-        self._open.labels(listener).inc()
-        self._connections.labels(listener).inc()
+        self._child(self._open, listener).inc()
+        self._child(self._connections, listener).inc()
 
     def connection_closed(self, listener: str) -> None:
-        self._open.labels(listener).dec()
+        self._child(self._open, listener).dec()
 
     def connection_refused(self, listener: str, reason: str) -> None:
         """reason: `limit`, `blocklist`, `dnsbl`, ... (a short fixed word, never an address)."""
-        self._refused_connections.labels(listener, reason).inc()
+        self._child(self._refused_connections, listener, reason).inc()
 
     def smtp_bytes(self, bytes_in: int, bytes_out: int) -> None:
-        self._smtp_bytes.labels("in").inc(bytes_in)
-        self._smtp_bytes.labels("out").inc(bytes_out)
+        self._child(self._smtp_bytes, "in").inc(bytes_in)
+        self._child(self._smtp_bytes, "out").inc(bytes_out)
 
     # --- transactions ------------------------------------------------------------------------
     def transaction_accepted(self, direction: str, rule: str, size: int, tls: str, elapsed: float | None) -> None:
-        self._accepted.labels(direction, rule or "-").inc()
-        self._received_bytes.labels(direction).inc(size)
-        self._tls.labels("receive", tls_protocol(tls)).inc()
+        self._child(self._accepted, direction, rule or "-").inc()
+        self._child(self._received_bytes, direction).inc(size)
+        self._child(self._tls, "receive", tls_protocol(tls)).inc()
         if elapsed is not None:
             self._acceptance.observe(elapsed)
 
     def transaction_refused(self, stage: str, rule: str) -> None:
-        self._refused.labels(stage, rule or "-").inc()
+        self._child(self._refused, stage, rule or "-").inc()
 
     # --- delivery ----------------------------------------------------------------------------
     def delivery_attempt(
         self, outcome: str, next_hop: str, tls: str, elapsed: float | None, delay: float | None
     ) -> None:
         """One recipient's attempt; outcome: delivered, deferred or failed."""
-        self._deliveries.labels(outcome, self._hop_label(next_hop)).inc()
-        self._tls.labels("deliver", tls_protocol(tls)).inc()
+        self._child(self._deliveries, outcome, self._hop_label(next_hop)).inc()
+        self._child(self._tls, "deliver", tls_protocol(tls)).inc()
         if elapsed is not None:
             self._attempt.observe(elapsed)
         if delay is not None and outcome == "delivered":
             self._delay.observe(delay)
 
     def dsn_sent(self, kind: str) -> None:
-        self._dsn.labels(kind).inc()
+        self._child(self._dsn, kind).inc()
 
     # --- sampled by the caller ---------------------------------------------------------------
     def set_queue(self, counts: Mapping[str, int], oldest_age: float) -> None:
         """From a periodic task: `count_by_state()` and now minus `oldest_created()`."""
         for state, count in counts.items():
-            self._queue.labels(str(getattr(state, "value", state))).set(count)
+            self._child(self._queue, str(getattr(state, "value", state))).set(count)
         self._oldest.set(max(0.0, oldest_age))
 
     def set_free_disk(self, free_bytes: int) -> None:
@@ -154,6 +155,14 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format (what /metrics returns)."""
         return generate_latest(self.registry)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, cached: label values are bounded, and the lookup is hot."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def _hop_label(self, next_hop: str) -> str:
         hop = next_hop or "-"

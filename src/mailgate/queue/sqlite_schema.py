@@ -118,6 +118,8 @@ def connect(path: Path, *, writer: bool) -> sqlite3.Connection:
     connection.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
     connection.create_function("mg_icontains", 2, _icontains, deterministic=True)
     if writer:
+        # Commits never checkpoint: queue/checkpointer.py does it in the background.
+        connection.execute("PRAGMA wal_autocheckpoint = 0")
         _create_schema(connection)
     return connection
 

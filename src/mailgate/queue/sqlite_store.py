@@ -34,6 +34,7 @@ from mailgate.core.clock import Clock, SystemClock
 from mailgate.core.envelope import Envelope
 from mailgate.queue import sqlite_queries as queries
 from mailgate.queue import sqlite_schema as schema
+from mailgate.queue.checkpointer import Checkpointer
 from mailgate.queue.group_commit import GroupCommitWriter, WriterStats
 from mailgate.queue.ids import new_queue_id
 from mailgate.queue.spool_writer import INCOMING_DIRECTORY, SpoolWriter, remove_quietly
@@ -85,6 +86,7 @@ class SqliteQueueStore(QueueStore):
         self._reader_local = threading.local()
         self._reader_lock = threading.Lock()
         self._hot = HotBodies(HOT_BODY_BYTES)
+        self._checkpointer: Checkpointer | None = None
 
     @property
     def stats(self) -> WriterStats:
@@ -97,6 +99,8 @@ class SqliteQueueStore(QueueStore):
         await asyncio.to_thread(self._prepare_directories)
         await self._writer.start()
         self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="mailgate-queue-read")
+        self._checkpointer = Checkpointer(partial(schema.connect, self.database_path, writer=False))
+        self._checkpointer.start()
 
     def _prepare_directories(self) -> None:
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
@@ -110,6 +114,9 @@ class SqliteQueueStore(QueueStore):
     async def close(self) -> None:
         """Finish every pending write, then stop the threads; safe to call twice."""
         await self._writer.close()
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
+            self._checkpointer = None
         if self._readers is not None:
             self._readers.shutdown(wait=True)
             self._readers = None
