@@ -32,6 +32,7 @@ from tests.support import postfix
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 DEFAULT_WORKDIR = REPO / "bench" / "results" / "work"
+SETTLE_SECONDS = 2.0  # after os.sync(), before each measured run
 LATENCY_RATE = 100.0  # messages per second, the issue's steady rate
 FD_HEADROOM = 1024
 MIB = 1024 * 1024
@@ -97,7 +98,13 @@ def raise_open_file_limit(wanted: int) -> int:
 @contextlib.contextmanager
 def relay_under_test(server: str, workdir: Path) -> Iterator[tuple[peers.ServerHandle, int,
                                                                    peers.CountingSink]]:
-    """A fresh sink and a fresh server (empty spool) relaying to it; both stopped after."""
+    """A fresh sink and a fresh server (empty spool) relaying to it; both stopped after.
+
+    Before each measurement the disk is settled (sync, then a pause), so that the write-back a
+    previous run left behind (5,000 queue files, say) is not charged to whichever server happens
+    to be measured next: without it the order of the interleaved runs biased the latency tail.
+    """
+    settle_disk()
     sink = peers.CountingSink(free_port())
     try:
         listen_port = free_port()
@@ -108,6 +115,11 @@ def relay_under_test(server: str, workdir: Path) -> Iterator[tuple[peers.ServerH
             handle.stop()
     finally:
         sink.stop()
+
+
+def settle_disk(pause: float = SETTLE_SECONDS) -> None:
+    os.sync()
+    time.sleep(pause)
 
 
 def throughput_run(server: str, size: int, sessions: int, messages: int,

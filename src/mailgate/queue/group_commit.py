@@ -6,6 +6,10 @@ them all in ONE transaction (each inside its own SAVEPOINT, so one failing opera
 the others), commits once (with `synchronous=FULL` that is one WAL fsync for the whole group), runs
 the operations' after-commit actions, and only then resolves each caller's future through
 `loop.call_soon_threadsafe`. Under load many messages share one fsync (ARCHITECTURE.md step 7).
+An operation submitted with `durable=False` (delivery bookkeeping: leases, attempt outcomes,
+deletions) does not need an fsync of its own: a group made only of such operations commits with
+`synchronous=NORMAL` (atomic, survives a process crash, written to disk by the next durable
+commit or checkpoint); a group holding any durable operation commits with `synchronous=FULL`.
 Must not: know the schema or the queue's records; `sqlite_store.py` supplies the operations.
 Hand-written because the standard library has no group-commit helper and the ones in ORMs and
 aiosqlite serialise one transaction per call, which costs one fsync per message.
@@ -38,7 +42,7 @@ class WriterStoppedError(RuntimeError):
 class WriterStats:
     """Counters kept by the writer thread (read them from any thread; they only grow)."""
 
-    commits: int = 0  # transactions committed, i.e. fsyncs of the WAL
+    commits: int = 0  # transactions committed (durable ones fsync the WAL)
     operations: int = 0  # operations run (successful or not)
     failed_operations: int = 0
     failed_commits: int = 0
@@ -51,6 +55,7 @@ class _Operation:
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     after_commit: list[AfterCommit] = field(default_factory=list)
+    durable: bool = True
     result: Any = None
     error: BaseException | None = None
 
@@ -67,6 +72,7 @@ class GroupCommitWriter:
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self._stopping = False
+        self._synchronous = "FULL"  # what the connection is set to (queue/sqlite_schema.py)
 
     async def start(self) -> None:
         """Start the thread and open the connection in it; raises what opening raised."""
@@ -76,7 +82,7 @@ class GroupCommitWriter:
             raise self._start_error
 
     def submit(
-        self, function: WriteFunction, after_commit: list[AfterCommit] | None = None
+        self, function: WriteFunction, after_commit: list[AfterCommit] | None = None, *, durable: bool = True
     ) -> asyncio.Future[Any]:
         """Queue one write; the future resolves after the group holding it has committed.
 
@@ -87,13 +93,13 @@ class GroupCommitWriter:
             raise WriterStoppedError("the queue writer is not running")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._inbox.put(_Operation(function, future, loop, list(after_commit or ())))
+        self._inbox.put(_Operation(function, future, loop, list(after_commit or ()), durable))
         return future
 
     async def run(
-        self, function: WriteFunction, after_commit: list[AfterCommit] | None = None
+        self, function: WriteFunction, after_commit: list[AfterCommit] | None = None, *, durable: bool = True
     ) -> Any:
-        return await self.submit(function, after_commit)
+        return await self.submit(function, after_commit, durable=durable)
 
     async def close(self) -> None:
         """Finish every queued operation, then stop the thread and close the connection."""
@@ -139,7 +145,11 @@ class GroupCommitWriter:
 
     def _commit_group(self, connection: sqlite3.Connection, group: list[_Operation]) -> None:
         self.stats.largest_group = max(self.stats.largest_group, len(group))
+        synchronous = "FULL" if any(operation.durable for operation in group) else "NORMAL"
         try:
+            if synchronous != self._synchronous:
+                connection.execute(f"PRAGMA synchronous = {synchronous}")
+                self._synchronous = synchronous
             connection.execute("BEGIN IMMEDIATE")
             for operation in group:
                 self._run_operation(connection, operation)

@@ -170,7 +170,7 @@ class SqliteQueueStore(QueueStore):
         claim = partial(
             queries.claim_due, now=now, limit=limit, owner=self._lease_owner, until=until
         )
-        return await self._writer.run(claim)
+        return await self._writer.run(claim, durable=False)  # a lost lease is returned by recover()
 
     async def next_due(self) -> float | None:
         return await self._read(queries.next_due, self._clock.now())
@@ -199,7 +199,7 @@ class SqliteQueueStore(QueueStore):
     async def record(self, queue_id: str, updates: list[RecipientUpdate]) -> None:
         """A message deleted meanwhile (by an admin) is ignored: there is nothing to update."""
         now = self._clock.now()
-        await self._writer.run(partial(queries.record, queue_id=queue_id, updates=updates, now=now))
+        await self._writer.run(partial(queries.record, queue_id=queue_id, updates=updates, now=now), durable=False)
 
     async def finish(
         self, queue_id: str, *, delay_notified: bool = False, updates: list[RecipientUpdate] | None = None
@@ -212,7 +212,7 @@ class SqliteQueueStore(QueueStore):
                 queries.record(connection, queue_id=queue_id, updates=updates, now=now)
             return queries.finish(connection, queue_id=queue_id, delay_notified=delay_notified)
 
-        gone = await self._writer.run(record_and_finish)
+        gone = await self._writer.run(record_and_finish, durable=False)
         if gone:
             self._hot.pop(queue_id)
         return gone

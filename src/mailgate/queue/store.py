@@ -11,7 +11,11 @@ Contract every implementation keeps:
   are pending at the same moment share one sync (group commit).
 - A claimed message is leased to its claimer until `finish()`; `recover()` at start-up returns
   the leases a crash left behind, so nothing acknowledged is ever stranded.
-- Each `record()` is durable before it returns (ARCHITECTURE.md step 9).
+- Each `record()` and `finish()` is saved before it returns (ARCHITECTURE.md step 9): atomic and
+  safe against a crash of the process. Against a power loss they may be lost until the next
+  durable commit, which can only make an attempt happen again (a possible duplicate delivery,
+  RFC 5321 §6.1 accepts those), never lose or corrupt a message: delivery bookkeeping does not pay
+  an fsync per message, as Postfix's does not for its queue file deletions.
 """
 
 from __future__ import annotations

@@ -355,7 +355,11 @@ class BodyEncoder:
             self._carried_cr = True
         if not chunk:
             return b""
-        lines = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+        pairs = chunk.count(b"\r\n")
+        if pairs == chunk.count(b"\n") == chunk.count(b"\r"):
+            lines = chunk  # already CRLF-clean (as everything mailgate accepted is): no copies
+        else:
+            lines = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
         stuffed = lines.replace(b"\r\n.", b"\r\n..")
         if self._at_line_start and stuffed.startswith(b"."):
             stuffed = b"." + stuffed
