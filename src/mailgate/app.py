@@ -288,7 +288,8 @@ class Application:
             return RateLimiter(math.ceil(limit / self.workers), limits.window) if limit else None
 
         per_client, per_user = limiter(limits.messages_per_client), limiter(limits.messages_per_user)
-        return MessageRateLimits(per_client, per_user) if per_client or per_user else None
+        # `is not None`: a RateLimiter has __len__, so one tracking no key yet is falsy.
+        return MessageRateLimits(per_client, per_user) if per_client is not None or per_user is not None else None
 
     async def _disk_state_changed(self, old: DiskState, new: DiskState, sample) -> None:
         log.warning("spool disk %s -> %s (%s bytes, %s inodes free)", old.label, new.label,

@@ -160,6 +160,7 @@ class DeliveryRunner:
                 eight_bit=message.envelope.body is not BodyType.SEVEN_BIT,
                 ret=message.envelope.ret,
                 envid=message.envelope.envid,
+                crlf_clean=message.meta.crlf_clean,
             )
             outcomes, tls = result.outcomes, result.tls
         self._on_attempt(message, route, outcomes, tls, time.monotonic() - started)

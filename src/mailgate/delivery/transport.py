@@ -108,6 +108,7 @@ class _Message:
     eight_bit: bool
     ret: Ret | None
     envid: str | None
+    crlf_clean: bool = False
     outcomes: dict[int, Outcome] = field(default_factory=dict)
 
 
@@ -144,9 +145,10 @@ class SmtpTransport:
         eight_bit: bool,
         ret: Ret | None = None,
         envid: str | None = None,
+        crlf_clean: bool = False,
     ) -> AttemptResult:
         """Try `candidates` in order until one takes the transaction; see the module docstring."""
-        message = _Message(sender, recipients, body, size, smtputf8, eight_bit, ret, envid)
+        message = _Message(sender, recipients, body, size, smtputf8, eight_bit, ret, envid, crlf_clean)
         last_error = NO_CANDIDATES
         async with self._global_limit:
             for candidate in candidates:
@@ -398,7 +400,7 @@ class SmtpTransport:
     async def _send_body(self, connection: SmtpConnection, message: _Message | None) -> Reply:
         if message is not None:
             async for chunk in message.body():
-                connection.queue_bytes(connection.protocol.body(chunk))
+                connection.queue_bytes(connection.protocol.body(chunk, crlf_clean=message.crlf_clean))
                 if len(chunk) >= BODY_FLUSH_SIZE:  # small messages go out with the final dot
                     await connection.flush(self._timeouts.data_block)
         connection.queue_bytes(connection.protocol.end_of_data())

@@ -19,7 +19,7 @@ log = logging.getLogger("mailgate.queue")
 # Seconds between checkpoints. Each one fsyncs the database file, and a commit that has to wait
 # for that fsync shows in the latency tail: rare checkpoints keep the tail short, at the price of
 # a larger WAL (bounded by the write rate times the interval).
-CHECKPOINT_INTERVAL = 2.0
+CHECKPOINT_INTERVAL = 1.0
 
 
 class Checkpointer:

@@ -53,6 +53,7 @@ class MessageMeta:
     hold_reason: str = ""  # non-empty: the message is committed on hold (quarantine)
     received_count: int = 0
     headers_end: int = 0  # offset of the empty line ending the header, 0 if unknown
+    crlf_clean: bool = False  # reception verified: no bare CR or LF anywhere in the message
 
 
 @dataclass(slots=True)

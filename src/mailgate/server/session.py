@@ -95,6 +95,7 @@ class _Transaction:
         self.writer: MessageWriter | None = None
         self.head: HeadBuilder | None = None
         self.rule = ""  # the relay rule that permitted the first recipient, for the logs
+        self.rewritten = False  # the screener replaced the message (strip, tag, added headers)
 
 
 class Session:
@@ -438,6 +439,7 @@ class Session:
         except Exception:
             log.exception("screening failed")
             screened = Screened(SCANNER_UNAVAILABLE, transaction.writer, rule="screener")
+        transaction.rewritten = screened.writer is not transaction.writer
         transaction.writer = screened.writer
         if screened.refusal is not None:
             self.log.transaction_refused(
@@ -460,6 +462,8 @@ class Session:
             direction=self._direction(transaction),
             received_count=transaction.head.received_count if transaction.head else 0,
             hold_reason=hold_reason,
+            # Reception refuses bare CR/LF; a copy the screener rewrote is checked on delivery.
+            crlf_clean=not transaction.rewritten,
         )
         started = time.monotonic()
         try:

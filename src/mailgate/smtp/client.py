@@ -282,11 +282,11 @@ class ClientProtocol:
         self._pending.append(verb)
         return data
 
-    def body(self, chunk: bytes) -> bytes:
+    def body(self, chunk: bytes, *, crlf_clean: bool = False) -> bytes:
         """Wire bytes for a piece of the message, after the 354 (see `BodyEncoder`)."""
         if self.state is not State.BODY:
             raise ClientUsageError("body data outside DATA")
-        return self._body.encode(chunk)
+        return self._body.encode(chunk, crlf_clean=crlf_clean)
 
     def end_of_data(self) -> bytes:
         """The rest of the body and the final ".", whose reply ends the transaction."""
@@ -346,7 +346,9 @@ class BodyEncoder:
         self._at_line_start = True
         self._carried_cr = False
 
-    def encode(self, chunk: bytes) -> bytes:
+    def encode(self, chunk: bytes, *, crlf_clean: bool = False) -> bytes:
+        """`crlf_clean`: the caller knows the message holds no bare CR or LF (reception verified
+        it), so the three counting passes over every chunk are skipped."""
         if self._carried_cr:
             chunk = b"\r" + chunk
             self._carried_cr = False
@@ -355,8 +357,7 @@ class BodyEncoder:
             self._carried_cr = True
         if not chunk:
             return b""
-        pairs = chunk.count(b"\r\n")
-        if pairs == chunk.count(b"\n") == chunk.count(b"\r"):
+        if crlf_clean or chunk.count(b"\r\n") == chunk.count(b"\n") == chunk.count(b"\r"):
             lines = chunk  # already CRLF-clean (as everything mailgate accepted is): no copies
         else:
             lines = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
