@@ -290,3 +290,44 @@ def test_queue_commands_work_on_a_live_server(tmp_path: Path, dns_zone, capsys) 
                 assert "Subject: test" in shown
 
     asyncio.run(scenario())
+
+
+def test_one_delayed_dsn_after_the_warning_time(tmp_path: Path, dns_zone) -> None:
+    clock = FakeClock(time.time())
+
+    async def retry_now(app) -> None:
+        for _ in range(200):  # the previous attempt's outcome is recorded
+            if await app.store.list(QueueFilter(state=MessageState.DEFERRED)):
+                break
+            await asyncio.sleep(0.05)
+        clock.advance(3601)
+        await app.store.reschedule(QueueFilter(), clock.now())
+        app.runner.wake()
+
+    async def scenario() -> None:
+        async with CaptureServer(rcpt_replies={"slow@hosted.test": Reply(451, "4.3.0", "try later")}) as hop, \
+                CaptureServer() as sender_mx:
+            port = free_port()
+            config = config_text(
+                tmp_path, port, hosted_hop=f"127.0.0.1:{hop.port}", dns_port=dns_zone.port,
+                mx_port=sender_mx.port,
+            ).replace("delay_warning = 0", 'delay_warning = "1h"')
+            async with running(config, clock=clock) as app:
+                await asyncio.to_thread(send, port, "a@sender.test", ["slow@hosted.test"], MESSAGE)
+                await wait_until(lambda: len(hop.transactions) == 1)
+                await retry_now(app)
+                await wait_until(lambda: len(sender_mx.completed) == 1)
+                report = email.message_from_bytes(sender_mx.completed[0].data, policy=email.policy.default)
+                assert "Delayed" in report["Subject"]
+                fields = report.get_payload()[1].as_string()
+                assert "Action: delayed" in fields and "Status: 4.3.0" in fields
+                assert "Will-Retry-Until:" in fields
+                await wait_until(lambda: len(hop.transactions) == 2)
+                await retry_now(app)  # a further attempt: still deferred, no second report
+                await wait_until(lambda: len(hop.transactions) == 3)
+                await asyncio.sleep(0.5)
+                assert len(sender_mx.completed) == 1
+                rows = await app.store.list(QueueFilter())
+                assert [row.sender for row in rows] == ["a@sender.test"]  # still queued
+
+    asyncio.run(scenario())
