@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from mailgate.app import Application, StartupError
+from mailgate.app import Application
+from mailgate.app_config import StartupError
 from mailgate.config.loader import ConfigError, load_text
 from mailgate.policy.tricks import NMAP, TRICKS, RenderedTrick, render_all
 from tests.conftest import free_port

@@ -133,7 +133,7 @@ def test_clamd_refuses_a_virus_and_fails_closed_when_down(tmp_path: Path) -> Non
     port = free_port()
     with start_clamd(binary, free_port()) as clamd:
         extra = f'[antivirus]\nclamd = "{clamd.unix_address}"\ntimeout = 10\n'
-        with InProcessMailgate(config(tmp_path, port, extra)) as mg:
+        with InProcessMailgate(config(tmp_path, port, extra)):
             infected = (
                 b"Subject: file\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\n"
                 b"Content-Disposition: attachment; filename=\"test.bin\"\r\n\r\n" + EICAR + b"\r\n"

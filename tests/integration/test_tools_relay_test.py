@@ -21,7 +21,7 @@ from mailgate.policy.tricks import TRICKS
 from mailgate.tools.audit import AuditTarget, audit_listener, self_audit
 from mailgate.tools.relay_test import Verdict
 from tests.support.mailgate_server import InProcessMailgate
-from mailgate.app import StartupError
+from mailgate.app_config import StartupError
 from tests.support.receiving import HOSTED, UNTRUSTED_SOURCE, config_text, queued
 
 pytestmark = pytest.mark.timeout(120)

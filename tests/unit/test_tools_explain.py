@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.app import policy_settings
+from mailgate.app_config import policy_settings
 from mailgate.cli import explain_cmd
 from mailgate.config.loader import load_text
 from mailgate.dns.resolver import StaticResolver

@@ -57,7 +57,7 @@ def _load(path: str | None) -> Config:
 
 
 def explain_command(args: argparse.Namespace) -> int:
-    from mailgate.app import policy_settings
+    from mailgate.app_config import policy_settings
     from mailgate.auth.store import FileUserStore, UserStoreError
     from mailgate.dns.resolver import DnsPythonResolver
     from mailgate.policy.relay import RelayPolicy

@@ -104,7 +104,8 @@ def queue_command(args: argparse.Namespace) -> int:
 
 
 async def _run(config, action: str, query: dict, reason: str) -> dict:
-    from mailgate.app import control_socket_path, open_offline_admin
+    from mailgate.app import open_offline_admin
+    from mailgate.app_config import control_socket_path
 
     try:
         return await control.request(control_socket_path(config), action, query, reason)

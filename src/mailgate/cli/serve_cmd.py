@@ -29,7 +29,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from mailgate.app import Application, StartupError
+    from mailgate.app import Application
+    from mailgate.app_config import StartupError
 
     try:
         config = load_file(args.config) if args.config else load_embedded()

@@ -1,0 +1,143 @@
+"""From the validated configuration to each component's settings.
+
+Owns: translating `Config` into the settings objects of the relay policy, routing, listeners and
+screener, and the start-up error that names the configuration key at fault. app.py composes the
+components from these; `mailgate explain` and the queue commands use the same translations.
+Must not: start anything (no sockets, threads or files beyond reading a certificate or the smart
+host password).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from mailgate.config.loader import Config, effective_auth, effective_tls
+from mailgate.config.types import parse_host_port
+from mailgate.core.address import normalise_domain
+from mailgate.delivery.routing import HopSpec, HostedRoute, RoutingSettings
+from mailgate.policy.relay import HostedDomain, PolicySettings
+from mailgate.screen import Screener, ScreenConfigError
+from mailgate.server.session import ListenerProfile
+from mailgate.server.tls import TlsConfigError, server_context
+
+
+class StartupError(Exception):
+    """mailgate cannot start; each line names the configuration key and the problem."""
+
+
+def control_socket_path(config: Config) -> Path:
+    return Path(config.server.control_socket or Path(config.server.spool_dir) / "control.sock")
+
+
+def policy_settings(config: Config) -> PolicySettings:
+    hosted = {}
+    for domain in config.domain:
+        name = domain.name.strip()
+        parts = frozenset(domain.local_parts) if domain.local_parts else None
+        hosted[name] = HostedDomain(name, parts)
+    own = tuple(
+        ipaddress.ip_address(listener.address[0])
+        for listener in config.listener
+        if listener.address[0] not in ("0.0.0.0", "::")
+    )
+    relay = config.relay
+    return PolicySettings(
+        hosted_domains=hosted,
+        trusted_networks=relay.trusted_networks,
+        authenticated_relay=relay.authenticated_relay,
+        restrict_auth_senders=relay.restrict_auth_senders,
+        sender_blocklist=relay.sender_blocklist,
+        recipient_blocklist=relay.recipient_blocklist,
+        client_blocklist=relay.client_blocklist,
+        allow_routing_local_parts=relay.allow_routing_local_parts,
+        own_addresses=own,
+    )
+
+
+def routing_settings(config: Config) -> RoutingSettings:
+    hosted = {}
+    for domain in config.domain:
+        hops = []
+        for hop in domain.next_hop:
+            if hop.startswith("maildir:"):
+                hops.append(HopSpec(maildir=hop[len("maildir:"):]))
+            else:
+                host, port = parse_host_port(hop, 25)
+                hops.append(HopSpec(host=host, port=port))
+        hosted[normalise_domain(domain.name.strip().lstrip("."))] = HostedRoute(
+            tuple(hops), domain.tls, domain.ca_file or None
+        )
+    delivery = config.delivery
+    smart_host = None
+    smart_auth = None
+    if delivery.smart_host:
+        host, port = parse_host_port(delivery.smart_host, 25)
+        smart_host = HopSpec(host=host, port=port)
+        if delivery.smart_host_user:
+            password = Path(delivery.smart_host_password_file).read_text().strip()
+            smart_auth = (delivery.smart_host_user, password)
+    return RoutingSettings(
+        hosted=hosted,
+        helo_name=delivery.helo_name or config.server.hostname,
+        mx_port=delivery.mx_port,
+        mx_tls=delivery.tls,
+        mx_ca_file=delivery.ca_file or None,
+        smart_host=smart_host,
+        smart_host_tls=delivery.smart_host_tls,
+        smart_host_auth=smart_auth,
+    )
+
+
+def listener_profiles(config: Config) -> list[ListenerProfile]:
+    """Per-listener settings with their TLS contexts; StartupError lists every certificate problem."""
+    profiles, problems = [], []
+    for index, listener in enumerate(config.listener):
+        tls_mode = effective_tls(listener)
+        context = None
+        if tls_mode != "none":
+            try:
+                context = server_context(listener.cert_file, listener.key_file, f"listener[{index}]")
+            except TlsConfigError as exc:
+                problems.append(str(exc))
+        profiles.append(
+            ListenerProfile(
+                name=listener.name,
+                profile=listener.profile,
+                tls_mode=tls_mode,
+                tls_context=context,
+                auth=effective_auth(listener),
+                max_message_size=listener.max_message_size or config.server.max_message_size,
+                command_timeout=listener.command_timeout,
+                data_timeout=listener.data_timeout,
+                error_budget=listener.error_budget,
+            )
+        )
+    if problems:
+        raise StartupError("\n".join(problems))
+    return profiles
+
+
+SCREEN_RULE_OPTIONAL = ("text", "tag_header", "filename", "extension", "mime_type", "sniffed_type", "min_size",
+                        "in_zip", "subject", "header", "body", "sender", "sender_domain", "recipient",
+                        "client", "helo")
+
+
+def build_screener(config: Config) -> Screener | None:
+    """The screener, or None when no rule, clamd or rspamd is configured (no parsing at all)."""
+    rules = []
+    for rule in config.screen_rule:
+        data = {"name": rule.name, "direction": rule.direction, "action": rule.action}
+        for key in SCREEN_RULE_OPTIONAL:
+            value = getattr(rule, key)
+            if value and not (key == "tag_header" and value == "X-Mailgate-Tag"):
+                data[key] = list(value) if isinstance(value, tuple) else value
+        rules.append(data)
+    av = vars(config.antivirus) if config.antivirus.clamd else {}
+    spam = vars(config.spam) if config.spam.rspamd_url else {}
+    if not rules and not av and not spam:
+        return None
+    try:
+        return Screener.from_config(rules, av, spam)
+    except ScreenConfigError as exc:
+        raise StartupError("\n".join(e.replace("screen.rule", "screen_rule") for e in exc.errors)) from None
