@@ -45,7 +45,8 @@ from mailgate.server.control import ControlServer
 from mailgate.server.diskguard import DiskGuard, DiskState
 from mailgate.server.listener import Listener, ListenerSettings
 from mailgate.server.privileges import PrivilegeError, drop_privileges, resolve_identity, spool_ownership_problems
-from mailgate.server.session import ListenerProfile, Reception, Session
+from mailgate.server.context import ListenerProfile, Reception
+from mailgate.server.session import Session
 from mailgate.tools.audit import AuditTarget, self_audit
 
 log = logging.getLogger("mailgate")

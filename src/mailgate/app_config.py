@@ -18,7 +18,7 @@ from mailgate.core.address import normalise_domain
 from mailgate.delivery.routing import HopSpec, HostedRoute, RoutingSettings
 from mailgate.policy.relay import HostedDomain, PolicySettings
 from mailgate.screen import Screener, ScreenConfigError
-from mailgate.server.session import ListenerProfile
+from mailgate.server.context import ListenerProfile
 from mailgate.server.tls import TlsConfigError, server_context
 
 

@@ -1,0 +1,54 @@
+"""What every session of a listener shares: the listener's profile and the reception services.
+
+Owns: the two plain records app.py fills and sessions read (`ListenerProfile`, reloaded in place
+on SIGHUP, and `Reception`). Must not: hold behaviour.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailgate.observe.translog import TransactionLog
+from mailgate.policy.limits import MessageRateLimits
+from mailgate.policy.relay import RelayPolicy
+from mailgate.queue.store import QueueStore
+from mailgate.screen import Screener
+
+
+@dataclass
+class ListenerProfile:
+    """What a listener offers; reloaded in place on SIGHUP."""
+
+    name: str
+    profile: str  # mx | submission | smtps
+    tls_mode: str  # none | starttls | implicit
+    tls_context: ssl.SSLContext | None
+    auth: str  # none | offered | required
+    max_message_size: int
+    command_timeout: float = 300.0
+    data_timeout: float = 300.0
+    error_budget: int = 10
+
+
+@dataclass
+class Reception:
+    """The services every session shares."""
+
+    hostname: str
+    policy: RelayPolicy
+    users: Any  # auth.store.UserStore
+    lockout: Any  # auth.lockout.AuthFailureTracker
+    store: QueueStore
+    on_committed: Any  # callable: wake the delivery runner
+    max_recipients: int = 1000
+    received_limit: int = 50
+    received_shows_user: bool = False
+    resolver: Any = None
+    dnsbl_zones: tuple[str, ...] = ()
+    events: TransactionLog = field(default=None)  # type: ignore[assignment]  # set by app.py
+    rate_limits: MessageRateLimits | None = None
+    disk: Any = None  # server.diskguard.DiskGuard: 452 4.3.1 under soft back-pressure
+    clock: Any = None
+    screener: Screener | None = None
