@@ -301,8 +301,14 @@ class Application:
         self.config = config
         self.router.update(routing_settings(config))
         self.reception.policy = RelayPolicy(policy_settings(config), allowed_senders=self.users.allowed_senders)
-        for profile, new in zip(self.profiles, profiles):
+        for profile, new, listener in zip(self.profiles, profiles, config.listener):
+            context = profile.tls_context
             profile.__dict__.update(new.__dict__)  # listeners keep their sockets; sessions read profiles anew
+            if context is not None and new.tls_context is not None:
+                # The same context object: implicit-TLS listeners were started with it, so the
+                # renewed certificate reaches their new handshakes too (SPEC §5).
+                context.load_cert_chain(listener.cert_file, listener.key_file)
+                profile.tls_context = context
         log.info("configuration reloaded from %s", config.source)
 
     def request_stop(self) -> None:
