@@ -1,12 +1,13 @@
 """Queue benchmark: the disk's raw sync rate against durable enqueues per second.
 
-Usage: python bench/queue_bench.py [--dir DIR] [--seconds N] [--json]
+Usage: python bench/queue_bench.py [--dir DIR] [--seconds N] [--size BYTES ...] [--json]
 
 Measures, in a fresh directory under DIR (default: the system temp directory):
 - fsync/s: overwrite one 4 KiB block and os.fsync it, in a loop;
 - fdatasync-append/s: append a 4 KiB block and os.fdatasync, in a loop;
-- enqueues/s of 4 KiB messages into SqliteQueueStore with 1, 10 and 100 concurrent asyncio
-  producers, with the number of commits (fsyncs) the group-commit writer made.
+- enqueues/s of messages of each `--size` (default 4 KiB; 102400 shows large bodies, which go to
+  segment files) into SqliteQueueStore with 1, 10 and 100 concurrent asyncio producers, with the
+  number of commits (fsyncs) the group-commit writer made.
 Without group commit enqueues/s could not exceed the fsync rate; with it, producers share syncs.
 Must not: be imported by mailgate; it is a tool for people.
 """
@@ -55,9 +56,11 @@ def sync_rate(directory: Path, seconds: float, *, append: bool) -> float:
     return count / elapsed
 
 
-async def enqueue_rate(directory: Path, producers: int, seconds: float) -> dict[str, float]:
-    """Enqueues per second of 4 KiB messages with `producers` concurrent coroutines."""
-    body = os.urandom(BLOCK)
+async def enqueue_rate(
+    directory: Path, producers: int, seconds: float, size: int = BLOCK
+) -> dict[str, float]:
+    """Enqueues per second of `size`-byte messages with `producers` concurrent coroutines."""
+    body = os.urandom(size)
     envelope = Envelope(
         parse_mailbox("bench@sender.example"), [Recipient(parse_mailbox("to@rcpt.example"))]
     )
@@ -82,6 +85,7 @@ async def enqueue_rate(directory: Path, producers: int, seconds: float) -> dict[
     finally:
         await store.close()
     return {
+        "size": size,
         "producers": producers,
         "enqueues_per_second": enqueued / elapsed,
         "commits_per_second": commits / elapsed,
@@ -95,8 +99,12 @@ def main() -> None:
         "--dir", default=tempfile.gettempdir(), help="where to measure (a spool's disk)"
     )
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement")
+    parser.add_argument(
+        "--size", type=int, action="append", help="message size in bytes (repeatable; 4096)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     options = parser.parse_args()
+    sizes = options.size or [BLOCK]
 
     work = Path(tempfile.mkdtemp(prefix="mailgate-bench-", dir=options.dir))
     try:
@@ -106,7 +114,10 @@ def main() -> None:
             "fsync_per_second": sync_rate(work, options.seconds, append=False),
             "fdatasync_append_per_second": sync_rate(work, options.seconds, append=True),
             "enqueue": [
-                asyncio.run(enqueue_rate(work / f"spool-{count}", count, options.seconds))
+                asyncio.run(
+                    enqueue_rate(work / f"spool-{size}-{count}", count, options.seconds, size)
+                )
+                for size in sizes
                 for count in PRODUCER_COUNTS
             ],
         }
@@ -121,7 +132,9 @@ def main() -> None:
     print(f"{'fsync (4 KiB rewrite)':<34}{results['fsync_per_second']:>12.0f}")
     print(f"{'fdatasync (4 KiB append)':<34}{results['fdatasync_append_per_second']:>12.0f}")
     for row in results["enqueue"]:
-        label = f"enqueue 4 KiB, {row['producers']} producer(s)"
+        size = row["size"]
+        shown = f"{size // 1024} KiB" if size % 1024 == 0 else f"{size} B"
+        label = f"enqueue {shown}, {row['producers']} producer(s)"
         print(
             f"{label:<34}{row['enqueues_per_second']:>12.0f}"
             f"{row['commits_per_second']:>12.0f}{row['messages_per_commit']:>13.1f}"

@@ -6,7 +6,9 @@ kills it with SIGKILL at a random instant, then reopens the store and checks tha
   with a byte-identical body and the envelope the child meant;
 - every visible message, printed or not, is whole: its body and envelope are exactly what its seed
   makes, so no half-written message ever becomes visible;
-- recover() leaves no spill file behind and SQLite's integrity check passes.
+- recover() leaves no spill file behind and SQLite's integrity check passes;
+- large bodies really went to segment files, every segment's live count matches the messages
+  pointing into it, and after recover() no segment file is left that holds no live body.
 The spool accumulates over the rounds, so earlier messages must also survive later crashes.
 """
 
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from mailgate.queue.segments import segment_numbers
 from mailgate.queue.sqlite_store import SqliteQueueStore
 from mailgate.queue.store import QueueFilter
 from tests.support.crash_enqueuer import expected_message, seed_of
@@ -124,6 +127,22 @@ def _integrity(spool: Path) -> str:
         connection.close()
 
 
+def _segment_bodies(spool: Path) -> int:
+    """Checks the segment bookkeeping after recover(); returns how many bodies are in segments."""
+    connection = sqlite3.connect(spool / "queue.db")
+    try:
+        referenced = dict(connection.execute(
+            "SELECT body_segment, count(*) FROM messages WHERE body_segment IS NOT NULL"
+            " GROUP BY body_segment"
+        ).fetchall())
+        live = dict(connection.execute("SELECT id, live FROM segments").fetchall())
+    finally:
+        connection.close()
+    assert {number: count for number, count in live.items() if count} == referenced
+    assert set(segment_numbers(spool / "segments")) == set(referenced)  # no orphans, none missing
+    return sum(referenced.values())
+
+
 @pytest.mark.timeout(120)
 def test_sigkill_during_enqueue_loses_no_acknowledged_message(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
@@ -137,5 +156,7 @@ def test_sigkill_during_enqueue_loses_no_acknowledged_message(tmp_path: Path) ->
         acknowledged.update(printed)
         asyncio.run(_verify(spool, acknowledged, checked, reread=False))
         assert _integrity(spool) == "ok"
+        in_segments = _segment_bodies(spool)
+    assert in_segments > ROUNDS  # sizes reach 300 KB: many bodies took the segment path
     assert len(acknowledged) > ROUNDS  # the child really was enqueueing when it died
     asyncio.run(_verify(spool, acknowledged, checked, reread=True))  # finally, every body again

@@ -109,27 +109,43 @@ def test_properties_of_the_sliding_window(limit: int, window: float, gaps: list[
         assert sum(1 for t in allowed if start <= t < start + window) <= 2 * limit
 
 
+def send(limits: MessageRateLimits, client: str | None, user: str | None) -> RateDecision:
+    """One message as the session handles it: checked at MAIL, counted once accepted."""
+    decision = limits.check_message(client, user, T0)
+    if decision.allowed:
+        limits.count_message(client, user, T0)
+    return decision
+
+
 def test_message_limits_per_client_and_per_user() -> None:
     limits = MessageRateLimits(RateLimiter(2, HOUR), RateLimiter(3, HOUR))
-    assert limits.check_message("192.0.2.1", None, T0) == RateDecision(True, "rate.ok")
-    assert limits.check_message("192.0.2.1", None, T0).allowed
-    assert limits.check_message("192.0.2.1", None, T0) == RateDecision(False, "rate.client")
+    assert send(limits, "192.0.2.1", None) == RateDecision(True, "rate.ok")
+    assert send(limits, "192.0.2.1", None).allowed
+    assert send(limits, "192.0.2.1", None) == RateDecision(False, "rate.client")
     # A user's messages are limited wherever they come from (the client key None: exempt network).
     for _ in range(3):
-        assert limits.check_message(None, "alice", T0).allowed
-    assert limits.check_message(None, "alice", T0) == RateDecision(False, "rate.user")
-    assert limits.check_message(None, "bob", T0).allowed
+        assert send(limits, None, "alice").allowed
+    assert send(limits, None, "alice") == RateDecision(False, "rate.user")
+    assert send(limits, None, "bob").allowed
+
+
+def test_only_accepted_messages_count() -> None:
+    limits = MessageRateLimits(RateLimiter(1, HOUR), None)
+    for _ in range(50):  # MAIL checks that never lead to an accepted message (the self-audit)
+        assert limits.check_message("192.0.2.1", None, T0).allowed
+    limits.count_message("192.0.2.1", None, T0)
+    assert limits.check_message("192.0.2.1", None, T0) == RateDecision(False, "rate.client")
 
 
 def test_a_refusal_by_one_limit_does_not_use_up_the_other() -> None:
     per_client, per_user = RateLimiter(5, HOUR), RateLimiter(1, HOUR)
     limits = MessageRateLimits(per_client, per_user)
-    assert limits.check_message("192.0.2.1", "alice", T0).allowed
+    assert send(limits, "192.0.2.1", "alice").allowed
     for _ in range(10):
-        assert limits.check_message("192.0.2.1", "alice", T0) == RateDecision(False, "rate.user")
+        assert send(limits, "192.0.2.1", "alice") == RateDecision(False, "rate.user")
     assert per_client.estimate("192.0.2.1", T0) == 1
     # ... so another user on the same address still has the client's remaining four.
-    assert [limits.check_message("192.0.2.1", f"user{i}", T0).allowed for i in range(5)] == [True] * 4 + [False]
+    assert [send(limits, "192.0.2.1", f"user{i}").allowed for i in range(5)] == [True] * 4 + [False]
 
 
 def test_limits_switched_off_allow_everything() -> None:

@@ -117,18 +117,21 @@ class MessageRateLimits:
         self.per_user = per_user
 
     def check_message(self, client_key: str | None, user: str | None, now: float) -> RateDecision:
-        """Called at MAIL FROM. `client_key` None exempts the client (trusted network); `user` is
-        the authenticated user or None. Counts the message against both only when both allow it,
-        so a refusal by one limit does not use up the other."""
-        counted: list[tuple[RateLimiter, str]] = []
+        """Called at MAIL FROM: would one more message stay within both limits? Counts nothing:
+        only accepted messages count (`count_message`), so sessions that never send one (the
+        start-up self-audit, a client refused at RCPT) use up no budget. `client_key` None
+        exempts the client (trusted network); `user` is the authenticated user or None."""
         if self.per_client is not None and client_key is not None:
             if not self.per_client.would_allow(client_key, now):
                 return RateDecision(False, "rate.client")
-            counted.append((self.per_client, client_key))
         if self.per_user is not None and user is not None:
             if not self.per_user.would_allow(user, now):
                 return RateDecision(False, "rate.user")
-            counted.append((self.per_user, user))
-        for limiter, key in counted:
-            limiter.record(key, now)
         return RateDecision(True, "rate.ok")
+
+    def count_message(self, client_key: str | None, user: str | None, now: float) -> None:
+        """A message was accepted (250 after DATA): it counts against both limits."""
+        if self.per_client is not None and client_key is not None:
+            self.per_client.record(client_key, now)
+        if self.per_user is not None and user is not None:
+            self.per_user.record(user, now)

@@ -10,6 +10,12 @@ An operation submitted with `durable=False` (delivery bookkeeping: leases, attem
 deletions) does not need an fsync of its own: a group made only of such operations commits with
 `synchronous=NORMAL` (atomic, survives a process crash, written to disk by the next durable
 commit or checkpoint); a group holding any durable operation commits with `synchronous=FULL`.
+An operation may also carry a `stage` function: data kept outside SQLite (large bodies in segment
+files, queue/segments.py) is written by the stages of the whole group BEFORE its transaction,
+then `Staging.sync()` makes it durable once for the group, and only then does the transaction
+that points at it run; an operation whose stage (or the group's sync) failed fails alone, and is
+not run in the transaction. `Staging.end_group()` follows every group that had stages,
+committed or not.
 Must not: know the schema or the queue's records; `sqlite_store.py` supplies the operations.
 Hand-written because the standard library has no group-commit helper and the ones in ORMs and
 aiosqlite serialise one transaction per call, which costs one fsync per message.
@@ -23,11 +29,23 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 WriteFunction = Callable[[sqlite3.Connection], Any]
+StageFunction = Callable[[sqlite3.Connection], None]  # runs outside any transaction
 AfterCommit = Callable[[], None]
 ConnectionFactory = Callable[[], sqlite3.Connection]
+
+
+class Staging(Protocol):
+    """What the stages of a group write outside SQLite (the segment files of large bodies)."""
+
+    def sync(self) -> None:
+        """Make everything staged since the last call durable (one sync per group)."""
+
+    def end_group(self) -> None:
+        """Called after each group that had stages, once its commit succeeded or failed."""
+
 
 # A group is bounded so that one transaction stays a reasonable size; what is left waits for the
 # next commit, a few milliseconds later.
@@ -47,6 +65,7 @@ class WriterStats:
     failed_operations: int = 0
     failed_commits: int = 0
     largest_group: int = 0
+    stage_syncs: int = 0  # Staging.sync() calls: one per group holding staged data
 
 
 @dataclass(slots=True)
@@ -56,6 +75,7 @@ class _Operation:
     loop: asyncio.AbstractEventLoop
     after_commit: list[AfterCommit] = field(default_factory=list)
     durable: bool = True
+    stage: StageFunction | None = None
     result: Any = None
     error: BaseException | None = None
 
@@ -64,9 +84,16 @@ _STOP = object()
 
 
 class GroupCommitWriter:
-    def __init__(self, connect: ConnectionFactory, name: str = "mailgate-queue-writer") -> None:
+    def __init__(
+        self,
+        connect: ConnectionFactory,
+        name: str = "mailgate-queue-writer",
+        *,
+        staging: Staging | None = None,
+    ) -> None:
         self.stats = WriterStats()
         self._connect = connect
+        self._staging = staging
         self._inbox: queue.SimpleQueue[_Operation | object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = threading.Event()
@@ -82,24 +109,38 @@ class GroupCommitWriter:
             raise self._start_error
 
     def submit(
-        self, function: WriteFunction, after_commit: list[AfterCommit] | None = None, *, durable: bool = True
+        self,
+        function: WriteFunction,
+        after_commit: list[AfterCommit] | None = None,
+        *,
+        durable: bool = True,
+        stage: StageFunction | None = None,
     ) -> asyncio.Future[Any]:
         """Queue one write; the future resolves after the group holding it has committed.
 
         `function` runs in the writer thread inside a savepoint; `after_commit` actions run in
         the writer thread after a successful commit (never if the operation or commit failed).
+        `stage` runs in the writer thread before the group's transaction (see the module doc).
         """
+        if stage is not None and self._staging is None:
+            raise ValueError("a stage needs a writer made with staging")
         if self._stopping or not self._thread.is_alive():
             raise WriterStoppedError("the queue writer is not running")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._inbox.put(_Operation(function, future, loop, list(after_commit or ()), durable))
+        operation = _Operation(function, future, loop, list(after_commit or ()), durable, stage)
+        self._inbox.put(operation)
         return future
 
     async def run(
-        self, function: WriteFunction, after_commit: list[AfterCommit] | None = None, *, durable: bool = True
+        self,
+        function: WriteFunction,
+        after_commit: list[AfterCommit] | None = None,
+        *,
+        durable: bool = True,
+        stage: StageFunction | None = None,
     ) -> Any:
-        return await self.submit(function, after_commit, durable=durable)
+        return await self.submit(function, after_commit, durable=durable, stage=stage)
 
     async def close(self) -> None:
         """Finish every queued operation, then stop the thread and close the connection."""
@@ -145,6 +186,42 @@ class GroupCommitWriter:
 
     def _commit_group(self, connection: sqlite3.Connection, group: list[_Operation]) -> None:
         self.stats.largest_group = max(self.stats.largest_group, len(group))
+        staged = self._stage(connection, group)
+        try:
+            self._transaction(connection, group)
+        finally:
+            if staged and self._staging is not None:
+                try:
+                    self._staging.end_group()
+                except OSError:
+                    pass  # closing a finished segment; recover() cleans up after it
+            self._settle(group)
+
+    def _stage(self, connection: sqlite3.Connection, group: list[_Operation]) -> bool:
+        """Run the group's stages, then sync them once; failed operations get their error."""
+        staged = [operation for operation in group if operation.stage is not None]
+        if not staged or self._staging is None:
+            return False
+        written = []
+        for operation in staged:
+            assert operation.stage is not None
+            try:
+                operation.stage(connection)
+                written.append(operation)
+            except Exception as exc:  # this operation fails alone
+                self.stats.failed_operations += 1
+                operation.error = exc
+        if written:
+            try:
+                self.stats.stage_syncs += 1
+                self._staging.sync()
+            except Exception as exc:  # nothing staged in this group is durable: fail them all
+                for operation in written:
+                    self.stats.failed_operations += 1
+                    operation.error = exc
+        return True
+
+    def _transaction(self, connection: sqlite3.Connection, group: list[_Operation]) -> None:
         synchronous = "FULL" if any(operation.durable for operation in group) else "NORMAL"
         try:
             if synchronous != self._synchronous:
@@ -163,7 +240,6 @@ class GroupCommitWriter:
                 pass  # SQLite may have rolled back already (disk full, I/O error); keep serving
             for operation in group:
                 operation.error = operation.error or exc
-            self._settle(group)
             return
         self.stats.commits += 1
         for operation in group:
@@ -173,10 +249,11 @@ class GroupCommitWriter:
                         action()
                     except OSError:
                         pass  # after-commit actions are clean-ups; recover() redoes them
-        self._settle(group)
 
     def _run_operation(self, connection: sqlite3.Connection, operation: _Operation) -> None:
         self.stats.operations += 1
+        if operation.error is not None:  # its stage failed: its rows must not be written
+            return
         connection.execute("SAVEPOINT operation")
         try:
             operation.result = operation.function(connection)

@@ -18,7 +18,9 @@ from typing import Any
 from mailgate.core.envelope import Envelope
 from mailgate.core.reply import Reply
 from mailgate.core.status import RecipientState
+from mailgate.queue import segments
 from mailgate.queue import sqlite_schema as schema
+from mailgate.queue.segments import StagedBody
 from mailgate.queue.store import (
     MessageState,
     QueuedMessage,
@@ -42,9 +44,18 @@ def insert_message(
     connection: sqlite3.Connection,
     row: dict[str, Any],
     envelope: Envelope,
-    body: bytes | Path,
+    body: bytes | Path | StagedBody,
     size: int,
 ) -> None:
+    """A `StagedBody` was appended to its segment and synced by this group's stage already."""
+    if isinstance(body, StagedBody):
+        assert body.segment is not None, "the body's stage did not run"
+        row = {**row, "body_segment": body.segment, "body_offset": body.offset}
+        counted = connection.execute(
+            "UPDATE segments SET live = live + 1 WHERE id = ?", (body.segment,)
+        ).rowcount
+        if counted != 1:
+            raise segments.SegmentError(f"segment {body.segment} has no row")
     cursor = connection.execute(_insert_sql("messages", row), row)
     message_id = cursor.lastrowid
     assert message_id is not None
@@ -55,7 +66,7 @@ def insert_message(
         connection.execute(
             "INSERT INTO bodies (message_id, data) VALUES (?, ?)", (message_id, body)
         )
-    else:
+    elif isinstance(body, Path):
         _copy_spill_file(connection, message_id, body, size)
 
 
@@ -78,6 +89,13 @@ def _copy_spill_file(
         with connection.blobopen("bodies", "data", message_id) as blob:
             while chunk := source.read(BLOB_COPY_CHUNK):
                 blob.write(chunk)
+
+
+def allocate_segment(connection: sqlite3.Connection) -> int:
+    """A new segment number (its own autocommit statement, outside the group's transaction)."""
+    number = connection.execute("INSERT INTO segments (live) VALUES (0)").lastrowid
+    assert number is not None
+    return number
 
 
 def claim_due(
@@ -140,8 +158,11 @@ def record(
     )
 
 
-def finish(connection: sqlite3.Connection, queue_id: str, delay_notified: bool) -> bool:
-    """Return the lease; delete the message when nothing is left queued. True if it is gone."""
+def finish(
+    connection: sqlite3.Connection, queue_id: str, delay_notified: bool, emptied: list[int]
+) -> bool:
+    """Return the lease; delete the message when nothing is left queued. True if it is gone.
+    Segments left without a live body are appended to `emptied`."""
     message_id = _message_id(connection, queue_id)
     if message_id is None:
         return True
@@ -155,12 +176,27 @@ def finish(connection: sqlite3.Connection, queue_id: str, delay_notified: bool) 
     ).fetchone()
     if pending is not None:
         return False
-    _delete_rows(connection, [message_id])
+    _delete_rows(connection, [message_id], emptied)
     return True
 
 
-def _delete_rows(connection: sqlite3.Connection, message_ids: list[int]) -> None:
+def _delete_rows(
+    connection: sqlite3.Connection, message_ids: list[int], emptied: list[int]
+) -> None:
+    """Every path that deletes messages comes here: it keeps `segments.live` right."""
     rows = [(message_id,) for message_id in message_ids]
+    touched: set[int] = set()
+    for (message_id,) in rows:
+        found = connection.execute(
+            "SELECT body_segment FROM messages WHERE id = ?", (message_id,)
+        ).fetchone()
+        if found is not None and found[0] is not None:
+            connection.execute("UPDATE segments SET live = live - 1 WHERE id = ?", (found[0],))
+            touched.add(found[0])
+    for number in sorted(touched):
+        (live,) = connection.execute("SELECT live FROM segments WHERE id = ?", (number,)).fetchone()
+        if live == 0:
+            emptied.append(number)
     connection.executemany("DELETE FROM bodies WHERE message_id = ?", rows)
     connection.executemany("DELETE FROM recipients WHERE message_id = ?", rows)
     connection.executemany("DELETE FROM messages WHERE id = ?", rows)
@@ -224,9 +260,24 @@ def _make_due(connection: sqlite3.Connection, message_id: int, when: float) -> i
     ).rowcount
 
 
-def delete(connection: sqlite3.Connection, matches: Matches, now: float) -> list[str]:
-    _delete_rows(connection, [message_id for message_id, _ in matches])
+def delete(
+    connection: sqlite3.Connection, matches: Matches, now: float, emptied: list[int]
+) -> list[str]:
+    _delete_rows(connection, [message_id for message_id, _ in matches], emptied)
     return [queue_id for _, queue_id in matches]
+
+
+def drop_unused_segments(connection: sqlite3.Connection, numbers: list[int]) -> list[int]:
+    """Delete the rows of those segments with no live body; returns the numbers whose files
+    may now be unlinked (rows already gone included). The caller checked that no writer still
+    appends to them (segments.released)."""
+    unused = []
+    for number in numbers:
+        found = connection.execute("SELECT live FROM segments WHERE id = ?", (number,)).fetchone()
+        if found is None or found[0] == 0:
+            connection.execute("DELETE FROM segments WHERE id = ?", (number,))
+            unused.append(number)
+    return unused
 
 
 # --- reads (reader thread, inside one read transaction) -------------------------------------------
@@ -257,24 +308,35 @@ def oldest_created(connection: sqlite3.Connection) -> float | None:
     return connection.execute("SELECT min(created) FROM messages").fetchone()[0]
 
 
+def segment_numbers(connection: sqlite3.Connection) -> list[int]:
+    return [row[0] for row in connection.execute("SELECT id FROM segments ORDER BY id")]
+
+
 def read_body(
-    connection: sqlite3.Connection, queue_id: str, offset: int, chunk_size: int
+    connection: sqlite3.Connection, queue_id: str, offset: int, chunk_size: int, segments_dir: Path
 ) -> tuple[int, list[bytes]]:
     """(body size, chunks from `offset` totalling at most about BODY_READ_BATCH bytes)."""
     found = connection.execute(
-        "SELECT b.message_id, m.size FROM bodies b JOIN messages m ON m.id = b.message_id"
-        " WHERE m.queue_id = ?",
-        (queue_id,),
+        "SELECT id, size, body_segment, body_offset FROM messages WHERE queue_id = ?", (queue_id,)
     ).fetchone()
     if found is None:
         raise MessageNotFoundError(queue_id)
-    message_id, size = found
+    message_id, size, segment, segment_offset = found
     chunks: list[bytes] = []
     if offset >= size:
         return size, chunks
+    budget = max(BODY_READ_BATCH, chunk_size)
+    if segment is not None:
+        start = segment_offset + offset
+        try:
+            chunks = segments.read_range(
+                segments_dir, segment, start, segment_offset + size, chunk_size, budget
+            )
+        except FileNotFoundError:  # deleted, and its segment removed, since our snapshot
+            raise MessageNotFoundError(queue_id) from None
+        return size, chunks
     with connection.blobopen("bodies", "data", message_id, readonly=True) as blob:
         blob.seek(offset)
-        budget = max(BODY_READ_BATCH, chunk_size)
         while budget >= chunk_size and (chunk := blob.read(chunk_size)):
             chunks.append(chunk)
             budget -= len(chunk)

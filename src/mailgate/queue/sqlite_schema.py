@@ -1,8 +1,8 @@
 """The SQLite schema of the embedded queue and the mapping between its rows and queue records.
 
-Owns: the tables (messages, recipients, bodies), the connection settings that make a commit
-durable (WAL, `synchronous=FULL`), the encoding of envelopes, replies and metadata into columns
-and back, the SQL form of a `QueueFilter`, and the derived `MessageState`.
+Owns: the tables (messages, recipients, bodies, segments), the connection settings that make a
+commit durable (WAL, `synchronous=FULL`), the encoding of envelopes, replies and metadata into
+columns and back, the SQL form of a `QueueFilter`, and the derived `MessageState`.
 Must not: decide when to write or run threads (`group_commit.py`, `sqlite_store.py` do that).
 """
 
@@ -20,13 +20,20 @@ from mailgate.core.reply import Reply
 from mailgate.core.status import RecipientState
 from mailgate.queue.store import MessageMeta, QueuedMessage, QueuedRecipient, QueueFilter
 
-SCHEMA_VERSION = 1
+# 2: large bodies in segment files (queue/segments.py): messages.body_segment and body_offset,
+# the segments table. A version 1 spool is upgraded in place (two columns, one table); a newer
+# version is refused.
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 # The WAL is truncated back to this size after a checkpoint, so one large message does not leave
 # a large WAL file behind for ever.
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS segments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a number always means one file
+    live INTEGER NOT NULL DEFAULT 0 CHECK (live >= 0)  -- messages whose body is in it
+);
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY,
     queue_id TEXT NOT NULL UNIQUE,
@@ -48,7 +55,9 @@ CREATE TABLE IF NOT EXISTS messages (
     delay_notified INTEGER NOT NULL DEFAULT 0,
     first_attempt REAL,
     lease_owner TEXT,
-    lease_expires REAL
+    lease_expires REAL,
+    body_segment INTEGER REFERENCES segments(id),  -- NULL: the body is inline in `bodies`
+    body_offset INTEGER
 );
 CREATE INDEX IF NOT EXISTS messages_created ON messages(created);
 CREATE TABLE IF NOT EXISTS recipients (
@@ -71,11 +80,15 @@ CREATE TABLE IF NOT EXISTS recipients (
     PRIMARY KEY (message_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(state, next_attempt);
-CREATE TABLE IF NOT EXISTS bodies (
+CREATE TABLE IF NOT EXISTS bodies (                -- bodies below segments.SEGMENT_THRESHOLD
     message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
     data BLOB NOT NULL
 );
 """
+UPGRADE_FROM_1 = (
+    "ALTER TABLE messages ADD COLUMN body_segment INTEGER REFERENCES segments(id)",
+    "ALTER TABLE messages ADD COLUMN body_offset INTEGER",
+)
 
 MESSAGE_COLUMNS = (
     "id, queue_id, sender_local, sender_domain, sender_literal, sender_route, body_type, smtputf8,"
@@ -129,8 +142,13 @@ def _create_schema(connection: sqlite3.Connection) -> None:
     if version > SCHEMA_VERSION:
         raise SchemaVersionError(f"queue schema {version} is newer than {SCHEMA_VERSION}")
     connection.execute("BEGIN IMMEDIATE")  # all tables or none, even if we crash half way
+    # Again under the write lock: another process may have upgraded the spool meanwhile.
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
     for statement in SCHEMA.split(";"):
         if statement.strip():
+            connection.execute(statement)
+    if version == 1:
+        for statement in UPGRADE_FROM_1:
             connection.execute(statement)
     connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     connection.execute("COMMIT")

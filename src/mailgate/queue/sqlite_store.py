@@ -6,19 +6,26 @@ function handed to the `GroupCommitWriter` thread, which commits all pending wri
 and only then resolves the callers' futures, so a 250 after `commit()` means "on stable storage".
 Reads (get, list, counts, bodies) run on a small pool of reader threads with their own
 connections, which WAL lets run beside the writer without blocking it or the event loop.
+Bodies of `SEGMENT_THRESHOLD` bytes or more are appended to segment files (queue/segments.py) by
+the commit's stage, synced once per group before the transaction that points at them; smaller
+ones stay inline in SQLite. When a segment no writer appends to any more has no live body left,
+a durable operation deletes its row and then unlinks the file (`_reap`): durable, because the
+deletions that emptied it may have been committed without an fsync, and a power loss must not
+bring back a message whose body file is gone.
 Must not: know SMTP, routing or DSN text. The statements live in sqlite_queries.py, the schema
 and row mapping in sqlite_schema.py, the thread in group_commit.py, incoming bytes in
-spool_writer.py; this module only wires them to the `QueueStore` interface.
+spool_writer.py, segment files in segments.py; this module only wires them to the `QueueStore`
+interface.
 
 Usage: `store = SqliteQueueStore(spool_dir); await store.open(); await store.recover(); ...
 await store.close()` (or `async with SqliteQueueStore(spool_dir) as store:`, which opens and
-closes but does not recover). A body is limited by SQLite's maximum BLOB size (1 GB by default),
-far above any SIZE limit an SMTP listener would announce.
+closes but does not recover). An inline body is far below SQLite's maximum BLOB size.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import sqlite3
@@ -32,11 +39,18 @@ from typing import Any, TypeVar
 
 from mailgate.core.clock import Clock, SystemClock
 from mailgate.core.envelope import Envelope
+from mailgate.queue import segments
 from mailgate.queue import sqlite_queries as queries
 from mailgate.queue import sqlite_schema as schema
 from mailgate.queue.checkpointer import Checkpointer
 from mailgate.queue.group_commit import GroupCommitWriter, WriterStats
 from mailgate.queue.ids import new_queue_id
+from mailgate.queue.segments import (
+    SEGMENT_THRESHOLD,
+    SEGMENTS_DIRECTORY,
+    SegmentAppender,
+    StagedBody,
+)
 from mailgate.queue.spool_writer import INCOMING_DIRECTORY, SpoolWriter, remove_quietly
 from mailgate.queue.sqlite_queries import MessageNotFoundError
 from mailgate.queue.store import (
@@ -51,6 +65,8 @@ from mailgate.queue.store import (
 )
 
 __all__ = ["MessageNotFoundError", "SqliteQueueStore"]
+
+log = logging.getLogger("mailgate.queue")
 
 DATABASE_NAME = "queue.db"
 DEFAULT_MEMORY_THRESHOLD = 256 * 1024
@@ -72,15 +88,22 @@ class SqliteQueueStore(QueueStore):
         clock: Clock | None = None,
         memory_threshold: int = DEFAULT_MEMORY_THRESHOLD,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        segment_threshold: int = SEGMENT_THRESHOLD,
+        segment_limit: int = segments.SEGMENT_LIMIT,
     ) -> None:
         self.spool_dir = Path(spool_dir)
         self.database_path = self.spool_dir / DATABASE_NAME
         self.incoming_dir = self.spool_dir / INCOMING_DIRECTORY
+        self.segments_dir = self.spool_dir / SEGMENTS_DIRECTORY
+        self._segment_threshold = segment_threshold
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._memory_threshold = memory_threshold
         self._lease_seconds = lease_seconds
         self._lease_owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self._writer = GroupCommitWriter(partial(schema.connect, self.database_path, writer=True))
+        self._segments = SegmentAppender(self.segments_dir, queries.allocate_segment, segment_limit)
+        self._writer = GroupCommitWriter(
+            partial(schema.connect, self.database_path, writer=True), staging=self._segments
+        )
         self._readers: ThreadPoolExecutor | None = None
         self._reader_connections: list[sqlite3.Connection] = []
         self._reader_local = threading.local()
@@ -90,7 +113,8 @@ class SqliteQueueStore(QueueStore):
 
     @property
     def stats(self) -> WriterStats:
-        """Writer counters; `stats.commits` is the number of fsynced transactions."""
+        """Writer counters; `stats.commits` is the number of transactions, `stats.stage_syncs`
+        the number of segment syncs (one per group holding large bodies)."""
         return self._writer.stats
 
     # --- life cycle ------------------------------------------------------------------------------
@@ -104,6 +128,9 @@ class SqliteQueueStore(QueueStore):
 
     def _prepare_directories(self) -> None:
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
+        if not self.segments_dir.exists():
+            self.segments_dir.mkdir()
+            _fsync_directory(self.spool_dir)  # durable before a row points into it
         if not self.database_path.exists():
             # The new database file's directory entry (and the spool's) must be durable before
             # the first 250; SQLite syncs the directory of its WAL itself.
@@ -114,6 +141,7 @@ class SqliteQueueStore(QueueStore):
     async def close(self) -> None:
         """Finish every pending write, then stop the threads; safe to call twice."""
         await self._writer.close()
+        self._segments.close()  # writer stopped; an empty last segment is left to recover()
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.stop)
             self._checkpointer = None
@@ -133,9 +161,14 @@ class SqliteQueueStore(QueueStore):
         await self.close()
 
     async def recover(self) -> int:
-        """At start-up only: drop spill files, return every lease; returns the leases returned."""
+        """At start-up only: drop spill files, return every lease, remove segments without a
+        live body (of every process: with several workers the supervisor runs this before
+        forking); returns the leases returned. New segments get numbers above every old one."""
         await asyncio.to_thread(self._remove_spill_files)
-        return await self._writer.run(queries.clear_leases)
+        returned = await self._writer.run(queries.clear_leases)
+        on_disk = await asyncio.to_thread(segments.segment_numbers, self.segments_dir)
+        await self._reap(set(on_disk) | set(await self._read(queries.segment_numbers)))
+        return returned
 
     def _remove_spill_files(self) -> None:
         for entry in self.incoming_dir.iterdir():
@@ -153,11 +186,21 @@ class SqliteQueueStore(QueueStore):
             raise ValueError("a message needs at least one recipient")
         body = writer.seal()
         row = schema.message_row(writer.queue_id, envelope, meta, writer.size, self._clock.now())
+        stored: bytes | Path | StagedBody = body
+        stage = None
+        if writer.size >= self._segment_threshold:
+            stored = StagedBody(body, writer.size)
+            stage = partial(self._segments.append, stored)
         insert = partial(
-            queries.insert_message, row=row, envelope=envelope, body=body, size=writer.size
+            queries.insert_message, row=row, envelope=envelope, body=stored, size=writer.size
         )
         remove_spill_file = [partial(remove_quietly, body)] if isinstance(body, Path) else []
-        await self._writer.run(insert, remove_spill_file)
+        try:
+            await self._writer.run(insert, remove_spill_file, stage=stage)
+        finally:
+            retired = self._segments.take_retired()
+            if retired:
+                await self._reap(retired)
         writer.mark_committed()
         if isinstance(body, bytes):
             self._hot.put(writer.queue_id, body)
@@ -189,7 +232,9 @@ class SqliteQueueStore(QueueStore):
             return
         offset = 0
         while True:
-            size, chunks = await self._read(queries.read_body, queue_id, offset, chunk_size)
+            size, chunks = await self._read(
+                queries.read_body, queue_id, offset, chunk_size, self.segments_dir
+            )
             for chunk in chunks:
                 offset += len(chunk)
                 yield chunk
@@ -207,14 +252,21 @@ class SqliteQueueStore(QueueStore):
         """True also when the message was already gone (deleted by an admin meanwhile)."""
         now = self._clock.now()
 
+        emptied: list[int] = []
+
         def record_and_finish(connection: sqlite3.Connection) -> bool:
+            emptied.clear()  # only what the committed attempt emptied
             if updates:  # one operation, one group slot: the common all-delivered case
                 queries.record(connection, queue_id=queue_id, updates=updates, now=now)
-            return queries.finish(connection, queue_id=queue_id, delay_notified=delay_notified)
+            return queries.finish(
+                connection, queue_id=queue_id, delay_notified=delay_notified, emptied=emptied
+            )
 
         gone = await self._writer.run(record_and_finish, durable=False)
         if gone:
             self._hot.pop(queue_id)
+        if emptied:
+            await self._reap(emptied)
         return gone
 
     # --- administration --------------------------------------------------------------------------
@@ -237,9 +289,12 @@ class SqliteQueueStore(QueueStore):
         return await self._admin(query, queries.reschedule, when=when)
 
     async def delete(self, query: QueueFilter) -> list[str]:
-        deleted = await self._admin(query, queries.delete)
+        emptied: list[int] = []
+        deleted = await self._admin(query, queries.delete, emptied=emptied)
         for queue_id in deleted:
             self._hot.pop(queue_id)
+        if emptied:
+            await self._reap(emptied)
         return deleted
 
     async def _admin(
@@ -250,6 +305,30 @@ class SqliteQueueStore(QueueStore):
             queries.apply_to_matching, query=query, now=self._clock.now(), action=action, **kwargs
         )
         return await self._writer.run(apply)
+
+    async def _reap(self, numbers: set[int] | list[int]) -> None:
+        """Unlink the segments among `numbers` that no writer appends to and that hold no live
+        body, after a durable commit that deleted their rows (see the module doc). A failure
+        is logged, not raised: the caller's own operation has succeeded; recover() retries."""
+        candidates = sorted(numbers)
+        removable: list[int] = []
+
+        def drop_rows(connection: sqlite3.Connection) -> None:
+            finished = [
+                number
+                for number in candidates
+                if number != self._segments.current and segments.released(self.segments_dir, number)
+            ]
+            removable[:] = queries.drop_unused_segments(connection, finished)
+
+        def unlink_files() -> None:
+            for number in removable:
+                segments.unlink_segment(self.segments_dir, number)
+
+        try:
+            await self._writer.run(drop_rows, [unlink_files])
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("segments %s not removed yet: %s", candidates, exc)
 
     async def count_by_state(self) -> dict[MessageState, int]:
         return await self._read(queries.count_by_state, self._clock.now())

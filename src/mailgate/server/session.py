@@ -280,12 +280,17 @@ class Session:
             self.log.transaction_refused(self.session_id, "mail", INSUFFICIENT_STORAGE, "disk")
             return INSUFFICIENT_STORAGE  # RFC 3463 §3.4: 4.3.1 mail system full
         if reception.rate_limits is not None:
-            key = None if reception.policy.is_trusted(self.client) else client_key(str(self.client_address))
-            decision = reception.rate_limits.check_message(key, self.auth_user, reception.clock.now())
+            decision = reception.rate_limits.check_message(self._rate_key(), self.auth_user, reception.clock.now())
             if not decision.allowed:
                 self.log.transaction_refused(self.session_id, "mail", RATE_LIMITED, decision.rule)
                 return RATE_LIMITED  # 450 4.7.1
         return None
+
+    def _rate_key(self) -> str | None:
+        """The per-client rate key; trusted networks are not limited per address."""
+        if self.reception.policy.is_trusted(self.client):
+            return None
+        return client_key(str(self.client_address))
 
     def _rcpt(self, event: ev.RcptTo) -> Reply:
         transaction = self.transaction
@@ -435,6 +440,8 @@ class Session:
             self.log.transaction_refused(self.session_id, "data", LOCAL_ERROR, "commit", sender=_text(transaction.envelope.sender))
             return LOCAL_ERROR  # RFC 5321 §4.2.2: 451, the client keeps the message
         self.transaction = None
+        if self.reception.rate_limits is not None:
+            self.reception.rate_limits.count_message(self._rate_key(), self.auth_user, self.reception.clock.now())
         self.log.transaction_accepted(
             self.session_id, queue_id, _text(transaction.envelope.sender),
             [str(r.address) for r in transaction.envelope.recipients], transaction.writer.size,
