@@ -103,6 +103,7 @@ def relay_under_test(server: str, workdir: Path) -> Iterator[tuple[peers.ServerH
     Before each measurement the disk is settled (sync, then a pause), so that the write-back a
     previous run left behind (5,000 queue files, say) is not charged to whichever server happens
     to be measured next: without it the order of the interleaved runs biased the latency tail.
+    The same pause after the server starts lets both servers finish starting before the clock runs.
     """
     settle_disk()
     sink = peers.CountingSink(free_port())
@@ -110,6 +111,7 @@ def relay_under_test(server: str, workdir: Path) -> Iterator[tuple[peers.ServerH
         listen_port = free_port()
         handle = peers.SERVERS[server](workdir, listen_port, sink.port)
         try:
+            settle_disk()  # and let the server finish starting (workers, start-up checks)
             yield handle, listen_port, sink
         finally:
             handle.stop()

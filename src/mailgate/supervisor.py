@@ -14,6 +14,7 @@ uses more than one core (issue "Benchmark": "both cores used if that is what it 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -23,6 +24,8 @@ from collections.abc import Callable
 from mailgate.config.loader import Config
 
 log = logging.getLogger("mailgate.supervisor")
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def worker_count(config: Config) -> int:
@@ -42,6 +45,7 @@ def run(config: Config, run_loop: Callable, start_worker: Callable[[int, int], "
     for index in range(count):
         pid = os.fork()
         if pid == 0:  # the worker
+            _stop_with_parent(os.getppid())
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, signal.SIG_DFL)
             # A reload before the worker is ready must not kill it; its loop takes SIGHUP later.
@@ -55,6 +59,18 @@ def run(config: Config, run_loop: Callable, start_worker: Callable[[int, int], "
         children[pid] = index
     log.info("supervisor %d started %d workers: %s", os.getpid(), count, " ".join(map(str, children)))
     return _supervise(children)
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Linux: SIGTERM this worker when the supervisor dies (even by SIGKILL), so no worker is
+    left serving on its own; elsewhere the service manager's process group does it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _supervise(children: dict[int, int]) -> int:

@@ -81,6 +81,7 @@ class MailgateProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mailgate", "serve", "--config", str(self.config_path)],
             cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: kill() takes the workers too
         )
         if wait:
             try:
@@ -91,9 +92,9 @@ class MailgateProcess:
         return self
 
     def kill(self) -> None:
-        """A crash: SIGKILL, no chance to clean up."""
+        """A crash: SIGKILL to the supervisor and every worker at once, no chance to clean up."""
         if self.process and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
     def stop(self, timeout: float = 30.0) -> int | None:
