@@ -14,6 +14,7 @@ import sys
 
 from mailgate import supervisor
 from mailgate.config.loader import ConfigError, load_embedded, load_file
+from mailgate.observe import diagnostics
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -41,11 +42,7 @@ def serve_command(args: argparse.Namespace) -> int:
         for error in exc.errors:
             print(f"mailgate: {exc.source}: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    diagnostics.setup(config.log.level)
     if not args.config:
         logging.getLogger("mailgate").info(
             "running the embedded default: try  mailgate send or swaks --server 127.0.0.1:2525 --to you@demo.test"
@@ -59,15 +56,19 @@ def serve_command(args: argparse.Namespace) -> int:
         uvloop = None
 
     async def worker(index: int, count: int) -> int:
+        stop_logging = diagnostics.off_the_loop()
         try:
-            app = Application(config, worker_index=index, workers=count)
-            await app.start()
-        except (StartupError, OSError) as exc:
-            for line in str(exc).splitlines():
-                print(f"mailgate: cannot start: {line}", file=sys.stderr)
-            return 2
-        await app.run_until_stopped()
-        return 0
+            try:
+                app = Application(config, worker_index=index, workers=count)
+                await app.start()
+            except (StartupError, OSError) as exc:
+                for line in str(exc).splitlines():
+                    print(f"mailgate: cannot start: {line}", file=sys.stderr)
+                return 2
+            await app.run_until_stopped()
+            return 0
+        finally:
+            stop_logging()
 
     run_loop = uvloop.run if uvloop is not None else asyncio.run
     return supervisor.run(config, run_loop, worker)
