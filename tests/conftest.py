@@ -26,10 +26,14 @@ def require_binary(name: str) -> str:
     for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
         if candidate and os.path.exists(candidate):
             return candidate
-    message = f"{name} is not installed (.ci/run installs it)"
+    unavailable(f"{name} is not installed (.ci/run installs it)")
+
+
+def unavailable(reason: str) -> None:
+    """Skip locally, fail in CI (MAILGATE_REQUIRE_E2E): a real peer or facility is missing."""
     if os.environ.get("MAILGATE_REQUIRE_E2E"):
-        pytest.fail(message)
-    pytest.skip(message)
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

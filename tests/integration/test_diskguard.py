@@ -11,7 +11,6 @@ import asyncio
 import errno
 import os
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from mailgate.core.envelope import Envelope, Recipient
 from mailgate.queue.sqlite_store import SqliteQueueStore
 from mailgate.queue.store import MessageMeta, QueueFilter
 from mailgate.server.diskguard import DiskGuard, DiskSample, DiskState
+from tests.support.tmpfs import mounted_tmpfs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,29 +29,12 @@ MIB = 1024 * 1024
 FS_INODES = 64
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("MAILGATE_REQUIRE_E2E"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs with 64 inodes, unmounted afterwards whatever happened."""
-    mount_point = tmp_path / "fs"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        _unavailable("mounting a tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size=4m,nr_inodes={FS_INODES},mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True, text=True,
-    )
-    if done.returncode != 0:
-        _unavailable(f"cannot mount a tmpfs: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "fs", f"size=4m,nr_inodes={FS_INODES},mode=0700") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def fill(path: Path, size: int | None) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.tmpfs import mounted_tmpfs
 from tests.conftest import free_port
 from tests.support.mailgate_server import InProcessMailgate
 from tests.support.receiving import HOSTED, RawSmtp, SmtpReply, config_text, queued, stored_message
@@ -37,29 +37,12 @@ MESSAGE = b"Subject: queued before the pressure\r\n\r\nkeep me\r\n"
 UNTRUSTED_SOURCE = "127.0.0.4"  # not trusted, and not the self-audit's 127.0.0.2
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("MAILGATE_REQUIRE_E2E"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
 
 @pytest.fixture
 def spool_fs(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs mounted as `tmp_path/spool` (config_text's spool_dir), unmounted afterwards."""
-    mount_point = tmp_path / "spool"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        _unavailable("mounting a tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True, text=True,
-    )
-    if done.returncode != 0:
-        _unavailable(f"cannot mount a tmpfs: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "spool", "size=8m,mode=0700") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def _free_bytes(path: Path) -> int:

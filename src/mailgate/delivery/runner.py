@@ -133,7 +133,8 @@ class DeliveryRunner:
         attempts = [self._attempt(message, route, recipients) for route, recipients in by_route.items()]
         for result in await asyncio.gather(*attempts):
             outcomes.update(result)
-        updates = [self._update(message, index, outcome, now) for index, outcome in outcomes.items()]
+        attempts = {r.index: r.attempts for r in message.recipients}
+        updates = [self._update(message, index, outcome, attempts[index] + 1, now) for index, outcome in outcomes.items()]
         if all(update.state is RecipientState.DELIVERED for update in updates):
             await self._store.finish(message.queue_id, updates=updates)  # the common case: one step
             return
@@ -184,7 +185,10 @@ class DeliveryRunner:
             outcomes[recipient.index] = classify(reply, "localhost")
         return outcomes
 
-    def _update(self, message: QueuedMessage, index: int, outcome: Outcome, now: float) -> RecipientUpdate:
+    def _update(
+        self, message: QueuedMessage, index: int, outcome: Outcome, attempts: int, now: float
+    ) -> RecipientUpdate:
+        """The saved result of this attempt (`attempts` counts it): retry time or expiry."""
         reply = outcome.reply
         state = outcome.state
         next_attempt = 0.0
@@ -194,6 +198,5 @@ class DeliveryRunner:
                 reply = Reply(reply.code + 100 if reply.code < 500 else reply.code, EXPIRED,
                               f"Delivery time expired; last error: {reply.code} {reply.enhanced} {reply.text}")
             else:
-                attempts = next(r.attempts for r in message.recipients if r.index == index) + 1
                 next_attempt = now + self._schedule.next_delay(attempts, self._rng)
         return RecipientUpdate(index, state, reply, next_attempt, outcome.remote_mta)
