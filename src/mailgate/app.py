@@ -134,7 +134,7 @@ class Application:
             users=self.users,
             lockout=AuthFailureTracker(self.clock),
             store=self.store,
-            on_committed=self._wake_runner,
+            delivery=self.runner,
             max_recipients=config.server.max_recipients,
             received_limit=config.server.received_limit,
             received_shows_user=config.server.received_shows_user,

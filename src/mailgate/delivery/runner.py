@@ -63,8 +63,9 @@ class DeliveryRunner:
         self._settings = settings
         self._on_attempt = on_attempt
         self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(settings.workers)
         self._active: set[asyncio.Task] = set()
+        self._reserved = 0  # slots promised to messages being committed for hand_off()
+        self._full = False  # the last claim took every free slot: more may be due
         self._stopping = False
         self._rng = random.Random()
 
@@ -72,16 +73,49 @@ class DeliveryRunner:
         """New mail was committed: look for due work now."""
         self._wakeup.set()
 
+    def reserve(self) -> bool:
+        """Promise a delivery slot to a message about to be committed with the store's
+        commit_claimed(); False when every slot is taken (commit it for the runner to claim)."""
+        if self._stopping or self._free_slots() <= 0:
+            return False
+        self._reserved += 1
+        return True
+
+    def cancel(self) -> None:
+        """Give back a reserved slot: the commit failed."""
+        self._reserved -= 1
+        self._wakeup.set()
+
+    def hand_off(self, message: QueuedMessage) -> None:
+        """Deliver a message just committed with commit_claimed() in its reserved slot: no claim
+        and no read-back. When stopping, its lease is returned by recover() at the next start."""
+        self._reserved -= 1
+        if not self._stopping:
+            self._start(message)
+
+    def _free_slots(self) -> int:
+        return self._settings.workers - len(self._active) - self._reserved
+
+    def _start(self, message: QueuedMessage) -> None:
+        task = asyncio.create_task(self._deliver_guarded(message))
+        self._active.add(task)
+        task.add_done_callback(self._task_done)
+
     async def run(self) -> None:
         while not self._stopping:
             self._wakeup.clear()
-            free = self._settings.workers - len(self._active)
-            claimed = await self._store.claim_due(self._clock.now(), free) if free > 0 else []
+            free = self._free_slots()
+            if free <= 0:
+                self._full = True
+                await self._wait(None)  # every slot busy or promised: a finished task wakes us
+                continue
+            # Sessions may reserve slots while this claim is on its way, so the runner can end
+            # up a few deliveries above `workers` for a moment.
+            claimed = await self._store.claim_due(self._clock.now(), free)
             for message in claimed:
-                task = asyncio.create_task(self._deliver_guarded(message))
-                self._active.add(task)
-                task.add_done_callback(self._task_done)
+                self._start(message)
             if claimed and len(claimed) == free:
+                self._full = True
                 await self._wait(None)  # full: wait for a slot (a finished task wakes us)
                 continue
             if claimed:
@@ -97,7 +131,9 @@ class DeliveryRunner:
 
     def _task_done(self, task: asyncio.Task) -> None:
         self._active.discard(task)
-        self._wakeup.set()
+        if self._full:  # a slot for the work the last claim had to leave behind
+            self._full = False
+            self._wakeup.set()
 
     async def stop(self, grace: float = 30.0) -> None:
         self._stopping = True
@@ -141,6 +177,7 @@ class DeliveryRunner:
         await self._store.record(message.queue_id, updates)
         delay_notified = await self._bouncer.after_attempt(message, updates, now)
         await self._store.finish(message.queue_id, delay_notified=delay_notified)
+        self._wakeup.set()  # a retry is due later: the runner's sleep must end by then
 
     async def _attempt(
         self, message: QueuedMessage, route: Route, recipients: list[QueuedRecipient]

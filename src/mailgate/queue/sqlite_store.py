@@ -60,7 +60,9 @@ from mailgate.queue.store import (
     QueuedMessage,
     QueueFilter,
     QueueStore,
+    QueuedRecipient,
     QueueSummary,
+    RecipientState,
     RecipientUpdate,
 )
 
@@ -69,6 +71,7 @@ __all__ = ["MessageNotFoundError", "SqliteQueueStore"]
 log = logging.getLogger("mailgate.queue")
 
 DATABASE_NAME = "queue.db"
+WRITER_LOCK_NAME = "queue.db.writer-lock"  # held by the process committing (group_commit.py)
 DEFAULT_MEMORY_THRESHOLD = 256 * 1024
 # A claim is a lease, not a lock for ever: if a worker vanishes without finish(), its messages
 # become claimable again after this long. It must exceed one delivery attempt: the RFC 5321
@@ -102,7 +105,9 @@ class SqliteQueueStore(QueueStore):
         self._lease_owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._segments = SegmentAppender(self.segments_dir, queries.allocate_segment, segment_limit)
         self._writer = GroupCommitWriter(
-            partial(schema.connect, self.database_path, writer=True), staging=self._segments
+            partial(schema.connect, self.database_path, writer=True),
+            staging=self._segments,
+            lock_path=self.spool_dir / WRITER_LOCK_NAME,
         )
         self._readers: ThreadPoolExecutor | None = None
         self._reader_connections: list[sqlite3.Connection] = []
@@ -180,12 +185,31 @@ class SqliteQueueStore(QueueStore):
         return SpoolWriter(queue_id, self.incoming_dir, self._memory_threshold)
 
     async def commit(self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta) -> str:
+        queue_id, _ = await self._commit(writer, envelope, meta, leased=False)
+        return queue_id
+
+    async def commit_claimed(self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta) -> QueuedMessage:
+        queue_id, created = await self._commit(writer, envelope, meta, leased=True)
+        recipients = [
+            QueuedRecipient(index, recipient, RecipientState.QUEUED, next_attempt=created)
+            for index, recipient in enumerate(envelope.recipients)
+        ]
+        return QueuedMessage(queue_id, envelope, recipients, meta, writer.size, created)
+
+    async def _commit(
+        self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta, *, leased: bool
+    ) -> tuple[str, float]:
         if not isinstance(writer, SpoolWriter):
             raise TypeError("commit() takes a writer made by this store's begin()")
         if not envelope.recipients:
             raise ValueError("a message needs at least one recipient")
+        if leased and meta.hold_reason:
+            raise ValueError("a held message cannot be claimed for delivery")
         body = writer.seal()
-        row = schema.message_row(writer.queue_id, envelope, meta, writer.size, self._clock.now())
+        created = self._clock.now()
+        row = schema.message_row(writer.queue_id, envelope, meta, writer.size, created)
+        if leased:
+            row.update(lease_owner=self._lease_owner, lease_expires=created + self._lease_seconds)
         stored: bytes | Path | StagedBody = body
         stage = None
         if writer.size >= self._segment_threshold:
@@ -204,7 +228,7 @@ class SqliteQueueStore(QueueStore):
         writer.mark_committed()
         if isinstance(body, bytes):
             self._hot.put(writer.queue_id, body)
-        return writer.queue_id
+        return writer.queue_id, created
 
     # --- delivery --------------------------------------------------------------------------------
     async def claim_due(self, now: float, limit: int) -> list[QueuedMessage]:

@@ -155,6 +155,12 @@ class QueueStore(abc.ABC):
         """Make the message durable (group commit) and return its queue id."""
 
     @abc.abstractmethod
+    async def commit_claimed(self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta) -> QueuedMessage:
+        """commit(), with the message leased to this store at once as claim_due() would lease
+        it, for a caller that delivers it now (a lease that is never finished expires the same
+        way). Saves the claim and the read-back of a message the caller still holds."""
+
+    @abc.abstractmethod
     async def claim_due(self, now: float, limit: int) -> list[QueuedMessage]:
         """Lease up to `limit` messages that have a recipient due at `now` and are not held."""
 

@@ -41,7 +41,7 @@ class Reception:
     users: Any  # auth.store.UserStore
     lockout: Any  # auth.lockout.AuthFailureTracker
     store: QueueStore
-    on_committed: Any  # callable: wake the delivery runner
+    delivery: Any  # delivery.runner.DeliveryRunner: reserve(), cancel(), hand_off(message), wake()
     max_recipients: int = 1000
     received_limit: int = 50
     received_shows_user: bool = False

@@ -432,9 +432,22 @@ class Session:
             crlf_clean=not transaction.rewritten,
         )
         started = time.monotonic()
+        delivery = self.reception.delivery
+        # A message this worker can deliver at once is committed already leased to it and handed
+        # to its runner in memory; otherwise it waits in the queue for a runner to claim it.
+        message = None
+        handed_off = not hold_reason and delivery.reserve()
         try:
-            queue_id = await self.reception.store.commit(transaction.writer, transaction.envelope, meta)
-        except Exception:
+            if handed_off:
+                message = await self.reception.store.commit_claimed(transaction.writer, transaction.envelope, meta)
+                queue_id = message.queue_id
+            else:
+                queue_id = await self.reception.store.commit(transaction.writer, transaction.envelope, meta)
+        except BaseException as exc:
+            if handed_off:
+                delivery.cancel()
+            if not isinstance(exc, Exception):
+                raise
             log.exception("commit failed")
             self._discard()
             self.log.transaction_refused(self.session_id, "data", LOCAL_ERROR, "commit", sender=_text(transaction.envelope.sender))
@@ -453,7 +466,10 @@ class Session:
             queue_id, _text(transaction.envelope.sender), len(transaction.envelope.recipients),
             transaction.writer.size, self.client_address,
         )
-        self.reception.on_committed()
+        if message is not None:
+            delivery.hand_off(message)
+        else:
+            delivery.wake()
         return queued(queue_id)
 
     def _direction(self, transaction: _Transaction) -> str:
