@@ -126,6 +126,30 @@ def test_hosted_domain_reaches_its_next_hop_byte_for_byte(tmp_path: Path, dns_zo
     asyncio.run(scenario())
 
 
+def test_a_message_the_worker_can_deliver_at_once_is_handed_off_without_a_claim(tmp_path: Path, dns_zone) -> None:
+    async def scenario() -> None:
+        async with CaptureServer() as hop:
+            port = free_port()
+            config = config_text(tmp_path, port, hosted_hop=f"127.0.0.1:{hop.port}", dns_port=dns_zone.port, mx_port=1)
+            async with running(config) as app:
+                claimed_ids: list[str] = []
+                claim_due = app.store.claim_due
+
+                async def counting_claim(now: float, limit: int):
+                    claimed = await claim_due(now, limit)
+                    claimed_ids.extend(message.queue_id for message in claimed)
+                    return claimed
+
+                app.store.claim_due = counting_claim
+                for n in range(3):
+                    await asyncio.to_thread(send, port, "a@sender.test", [f"r{n}@hosted.test"], MESSAGE)
+                await wait_until(lambda: len(hop.completed) == 3)
+                assert await _eventually_empty(app)
+                assert claimed_ids == []  # each went from the session to the runner in memory
+
+    asyncio.run(scenario())
+
+
 async def retry_after(app, clock: FakeClock, seconds: float) -> None:
     """Once the last attempt is recorded as deferred, move the clock on and retry at once."""
     for _ in range(200):

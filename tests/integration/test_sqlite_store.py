@@ -4,6 +4,7 @@ group commit."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import os
 import random
@@ -154,6 +155,59 @@ def test_claim_record_finish_cycle(tmp_path: Path) -> None:
         # A message deleted meanwhile (an admin) is not an error for the runner.
         await store.record(queue_id, failed)
         assert await store.finish(queue_id) is True
+
+    run(tmp_path, test)
+
+
+def test_commit_claimed_is_leased_to_the_committer_and_matches_what_a_claim_would_load(tmp_path: Path) -> None:
+    async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
+        env = envelope("s@example.com", "a@one.example", "b@two.example")
+        writer = store.begin()
+        writer.write(b"Subject: hand-off\r\n\r\nbody\r\n")
+        meta = MessageMeta(client_address="192.0.2.7", protocol="ESMTP")
+        handed = await store.commit_claimed(writer, env, meta)
+        assert await store.claim_due(START, 10) == []  # leased to us: no runner may claim it
+        assert await store.next_due() is None
+        assert (await store.count_by_state())[MessageState.ACTIVE] == 1
+        stored = await store.get(handed.queue_id)
+        assert stored is not None
+        # What the runner is handed equals what it would have loaded after a claim.
+        for field_name in ("queue_id", "envelope", "meta", "size", "created", "held", "first_attempt"):
+            assert getattr(handed, field_name) == getattr(stored, field_name), field_name
+        assert handed.recipients == stored.recipients
+        assert await body_of(store, handed.queue_id) == b"Subject: hand-off\r\n\r\nbody\r\n"
+        updates = [RecipientUpdate(i, RecipientState.DELIVERED, Reply(250, "2.0.0", "ok")) for i in (0, 1)]
+        assert await store.finish(handed.queue_id, updates=updates) is True
+        assert await store.get(handed.queue_id) is None
+
+        # A lease that is never finished (the worker died) expires like a claim's.
+        writer = store.begin()
+        writer.write(b"x\r\n")
+        lost = await store.commit_claimed(writer, envelope("s@example.com", "c@one.example"), MessageMeta())
+        assert [m.queue_id for m in await store.claim_due(START + 61, 10)] == [lost.queue_id]
+
+        writer = store.begin()
+        writer.write(b"x\r\n")
+        with pytest.raises(ValueError):  # a quarantined message is never handed to delivery
+            await store.commit_claimed(writer, envelope(None, "d@one.example"), MessageMeta(hold_reason="rule x"))
+
+    run(tmp_path, test, lease_seconds=60.0)
+
+
+def test_commits_wait_for_the_writer_lock_another_process_holds(tmp_path: Path) -> None:
+    """Workers take turns on a flock (group_commit.py): a holder blocks the commit until it lets go."""
+    async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
+        descriptor = os.open(tmp_path / "queue.db.writer-lock", os.O_RDWR)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            pending = asyncio.ensure_future(enqueue(store, envelope("s@example.com", "a@example.com")))
+            await asyncio.sleep(0.3)
+            assert not pending.done()
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+            queue_id = await asyncio.wait_for(pending, 10)
+        finally:
+            os.close(descriptor)
+        assert await store.get(queue_id) is not None
 
     run(tmp_path, test)
 
