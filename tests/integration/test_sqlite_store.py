@@ -426,6 +426,23 @@ def test_a_failing_commit_does_not_spoil_its_group(tmp_path: Path) -> None:
     run(tmp_path, test, memory_threshold=1024)
 
 
+def test_a_lone_failing_commit_leaves_no_partial_rows_and_the_writer_goes_on(tmp_path: Path) -> None:
+    """A group of one runs without a savepoint: its failure must roll back what it had written."""
+    async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
+        doomed = store.begin()
+        doomed.write(b"z" * 10_000)  # spills (threshold 1024); the message and recipient rows go in first
+        doomed.spill_path.unlink()
+        with pytest.raises(OSError):
+            await store.commit(doomed, envelope("s@example.com", "a@example.com"), MessageMeta())
+        assert await store.list(QueueFilter()) == []
+        assert (await store.count_by_state())[MessageState.QUEUED] == 0
+        queue_id = await enqueue(store, envelope("s@example.com", "b@example.com"))
+        assert [s.queue_id for s in await store.list(QueueFilter())] == [queue_id]
+        assert store.stats.failed_operations == 1 and store.stats.failed_commits == 0
+
+    run(tmp_path, test, memory_threshold=1024)
+
+
 def test_concurrent_enqueues_share_commits(tmp_path: Path) -> None:
     async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
         commits_before = store.stats.commits

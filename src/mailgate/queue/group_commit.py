@@ -252,8 +252,13 @@ class GroupCommitWriter:
                 connection.execute(f"PRAGMA synchronous = {synchronous}")
                 self._synchronous = synchronous
             connection.execute("BEGIN IMMEDIATE")
-            for operation in group:
-                self._run_operation(connection, operation)
+            if len(group) == 1:
+                self._run_alone(connection, group[0])
+            else:
+                for operation in group:
+                    self._run_operation(connection, operation)
+            if not connection.in_transaction:
+                return  # the lone operation failed and was rolled back: nothing to commit
             connection.execute("COMMIT")
         except BaseException as exc:  # the whole group failed to become durable
             self.stats.failed_commits += 1
@@ -273,6 +278,18 @@ class GroupCommitWriter:
                         action()
                     except OSError:
                         pass  # after-commit actions are clean-ups; recover() redoes them
+
+    def _run_alone(self, connection: sqlite3.Connection, operation: _Operation) -> None:
+        """The only operation of its transaction needs no savepoint: a failure rolls it all back."""
+        self.stats.operations += 1
+        if operation.error is not None:  # its stage failed: its rows must not be written
+            return
+        try:
+            operation.result = operation.function(connection)
+        except Exception as exc:  # the caller gets it
+            self.stats.failed_operations += 1
+            operation.error = exc
+            connection.execute("ROLLBACK")
 
     def _run_operation(self, connection: sqlite3.Connection, operation: _Operation) -> None:
         self.stats.operations += 1

@@ -29,7 +29,7 @@ from mailgate.core.reply import (
 from mailgate.dns.dnsbl import dnsbl_listed
 from mailgate.observe.translog import new_session_id
 from mailgate.policy.relay import Client
-from mailgate.queue.store import MessageMeta, MessageWriter
+from mailgate.queue.store import MessageMeta, MessageWriter, QueuedMessage
 from mailgate.screen import ScreenContext
 from mailgate.server import command_log
 from mailgate.server.authentication import Authentication
@@ -455,22 +455,34 @@ class Session:
         self.transaction = None
         if self.reception.rate_limits is not None:
             self.reception.rate_limits.count_message(self._rate_key(), self.auth_user, self.reception.clock.now())
+        # The 250 goes out first: the hand-off and the records run as soon as this task yields,
+        # which it does only after writing the reply (acceptance latency, docs/performance.md).
+        asyncio.get_running_loop().call_soon(
+            self._accepted, transaction, meta, queue_id, message, time.monotonic() - started,
+            self.tls, self.auth_user or "", self.helo,
+        )
+        return queued(queue_id)
+
+    def _accepted(
+        self, transaction: _Transaction, meta: MessageMeta, queue_id: str, message: QueuedMessage | None,
+        elapsed: float, tls: str, auth_user: str, helo: str,
+    ) -> None:
+        """After a commit: delivery first (a leased message must reach its runner), then the logs."""
+        if message is not None:
+            self.reception.delivery.hand_off(message)
+        else:
+            self.reception.delivery.wake()
+        assert transaction.writer is not None
+        envelope = transaction.envelope
         self.log.transaction_accepted(
-            self.session_id, queue_id, _text(transaction.envelope.sender),
-            [str(r.address) for r in transaction.envelope.recipients], transaction.writer.size,
-            transaction.rule, tls=self.tls, auth_user=self.auth_user or "", direction=meta.direction,
-            helo=self.helo, elapsed=time.monotonic() - started,
+            self.session_id, queue_id, _text(envelope.sender), [str(r.address) for r in envelope.recipients],
+            transaction.writer.size, transaction.rule, tls=tls, auth_user=auth_user, direction=meta.direction,
+            helo=helo, elapsed=elapsed,
         )
         log.info(
             "queued %s from <%s> for %d recipient(s) size=%d client=%s",
-            queue_id, _text(transaction.envelope.sender), len(transaction.envelope.recipients),
-            transaction.writer.size, self.client_address,
+            queue_id, _text(envelope.sender), len(envelope.recipients), transaction.writer.size, self.client_address,
         )
-        if message is not None:
-            delivery.hand_off(message)
-        else:
-            delivery.wake()
-        return queued(queue_id)
 
     def _direction(self, transaction: _Transaction) -> str:
         directions = {self.reception.policy.direction(self.client, r.address) for r in transaction.envelope.recipients}
