@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import os
 import random
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from mailgate.core.clock import FakeClock
 from mailgate.core.envelope import BodyType, Envelope, Notify, Recipient, Ret
 from mailgate.core.reply import Reply
 from mailgate.core.status import RecipientState
+from mailgate.queue import sqlite_schema
 from mailgate.queue.sqlite_store import MessageNotFoundError, SqliteQueueStore
 from mailgate.queue.store import MessageMeta, MessageState, QueueFilter, RecipientUpdate
 
@@ -210,6 +212,25 @@ def test_commits_wait_for_the_writer_lock_another_process_holds(tmp_path: Path) 
         assert await store.get(queue_id) is not None
 
     run(tmp_path, test)
+
+
+def test_a_new_spool_uses_small_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
+        queue_id = await enqueue(store, envelope("s@example.com", "a@example.com"), b"y" * 5000)
+        assert await body_of(store, queue_id) == b"y" * 5000
+
+    run(tmp_path / "new", test)
+    with sqlite3.connect(tmp_path / "new" / "queue.db") as connection:
+        assert connection.execute("PRAGMA page_size").fetchone()[0] == sqlite_schema.PAGE_SIZE == 1024
+
+    old = tmp_path / "old"
+    old.mkdir()
+    with sqlite3.connect(old / "queue.db") as connection:  # made by an earlier mailgate
+        connection.execute("PRAGMA page_size = 4096")
+        connection.execute("PRAGMA journal_mode = WAL")
+    run(old, test)
+    with sqlite3.connect(old / "queue.db") as connection:
+        assert connection.execute("PRAGMA page_size").fetchone()[0] == 4096
 
 
 def test_claim_order_limit_and_expired_lease(tmp_path: Path) -> None:
