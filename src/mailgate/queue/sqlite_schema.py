@@ -162,6 +162,10 @@ def _create_schema(connection: sqlite3.Connection) -> None:
 
 
 # --- records to rows -----------------------------------------------------------------------------
+# MessageMeta holds only scalars; dataclasses.asdict() would deep-copy each one on the commit path.
+META_FIELDS = tuple(item.name for item in dataclasses.fields(MessageMeta))
+
+
 def message_row(
     queue_id: str, envelope: Envelope, meta: MessageMeta, size: int, created: float
 ) -> dict[str, Any]:
@@ -178,7 +182,7 @@ def message_row(
         "size_declared": envelope.size_declared,
         "ret": None if envelope.ret is None else envelope.ret.value,
         "envid": envelope.envid,
-        "meta": json.dumps(dataclasses.asdict(meta)),
+        "meta": json.dumps({name: getattr(meta, name) for name in META_FIELDS}),
         "size": size,
         "created": created,
         "held": int(bool(meta.hold_reason)),
@@ -205,8 +209,7 @@ def recipient_row(message_id: int, index: int, recipient: Recipient, due: float)
 
 # --- rows to records -----------------------------------------------------------------------------
 def _meta_from_json(text: str, hold_reason: str) -> MessageMeta:
-    known = {item.name for item in dataclasses.fields(MessageMeta)}
-    values = {key: value for key, value in json.loads(text).items() if key in known}
+    values = {key: value for key, value in json.loads(text).items() if key in META_FIELDS}
     meta = MessageMeta(**values)
     meta.hold_reason = hold_reason  # the current reason: an admin hold or release changes it
     return meta
