@@ -150,6 +150,39 @@ def test_a_message_the_worker_can_deliver_at_once_is_handed_off_without_a_claim(
     asyncio.run(scenario())
 
 
+def test_a_message_whose_body_fails_its_crc_is_held_and_never_completed(tmp_path: Path, dns_zone) -> None:
+    clock = FakeClock(time.time())
+    large = MESSAGE + b"".join(b"line %06d of a large body\r\n" % n for n in range(2000))  # > 16 KiB
+
+    async def scenario() -> None:
+        async with CaptureServer(rcpt_replies={"b@hosted.test": Reply(451, "4.3.0", "later")}) as hop:
+            port = free_port()
+            config = config_text(tmp_path, port, hosted_hop=f"127.0.0.1:{hop.port}", dns_port=dns_zone.port, mx_port=1)
+            async with running(config, clock=clock) as app:
+                await asyncio.to_thread(send, port, "a@sender.test", ["b@hosted.test"], large)
+                await wait_until(lambda: len(hop.transactions) == 1)  # deferred by the 451
+                (summary,) = await app.store.list(QueueFilter())
+                queue_id = summary.queue_id
+                app.store._hot.pop(queue_id)  # as after a restart: the body comes from its segment
+                (segment,) = [path for path in (tmp_path / "spool" / "segments").iterdir()]
+                with open(segment, "r+b") as file:
+                    file.seek(8000)
+                    file.write(b"\0" * 512)
+                hop.rcpt_replies.clear()
+                await retry_after(app, clock, 60)
+                await wait_until(lambda: len(hop.transactions) == 2)
+                for _ in range(100):
+                    message = await app.store.get(queue_id)
+                    if message is not None and message.held:
+                        break
+                    await asyncio.sleep(0.05)
+                assert message is not None and message.held
+                assert "damaged body" in message.meta.hold_reason
+                assert hop.completed == []  # the final dot was never sent
+
+    asyncio.run(scenario())
+
+
 async def retry_after(app, clock: FakeClock, seconds: float) -> None:
     """Once the last attempt is recorded as deferred, move the clock on and retry at once."""
     for _ in range(200):

@@ -8,6 +8,8 @@ import errno
 import os
 import random
 import sqlite3
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from mailgate.core.reply import Reply
 from mailgate.core.status import RecipientState
 from mailgate.queue.segments import SEGMENT_THRESHOLD, segment_numbers, segment_path
 from mailgate.queue.sqlite_store import SqliteQueueStore
-from mailgate.queue.store import MessageMeta, QueueFilter, RecipientUpdate
+from mailgate.queue.store import CorruptBodyError, MessageMeta, QueueFilter, RecipientUpdate
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -100,6 +102,61 @@ def test_a_100_kib_body_goes_to_a_segment_and_comes_back_identical(tmp_path: Pat
     segment_size = os.path.getsize(segment_path(tmp_path / "segments", segment))
     assert segment_size == len(large) + len(spilled)
     run(tmp_path, second)
+
+
+def test_a_damaged_segment_body_fails_its_crc_before_its_last_chunk(tmp_path: Path) -> None:
+    """Rows commit beside the segment's sync, so a power loss can leave a row whose bytes never
+    reached the disk: the CRC-32 taken at append time catches that (and later damage)."""
+    original = body(100 * KIB)
+    ids: dict[str, str] = {}
+
+    async def first(store: SqliteQueueStore) -> None:
+        ids["large"] = await enqueue(store, original)
+
+    async def second(store: SqliteQueueStore) -> None:  # a new process: no cached copy
+        chunks = []
+        with pytest.raises(CorruptBodyError):
+            async for chunk in store.body_chunks(ids["large"], chunk_size=10 * KIB):
+                chunks.append(chunk)
+        assert sum(map(len, chunks)) < len(original)  # the end never came out
+
+    run(tmp_path, first)
+    segment, _ = placement(tmp_path, ids["large"])
+    assert segment is not None
+    with open(segment_path(tmp_path / "segments", segment), "r+b") as file:
+        file.seek(50 * KIB)
+        file.write(b"\0" * 4096)  # as a lost write would leave it
+    run(tmp_path, second)
+
+
+def test_the_segment_sync_runs_while_the_rows_commit_and_the_caller_waits_for_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fdatasync = os.fdatasync
+    seen: dict[str, object] = {}
+
+    def committed_rows() -> int:
+        with sqlite3.connect(tmp_path / "queue.db") as connection:
+            return connection.execute("SELECT count(*) FROM messages").fetchone()[0]
+
+    def watching(descriptor: int) -> None:
+        seen["thread"] = threading.current_thread().name
+        for _ in range(500):  # bounded: 5 s
+            if committed_rows():
+                seen["rows_before_sync_ended"] = committed_rows()
+                break
+            time.sleep(0.01)
+        real_fdatasync(descriptor)
+
+    async def test(store: SqliteQueueStore) -> None:
+        monkeypatch.setattr(os, "fdatasync", watching)
+        queue_id = await enqueue(store, body(100 * KIB))
+        monkeypatch.undo()
+        assert seen["rows_before_sync_ended"] == 1  # the transaction did not wait for the sync
+        assert "-sync" in str(seen["thread"])  # the helper thread, not the writer
+        assert await body_of(store, queue_id) == body(100 * KIB)
+
+    run(tmp_path, test)
 
 
 def test_deleting_the_last_live_body_of_a_closed_segment_unlinks_it(tmp_path: Path) -> None:

@@ -25,7 +25,14 @@ from mailgate.delivery.maildir import deliver_to_maildir
 from mailgate.delivery.routing import Route, RouteError, Router
 from mailgate.delivery.transport import SmtpTransport
 from mailgate.queue.backoff import RetrySchedule
-from mailgate.queue.store import QueuedMessage, QueuedRecipient, QueueStore, RecipientUpdate
+from mailgate.queue.store import (
+    CorruptBodyError,
+    QueuedMessage,
+    QueuedRecipient,
+    QueueFilter,
+    QueueStore,
+    RecipientUpdate,
+)
 
 log = logging.getLogger("mailgate.delivery")
 
@@ -146,6 +153,10 @@ class DeliveryRunner:
     async def _deliver_guarded(self, message: QueuedMessage) -> None:
         try:
             await self.deliver(message)
+        except CorruptBodyError as exc:  # no attempt can succeed: an admin has to look at it
+            log.error("holding %s: %s", message.queue_id, exc)
+            await self._store.hold(QueueFilter(queue_id=message.queue_id), f"damaged body: {exc}")
+            await self._store.finish(message.queue_id)
         except Exception:  # a bug must not kill the runner; the lease returns at restart
             log.exception("delivery of %s failed unexpectedly", message.queue_id)
 

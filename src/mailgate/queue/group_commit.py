@@ -11,11 +11,16 @@ deletions) does not need an fsync of its own: a group made only of such operatio
 `synchronous=NORMAL` (atomic, survives a process crash, written to disk by the next durable
 commit or checkpoint); a group holding any durable operation commits with `synchronous=FULL`.
 An operation may also carry a `stage` function: data kept outside SQLite (large bodies in segment
-files, queue/segments.py) is written by the stages of the whole group BEFORE its transaction,
-then `Staging.sync()` makes it durable once for the group, and only then does the transaction
-that points at it run; an operation whose stage (or the group's sync) failed fails alone, and is
-not run in the transaction. `Staging.end_group()` follows every group that had stages,
-committed or not.
+files, queue/segments.py) is written by the stages of the whole group BEFORE its transaction; then
+`Staging.sync()` (one fdatasync per group) runs in a helper thread WHILE the transaction commits,
+so a large message waits for one fsync's time rather than two in a row. No caller hears of its
+operation before both are done. If the sync fails, the rows just committed point at bytes that may
+never reach the disk: each such operation's `undo` (required with a stage) runs in one durable
+transaction and the operations fail. A power loss between the two leaves a row whose bytes may be
+missing, for a message that was never acknowledged: the CRC-32 recorded with each segment body
+finds that when it is read (CorruptBodyError). An operation whose stage failed fails alone and is
+not run in the transaction. `Staging.end_group()` follows every group that had stages, committed
+or not.
 Several worker processes share one database. SQLite's own answer to a write lock held by another
 process is to sleep and retry (1, 2, 5, 10 ms ...), which under load cost more than the commits
 themselves; so a writer made with `lock_path` first takes an exclusive `flock` on that file, which
@@ -30,13 +35,17 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import queue
 import sqlite3
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+log = logging.getLogger("mailgate.queue")
 
 WriteFunction = Callable[[sqlite3.Connection], Any]
 StageFunction = Callable[[sqlite3.Connection], None]  # runs outside any transaction
@@ -48,7 +57,8 @@ class Staging(Protocol):
     """What the stages of a group write outside SQLite (the segment files of large bodies)."""
 
     def sync(self) -> None:
-        """Make everything staged since the last call durable (one sync per group)."""
+        """Make everything staged since the last call durable (one sync per group; it runs in a
+        helper thread, alone: nothing else touches the staging until it returns)."""
 
     def end_group(self) -> None:
         """Called after each group that had stages, once its commit succeeded or failed."""
@@ -83,6 +93,7 @@ class _Operation:
     after_commit: list[AfterCommit] = field(default_factory=list)
     durable: bool = True
     stage: StageFunction | None = None
+    undo: WriteFunction | None = None  # removes what `function` committed (with a stage only)
     result: Any = None
     error: BaseException | None = None
 
@@ -109,6 +120,7 @@ class GroupCommitWriter:
         self._start_error: BaseException | None = None
         self._stopping = False
         self._synchronous = "FULL"  # what the connection is set to (queue/sqlite_schema.py)
+        self._syncer: ThreadPoolExecutor | None = None  # syncs the staging beside each commit
 
     async def start(self) -> None:
         """Start the thread and open the connection in it; raises what opening raised."""
@@ -124,20 +136,22 @@ class GroupCommitWriter:
         *,
         durable: bool = True,
         stage: StageFunction | None = None,
+        undo: WriteFunction | None = None,
     ) -> asyncio.Future[Any]:
         """Queue one write; the future resolves after the group holding it has committed.
 
         `function` runs in the writer thread inside a savepoint; `after_commit` actions run in
         the writer thread after a successful commit (never if the operation or commit failed).
-        `stage` runs in the writer thread before the group's transaction (see the module doc).
+        `stage` runs in the writer thread before the group's transaction, and `undo` if the sync
+        of what it staged failed after the transaction committed (see the module doc).
         """
-        if stage is not None and self._staging is None:
-            raise ValueError("a stage needs a writer made with staging")
+        if stage is not None and (self._staging is None or undo is None):
+            raise ValueError("a stage needs a writer made with staging, and an undo")
         if self._stopping or not self._thread.is_alive():
             raise WriterStoppedError("the queue writer is not running")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        operation = _Operation(function, future, loop, list(after_commit or ()), durable, stage)
+        operation = _Operation(function, future, loop, list(after_commit or ()), durable, stage, undo)
         self._inbox.put(operation)
         return future
 
@@ -148,8 +162,9 @@ class GroupCommitWriter:
         *,
         durable: bool = True,
         stage: StageFunction | None = None,
+        undo: WriteFunction | None = None,
     ) -> Any:
-        return await self.submit(function, after_commit, durable=durable, stage=stage)
+        return await self.submit(function, after_commit, durable=durable, stage=stage, undo=undo)
 
     async def close(self) -> None:
         """Finish every queued operation, then stop the thread and close the connection."""
@@ -168,6 +183,8 @@ class GroupCommitWriter:
             if self._lock_path is not None:
                 lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             connection = self._connect()
+            if self._staging is not None:
+                self._syncer = ThreadPoolExecutor(1, thread_name_prefix=f"{self._thread.name}-sync")
         except BaseException as exc:  # reported to start(); the thread ends
             if lock_fd >= 0:
                 os.close(lock_fd)
@@ -192,6 +209,8 @@ class GroupCommitWriter:
             connection.close()
             if lock_fd >= 0:
                 os.close(lock_fd)
+            if self._syncer is not None:
+                self._syncer.shutdown()
 
     def _take_group(self, item: _Operation | object) -> tuple[list[_Operation], bool]:
         """Take `item` (the first pending operation) and everything else already pending."""
@@ -210,10 +229,14 @@ class GroupCommitWriter:
 
     def _commit_group(self, connection: sqlite3.Connection, group: list[_Operation]) -> None:
         self.stats.largest_group = max(self.stats.largest_group, len(group))
-        staged = self._stage(connection, group)
+        staged = [operation for operation in group if operation.stage is not None]
+        written = self._stage(connection, staged)
+        sync = self._syncer.submit(self._sync_staging) if written and self._syncer else None
         try:
             self._transaction(connection, group)
         finally:
+            if sync is not None:
+                self._await_sync(connection, sync, written)
             if staged and self._staging is not None:
                 try:
                     self._staging.end_group()
@@ -221,11 +244,9 @@ class GroupCommitWriter:
                     pass  # closing a finished segment; recover() cleans up after it
             self._settle(group)
 
-    def _stage(self, connection: sqlite3.Connection, group: list[_Operation]) -> bool:
-        """Run the group's stages, then sync them once; failed operations get their error."""
-        staged = [operation for operation in group if operation.stage is not None]
-        if not staged or self._staging is None:
-            return False
+    def _stage(self, connection: sqlite3.Connection, staged: list[_Operation]) -> list[_Operation]:
+        """Run the stages; returns the operations whose data was written (failed ones get their
+        error and are not run in the transaction)."""
         written = []
         for operation in staged:
             assert operation.stage is not None
@@ -235,15 +256,44 @@ class GroupCommitWriter:
             except Exception as exc:  # this operation fails alone
                 self.stats.failed_operations += 1
                 operation.error = exc
-        if written:
-            try:
-                self.stats.stage_syncs += 1
-                self._staging.sync()
-            except Exception as exc:  # nothing staged in this group is durable: fail them all
-                for operation in written:
+        return written
+
+    def _sync_staging(self) -> None:  # in the helper thread
+        assert self._staging is not None
+        self.stats.stage_syncs += 1
+        self._staging.sync()
+
+    def _await_sync(self, connection: sqlite3.Connection, sync: Future[None], written: list[_Operation]) -> None:
+        try:
+            sync.result()
+            return
+        except Exception as exc:  # nothing staged in this group is durable: fail them all
+            committed = [operation for operation in written if operation.error is None]
+            for operation in written:
+                if operation.error is None:
                     self.stats.failed_operations += 1
                     operation.error = exc
-        return True
+        if committed:
+            self._undo(connection, committed)
+
+    def _undo(self, connection: sqlite3.Connection, operations: list[_Operation]) -> None:
+        """Remove the rows of operations whose staged data did not become durable."""
+        try:
+            if self._synchronous != "FULL":
+                connection.execute("PRAGMA synchronous = FULL")
+                self._synchronous = "FULL"
+            connection.execute("BEGIN IMMEDIATE")
+            for operation in operations:
+                assert operation.undo is not None
+                operation.undo(connection)
+            connection.execute("COMMIT")
+        except Exception:  # their bodies' CRC-32 still keeps them from being delivered
+            log.exception("could not remove %d message(s) whose body sync failed", len(operations))
+            try:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     def _transaction(self, connection: sqlite3.Connection, group: list[_Operation]) -> None:
         synchronous = "FULL" if any(operation.durable for operation in group) else "NORMAL"

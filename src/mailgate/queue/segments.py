@@ -27,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class StagedBody:
     size: int
     segment: int | None = None
     offset: int = 0
+    crc: int = 0  # zlib.crc32 of the body, for the row (read_range's caller checks it)
 
 
 @dataclass(slots=True)
@@ -166,17 +168,18 @@ class SegmentAppender:
             assert segment is not None
             try:
                 if source is not None:
-                    _copy_file(segment.descriptor, source, segment.size)
+                    crc = _copy_file(segment.descriptor, source, segment.size)
                 else:
                     assert isinstance(staged.source, bytes)
                     _write_all(segment.descriptor, staged.source, segment.size)
+                    crc = zlib.crc32(staged.source)
             except OSError:
                 self._abandon()  # the file's tail is unknown now: never append to it again
                 raise
         finally:
             if source is not None:
                 source.close()
-        staged.segment, staged.offset = segment.number, segment.size
+        staged.segment, staged.offset, staged.crc = segment.number, segment.size, crc
         segment.size += staged.size
         segment.dirty = True
 
@@ -242,10 +245,14 @@ class SegmentAppender:
             self._retiring.append(self._current)
             self._current = None
 
-def _copy_file(descriptor: int, source: BinaryIO, offset: int) -> None:
+def _copy_file(descriptor: int, source: BinaryIO, offset: int) -> int:
+    """Copies `source` to `offset` on; returns its CRC-32."""
+    crc = 0
     while chunk := source.read(COPY_CHUNK):
         _write_all(descriptor, chunk, offset)
+        crc = zlib.crc32(chunk, crc)
         offset += len(chunk)
+    return crc
 
 
 def _write_all(descriptor: int, data: bytes, offset: int) -> None:

@@ -50,7 +50,7 @@ def insert_message(
     """A `StagedBody` was appended to its segment and synced by this group's stage already."""
     if isinstance(body, StagedBody):
         assert body.segment is not None, "the body's stage did not run"
-        row = {**row, "body_segment": body.segment, "body_offset": body.offset}
+        row = {**row, "body_segment": body.segment, "body_offset": body.offset, "body_crc": body.crc}
         counted = connection.execute(
             "UPDATE segments SET live = live + 1 WHERE id = ?", (body.segment,)
         ).rowcount
@@ -68,6 +68,14 @@ def insert_message(
         )
     elif isinstance(body, Path):
         _copy_spill_file(connection, message_id, body, size)
+
+
+def remove_message(connection: sqlite3.Connection, queue_id: str) -> None:
+    """Undo insert_message (its staged body did not become durable); a segment it leaves empty
+    is found by recover()."""
+    message_id = _message_id(connection, queue_id)
+    if message_id is not None:
+        _delete_rows(connection, [message_id], [])
 
 
 def _insert_sql(table: str, row: dict[str, Any]) -> str:
@@ -314,17 +322,19 @@ def segment_numbers(connection: sqlite3.Connection) -> list[int]:
 
 def read_body(
     connection: sqlite3.Connection, queue_id: str, offset: int, chunk_size: int, segments_dir: Path
-) -> tuple[int, list[bytes]]:
-    """(body size, chunks from `offset` totalling at most about BODY_READ_BATCH bytes)."""
+) -> tuple[int, int | None, list[bytes]]:
+    """(body size, the CRC-32 a segment body must have or None, chunks from `offset` totalling
+    at most about BODY_READ_BATCH bytes)."""
     found = connection.execute(
-        "SELECT id, size, body_segment, body_offset FROM messages WHERE queue_id = ?", (queue_id,)
+        "SELECT id, size, body_segment, body_offset, body_crc FROM messages WHERE queue_id = ?",
+        (queue_id,),
     ).fetchone()
     if found is None:
         raise MessageNotFoundError(queue_id)
-    message_id, size, segment, segment_offset = found
+    message_id, size, segment, segment_offset, crc = found
     chunks: list[bytes] = []
     if offset >= size:
-        return size, chunks
+        return size, crc, chunks
     budget = max(BODY_READ_BATCH, chunk_size)
     if segment is not None:
         start = segment_offset + offset
@@ -334,13 +344,13 @@ def read_body(
             )
         except FileNotFoundError:  # deleted, and its segment removed, since our snapshot
             raise MessageNotFoundError(queue_id) from None
-        return size, chunks
+        return size, crc, chunks
     with connection.blobopen("bodies", "data", message_id, readonly=True) as blob:
         blob.seek(offset)
         while budget >= chunk_size and (chunk := blob.read(chunk_size)):
             chunks.append(chunk)
             budget -= len(chunk)
-    return size, chunks
+    return size, None, chunks
 
 
 def list_summaries(

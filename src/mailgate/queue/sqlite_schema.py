@@ -21,9 +21,9 @@ from mailgate.core.status import RecipientState
 from mailgate.queue.store import MessageMeta, QueuedMessage, QueuedRecipient, QueueFilter
 
 # 2: large bodies in segment files (queue/segments.py): messages.body_segment and body_offset,
-# the segments table. A version 1 spool is upgraded in place (two columns, one table); a newer
-# version is refused.
-SCHEMA_VERSION = 2
+# the segments table. 3: messages.body_crc, the CRC-32 of a segment body (NULL for inline bodies
+# and bodies written by version 2). Older spools are upgraded in place; a newer one is refused.
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
 # The WAL is truncated back to this size after a checkpoint, so one large message does not leave
 # a large WAL file behind for ever.
@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS messages (
     lease_owner TEXT,
     lease_expires REAL,
     body_segment INTEGER REFERENCES segments(id),  -- NULL: the body is inline in `bodies`
-    body_offset INTEGER
+    body_offset INTEGER,
+    body_crc INTEGER                   -- CRC-32 of a segment body, checked when it is read
 );
 CREATE INDEX IF NOT EXISTS messages_created ON messages(created);
 CREATE TABLE IF NOT EXISTS recipients (
@@ -91,10 +92,13 @@ CREATE TABLE IF NOT EXISTS bodies (                -- bodies below segments.SEGM
     data BLOB NOT NULL
 );
 """
-UPGRADE_FROM_1 = (
-    "ALTER TABLE messages ADD COLUMN body_segment INTEGER REFERENCES segments(id)",
-    "ALTER TABLE messages ADD COLUMN body_offset INTEGER",
-)
+UPGRADES = {  # from version N to N + 1
+    1: (
+        "ALTER TABLE messages ADD COLUMN body_segment INTEGER REFERENCES segments(id)",
+        "ALTER TABLE messages ADD COLUMN body_offset INTEGER",
+    ),
+    2: ("ALTER TABLE messages ADD COLUMN body_crc INTEGER",),
+}
 
 MESSAGE_COLUMNS = (
     "id, queue_id, sender_local, sender_domain, sender_literal, sender_route, body_type, smtputf8,"
@@ -154,9 +158,10 @@ def _create_schema(connection: sqlite3.Connection) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():
             connection.execute(statement)
-    if version == 1:
-        for statement in UPGRADE_FROM_1:
-            connection.execute(statement)
+    if version:  # 0: a new database, made whole by SCHEMA above
+        for step in range(version, SCHEMA_VERSION):
+            for statement in UPGRADES[step]:
+                connection.execute(statement)
     connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     connection.execute("COMMIT")
 

@@ -30,6 +30,7 @@ import os
 import socket
 import sqlite3
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,7 @@ from mailgate.queue.segments import (
 from mailgate.queue.spool_writer import INCOMING_DIRECTORY, SpoolWriter, remove_quietly
 from mailgate.queue.sqlite_queries import MessageNotFoundError
 from mailgate.queue.store import (
+    CorruptBodyError,
     MessageMeta,
     MessageState,
     MessageWriter,
@@ -211,16 +213,17 @@ class SqliteQueueStore(QueueStore):
         if leased:
             row.update(lease_owner=self._lease_owner, lease_expires=created + self._lease_seconds)
         stored: bytes | Path | StagedBody = body
-        stage = None
+        stage = undo = None
         if writer.size >= self._segment_threshold:
             stored = StagedBody(body, writer.size)
             stage = partial(self._segments.append, stored)
+            undo = partial(queries.remove_message, queue_id=writer.queue_id)
         insert = partial(
             queries.insert_message, row=row, envelope=envelope, body=stored, size=writer.size
         )
         remove_spill_file = [partial(remove_quietly, body)] if isinstance(body, Path) else []
         try:
-            await self._writer.run(insert, remove_spill_file, stage=stage)
+            await self._writer.run(insert, remove_spill_file, stage=stage, undo=undo)
         finally:
             retired = self._segments.take_retired()
             if retired:
@@ -245,7 +248,9 @@ class SqliteQueueStore(QueueStore):
     async def body_chunks(self, queue_id: str, chunk_size: int = 65536) -> AsyncIterator[bytes]:
         """Reads about a megabyte per round trip to a reader thread, never the whole body.
 
-        Raises MessageNotFoundError (a KeyError) for an unknown or deleted message.
+        Raises MessageNotFoundError (a KeyError) for an unknown or deleted message, and
+        CorruptBodyError after the last chunk of a segment body whose CRC-32 is not the one
+        recorded with it (so a transport that sends chunk by chunk never sends the final dot).
         """
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
@@ -255,12 +260,17 @@ class SqliteQueueStore(QueueStore):
                 yield hot[start : start + chunk_size]
             return
         offset = 0
+        crc = 0
         while True:
-            size, chunks = await self._read(
+            size, expected, chunks = await self._read(
                 queries.read_body, queue_id, offset, chunk_size, self.segments_dir
             )
             for chunk in chunks:
                 offset += len(chunk)
+                if expected is not None:
+                    crc = zlib.crc32(chunk, crc)
+                    if offset >= size and crc != expected:
+                        raise CorruptBodyError(f"the body of {queue_id} fails its CRC-32 check")
                 yield chunk
             if offset >= size:
                 return

@@ -56,6 +56,12 @@ class MessageMeta:
     crlf_clean: bool = False  # reception verified: no bare CR or LF anywhere in the message
 
 
+class CorruptBodyError(Exception):
+    """A stored body does not match the checksum taken when it was written: torn by a power loss
+    before its message was acknowledged, or damaged on disk since. Not an OSError on purpose: it
+    is no network or disk failure to retry, and the runner holds the message for an admin."""
+
+
 @dataclass(slots=True)
 class QueuedRecipient:
     index: int
