@@ -237,6 +237,10 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             shutil.rmtree(path, ignore_errors=True)
 
     for rep in range(1, args.reps + 1):
+        # Which server goes first alternates between repetitions: each run inherits the disk the
+        # run before it left (a latency run right after the other server pushed 500 MB through
+        # it measured slower), so neither server may always follow the same one.
+        servers = args.servers if rep % 2 else list(reversed(args.servers))
         for size in args.sizes:
             for sessions in args.sessions:
                 case = {"rep": rep, "size": size, "sessions": sessions}
@@ -244,7 +248,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 results["baseline"].append(baseline)
                 _progress(f"rep {rep} baseline size={size} C={sessions}: "
                           f"{_fmt(baseline.get('accept_msgs_per_s'))} msg/s")
-                for server in args.servers:
+                for server in servers:
                     path = fresh_dir(f"{server}-throughput")
                     run = attempt({**case, "server": server}, lambda: throughput_run(
                         server, size, sessions, args.messages, path))
@@ -255,7 +259,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                               f"e2e {_fmt(run.get('end_to_end_msgs_per_s'))} msg/s, "
                               f"peak PSS {_fmt(run.get('peak_pss_mib'))} MiB, "
                               f"{_fmt(run.get('cpu_s_per_1000_msgs'))} CPU s/1000")
-            for server in args.servers:
+            for server in servers:
                 path = fresh_dir(f"{server}-latency")
                 run = attempt({"rep": rep, "size": size, "server": server}, lambda: latency_run(
                     server, size, args.latency_count, path))
@@ -264,7 +268,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 _progress(f"rep {rep} {server} latency size={size}: "
                           f"p50 {_fmt(run.get('p50_ms'))} ms, p99 {_fmt(run.get('p99_ms'))} ms, "
                           f"errors {run.get('error_count', '-')}")
-        for server in args.servers:
+        for server in servers:
             path = fresh_dir(f"{server}-connections")
             case = {"rep": rep, "requested": args.connections, "server": server}
             run = attempt(case, lambda: connection_run(

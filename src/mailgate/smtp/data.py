@@ -49,7 +49,7 @@ class DotBodyScanner:
         region = view[:region_end]
         # RFC 5321 §4.5.2: a line starting with "." lost that first dot. Matches start at index
         # 0 at the earliest and keep their CRLF, so dropping the two `_previous` octets is exact.
-        body = region.replace(b"\r\n.", b"\r\n")[2:]
+        body = (region.replace(b"\r\n.", b"\r\n") if b"\r\n." in region else region)[2:]
         self._previous = region[-2:]
         return body, consumed, done
 
@@ -57,8 +57,10 @@ class DotBodyScanner:
 class BodyInspector:
     """Counts a message's octets and flags what makes the caller refuse it.
 
-    Bare line endings are found by counting: the body is CRLF-clean exactly when the number of
-    CRs, of LFs and of CRLF pairs are equal (a pair split between two chunks is counted too).
+    Bare line endings: with every CRLF pair taken out, no CR or LF may be left (a pair split
+    between two chunks is joined up by `_pending_cr`). Long lines: a run of `max_line` octets
+    without LF holds a whole block of `max_line // 2` octets without one, so only blocks are
+    searched (one `find` per block) and only a block without LF is measured exactly.
     The same inspector serves every BDAT chunk of a transaction: BDAT framing is a byte count,
     so a bare LF there cannot end the message here, but the message may later be relayed with
     DATA to a next hop that does treat bare LF as a line end, so BDAT content is flagged too.
@@ -70,30 +72,40 @@ class BodyInspector:
         self.size = 0
         self.oversize = False
         self.long_line = False
-        self._carriage_returns = 0
-        self._line_feeds = 0
-        self._pairs = 0
-        self._ends_with_cr = False
+        self._bare = False
+        self._pending_cr = False  # the last chunk ended with a CR: the next must start with LF
         self._open_line = 0  # octets of the current line not yet ended by LF
 
     @property
     def bare_line_ending(self) -> bool:
-        return not self._carriage_returns == self._line_feeds == self._pairs
+        """So far; a CR at the very end of the body is bare too (its LF never came)."""
+        return self._bare or self._pending_cr
 
     def inspect(self, chunk: bytes) -> bytes | None:
         """Account for `chunk`; return it to pass on, or None (empty, or past the size limit)."""
         if not chunk:
             return None
         self.size += len(chunk)
-        self._carriage_returns += chunk.count(b"\r")
-        self._line_feeds += chunk.count(b"\n")
-        self._pairs += chunk.count(b"\r\n") + (self._ends_with_cr and chunk[0] == _LF)
-        self._ends_with_cr = chunk[-1] == _CR
+        if not self._bare:
+            self._find_bare_line_endings(chunk)
         if not self.long_line:
             self._measure_lines(chunk)
         if self.max_size and self.size > self.max_size:
             self.oversize = True  # from here on, bytes are counted and dropped
         return None if self.oversize else chunk
+
+    def _find_bare_line_endings(self, chunk: bytes) -> None:
+        start = 0
+        if self._pending_cr:
+            if chunk[0] != _LF:
+                self._bare = True
+                return
+            start = 1
+        self._pending_cr = chunk[-1] == _CR
+        end = len(chunk) - 1 if self._pending_cr and len(chunk) > start else len(chunk)
+        rest = chunk[start:end].replace(b"\r\n", b"")
+        if b"\r" in rest or b"\n" in rest:
+            self._bare = True
 
     def _measure_lines(self, chunk: bytes) -> None:
         # Lines are measured up to their LF; "too long" is max_line or more octets before it,
@@ -101,9 +113,24 @@ class BodyInspector:
         first = chunk.find(b"\n")
         if first < 0:
             self._open_line += len(chunk)
-            longest = self._open_line
-        else:
-            longest = max(self._open_line + first, max(map(len, chunk[first + 1 :].split(b"\n"))))
-            self._open_line = len(chunk) - chunk.rfind(b"\n") - 1
-        if longest >= self.max_line:
+            if self._open_line >= self.max_line:
+                self.long_line = True
+            return
+        if self._open_line + first >= self.max_line:
             self.long_line = True
+            return
+        self._open_line = len(chunk) - chunk.rfind(b"\n") - 1
+        block = max(self.max_line // 2, 1)
+        position = first + 1
+        while position < len(chunk):
+            if chunk.find(b"\n", position, position + block) >= 0:
+                position += block
+                continue
+            run_start = chunk.rfind(b"\n", 0, position) + 1
+            run_end = chunk.find(b"\n", position + block)
+            if (len(chunk) if run_end < 0 else run_end) - run_start >= self.max_line:
+                self.long_line = True
+                return
+            if run_end < 0:
+                return
+            position = run_end + 1
