@@ -266,15 +266,13 @@ class GroupCommitWriter:
     def _await_sync(self, connection: sqlite3.Connection, sync: Future[None], written: list[_Operation]) -> None:
         try:
             sync.result()
-            return
         except Exception as exc:  # nothing staged in this group is durable: fail them all
             committed = [operation for operation in written if operation.error is None]
-            for operation in written:
-                if operation.error is None:
-                    self.stats.failed_operations += 1
-                    operation.error = exc
-        if committed:
-            self._undo(connection, committed)
+            for operation in committed:
+                self.stats.failed_operations += 1
+                operation.error = exc
+            if committed:
+                self._undo(connection, committed)
 
     def _undo(self, connection: sqlite3.Connection, operations: list[_Operation]) -> None:
         """Remove the rows of operations whose staged data did not become durable."""
