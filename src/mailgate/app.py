@@ -225,8 +225,8 @@ class Application:
         async def handle(reader, writer, owner: Listener, client: str) -> None:
             await Session(self.reception, profile, reader, writer, client).run()
 
-        def refused(client: str, port: int, reply) -> None:
-            self.log.connection_refused(client, port, listener.name, "limit", reply)
+        def refused(client: str, port: int, reason: str, reply) -> None:
+            self.log.connection_refused(client, port, listener.name, reason, reply)
 
         return Listener(settings, handle, on_refused=refused)
 

@@ -195,7 +195,10 @@ def test_header_from_a_peer_that_is_not_a_configured_balancer_is_dropped(
     port = mailgate.port("behind-lb")
     assert asyncio.run(_what_the_server_says(port, STRANGER, v1_header(PROXIED_V4))) == b""
     assert asyncio.run(_what_the_server_says(port, STRANGER, b"")) == b""
-    assert not any(r["event"] == "connection.opened" for r in _json_records(mailgate))
+    records = _json_records(mailgate)
+    assert not any(r["event"] == "connection.opened" for r in records)
+    refused = [r for r in records if r["event"] == "connection.refused"]
+    assert [(r["reason"], r["client_ip"], "reply_code" in r) for r in refused] == [("proxy", STRANGER, False)] * 2
     dropped = [r.getMessage() for r in caplog.records if "not a configured load balancer" in r.getMessage()]
     assert len(dropped) == 2 and all(STRANGER in message for message in dropped)
 
@@ -220,7 +223,10 @@ def test_malformed_header_is_dropped_without_a_greeting(
 ) -> None:
     caplog.set_level(logging.INFO, logger="mailgate.listener")
     assert asyncio.run(_what_the_server_says(mailgate.port("behind-lb"), BALANCER, data)) == b""
-    assert not any(r["event"] == "connection.opened" for r in _json_records(mailgate))
+    records = _json_records(mailgate)
+    assert not any(r["event"] == "connection.opened" for r in records)
+    refused = [r for r in records if r["event"] == "connection.refused"]
+    assert [(r["reason"], r["client_ip"]) for r in refused] == [("proxy", BALANCER)]
     # Refused by the parser for this reason, not merely timed out waiting for more bytes.
     refusals = [r.getMessage() for r in caplog.records if "bad PROXY header" in r.getMessage()]
     assert len(refusals) == 1 and reason in refusals[0], refusals

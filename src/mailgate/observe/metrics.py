@@ -105,7 +105,8 @@ class Metrics:
         self._child(self._open, listener).dec()
 
     def connection_refused(self, listener: str, reason: str) -> None:
-        """reason: `limit`, `blocklist`, `dnsbl`, ... (a short fixed word, never an address)."""
+        """reason: `limit`, `disk`, `blocklist`, `dnsbl`, `proxy` (a short fixed word, never an
+        address)."""
         self._child(self._refused_connections, listener, reason).inc()
 
     def smtp_bytes(self, bytes_in: int, bytes_out: int) -> None:

@@ -118,9 +118,13 @@ class TransactionLog:
             bytes_in=connection.bytes_in, bytes_out=connection.bytes_out,
         ))
 
-    def connection_refused(self, client_ip: str, client_port: int, listener: str, reason: str, reply: Reply) -> None:
-        """Refused before any session (connection limits, block list, DNSBL); reason is a short
-        fixed word (`limit`, `blocklist`, `dnsbl`) used as a metric label."""
+    def connection_refused(
+        self, client_ip: str, client_port: int, listener: str, reason: str, reply: Reply | None
+    ) -> None:
+        """Refused before any session; reason is a short fixed word used as a metric label:
+        `limit` (connection limits), `disk` (hard back-pressure), `blocklist`, `dnsbl`, or `proxy`
+        (a missing, malformed or unauthorised PROXY header: dropped with no reply, `reply` None,
+        and `client_ip` is the load balancer's or whoever connected)."""
         if self.metrics:
             self.metrics.connection_refused(listener, reason)
         self._emit_json(lambda: jsonlog.record(

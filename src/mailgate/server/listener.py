@@ -50,7 +50,7 @@ SessionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Listener
 class Listener:
     def __init__(
         self, settings: ListenerSettings, handler: SessionHandler,
-        on_refused: Callable[[str, int, Reply], None] = lambda client, port, reply: None,
+        on_refused: Callable[[str, int, str, Reply | None], None] = lambda client, port, reason, reply: None,
     ) -> None:
         self.settings = settings
         self._handler = handler
@@ -109,11 +109,12 @@ class Listener:
         peer = writer.get_extra_info("peername") or ("", 0)
         client = str(peer[0])
         if self.paused:
-            await self._refuse(writer, client, int(peer[1]), SPOOL_FULL)
+            await self._refuse(writer, client, int(peer[1]), "disk", SPOOL_FULL)
             return
         if self.settings.proxy_from is not None:
             proxied = await self._proxy_client(reader, writer, client)
             if proxied is None:
+                self._on_refused(client, int(peer[1]), "proxy", None)  # dropped without a reply
                 writer.close()
                 return
             client = proxied
@@ -121,7 +122,7 @@ class Listener:
             len(self._sessions) >= self.settings.max_connections
             or self._per_client[client] >= self.settings.max_connections_per_client
         ):
-            await self._refuse(writer, client, int(peer[1]), TOO_MANY_CONNECTIONS)
+            await self._refuse(writer, client, int(peer[1]), "limit", TOO_MANY_CONNECTIONS)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -137,8 +138,8 @@ class Listener:
             if not writer.is_closing():
                 writer.close()
 
-    async def _refuse(self, writer, client: str, port: int, reply: Reply) -> None:
-        self._on_refused(client, port, reply)
+    async def _refuse(self, writer, client: str, port: int, reason: str, reply: Reply) -> None:
+        self._on_refused(client, port, reason, reply)
         writer.write(reply.encode())
         try:
             await writer.drain()
