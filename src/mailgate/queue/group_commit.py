@@ -129,7 +129,7 @@ class GroupCommitWriter:
         if self._start_error is not None:
             raise self._start_error
 
-    def submit(
+    async def run(
         self,
         function: WriteFunction,
         after_commit: list[AfterCommit] | None = None,
@@ -137,8 +137,8 @@ class GroupCommitWriter:
         durable: bool = True,
         stage: StageFunction | None = None,
         undo: WriteFunction | None = None,
-    ) -> asyncio.Future[Any]:
-        """Queue one write; the future resolves after the group holding it has committed.
+    ) -> Any:
+        """Queue one write and return its result once the group holding it has committed.
 
         `function` runs in the writer thread inside a savepoint; `after_commit` actions run in
         the writer thread after a successful commit (never if the operation or commit failed).
@@ -151,20 +151,8 @@ class GroupCommitWriter:
             raise WriterStoppedError("the queue writer is not running")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        operation = _Operation(function, future, loop, list(after_commit or ()), durable, stage, undo)
-        self._inbox.put(operation)
-        return future
-
-    async def run(
-        self,
-        function: WriteFunction,
-        after_commit: list[AfterCommit] | None = None,
-        *,
-        durable: bool = True,
-        stage: StageFunction | None = None,
-        undo: WriteFunction | None = None,
-    ) -> Any:
-        return await self.submit(function, after_commit, durable=durable, stage=stage, undo=undo)
+        self._inbox.put(_Operation(function, future, loop, list(after_commit or ()), durable, stage, undo))
+        return await future
 
     async def close(self) -> None:
         """Finish every queued operation, then stop the thread and close the connection."""
