@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
 import random
 import sqlite3
@@ -308,5 +309,48 @@ def test_two_writers_never_share_or_remove_each_others_current_segment(tmp_path:
         await first.delete(QueueFilter(queue_id=again))
         await first.recover()  # the second writer is gone: its empty segment can go
         assert segment_numbers(first.segments_dir) == [my_segment]
+
+    run(tmp_path, test)
+
+
+def test_a_body_acknowledged_beside_a_failed_append_was_fdatasynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21 item 1: one append of a group fails (disk full); a body appended before it to
+    the same segment in the same group still gets its 250, so it must have been fdatasynced."""
+    real_pwrite, real_fdatasync = os.pwrite, os.fdatasync
+    kept, failing = body(100 * KIB, 40), body(100 * KIB, 41)
+    synced: list[int] = []  # inode numbers of the files fdatasynced
+
+    def full_for_one_body(descriptor: int, data: Any, offset: int) -> int:
+        if bytes(data[:64]) == failing[:64]:
+            real_pwrite(descriptor, bytes(data[: len(data) // 2]), offset)  # a torn tail
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(descriptor, data, offset)
+
+    def recording(descriptor: int) -> None:
+        synced.append(os.fstat(descriptor).st_ino)
+        real_fdatasync(descriptor)
+
+    async def test(store: SqliteQueueStore) -> None:
+        monkeypatch.setattr(os, "pwrite", full_for_one_body)
+        monkeypatch.setattr(os, "fdatasync", recording)
+        # Hold the writer's lock so that both commits wait and then share one group.
+        lock = os.open(tmp_path / "queue.db.writer-lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        commits = [asyncio.ensure_future(enqueue(store, item)) for item in (kept, failing)]
+        await asyncio.sleep(0.2)  # both operations reach the writer's inbox (not a timed assert)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
+        acknowledged, refused = await asyncio.gather(*commits, return_exceptions=True)
+        monkeypatch.undo()
+        assert isinstance(refused, OSError) and refused.errno == errno.ENOSPC
+        assert isinstance(acknowledged, str)
+        assert store.stats.largest_group == 2  # the case of the issue: one group for both
+        segment, _ = placement(tmp_path, acknowledged)
+        assert segment is not None
+        inode = os.stat(segment_path(store.segments_dir, segment)).st_ino
+        assert inode in synced, "a body got its 250 without an fdatasync of its segment"
+        assert await body_of(store, acknowledged) == kept
 
     run(tmp_path, test)

@@ -240,10 +240,12 @@ class SegmentAppender:
         raise SegmentError(f"no free segment number after {ALLOCATE_ATTEMPTS} attempts")
 
     def _abandon(self) -> None:
+        """Stop appending to the current segment. It keeps its `dirty` mark: bodies appended to
+        it earlier in this group are still committed, so this group's sync must cover them."""
         if self._current is not None:
-            self._current.dirty = False  # nothing of it will be referenced: no sync needed
             self._retiring.append(self._current)
             self._current = None
+
 
 def _copy_file(descriptor: int, source: BinaryIO, offset: int) -> int:
     """Copies `source` to `offset` on; returns its CRC-32."""
