@@ -148,13 +148,45 @@ def test_unauthenticated_untrusted_client_cannot_relay(
     assert queued(mailgate) == []
 
 
+def test_restrict_auth_senders_user_added_without_a_list_owns_its_login_address(
+    tmp_path: Path, tls_files: dict[str, str],
+) -> None:
+    """`mailgate user add carol@HOSTED` without --allow-sender: carol may send as herself only."""
+    with _start(tmp_path, tls_files, "restrict_auth_senders = true") as mg:
+        FileUserStore(tmp_path / "users").add(f"carol@{HOSTED}", PASSWORD)
+        with _submission(mg, tls_files["ca"]) as smtp:
+            smtp.login(f"carol@{HOSTED}", PASSWORD)
+            for refused in ("", OWN_SENDER, f"carol@{EXTERNAL}"):
+                code, text = smtp.mail(refused)
+                assert (code, text[:5]) == (553, b"5.7.1"), refused
+                smtp.rset()
+            assert smtp.mail(f"Carol@{HOSTED.upper()}")[0] == 250
+            assert smtp.rcpt(f"friend@{EXTERNAL}")[0] == 250
+            assert smtp.data(MESSAGE)[0] == 250
+        summary, _ = only_message(mg)
+        assert summary.sender.lower() == f"carol@{HOSTED}"
+
+
+def test_restrict_auth_senders_null_sender_only_when_listed(tmp_path: Path, tls_files: dict[str, str]) -> None:
+    with _start(tmp_path, tls_files, "restrict_auth_senders = true") as mg:
+        FileUserStore(tmp_path / "users").add("bouncer", PASSWORD, ["<>"])
+        with _submission(mg, tls_files["ca"]) as smtp:
+            smtp.login("bouncer", PASSWORD)
+            assert smtp.mail("")[0] == 250
+            assert smtp.rcpt(f"friend@{EXTERNAL}")[0] == 250
+            assert smtp.data(MESSAGE)[0] == 250
+        summary, _ = only_message(mg)
+        assert summary.sender == ""
+
+
 def test_restrict_auth_senders(tmp_path: Path, tls_files: dict[str, str]) -> None:
     with _start(tmp_path, tls_files, "restrict_auth_senders = true") as mg:
         with _submission(mg, tls_files["ca"]) as smtp:
             smtp.login(USER, PASSWORD)
             code, text = smtp.mail(f"mallory@{HOSTED}")
             assert (code, text[:5]) == (553, b"5.7.1")  # RFC 5321 §4.2.2, RFC 3463 X.7.1
-            assert smtp.mail("")[0] == 250  # the null sender is always allowed (bounces)
+            code, text = smtp.mail("")  # <> is not owned unless listed (relay.restrict_auth_senders)
+            assert (code, text[:5]) == (553, b"5.7.1")
             smtp.rset()
             assert smtp.mail(OWN_SENDER.upper())[0] == 250  # compared case-insensitively
             assert smtp.rcpt(f"friend@{EXTERNAL}")[0] == 250

@@ -67,9 +67,10 @@ def test_the_file_holds_argon2id_hashes_not_passwords(store: FileUserStore, user
 
 
 def test_allowed_senders_are_normalised(store: FileUserStore) -> None:
-    store.add("alice", "pw", ["Alice@Bücher.Example", "@Example.ORG"])
+    store.add("alice", "pw", ["Alice@Bücher.Example", "@Example.ORG", " <> "])
     store.add("bob", "pw")
-    assert store.allowed_senders("alice") == ("Alice@xn--bcher-kva.example", "@example.org")
+    assert store.allowed_senders("alice") == ("Alice@xn--bcher-kva.example", "@example.org", "<>")
+    assert FileUserStore(store.path).allowed_senders("alice")[-1] == "<>"  # survives the file
     assert store.allowed_senders("bob") == ()
     assert store.allowed_senders("nobody") == ()
 
@@ -326,7 +327,7 @@ def test_cli_list(cli, capsys: pytest.CaptureFixture[str]) -> None:  # type: ign
     cli("add", "alice", "--allow-sender", "@example.org", stdin="pw\n")
     capsys.readouterr()
     assert cli("list") == 0
-    assert capsys.readouterr().out == "alice\t@example.org\nbob\t(any sender)\n"
+    assert capsys.readouterr().out == "alice\t@example.org\nbob\t(login name only)\n"
 
 
 def test_cli_without_a_users_file_is_a_usage_error(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

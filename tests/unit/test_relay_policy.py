@@ -143,10 +143,54 @@ def test_authenticated_sender_restriction() -> None:
         assert not decision.permitted, text
         assert decision.reply == SENDER_NOT_OWNED and decision.reply.code == 553
         assert decision.rule == "auth_sender_ownership"
-    # <> carries bounces and is never refused (RFC 2505 §2.6.1)
-    assert relay.check_sender(AUTHENTICATED, None).permitted
     stranger = Client(AUTHENTICATED.address, auth_user="mallory")
     assert not relay.check_sender(stranger, address("<alice@example.com>")).permitted
+
+
+# The one rule (relay.restrict_auth_senders): a user owns its login name when that is an address,
+# plus its list ("<>" for the null sender); nothing else, <> included. Every combination:
+OWNERSHIP_USERS = {
+    "carol@example.com": (),  # added without --allow-sender
+    "dave@example.com": ("@staff.example",),
+    "erin@example.com": ("<>",),
+    "relay-app": ("app@example.com",),  # a login name that is not an address
+    "nobody": (),
+}
+OWNERSHIP_CASES = [
+    ("carol@example.com", "<carol@example.com>", True),
+    ("carol@example.com", "<CAROL@Example.COM>", True),
+    ("carol@example.com", "<mallory@example.com>", False),
+    ("carol@example.com", "<carol@elsewhere.net>", False),
+    ("carol@example.com", None, False),
+    ("dave@example.com", "<dave@example.com>", True),
+    ("dave@example.com", "<anyone@staff.example>", True),
+    ("dave@example.com", "<x@sub.staff.example>", False),
+    ("dave@example.com", None, False),
+    ("erin@example.com", None, True),
+    ("erin@example.com", "<erin@example.com>", True),
+    ("erin@example.com", "<other@example.com>", False),
+    ("relay-app", "<app@example.com>", True),
+    ("relay-app", "<relay-app@example.com>", False),
+    ("relay-app", None, False),
+    ("nobody", "<nobody@example.com>", False),
+    ("nobody", None, False),
+]
+
+
+@pytest.mark.parametrize(("user", "sender", "owned_by_user"), OWNERSHIP_CASES)
+def test_sender_ownership_rule_for_every_sender_and_list_kind(
+    user: str, sender: str | None, owned_by_user: bool,
+) -> None:
+    client = Client(AUTHENTICATED.address, auth_user=user, tls=True)
+    parsed = None if sender is None else address(sender)
+    restricted = RelayPolicy(settings(restrict_auth_senders=True), allowed_senders=OWNERSHIP_USERS.__getitem__)
+    decision = restricted.check_sender(client, parsed)
+    assert decision.permitted is owned_by_user
+    if not owned_by_user:
+        assert decision.reply == SENDER_NOT_OWNED and decision.rule == "auth_sender_ownership"
+    unrestricted = RelayPolicy(settings(), allowed_senders=OWNERSHIP_USERS.__getitem__)
+    assert unrestricted.check_sender(client, parsed).permitted  # off: any sender, <> included
+    assert restricted.check_sender(OUTSIDER, parsed).permitted  # only authenticated users are held to it
 
 
 def test_sender_restriction_off_or_unauthenticated_allows_any_sender() -> None:

@@ -7,8 +7,9 @@ Must not: speak SASL (smtp/ does), decide relaying (policy/ does), or count fail
 
 File format, one user a line; `#` comments and blank lines are ignored:
     name:$argon2id$v=19$m=65536,t=3,p=4$salt$hash:alice@example.org,@example.org
-The third field lists the sender addresses the user may use in MAIL FROM: full addresses or
-"@domain" for a whole domain; empty means any sender. Domains are stored IDNA-normalised.
+The third field lists the sender addresses the user owns: full addresses, "@domain" for a whole
+domain, "<>" for the null sender. What owning means (and what an empty list owns) is documented
+once, at the `relay.restrict_auth_senders` key. Domains are stored IDNA-normalised.
 
 User names are compared case-insensitively (stored in lower case): names are usually mail
 addresses, whose domain part is case-insensitive and whose users type them in any case.
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 MAX_USER_NAME = 254
 _FORBIDDEN_IN_NAME = frozenset(":,")
 FILE_MODE = 0o600
-_HEADER = "# mailgate users: name:argon2id-hash:allowed-senders (comma-separated, empty = any)\n"
+_HEADER = "# mailgate users: name:argon2id-hash:allowed-senders (comma-separated; see relay.restrict_auth_senders)\n"
+NULL_SENDER_ENTRY = "<>"  # an allowed-senders entry owning the null reverse-path (RFC 5321 §4.5.5)
 
 
 class UserStoreError(Exception):
@@ -68,7 +70,7 @@ class UserStore(Protocol):
         """True when the password is the user's. Slow (argon2): call via asyncio.to_thread."""
 
     def allowed_senders(self, user: str) -> tuple[str, ...]:
-        """Addresses or "@domain" entries the user may send as; () means any."""
+        """The user's allowed-senders entries: addresses, "@domain", "<>"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +92,10 @@ def normalise_user_name(name: str) -> str:
 
 
 def normalise_sender_entry(entry: str) -> str:
-    """An allowed-sender entry: "@domain" or a mailbox, domain normalised; ValueError if bad."""
+    """An allowed-sender entry: "<>", "@domain" or a mailbox, domain normalised; ValueError if bad."""
     entry = entry.strip()
+    if entry == NULL_SENDER_ENTRY:
+        return entry
     try:
         if entry.startswith("@"):
             return "@" + normalise_domain(entry[1:])

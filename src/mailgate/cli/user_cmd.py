@@ -40,9 +40,10 @@ def register(
 
     add = actions.add_parser("add", parents=[common], help="add a user (password from tty or stdin)")
     add.add_argument("name")
-    add.add_argument("--allow-sender", action="append", default=[], metavar="ADDRESS|@DOMAIN",
-                     help="a sender address (or whole domain) the user may use; repeatable, "
-                          "comma-separated lists allowed; none means any sender")
+    add.add_argument("--allow-sender", action="append", default=[], metavar="ADDRESS|@DOMAIN|<>",
+                     help="a sender address, whole domain or <> the user owns besides its login "
+                          "name; repeatable, comma-separated lists allowed; enforced under "
+                          "relay.restrict_auth_senders")
     add.set_defaults(handler=handle_add)
 
     passwd = actions.add_parser("passwd", parents=[common], help="set a user's password")
@@ -86,7 +87,7 @@ def handle_delete(args: argparse.Namespace) -> int:
 def handle_list(args: argparse.Namespace) -> int:
     def action(store: FileUserStore) -> None:
         for name, senders in store.list():
-            print(f"{name}\t{','.join(senders) if senders else '(any sender)'}", file=sys.stdout)
+            print(f"{name}\t{','.join(senders) if senders else '(login name only)'}", file=sys.stdout)
 
     return _run(args, action)
 

@@ -134,7 +134,11 @@ RELAY = Section(
         Key("authenticated_relay", Boolean(), True,
             "Allow every client that authenticated successfully to relay."),
         Key("restrict_auth_senders", Boolean(), False,
-            "Authenticated users may only use their own sender addresses or domains."),
+            "Authenticated users may use as MAIL FROM only the senders they own, else 553 5.7.1: "
+            "their login name when it is a mail address, and the entries of their allowed-senders "
+            "list (`mailgate user add --allow-sender`: `user@domain`, `@domain`, `<>` for the null "
+            "sender). Nothing else, `<>` included; an empty list owns the login name only. "
+            "Off: any sender."),
         Key("allow_routing_local_parts", Boolean(), False,
             "Accept %, ! or @ in the local part of a hosted address from untrusted clients."),
         Key("sender_blocklist", ListOf(item=Text(allow_empty=False)), (),

@@ -25,12 +25,15 @@ Recipient rules, in order; the last, default_reject, is "falling off the end" (S
   7. authenticated       permit an authenticated client when `authenticated_relay` (R2).
   8. default_reject      550 5.7.1 Unable to relay for <address>.
 Sender rules: sender_blocklist (inbound only: clients neither trusted nor authenticated; 550
-5.7.1), auth_sender_ownership (`restrict_auth_senders`; 553 5.7.1; the null sender <> is always
-allowed, as bounces carry it); then permit. Client rules: client_blocklist (554 5.7.1), then permit.
+5.7.1), auth_sender_ownership (553 5.7.1; which senders a user owns is the rule documented once,
+at the `relay.restrict_auth_senders` key in config/schema.py; it applies to every sender, the
+null sender <> included); then permit. Client rules: client_blocklist (554 5.7.1), then permit.
 
 Reply codes: 550/553/554 per RFC 5321 §4.2.2-§4.2.3; enhanced 5.7.1 "delivery not authorized"
 (RFC 3463 §3.8), 5.1.1 "bad destination mailbox" (RFC 3463 §3.2). Routing characters and relaying
-through them: RFC 2505 §2.1. The null sender is never refused for ownership: RFC 2505 §2.6.1.
+through them: RFC 2505 §2.1. Refusing a sender the authenticated user may not use: RFC 6409 §6.1.
+RFC 2505 §2.6.1 (never refuse <>) is about bounces from other MTAs, which do not authenticate, so
+sender_blocklist never refuses <>, but an authenticated user may send as <> only when it owns it.
 
 "May relay" means: inside a trusted network, or authenticated while `authenticated_relay` is on.
 Hosted match: exact domain (A-label, case-insensitive), never a subdomain, except that an entry
@@ -45,6 +48,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Generic, TypeVar
 
+from mailgate.auth.store import NULL_SENDER_ENTRY
 from mailgate.core.address import Address, AddressError, normalise_domain, parse_mailbox
 from mailgate.core.reply import (
     CLIENT_REFUSED,
@@ -184,10 +188,23 @@ def _sender_blocklist(policy: "RelayPolicy", query: Query) -> RuleResult:
 
 def _auth_sender_ownership(policy: "RelayPolicy", query: Query) -> RuleResult:
     user = query.client.auth_user
-    if user is None or not policy.settings.restrict_auth_senders or query.sender is None:
+    if user is None or not policy.settings.restrict_auth_senders:
         return DUNNO
-    owned = AddressList(policy.allowed_senders(user))
-    return DUNNO if owned.match(query.sender) else _reject(SENDER_NOT_OWNED)
+    return DUNNO if owns_sender(user, policy.allowed_senders(user), query.sender) else _reject(SENDER_NOT_OWNED)
+
+
+def owns_sender(user: str, entries: tuple[str, ...], sender: Address | None) -> bool:
+    """Whether `user` may use `sender` (None: the null sender) under `restrict_auth_senders`:
+    its login name when that is a mail address, and each entry of its allowed-senders list
+    (`NULL_SENDER_ENTRY` for <>, else lists.py's grammar). Nothing else, <> included."""
+    if sender is None:
+        return NULL_SENDER_ENTRY in entries
+    owned = [entry for entry in entries if entry != NULL_SENDER_ENTRY]
+    try:
+        owned.append(str(parse_mailbox(user, smtputf8=True)))
+    except AddressError:
+        pass  # a login name that is not a mail address owns no address by itself
+    return AddressList(owned).match(sender) is not None
 
 
 # --- Recipient rules (order documented in the module docstring) ---------------------------------
