@@ -36,7 +36,7 @@ from mailgate.dns.resolver import DnsPythonResolver
 from mailgate.observe.http import ObserveServer, spool_problem
 from mailgate.observe.metrics import Metrics
 from mailgate.observe.translog import open_transaction_log
-from mailgate.policy.audit import open_relay_problems
+from mailgate.preflight import startup_problems
 from mailgate.policy.limits import MessageRateLimits, RateLimiter
 from mailgate.policy.relay import RelayPolicy
 from mailgate.queue.backoff import RetrySchedule
@@ -85,7 +85,7 @@ class Application:
         self.clock = clock or SystemClock()
         self.worker_index = worker_index
         self.workers = workers
-        problems = open_relay_problems(policy_settings(config), config.relay.acknowledge_open_relay)
+        problems = startup_problems(config)
         if problems:
             raise StartupError("\n".join(problems))
         self.profiles = listener_profiles(config)
@@ -291,10 +291,10 @@ class Application:
         """SIGHUP: a new configuration for new sessions and the next delivery attempts."""
         try:
             config = load_file(self.config.source)
-            profiles = listener_profiles(config)
-            problems = open_relay_problems(policy_settings(config), config.relay.acknowledge_open_relay)
+            problems = startup_problems(config)
             if problems:
                 raise StartupError("\n".join(problems))
+            profiles = listener_profiles(config)
         except (ConfigError, StartupError, OSError) as exc:
             log.error("reload refused, keeping the running configuration:\n%s", exc)
             return

@@ -30,7 +30,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def check_command(args: argparse.Namespace) -> int:
     try:
-        load_file(args.file)
+        config = load_file(args.file)
     except FileNotFoundError:
         print(f"{args.file}: no such file", file=sys.stderr)
         return 2
@@ -38,6 +38,14 @@ def check_command(args: argparse.Namespace) -> int:
         for error in exc.errors:
             print(f"{args.file}: {error}", file=sys.stderr)
         print(f"{len(exc.errors)} error(s)", file=sys.stderr)
+        return 2
+    from mailgate.preflight import startup_problems
+
+    problems = startup_problems(config)
+    for problem in problems:
+        print(f"{args.file}: {problem}", file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s): mailgate serve would refuse to start", file=sys.stderr)
         return 2
     print(f"{args.file}: OK")
     return 0

@@ -1,0 +1,97 @@
+"""The start-up checks that need no socket: what `serve` refuses to start with.
+
+Owns: `startup_problems`, the list of every reason a validated configuration cannot run here:
+certificates that do not load, an open-relay configuration (SPEC R3), screening settings the
+screener refuses, a users file or smart-host password file that cannot be read, a `server.user`
+that does not exist or cannot use the spool. `serve`, a SIGHUP reload and `config check` (the
+systemd unit's ExecStartPre) all run it, so the check never says OK to what `serve` refuses.
+Must not: bind, connect or write anything; checks that need a socket stay in app.py.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+
+from mailgate.app_config import StartupError, build_screener, listener_profiles, policy_settings, routing_settings
+from mailgate.auth.store import FileUserStore, UserStoreError
+from mailgate.config.loader import Config
+from mailgate.policy.audit import open_relay_problems
+from mailgate.server.privileges import PrivilegeError, resolve_identity, spool_ownership_problems
+
+
+def startup_problems(config: Config) -> list[str]:
+    """Every problem, one line each naming the configuration key; empty when `serve` may start."""
+    problems: list[str] = []
+    for check in (_certificates, _open_relay, _screening, _users_file, _smart_host_password, _server_user):
+        problems.extend(check(config))
+    return problems
+
+
+def _errors_of(build) -> list[str]:
+    try:
+        build()
+    except StartupError as exc:
+        return str(exc).splitlines()
+    return []
+
+
+def _certificates(config: Config) -> list[str]:
+    return _errors_of(lambda: listener_profiles(config))
+
+
+def _screening(config: Config) -> list[str]:
+    return _errors_of(lambda: build_screener(config))
+
+
+def _open_relay(config: Config) -> list[str]:
+    return open_relay_problems(policy_settings(config), config.relay.acknowledge_open_relay)
+
+
+def _users_file(config: Config) -> list[str]:
+    path = config.server.users_file
+    try:
+        FileUserStore(path)
+    except OSError as exc:
+        return [f"server.users_file: {path}: {exc.strerror} for user {_whoami()}; "
+                + users_file_fix(path, config.server.user or "mailgate")]
+    except UserStoreError as exc:
+        return [f"server.users_file: {exc}"]
+    return []
+
+
+def users_file_fix(path: str, service_user: str) -> str:
+    """How to make the users file readable by the service user (as docs/operations.md says)."""
+    return f"the service user must read it: chgrp {service_user} {path} && chmod 0640 {path}"
+
+
+def _smart_host_password(config: Config) -> list[str]:
+    delivery = config.delivery
+    if not (delivery.smart_host and delivery.smart_host_user):
+        return []
+    try:
+        routing_settings(config)
+    except OSError as exc:
+        return [f"delivery.smart_host_password_file: {delivery.smart_host_password_file}: "
+                f"{exc.strerror} for user {_whoami()}"]
+    return []
+
+
+def _server_user(config: Config) -> list[str]:
+    server = config.server
+    if not server.user:
+        return []
+    try:
+        identity = resolve_identity(server.user, server.group)
+    except PrivilegeError as exc:
+        return [str(exc)]
+    if os.geteuid() != 0:
+        return []  # only root can switch users; serve says so when it tries
+    return spool_ownership_problems(server.spool_dir, identity)
+
+
+def _whoami() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.geteuid()}"

@@ -1,0 +1,117 @@
+"""`mailgate config check` refuses what `serve` refuses (issue 20 item 3): the systemd unit's
+ExecStartPre relies on it, so an OK must mean the server starts."""
+
+from __future__ import annotations
+
+import os
+import io
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from mailgate.cli.main import main
+
+LISTENER = """
+[[listener]]
+name = "mx"
+address = "127.0.0.1:2525"
+tls = "none"
+"""
+
+
+def check(tmp_path: Path, text: str) -> tuple[int, str]:
+    path = tmp_path / "mailgate.toml"
+    path.write_text(text)
+    code = main(["config", "check", str(path)])
+    return code, path.name
+
+
+def test_missing_certificate_file_fails_the_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = check(tmp_path, f"""
+[[listener]]
+name = "mx"
+address = "127.0.0.1:2525"
+tls = "starttls"
+cert_file = "{tmp_path}/missing.pem"
+key_file = "{tmp_path}/missing.key"
+""")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "listener[0]" in err and "missing.pem" in err and "would refuse to start" in err
+
+
+def test_trusted_everywhere_fails_the_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = check(tmp_path, LISTENER + '[relay]\ntrusted_networks = ["0.0.0.0/0"]\n')
+    err = capsys.readouterr().err
+    assert code == 2 and "relay.trusted_networks" in err and "0.0.0.0/0" in err
+
+
+def test_acknowledged_open_relay_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = check(tmp_path, LISTENER + '[relay]\ntrusted_networks = ["0.0.0.0/0"]\nacknowledge_open_relay = true\n')
+    assert code == 0, capsys.readouterr().err
+
+
+def test_users_file_that_is_a_directory_fails_the_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "users").mkdir()
+    code, _ = check(tmp_path, f'[server]\nusers_file = "{tmp_path}/users"\n' + LISTENER)
+    err = capsys.readouterr().err
+    assert code == 2 and "server.users_file" in err and "Is a directory" in err
+
+
+def test_malformed_users_file_fails_the_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "users").write_text("alice:not-a-hash:\n")
+    code, _ = check(tmp_path, f'[server]\nusers_file = "{tmp_path}/users"\n' + LISTENER)
+    err = capsys.readouterr().err
+    assert code == 2 and "server.users_file" in err and "users:1" in err
+
+
+def test_unknown_server_user_fails_the_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = check(tmp_path, '[server]\nuser = "no-such-user-mailgate"\n' + LISTENER)
+    assert code == 2 and "server.user" in capsys.readouterr().err
+
+
+def test_users_file_the_service_user_cannot_read_fails_the_check() -> None:
+    """As the service user (nobody here) the check must fail where serve would: Permission denied."""
+    directory = Path(tempfile.mkdtemp(prefix="mailgate-check-"))
+    try:
+        directory.chmod(0o755)
+        users = directory / "users"
+        users.write_text("# mailgate users\n")
+        users.chmod(0o600)  # what `mailgate user add` as root used to leave
+        config = directory / "mailgate.toml"
+        config.write_text(f'[server]\nusers_file = "{users}"\n' + LISTENER)
+        config.chmod(0o644)
+        code, stderr = _run_as_nobody(["config", "check", str(config)])
+        assert code == 2, stderr
+        assert "server.users_file" in stderr and "Permission denied" in stderr
+        assert f"chmod 0640 {users}" in stderr
+    finally:
+        for path in sorted(directory.iterdir()):
+            path.unlink()
+        directory.rmdir()
+
+
+def _run_as_nobody(argv: list[str]) -> tuple[int, str]:
+    """`mailgate ARGV` in a forked child that is not root (uid 65534 when the tests run as root)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no return from here
+        code = 1
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            sys.stderr = io.TextIOWrapper(os.fdopen(write_end, "wb"), write_through=True)
+            sys.stdout = sys.stderr
+            code = main(argv)
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        output = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output
