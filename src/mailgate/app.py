@@ -23,7 +23,7 @@ from mailgate.app_config import (
 )
 from mailgate.auth.lockout import AuthFailureTracker
 from mailgate.auth.store import FileUserStore
-from mailgate.config.loader import Config, ConfigError, load_file
+from mailgate.config.loader import EMBEDDED_SOURCE, Config, ConfigError, load_file
 from mailgate.config.types import parse_host_port
 from mailgate.core.address import normalise_domain
 from mailgate.core.clock import Clock, SystemClock
@@ -318,7 +318,7 @@ class Application:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        if self.config.source != "<embedded default>":
+        if self.config.source != EMBEDDED_SOURCE:
             loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self._stopped.wait()
         await self.stop(grace)

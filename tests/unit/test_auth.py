@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
 
 import mailgate.auth.store as store_module
+from tests.support.as_nobody import NOBODY, run_as_nobody
 from mailgate.auth.lockout import AuthFailureTracker, client_key
 from mailgate.auth.store import (
     FileUserStore,
@@ -286,15 +290,29 @@ def test_memory_stays_bounded() -> None:
 # --- mailgate user ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, users_path: Path):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(store_module, "PasswordHasher", lambda: cheap_hasher())
+def user_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailgate")
-    user_cmd.register(parser.add_subparsers(dest="command"), default_users_file=str(users_path))
+    user_cmd.register(parser.add_subparsers(dest="command"))
+    return parser
 
-    def run(*argv: str, stdin: str = "") -> int:
-        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
-        args = parser.parse_args(["user", *argv])
+
+@pytest.fixture
+def config_path(users_path: Path) -> Path:
+    """A configuration naming the users file (server.users_file), as `mailgate user` reads it."""
+    path = users_path.parent / "mailgate.toml"
+    path.write_text(f'[server]\nusers_file = "{users_path}"\n[[listener]]\nname = "mx"\n'
+                    'address = "127.0.0.1:2525"\ntls = "none"\n')
+    return path
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, config_path: Path):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(store_module, "PasswordHasher", lambda: cheap_hasher())
+    parser = user_parser()
+
+    def run(*argv: str, stdin: str | io.StringIO = "") -> int:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin) if isinstance(stdin, str) else stdin)
+        args = parser.parse_args(["user", *argv, "--config", str(config_path)])
         return args.handler(args)
 
     return run
@@ -330,12 +348,22 @@ def test_cli_list(cli, capsys: pytest.CaptureFixture[str]) -> None:  # type: ign
     assert capsys.readouterr().out == "alice\t@example.org\nbob\t(login name only)\n"
 
 
-def test_cli_without_a_users_file_is_a_usage_error(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    parser = argparse.ArgumentParser(prog="mailgate")
-    user_cmd.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["user", "list"])
-    assert args.handler(args) == 2
+def test_cli_users_file_comes_from_the_configuration(cli, tmp_path: Path, users_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    """Without --users-file the file is server.users_file of --config (issue 20 item 6)."""
+    assert cli("add", "erin", stdin="pw\n") == 0
+    assert FileUserStore(users_path, hasher=cheap_hasher()).list() == [("erin", ())]
     assert cli("list", "--users-file", str(tmp_path / "other")) == 0
+    args = user_parser().parse_args(["user", "list", "--config", str(tmp_path / "missing.toml")])
+    assert args.handler(args) == 2
+    assert "missing.toml: no such file" in capsys.readouterr().err
+
+
+def test_cli_help_names_the_real_key(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        user_parser().parse_args(["user", "add", "--help"])
+    out = capsys.readouterr().out
+    assert "server.users_file" in out and "auth.users_file" not in out and "--config" in out
 
 
 def test_cli_asks_twice_on_a_terminal(cli, monkeypatch: pytest.MonkeyPatch, users_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -345,17 +373,79 @@ def test_cli_asks_twice_on_a_terminal(cli, monkeypatch: pytest.MonkeyPatch, user
 
     answers = iter(["tty-pass", "tty-pass", "first", "second"])
     monkeypatch.setattr(user_cmd.getpass, "getpass", lambda prompt="": next(answers))
-    parser = argparse.ArgumentParser(prog="mailgate")
-    user_cmd.register(parser.add_subparsers(dest="command"), default_users_file=str(users_path))
-    monkeypatch.setattr("sys.stdin", Terminal())
-    args = parser.parse_args(["user", "add", "carol"])
-    assert args.handler(args) == 0
+    assert cli("add", "carol", stdin=Terminal()) == 0
     assert FileUserStore(users_path, hasher=cheap_hasher()).verify("carol", "tty-pass")
-    args = parser.parse_args(["user", "passwd", "carol"])
-    assert args.handler(args) == 2  # the two entries differ
+    assert cli("passwd", "carol", stdin=Terminal()) == 2  # the two entries differ
     assert FileUserStore(users_path, hasher=cheap_hasher()).verify("carol", "tty-pass")
 
 
 def test_password_is_never_an_argument(cli) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SystemExit):
         cli("add", "dave", "--password", "x")
+
+
+# --- a users file root creates is readable by the service user (issue 20 item 5) ------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="only root creates files for another user")
+
+
+@pytest.fixture
+def service_folder():  # type: ignore[no-untyped-def]
+    """/etc/mailgate as docs/operations.md makes it: root, group of the service user, 0750."""
+    folder = Path(tempfile.mkdtemp(prefix="mailgate-etc-"))
+    os.chown(folder, 0, NOBODY)
+    folder.chmod(0o750)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def write_config(folder: Path, server: str = "") -> Path:
+    config = folder / "mailgate.toml"
+    config.write_text(f'[server]\nusers_file = "{folder}/users"\n{server}\n[[listener]]\nname = "mx"\n'
+                      'address = "127.0.0.1:2525"\ntls = "none"\n')
+    config.chmod(0o640)
+    os.chown(config, 0, NOBODY)
+    return config
+
+
+@needs_root
+def test_root_creates_the_users_file_readable_by_the_folders_group(
+    cli, monkeypatch: pytest.MonkeyPatch, service_folder: Path,
+) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(service_folder)
+    users = service_folder / "users"
+    add = user_parser().parse_args(["user", "add", "alice", "--config", str(config)])
+    monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
+    assert add.handler(add) == 0
+    info = users.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (0, NOBODY, 0o640)
+    again = user_parser().parse_args(["user", "add", "bob", "--config", str(config)])
+    monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
+    assert again.handler(again) == 0
+    info = users.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (0, NOBODY, 0o640)  # an edit keeps it
+    code, output = run_as_nobody(["config", "check", str(config)])  # what the service user sees
+    assert code == 0, output
+
+
+@needs_root
+def test_root_creates_the_users_file_owned_by_server_user(
+    cli, monkeypatch: pytest.MonkeyPatch, service_folder: Path,
+) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(service_folder, 'user = "nobody"')
+    add = user_parser().parse_args(["user", "add", "alice", "--config", str(config)])
+    monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
+    assert add.handler(add) == 0
+    info = (service_folder / "users").stat()
+    assert (info.st_uid, info.st_mode & 0o777) == (NOBODY, 0o600)
+
+
+@needs_root
+def test_root_only_file_says_what_to_chown(
+    cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:  # type: ignore[no-untyped-def]
+    users = tmp_path / "users"  # a folder of root's own group: nobody to give the file to
+    add = user_parser().parse_args(["user", "add", "alice", "--users-file", str(users)])
+    monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
+    assert add.handler(add) == 0
+    assert f"chgrp mailgate {users} && chmod 0640 {users}" in capsys.readouterr().err

@@ -4,14 +4,13 @@ ExecStartPre relies on it, so an OK must mean the server starts."""
 from __future__ import annotations
 
 import os
-import io
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from mailgate.cli.main import main
+from tests.support.as_nobody import run_as_nobody
 
 LISTENER = """
 [[listener]]
@@ -83,7 +82,7 @@ def test_users_file_the_service_user_cannot_read_fails_the_check() -> None:
         config = directory / "mailgate.toml"
         config.write_text(f'[server]\nusers_file = "{users}"\n' + LISTENER)
         config.chmod(0o644)
-        code, stderr = _run_as_nobody(["config", "check", str(config)])
+        code, stderr = run_as_nobody(["config", "check", str(config)])
         assert code == 2, stderr
         assert "server.users_file" in stderr and "Permission denied" in stderr
         assert f"chmod 0640 {users}" in stderr
@@ -92,26 +91,3 @@ def test_users_file_the_service_user_cannot_read_fails_the_check() -> None:
             path.unlink()
         directory.rmdir()
 
-
-def _run_as_nobody(argv: list[str]) -> tuple[int, str]:
-    """`mailgate ARGV` in a forked child that is not root (uid 65534 when the tests run as root)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: no return from here
-        code = 1
-        try:
-            os.close(read_end)
-            if os.geteuid() == 0:
-                os.setgid(65534)
-                os.setuid(65534)
-            sys.stderr = io.TextIOWrapper(os.fdopen(write_end, "wb"), write_through=True)
-            sys.stdout = sys.stderr
-            code = main(argv)
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        output = pipe.read().decode()
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), output

@@ -2,7 +2,9 @@
 
 Owns: the `UserStore` protocol the server and policy call, and `FileUserStore`, one text file of
 argon2id hashes (SPEC R4) written atomically (temporary file, fsync, rename, fsync of the
-directory) with mode 0600, shared safely by the server and the `mailgate user` command.
+directory) with mode 0600 (0640 when a group must read it), shared safely by the server and the
+`mailgate user` command. Root's edits keep the file's owner and mode; a file root creates gets the
+`new_file_owner` given (the service user must read it).
 Must not: speak SASL (smtp/ does), decide relaying (policy/ does), or count failures (lockout.py).
 
 File format, one user a line; `#` comments and blank lines are ignored:
@@ -47,6 +49,7 @@ _FORBIDDEN_IN_NAME = frozenset(":,")
 FILE_MODE = 0o600
 _HEADER = "# mailgate users: name:argon2id-hash:allowed-senders (comma-separated; see relay.restrict_auth_senders)\n"
 NULL_SENDER_ENTRY = "<>"  # an allowed-senders entry owning the null reverse-path (RFC 5321 §4.5.5)
+GROUP_READ_MODE = 0o640  # the most any users file may allow: never readable by others
 
 
 class UserStoreError(Exception):
@@ -71,6 +74,15 @@ class UserStore(Protocol):
 
     def allowed_senders(self, user: str) -> tuple[str, ...]:
         """The user's allowed-senders entries: addresses, "@domain", "<>"."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileOwner:
+    """Owner, group and mode of a users file root creates for the service user."""
+
+    uid: int
+    gid: int
+    mode: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +127,12 @@ class FileUserStore:
     Reads pick up a changed file by itself (size, mtime and inode are checked on each call).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, hasher: PasswordHasher | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, hasher: PasswordHasher | None = None,
+        new_file_owner: FileOwner | None = None,
+    ) -> None:
         self.path = Path(path)
+        self._new_file_owner = new_file_owner
         self._hasher = hasher or PasswordHasher()
         self._lock = threading.RLock()
         self._users: dict[str, UserRecord] = {}
@@ -234,7 +250,7 @@ class FileUserStore:
         with self._lock, _file_lock(self.path.with_name(self.path.name + ".lock")):
             users, _ = self._read()
             yield users
-            _write_atomically(self.path, _render(users))
+            _write_atomically(self.path, _render(users), self._new_file_owner)
             self._users, self._fingerprint = users, _fingerprint(self.path)
 
     def _read(self) -> tuple[dict[str, UserRecord], tuple[int, int, int] | None]:
@@ -294,12 +310,11 @@ def _file_lock(lock_path: Path) -> Iterator[None]:
         os.close(descriptor)  # closing releases the flock
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(path: Path, text: str, new_file_owner: FileOwner | None) -> None:
     """tmp + fsync + rename + fsync(dir): the file is always the old or the new one, never half."""
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(descriptor, FILE_MODE)
-        _keep_owner(descriptor, path)
+        _keep_owner(descriptor, path, new_file_owner)
         with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
             handle.flush()
@@ -318,11 +333,14 @@ def _write_atomically(path: Path, text: str) -> None:
         os.close(directory)
 
 
-def _keep_owner(descriptor: int, path: Path) -> None:
-    """When root edits the file, keep it owned by the service user that must read it."""
+def _keep_owner(descriptor: int, path: Path, new_file_owner: FileOwner | None) -> None:
+    """The file's mode, and when root edits it its owner, stay what they were, so the service
+    user can still read it; a new file root creates gets `new_file_owner`."""
     try:
         stat = os.stat(path)
+        owner = FileOwner(stat.st_uid, stat.st_gid, stat.st_mode & GROUP_READ_MODE)
     except FileNotFoundError:
-        return
-    if os.geteuid() == 0 and (stat.st_uid, stat.st_gid) != (0, 0):
-        os.fchown(descriptor, stat.st_uid, stat.st_gid)
+        owner = new_file_owner if new_file_owner is not None and os.geteuid() == 0 else None
+    os.fchmod(descriptor, owner.mode & GROUP_READ_MODE if owner else FILE_MODE)
+    if owner is not None and os.geteuid() == 0 and (owner.uid, owner.gid) != (0, 0):
+        os.fchown(descriptor, owner.uid, owner.gid)

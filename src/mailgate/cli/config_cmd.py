@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mailgate.config.loader import ConfigError, embedded_text, load_file
+from mailgate.cli.config_option import DEFAULT_CONFIG, add_config_argument, load_config, load_config_or_report
+from mailgate.config.loader import ConfigError
 from mailgate.config.reference import render_reference
 from mailgate.config.schema import SECTIONS
 from mailgate.config.types import format_host_port
@@ -17,11 +18,13 @@ from mailgate.config.types import format_host_port
 def register(commands: argparse._SubParsersAction) -> None:
     config = commands.add_parser("config", help="check, show or document the configuration")
     sub = config.add_subparsers(dest="config_command", metavar="ACTION")
-    check = sub.add_parser("check", help="validate FILE; print every error with its key path, exit 2 if any")
-    check.add_argument("file")
-    check.set_defaults(handler=check_command)
+    check = sub.add_parser("check", help="validate FILE and run every start-up check that needs no "
+                           "socket; print each problem with its key path, exit 2 if any")
     show = sub.add_parser("show", help="print the effective configuration (defaults filled in)")
-    show.add_argument("file", nargs="?", help="omit for the embedded default")
+    for parser in (check, show):
+        parser.add_argument("file", nargs="?", help=f"the file (or --config FILE; default: {DEFAULT_CONFIG})")
+        add_config_argument(parser)
+    check.set_defaults(handler=check_command)
     show.set_defaults(handler=show_command)
     reference = sub.add_parser("reference", help="print the Markdown reference of every key")
     reference.set_defaults(handler=lambda args: sys.stdout.write(render_reference()) and 0)
@@ -29,36 +32,34 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def check_command(args: argparse.Namespace) -> int:
+    from mailgate.preflight import startup_problems
+
     try:
-        config = load_file(args.file)
-    except FileNotFoundError:
-        print(f"{args.file}: no such file", file=sys.stderr)
+        config = load_config(args.file or args.config)
+    except FileNotFoundError as exc:
+        print(f"{exc.filename}: no such file", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
     except ConfigError as exc:
         for error in exc.errors:
-            print(f"{args.file}: {error}", file=sys.stderr)
+            print(f"{exc.source}: {error}", file=sys.stderr)
         print(f"{len(exc.errors)} error(s)", file=sys.stderr)
         return 2
-    from mailgate.preflight import startup_problems
-
     problems = startup_problems(config)
     for problem in problems:
-        print(f"{args.file}: {problem}", file=sys.stderr)
+        print(f"{config.source}: {problem}", file=sys.stderr)
     if problems:
         print(f"{len(problems)} problem(s): mailgate serve would refuse to start", file=sys.stderr)
         return 2
-    print(f"{args.file}: OK")
+    print(f"{config.source}: OK")
     return 0
 
 
 def show_command(args: argparse.Namespace) -> int:
-    if not args.file:
-        sys.stdout.write(embedded_text())
-        return 0
-    try:
-        config = load_file(args.file)
-    except (FileNotFoundError, ConfigError) as exc:
-        print(f"{args.file}: {exc}", file=sys.stderr)
+    config = load_config_or_report(args.file or args.config, "config show")
+    if config is None:
         return 2
     for section in SECTIONS:
         tables = getattr(config, section.name)

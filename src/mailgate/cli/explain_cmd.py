@@ -13,7 +13,8 @@ import asyncio
 import json
 import sys
 
-from mailgate.config.loader import Config, ConfigError, effective_auth, load_embedded, load_file
+from mailgate.cli.config_option import add_config_argument, load_config_or_report
+from mailgate.config.loader import effective_auth
 from mailgate.tools.explain import Explanation, Hypothetical, SessionLimits, Step, explain
 
 EPILOG = """examples:
@@ -37,7 +38,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Run the real relay policy on a hypothetical transaction.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", help="configuration file (default: the embedded default)")
+    add_config_argument(parser)
     parser.add_argument("--client", required=True, metavar="IP", help="the client's IP address")
     parser.add_argument("--helo", default="", help="the client's EHLO name")
     parser.add_argument("--user", help="assume the client authenticated as USER")
@@ -52,24 +53,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=explain_command)
 
 
-def _load(path: str | None) -> Config:
-    return load_file(path) if path else load_embedded()
-
-
 def explain_command(args: argparse.Namespace) -> int:
     from mailgate.app_config import policy_settings
     from mailgate.auth.store import FileUserStore, UserStoreError
     from mailgate.dns.resolver import DnsPythonResolver
     from mailgate.policy.relay import RelayPolicy
 
-    try:
-        config = _load(args.config)
-    except FileNotFoundError:
-        print(f"mailgate explain: {args.config}: no such file", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
-        for error in exc.errors:
-            print(f"mailgate explain: {exc.source}: {error}", file=sys.stderr)
+    config = load_config_or_report(args.config, "explain")
+    if config is None:
         return 2
     listeners = [l for l in config.listener if args.listener in (None, l.name)]
     if not listeners:

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.register(commands)
     config_cmd.register(commands)
     queue_cmd.register(commands)
-    user_cmd.register(commands, default_users_file="./var/users")
+    user_cmd.register(commands)
     mx_cmd.register(commands)
     relay_test_cmd.register(commands)
     explain_cmd.register(commands)

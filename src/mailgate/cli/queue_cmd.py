@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from mailgate.config.loader import ConfigError, load_embedded, load_file
+from mailgate.cli.config_option import add_config_argument, load_config_or_report
 from mailgate.config.types import Duration
 from mailgate.server import control
 
@@ -37,7 +37,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "queue", help="list and manage the queue", epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    queue.add_argument("--config", help="configuration file (default: the embedded default)")
+    add_config_argument(queue)
     sub = queue.add_subparsers(dest="queue_command", metavar="ACTION")
     for name, text in (
         ("list", "list messages (filters below)"),
@@ -57,7 +57,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="configuration file (default: the embedded default)")
+    add_config_argument(parser, also_on_parent=True)
     parser.add_argument("--sender", help="sender contains this text")
     parser.add_argument("--recipient", help="a recipient contains this text")
     parser.add_argument("--domain", help="a pending recipient is in this domain")
@@ -82,10 +82,12 @@ def _query(args: argparse.Namespace) -> dict[str, Any]:
 
 def queue_command(args: argparse.Namespace) -> int:
     try:
-        config = load_file(args.config) if args.config else load_embedded()
         query = _query(args)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except ValueError as exc:
         print(f"mailgate queue: {exc}", file=sys.stderr)
+        return 2
+    config = load_config_or_report(args.config, "queue")
+    if config is None:
         return 2
     if args.action in ("show", "retry") and not args.queue_id:
         print(f"mailgate queue {args.action}: a queue id is required", file=sys.stderr)

@@ -1,6 +1,7 @@
 """`mailgate serve`: run the relay in the foreground until SIGTERM or SIGINT.
 
-Owns: choosing the configuration (a file, or the embedded default for a local try-out),
+Owns: choosing the configuration (--config, else the default path, else the embedded default
+for a local try-out),
 logging set-up for the foreground process, uvloop when available, and turning start-up
 problems into one clear message per problem with exit code 2. Must not: build components.
 """
@@ -13,19 +14,21 @@ import logging
 import sys
 
 from mailgate import supervisor
-from mailgate.config.loader import ConfigError, load_embedded, load_file
+from mailgate.cli.config_option import DEFAULT_CONFIG, add_config_argument, load_config_or_report
+from mailgate.config.loader import EMBEDDED_SOURCE
 from mailgate.observe import diagnostics
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser(
         "serve",
-        help="run the relay (no --config: the embedded loopback try-out)",
-        description="Run mailgate in the foreground. Without --config it runs the embedded default: "
-        "an MX listener on 127.0.0.1:2525, spool in ./var, mail to anything@demo.test delivered "
-        "into the Maildir ./var/mailbox.",
+        help="run the relay",
+        description=f"Run mailgate in the foreground. Without --config it reads {DEFAULT_CONFIG}; "
+        "when that file does not exist it runs the embedded default: an MX listener on "
+        "127.0.0.1:2525, spool in ./var, mail to anything@demo.test delivered into the Maildir "
+        "./var/mailbox.",
     )
-    serve.add_argument("--config", help="TOML configuration file")
+    add_config_argument(serve)
     serve.set_defaults(handler=serve_command)
 
 
@@ -33,17 +36,11 @@ def serve_command(args: argparse.Namespace) -> int:
     from mailgate.app import Application
     from mailgate.app_config import StartupError
 
-    try:
-        config = load_file(args.config) if args.config else load_embedded()
-    except FileNotFoundError:
-        print(f"mailgate: {args.config}: no such file", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
-        for error in exc.errors:
-            print(f"mailgate: {exc.source}: {error}", file=sys.stderr)
+    config = load_config_or_report(args.config, "serve")
+    if config is None:
         return 2
     diagnostics.setup(config.log.level)
-    if not args.config:
+    if config.source == EMBEDDED_SOURCE:
         logging.getLogger("mailgate").info(
             "running the embedded default: try  mailgate send or swaks --server 127.0.0.1:2525 --to you@demo.test"
         )

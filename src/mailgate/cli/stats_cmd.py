@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from mailgate.config.loader import ConfigError, load_embedded, load_file
+from mailgate.cli.config_option import add_config_argument, load_config_or_report
 from mailgate.config.types import Duration
 from mailgate.observe import jsonlog
 from mailgate.observe.stats import format_report, summarise
@@ -30,7 +30,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "stats", help="summary of the transaction log (like pflogsumm)", epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    stats.add_argument("--config", help="configuration file (default: the embedded default)")
+    add_config_argument(stats)
     stats.add_argument("--log", action="append", default=[], metavar="FILE",
                        help="JSON log file to read (repeatable); default: the daily files of log.json_file")
     stats.add_argument("--since", help="only records newer than this (e.g. 24h, 7d, 90m)")
@@ -42,13 +42,15 @@ def register(commands: argparse._SubParsersAction) -> None:
 def stats_command(args: argparse.Namespace) -> int:
     try:
         since = time.time() - Duration(minimum=0).convert(args.since) if args.since else None
-        paths = [Path(p) for p in args.log] or _configured_files(args.config)
     except ValueError as exc:
         print(f"mailgate stats: --since: {exc}", file=sys.stderr)
         return 2
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"mailgate stats: {exc}", file=sys.stderr)
-        return 2
+    paths = [Path(p) for p in args.log]
+    if not paths:
+        config = load_config_or_report(args.config, "stats")
+        if config is None:
+            return 2
+        paths = jsonlog.log_files(config.log.json_file) if config.log.json_file else []
     existing = [p for p in paths if p.exists()]
     if not existing:
         print("mailgate stats: no JSON log file found (set log.json_file or give --log FILE)", file=sys.stderr)
@@ -61,8 +63,3 @@ def stats_command(args: argparse.Namespace) -> int:
         sys.stdout.write(format_report(summary))
     return 0
 
-
-def _configured_files(config_path: str | None) -> list[Path]:
-    config = load_file(config_path) if config_path else load_embedded()
-    json_file = config.log.json_file
-    return jsonlog.log_files(json_file) if json_file else []

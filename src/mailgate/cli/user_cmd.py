@@ -1,9 +1,13 @@
 """`mailgate user add|passwd|delete|list`: manage the AUTH users file.
 
 Owns: the argparse sub-commands and their handlers, each `(args) -> int` exit code: 0 done,
-1 the user exists / does not exist / the file is unusable, 2 usage (bad name, bad sender entry,
-empty or mismatched password, no users file given).
-Must not: parse the main configuration (the caller passes the users file path) or print secrets.
+1 the user exists / does not exist / the file is unusable, 2 usage or configuration error (bad
+name, bad sender entry, empty or mismatched password, a configuration that does not load).
+The users file is --users-file, else `server.users_file` of the configuration (--config).
+A users file root creates is made readable by the service user: owned by `server.user` when
+that is set, else group-readable by the group of its folder (/etc/mailgate is root:mailgate in
+docs/operations.md); when neither says who, the command prints the chgrp/chmod to run.
+Must not: validate the configuration (config/ does) or print secrets.
 
 Passwords never come from argv (visible in `ps` and shell history): from a terminal they are
 asked twice with `getpass`; otherwise one line is read from standard input, for scripts:
@@ -14,10 +18,16 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import grp
+import os
+import pwd
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from mailgate.auth.store import FileUserStore, UserStoreError
+from mailgate.auth.store import FILE_MODE, GROUP_READ_MODE, FileOwner, FileUserStore, UserStoreError
+from mailgate.cli.config_option import add_config_argument, load_config_or_report
+from mailgate.server.privileges import PrivilegeError, resolve_identity
 
 EXIT_OK = 0
 EXIT_USER = 1
@@ -28,13 +38,12 @@ class UsageError(Exception):
     pass
 
 
-def register(
-    subparsers: argparse._SubParsersAction, *, default_users_file: str | None = None
-) -> argparse.ArgumentParser:
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `user` and its actions; each action parser sets `args.handler`."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--users-file", metavar="PATH", default=default_users_file,
-                        help="the users file (default: auth.users_file from the configuration)")
+    common.add_argument("--users-file", metavar="PATH",
+                        help="the users file (default: server.users_file of the configuration)")
+    add_config_argument(common)
     user = subparsers.add_parser("user", help="manage users allowed to AUTH")
     actions = user.add_subparsers(dest="user_action", metavar="ACTION", required=True)
 
@@ -107,16 +116,57 @@ def read_password(*, confirm: bool) -> str:
 
 def _run(args: argparse.Namespace, action: Callable[[FileUserStore], None]) -> int:
     """Open the store, run the action and map its errors onto the exit codes."""
-    users_file = getattr(args, "users_file", None)
-    if not users_file:
-        return _fail("no users file: pass --users-file PATH or set it in the configuration", EXIT_USAGE)
+    config = load_config_or_report(args.config, "user")
+    if config is None:
+        return EXIT_USAGE
+    users_file = Path(args.users_file or config.server.users_file)
+    existed = users_file.exists()
     try:
-        action(FileUserStore(users_file))
+        owner = _new_file_owner(users_file, config.server.user, config.server.group)
+        action(FileUserStore(users_file, new_file_owner=owner))
     except (UsageError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except (UserStoreError, OSError) as exc:  # exists, unknown, unreadable or malformed file
         return _fail(str(exc), EXIT_USER)
+    except PrivilegeError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    if not existed and users_file.exists():
+        _say_who_reads(users_file)
     return EXIT_OK
+
+
+def _new_file_owner(users_file: Path, user: str, group: str) -> FileOwner | None:
+    """Who must read a users file root creates: `server.user`, else its folder's group."""
+    if os.geteuid() != 0:
+        return None  # the file belongs to whoever runs the command, as the server does
+    if user:
+        identity = resolve_identity(user, group)
+        return FileOwner(identity.uid, identity.gid, FILE_MODE)
+    folder_group = users_file.parent.stat().st_gid
+    return FileOwner(0, folder_group, GROUP_READ_MODE) if folder_group != 0 else None
+
+
+def _say_who_reads(users_file: Path) -> None:
+    info = users_file.stat()
+    owner, group = _name_of_user(info.st_uid), _name_of_group(info.st_gid)
+    _say(f"created {users_file} ({owner}:{group}, mode {info.st_mode & 0o777:04o})")
+    if os.geteuid() == 0 and (info.st_uid, info.st_gid) == (0, 0):
+        _say(f"only root can read it; for the service user run: chgrp mailgate {users_file} && "
+             f"chmod 0640 {users_file}  (or set server.user)")
+
+
+def _name_of_user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _name_of_group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def _say(message: str) -> None:

@@ -20,6 +20,7 @@ from mailgate.config.types import parse_host_port
 from mailgate.core.address import AddressError, normalise_domain
 
 EMBEDDED_DEFAULT = "embedded.toml"
+EMBEDDED_SOURCE = "<embedded default>"  # Config.source of the embedded default
 
 
 class ConfigError(Exception):
@@ -58,11 +59,7 @@ def load_file(path: str | Path) -> Config:
 
 def load_embedded() -> Config:
     text = resources.files("mailgate.config").joinpath(EMBEDDED_DEFAULT).read_text("utf-8")
-    return load_text(text, source="<embedded default>")
-
-
-def embedded_text() -> str:
-    return resources.files("mailgate.config").joinpath(EMBEDDED_DEFAULT).read_text("utf-8")
+    return load_text(text, source=EMBEDDED_SOURCE)
 
 
 def load_text(text: str, source: str = "<string>") -> Config:

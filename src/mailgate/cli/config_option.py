@@ -1,0 +1,50 @@
+"""The `--config` option every command that reads the configuration shares, and its default.
+
+Owns: the documented default path (/etc/mailgate/mailgate.toml; the embedded loopback try-out
+only when that file does not exist), the option's help text, and turning a missing or invalid
+file into one line per problem and exit code 2. Must not: validate anything (config/loader.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mailgate.config.loader import Config, ConfigError, load_embedded, load_file
+
+DEFAULT_CONFIG = "/etc/mailgate/mailgate.toml"
+CONFIG_HELP = (f"configuration file (default: {DEFAULT_CONFIG}; the embedded loopback try-out "
+               "when that file does not exist)")
+
+
+def add_config_argument(parser: argparse.ArgumentParser, *, also_on_parent: bool = False) -> None:
+    """`also_on_parent`: the parent command takes --config too (`queue --config F list`), so this
+    sub-command must not overwrite the parent's value with its own default."""
+    default = argparse.SUPPRESS if also_on_parent else None
+    parser.add_argument("--config", metavar="FILE", default=default, help=CONFIG_HELP)
+
+
+def load_config(path: str | None) -> Config:
+    """The file given, else the default path when it exists, else the embedded default.
+
+    Raises FileNotFoundError for a file given but missing, ConfigError, or another OSError."""
+    if path:
+        return load_file(path)
+    if Path(DEFAULT_CONFIG).exists():
+        return load_file(DEFAULT_CONFIG)
+    return load_embedded()
+
+
+def load_config_or_report(path: str | None, command: str) -> Config | None:
+    """`load_config`, or None after printing each problem as `mailgate COMMAND: FILE: problem`."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for error in exc.errors:
+            print(f"mailgate {command}: {exc.source}: {error}", file=sys.stderr)
+    except FileNotFoundError as exc:
+        print(f"mailgate {command}: {exc.filename}: no such file", file=sys.stderr)
+    except OSError as exc:
+        print(f"mailgate {command}: {exc.filename}: {exc.strerror}", file=sys.stderr)
+    return None

@@ -1,0 +1,57 @@
+"""Every command that reads the configuration takes --config and, without it, the one documented
+default path, falling back to the embedded default only when that file does not exist (issue 20
+item 6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailgate.cli import config_option
+from mailgate.cli.main import build_parser, main
+
+COMMANDS = (["serve"], ["config", "check"], ["config", "show"], ["queue", "list"], ["user", "list"],
+            ["explain"], ["stats"])
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_documents_config_and_its_default(command: list[str],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--config FILE" in out and "/etc/mailgate/mailgate.toml" in out
+
+
+def test_queue_config_before_the_action_is_kept() -> None:
+    args = build_parser().parse_args(["queue", "--config", "/x.toml", "list"])
+    assert args.config == "/x.toml"
+
+
+def test_default_path_is_used_when_it_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    default = tmp_path / "mailgate.toml"
+    default.write_text('[server]\nhostname = "from-default.example"\n[[listener]]\nname = "mx"\n'
+                       'address = "127.0.0.1:2525"\ntls = "none"\n')
+    monkeypatch.setattr(config_option, "DEFAULT_CONFIG", str(default))
+    assert main(["config", "show"]) == 0
+    assert 'hostname = "from-default.example"' in capsys.readouterr().out
+    assert main(["config", "check"]) == 0
+    assert f"{default}: OK" in capsys.readouterr().out
+
+
+def test_embedded_default_only_when_the_default_path_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(config_option, "DEFAULT_CONFIG", str(tmp_path / "absent.toml"))
+    assert main(["config", "check"]) == 0
+    assert "<embedded default>: OK" in capsys.readouterr().out
+
+
+def test_a_broken_default_file_is_not_replaced_by_the_embedded_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    default = tmp_path / "mailgate.toml"
+    default.write_text("[server]\nnope = 1\n")
+    monkeypatch.setattr(config_option, "DEFAULT_CONFIG", str(default))
+    assert main(["explain", "--client", "192.0.2.1", "--from", "a@b.example", "--to", "c@d.example"]) == 2
+    assert f"mailgate explain: {default}: server.nope: unknown key" in capsys.readouterr().err
