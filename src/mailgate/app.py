@@ -10,6 +10,7 @@ Must not: contain protocol, policy or delivery logic of its own.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ from mailgate.app_config import (
 from mailgate.auth.lockout import AuthFailureTracker
 from mailgate.auth.store import FileUserStore
 from mailgate.config.loader import EMBEDDED_SOURCE, Config, ConfigError, load_file
+from mailgate.config.reload import reloadable
 from mailgate.config.types import parse_host_port
 from mailgate.core.address import normalise_domain
 from mailgate.core.clock import Clock, SystemClock
@@ -288,28 +290,42 @@ class Application:
         log.info("running as %s", server.user)
 
     def reload(self) -> None:
-        """SIGHUP: a new configuration for new sessions and the next delivery attempts."""
+        """SIGHUP: every key applies to new sessions and the next delivery attempts, except those
+        the schema marks `restart`: they keep their running value, with a warning for each."""
         try:
-            config = load_file(self.config.source)
+            config, waiting = reloadable(self.config, load_file(self.config.source))
             problems = startup_problems(config)
             if problems:
                 raise StartupError("\n".join(problems))
             profiles = listener_profiles(config)
+            screener = build_screener(config)
         except (ConfigError, StartupError, OSError) as exc:
             log.error("reload refused, keeping the running configuration:\n%s", exc)
             return
-        self.config = config
+        for line in waiting:
+            log.warning("reload: %s", line)
+        previous, self.config = self.config, config
         self.router.update(routing_settings(config))
-        self.reception.policy = RelayPolicy(policy_settings(config), allowed_senders=self.users.allowed_senders)
+        dns = config.dns
+        self.resolver.configure(list(dns.nameservers) or None, dns.port, dns.timeout)
+        reception = self.reception
+        reception.policy = RelayPolicy(policy_settings(config), allowed_senders=self.users.allowed_senders)
+        reception.max_recipients = config.server.max_recipients
+        reception.received_limit = config.server.received_limit
+        reception.received_shows_user = config.server.received_shows_user
+        reception.dnsbl_zones = tuple(dns.dnsbl_zones)
+        if config.limits != previous.limits:  # a new limiter forgets what it counted
+            reception.rate_limits = self._rate_limits(config)
+        reception.screener = screener
         for profile, new, listener in zip(self.profiles, profiles, config.listener):
-            context = profile.tls_context
-            profile.__dict__.update(new.__dict__)  # listeners keep their sockets; sessions read profiles anew
-            if context is not None and new.tls_context is not None:
+            if profile.tls_context is not None and new.tls_context is not None:
                 # The same context object: implicit-TLS listeners were started with it, so the
                 # renewed certificate reaches their new handshakes too (SPEC §5).
-                context.load_cert_chain(listener.cert_file, listener.key_file)
-                profile.tls_context = context
-        log.info("configuration reloaded from %s", config.source)
+                profile.tls_context.load_cert_chain(listener.cert_file, listener.key_file)
+                new = dataclasses.replace(new, tls_context=profile.tls_context)
+            profile.reload(new)  # listeners keep their sockets; sessions read profiles anew
+        log.info("configuration reloaded from %s%s", config.source,
+                 f" ({len(waiting)} change(s) wait for a restart)" if waiting else "")
 
     def request_stop(self) -> None:
         self._stopped.set()

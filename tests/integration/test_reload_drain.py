@@ -142,6 +142,23 @@ def test_sighup_applies_a_good_configuration_without_dropping_an_open_connection
     assert relay.process.process is not None and relay.process.process.poll() is None
 
 
+def test_sighup_applies_a_new_screen_rule_and_warns_about_a_restart_key(relay: Relay) -> None:
+    """Issue 20 item 2: the old [[screen_rule]] used to stay in force after a reload."""
+    invoice = b"From: <a@external.test>\r\nSubject: hello\r\n\r\nplease pay this invoice\r\n"
+    with relay.client() as smtp:
+        assert smtp.sendmail("a@external.test", ["user@hosted.test"], invoice) == {}
+    rule = '\n[[screen_rule]]\nname = "no-invoices"\nbody = ["invoice"]\naction = "reject"\n'
+    relay.rewrite(relay.config(("hosted.test",)).replace('hostname = "mx.test"', 'hostname = "renamed.test"') + rule)
+    relay.signal(signal.SIGHUP)
+    log = relay.wait_for_log(RELOADED)
+    assert "server.hostname changed; it takes effect after a restart" in log
+    with relay.client() as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            smtp.sendmail("a@external.test", ["user@hosted.test"], invoice)
+        assert refused.value.smtp_code == 550
+        assert smtp.ehlo()[1].startswith(b"mx.test")  # the running name is kept until a restart
+
+
 @pytest.mark.parametrize(
     ("bad_config", "logged"),
     [

@@ -14,6 +14,10 @@ Generated from `src/mailgate/config/schema.py` by `mailgate config reference`; d
 (a test fails when this file is stale). mailgate reads one TOML file (`mailgate serve --config FILE`);
 unknown keys are errors, and `mailgate config check FILE` lists every error with its key path.
 An annotated example is in [example.toml](example.toml).
+
+A reload (SIGHUP, `systemctl reload mailgate`) applies every key at once, except those marked
+**restart**: a reload keeps their running value and logs a warning naming each one that changed.
+Adding or removing a `[[listener]]`, or switching one to or from implicit TLS, also takes a restart.
 """
 
 
@@ -25,6 +29,6 @@ def render_reference() -> str:
         parts.append("| key | type | default | meaning |\n| --- | --- | --- | --- |\n")
         for key in section.keys:
             default = "required" if key.default is REQUIRED else f"`{key.kind.render(key.default)}`"
-            doc = key.doc.replace("|", "\\|")
+            doc = key.doc.replace("|", "\\|") + (" **restart**" if key.restart else "")
             parts.append(f"| `{key.name}` | {key.kind.describe()} | {default} | {doc} |\n")
     return "".join(parts)

@@ -32,6 +32,7 @@ class Key:
     kind: ValueKind
     default: Any
     doc: str
+    restart: bool = False  # a SIGHUP reload keeps the running value; only a restart applies it
 
 
 @dataclass(frozen=True)
@@ -51,13 +52,13 @@ SERVER = Section(
     "Identity, spool and message-wide limits.",
     (
         Key("hostname", Text(allow_empty=False), "localhost",
-            "Name announced in the greeting, EHLO and Received headers (RFC 5321 §4.1.1.1)."),
+            "Name announced in the greeting, EHLO and Received headers (RFC 5321 §4.1.1.1).", restart=True),
         Key("spool_dir", Text(allow_empty=False), "./var/spool",
-            "Directory of the durable queue (SQLite in WAL mode) and its spill files."),
+            "Directory of the durable queue (SQLite in WAL mode) and its spill files.", restart=True),
         Key("users_file", Text(), "./var/users",
-            "File of users allowed to AUTH, with argon2id hashes (`mailgate user ...` edits it)."),
+            "File of users allowed to AUTH, with argon2id hashes (`mailgate user ...` edits it).", restart=True),
         Key("control_socket", Text(), "",
-            "Unix socket for `mailgate queue` on a live server; empty means <spool_dir>/control.sock."),
+            "Unix socket for `mailgate queue` on a live server; empty means <spool_dir>/control.sock.", restart=True),
         Key("max_message_size", Size(minimum=1024), 36700160,
             "Largest message accepted, announced with SIZE (RFC 1870). Default 35 MiB."),
         Key("max_recipients", Integer(minimum=1, maximum=100000), 1000,
@@ -67,20 +68,20 @@ SERVER = Section(
         Key("received_shows_user", Boolean(), False,
             "Put the authenticated user name into the Received header."),
         Key("user", Text(), "",
-            "After binding the listening ports, run as this user (when started as root)."),
-        Key("group", Text(), "", "... and this group; empty uses the user's primary group."),
+            "After binding the listening ports, run as this user (when started as root).", restart=True),
+        Key("group", Text(), "", "... and this group; empty uses the user's primary group.", restart=True),
         Key("disk_soft_free", Size(minimum=0), "512M",
-            "Below this much free space in the spool's file system, new mail gets 452 4.3.1."),
+            "Below this much free space in the spool's file system, new mail gets 452 4.3.1.", restart=True),
         Key("disk_hard_free", Size(minimum=0), "128M",
-            "Below this, the listeners stop accepting connections until space returns."),
-        Key("disk_soft_free_inodes", Integer(minimum=0), 10000, "Free inodes for the soft threshold."),
-        Key("disk_hard_free_inodes", Integer(minimum=0), 1000, "Free inodes for the hard threshold."),
-        Key("disk_check_interval", Duration(minimum=0.1, maximum=3600), 5, "How often free space is measured."),
+            "Below this, the listeners stop accepting connections until space returns.", restart=True),
+        Key("disk_soft_free_inodes", Integer(minimum=0), 10000, "Free inodes for the soft threshold.", restart=True),
+        Key("disk_hard_free_inodes", Integer(minimum=0), 1000, "Free inodes for the hard threshold.", restart=True),
+        Key("disk_check_interval", Duration(minimum=0.1, maximum=3600), 5, "How often free space is measured.", restart=True),
         Key("workers", Integer(minimum=0, maximum=64), 0,
-            "Worker processes sharing the listening ports and the queue; 0 starts one per CPU core."),
+            "Worker processes sharing the listening ports and the queue; 0 starts one per CPU core.", restart=True),
         Key("self_audit", Boolean(), True,
             "At start-up, run the relay-trick table against our own listeners and refuse to run "
-            "if any form would relay."),
+            "if any form would relay.", restart=True),
     ),
 )
 
@@ -90,8 +91,8 @@ LISTENER = Section(
     "offered, no AUTH), `submission` (587, STARTTLS, AUTH required), `smtps` (465, implicit TLS, "
     "AUTH required).",
     (
-        Key("name", Text(allow_empty=False), REQUIRED, "Name used in logs and metrics."),
-        Key("address", HostPort(), REQUIRED, "Address to bind: `127.0.0.1:25`, `[::]:25`."),
+        Key("name", Text(allow_empty=False), REQUIRED, "Name used in logs and metrics.", restart=True),
+        Key("address", HostPort(), REQUIRED, "Address to bind: `127.0.0.1:25`, `[::]:25`.", restart=True),
         Key("profile", Choice(choices=("mx", "submission", "smtps")), "mx",
             "Role of the listener; sets the defaults of `tls` and `auth`."),
         Key("tls", Choice(choices=("profile", "none", "starttls", "implicit")), "profile",
@@ -105,9 +106,9 @@ LISTENER = Section(
         Key("max_message_size", Size(minimum=0), 0,
             "Per-listener SIZE limit; 0 uses server.max_message_size."),
         Key("max_connections", Integer(minimum=1, maximum=100000), 1000,
-            "Simultaneous connections on this listener; more get 421 4.7.0."),
+            "Simultaneous connections on this listener; more get 421 4.7.0.", restart=True),
         Key("max_connections_per_client", Integer(minimum=1, maximum=100000), 50,
-            "Simultaneous connections from one client address; more get 421 4.7.0."),
+            "Simultaneous connections from one client address; more get 421 4.7.0.", restart=True),
         Key("command_timeout", Duration(minimum=1, maximum=3600), 300,
             "Idle time allowed between commands (RFC 5321 §4.5.3.2.7: at least 5 minutes)."),
         Key("data_timeout", Duration(minimum=1, maximum=3600), 300,
@@ -116,10 +117,10 @@ LISTENER = Section(
             "Bad commands allowed before 421 and disconnect."),
         Key("proxy_protocol", Boolean(), False,
             "Expect a PROXY protocol v1 or v2 header (a load balancer in front); policy and logs "
-            "then use the client address it carries."),
+            "then use the client address it carries.", restart=True),
         Key("proxy_from", ListOf(item=Network()), (),
-            "Load balancer networks allowed to send the PROXY header; others are disconnected."),
-        Key("proxy_timeout", Duration(minimum=1, maximum=300), 10, "Time allowed for the PROXY header."),
+            "Load balancer networks allowed to send the PROXY header; others are disconnected.", restart=True),
+        Key("proxy_timeout", Duration(minimum=1, maximum=300), 10, "Time allowed for the PROXY header.", restart=True),
     ),
     array=True,
 )
@@ -184,21 +185,21 @@ DELIVERY = Section(
             "TLS policy for direct MX delivery."),
         Key("ca_file", Text(), "", "CA bundle for `verify`; empty uses the system store."),
         Key("mx_port", Integer(minimum=1, maximum=65535), 25, "TCP port for direct MX delivery."),
-        Key("max_connections", Integer(minimum=1, maximum=10000), 100, "Outbound connections in all."),
+        Key("max_connections", Integer(minimum=1, maximum=10000), 100, "Outbound connections in all.", restart=True),
         Key("max_per_destination", Integer(minimum=1, maximum=1000), 20,
-            "Outbound connections to one next hop."),
+            "Outbound connections to one next hop.", restart=True),
         Key("connection_idle", Duration(minimum=0, maximum=3600), 30,
-            "How long an idle outbound connection is kept for reuse."),
-        Key("connect_timeout", Duration(minimum=1, maximum=600), 30, "TCP connect time-out."),
+            "How long an idle outbound connection is kept for reuse.", restart=True),
+        Key("connect_timeout", Duration(minimum=1, maximum=600), 30, "TCP connect time-out.", restart=True),
         Key("retry_schedule", ListOf(item=Duration(minimum=1)), ("1m", "5m", "10m", "30m", "1h"),
-            "Waits between attempts; after the last, `max_retry_interval` (jittered by 20%)."),
-        Key("max_retry_interval", Duration(minimum=60), "4h", "Longest wait between two attempts."),
+            "Waits between attempts; after the last, `max_retry_interval` (jittered by 20%).", restart=True),
+        Key("max_retry_interval", Duration(minimum=60), "4h", "Longest wait between two attempts.", restart=True),
         Key("max_lifetime", Duration(minimum=60), "5d",
-            "A message still undelivered after this bounces (RFC 5321 §4.5.4.1: 4-5 days)."),
+            "A message still undelivered after this bounces (RFC 5321 §4.5.4.1: 4-5 days).", restart=True),
         Key("delay_warning", Duration(minimum=0), "4h",
-            "Send one \"delayed\" DSN after this long (0 turns it off)."),
+            "Send one \"delayed\" DSN after this long (0 turns it off).", restart=True),
         Key("workers", Integer(minimum=1, maximum=10000), 200,
-            "Messages delivered concurrently."),
+            "Messages delivered concurrently.", restart=True),
     ),
 )
 
@@ -219,16 +220,16 @@ LOG = Section(
     "log",
     "Diagnostics and transaction logs.",
     (
-        Key("level", Choice(choices=("debug", "info", "warning", "error")), "info", "Diagnostic log level."),
+        Key("level", Choice(choices=("debug", "info", "warning", "error")), "info", "Diagnostic log level.", restart=True),
         Key("json_file", Text(), "",
             "JSON-lines transaction log, written as daily NAME-YYYYMMDD.EXT files beside this "
-            "path (UTC days); empty disables it."),
+            "path (UTC days); empty disables it.", restart=True),
         Key("w3c_dir", Text(), "",
             "Directory of the W3C extended log as the IIS SMTP service writes it, daily "
-            "exYYMMDD.log (UTC); empty disables it."),
-        Key("retention_days", Integer(minimum=0, maximum=3650), 30, "Days of log files kept; 0 keeps all."),
+            "exYYMMDD.log (UTC); empty disables it.", restart=True),
+        Key("retention_days", Integer(minimum=0, maximum=3650), 30, "Days of log files kept; 0 keeps all.", restart=True),
         Key("queue_limit", Integer(minimum=100, maximum=1000000), 20000,
-            "Records waiting for the log writer thread; more are dropped and counted."),
+            "Records waiting for the log writer thread; more are dropped and counted.", restart=True),
     ),
 )
 
@@ -313,7 +314,7 @@ METRICS = Section(
     (
         Key("address", Text(), "",
             "host:port serving /metrics, /healthz and /readyz; empty disables it. With several "
-            "workers, worker N listens on port + N. Keep it on loopback or a management network."),
+            "workers, worker N listens on port + N. Keep it on loopback or a management network.", restart=True),
     ),
 )
 

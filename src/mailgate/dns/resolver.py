@@ -102,13 +102,21 @@ class DnsPythonResolver:
     def __init__(
         self, nameservers: list[str] | None = None, port: int = 53, timeout: float = 5.0
     ) -> None:
-        self._resolver = dns.asyncresolver.Resolver(configure=nameservers is None)
+        self.configure(nameservers, port, timeout)
+
+    def configure(self, nameservers: list[str] | None, port: int, timeout: float) -> None:
+        """New settings (a reload) for the next lookups; lookups under way finish with the old."""
+        self._resolver = self._new_resolver(nameservers, port, timeout)
+
+    def _new_resolver(self, nameservers: list[str] | None, port: int, timeout: float) -> dns.asyncresolver.Resolver:
+        resolver = dns.asyncresolver.Resolver(configure=nameservers is None)
         if nameservers is not None:
-            self._resolver.nameservers = list(nameservers)
-        self._resolver.port = port
-        self._resolver.timeout = timeout
-        self._resolver.lifetime = timeout
-        self._resolver.use_edns(0, 0, self.EDNS_PAYLOAD)
+            resolver.nameservers = list(nameservers)
+        resolver.port = port
+        resolver.timeout = timeout
+        resolver.lifetime = timeout
+        resolver.use_edns(0, 0, self.EDNS_PAYLOAD)
+        return resolver
 
     async def _query(self, name: str, rdtype: str) -> list[Any]:
         try:

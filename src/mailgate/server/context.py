@@ -7,7 +7,7 @@ on SIGHUP, and `Reception`). Must not: hold behaviour.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from mailgate.observe.translog import TransactionLog
@@ -30,6 +30,12 @@ class ListenerProfile:
     command_timeout: float = 300.0
     data_timeout: float = 300.0
     error_budget: int = 10
+
+    def reload(self, new: "ListenerProfile") -> None:
+        """Take every setting of `new` (SIGHUP): the listener keeps this object and its sessions
+        read it anew."""
+        for setting in fields(self):
+            setattr(self, setting.name, getattr(new, setting.name))
 
 
 @dataclass
