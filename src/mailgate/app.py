@@ -35,6 +35,7 @@ from mailgate.delivery.routing import Router
 from mailgate.delivery.runner import DeliveryRunner, RunnerSettings
 from mailgate.delivery.transport import SmtpTransport
 from mailgate.dns.resolver import DnsPythonResolver
+from mailgate.observe import diagnostics
 from mailgate.observe.http import ObserveServer, spool_problem
 from mailgate.observe.metrics import Metrics
 from mailgate.observe.translog import open_transaction_log
@@ -49,7 +50,8 @@ from mailgate.server.listener import Listener, ListenerSettings
 from mailgate.server.privileges import PrivilegeError, drop_privileges, resolve_identity, spool_ownership_problems
 from mailgate.server.context import ListenerProfile, Reception
 from mailgate.server.session import Session
-from mailgate.tools.audit import AuditTarget, self_audit
+from mailgate.start_gate import StartGate
+from mailgate.tools.audit import AUDIT_SOURCES, AuditSummary, AuditTarget, self_audit
 
 log = logging.getLogger("mailgate")
 
@@ -81,9 +83,11 @@ async def recover_offline(config: Config) -> None:
 
 class Application:
     def __init__(
-        self, config: Config, *, clock: Clock | None = None, worker_index: int = 0, workers: int = 1
+        self, config: Config, *, clock: Clock | None = None, worker_index: int = 0, workers: int = 1,
+        start_gate: StartGate | None = None,
     ) -> None:
         self.config = config
+        self._start_gate = start_gate
         self.clock = clock or SystemClock()
         self.worker_index = worker_index
         self.workers = workers
@@ -240,6 +244,8 @@ class Application:
             raise
 
     async def _start(self) -> None:
+        if self._start_gate is not None and self.worker_index > 0:
+            await self._start_gate.wait()  # worker 0 has run the self-audit: bind (and listen) now
         for listener in self.listeners:
             listener.bind()  # privileged ports first, then give up root
         self._drop_privileges()
@@ -255,6 +261,8 @@ class Application:
                 await listener.pause()
         if self.config.server.self_audit and self.worker_index == 0:
             await self._self_audit()
+        if self._start_gate is not None and self.worker_index == 0:
+            self._start_gate.open()
         if self.worker_index == 0:
             await self.control.start()
         if self.observe is not None:
@@ -271,9 +279,19 @@ class Application:
                        if not d.name.strip().startswith(".")), None)
         targets = [AuditTarget(l.settings.host, l.bound_port, l.settings.implicit_tls is not None)
                    for l in self.listeners if l.listening and l.settings.proxy_from is None]
-        accepted = await self_audit(targets, hosted)
+        # Its connections are logged as one summary per listener, not as refusals (issue 20 item 7).
+        self.log.audit_from(AUDIT_SOURCES)
+        end_quiet = diagnostics.quiet_clients(AUDIT_SOURCES)
+        try:
+            accepted = await self_audit(targets, hosted, self._audit_summary)
+        finally:
+            self.log.audit_from(frozenset())
+            end_quiet()
         if accepted:
             raise StartupError("self-audit: an untrusted client (127.0.0.2) could relay:\n" + "\n".join(accepted))
+
+    def _audit_summary(self, summary: AuditSummary) -> None:
+        self.log.self_audit(summary.listener, summary.verdict, summary.forms, summary.source, summary.detail)
 
     def _drop_privileges(self) -> None:
         server = self.config.server

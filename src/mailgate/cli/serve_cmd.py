@@ -35,6 +35,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     from mailgate.app import Application
     from mailgate.app_config import StartupError
+    from mailgate.start_gate import StartGate
 
     config = load_config_or_report(args.config, "serve")
     if config is None:
@@ -56,7 +57,7 @@ def serve_command(args: argparse.Namespace) -> int:
         stop_logging = diagnostics.off_the_loop()
         try:
             try:
-                app = Application(config, worker_index=index, workers=count)
+                app = Application(config, worker_index=index, workers=count, start_gate=gate)
                 await app.start()
             except (StartupError, OSError) as exc:
                 for line in str(exc).splitlines():
@@ -67,5 +68,7 @@ def serve_command(args: argparse.Namespace) -> int:
         finally:
             stop_logging()
 
+    workers = supervisor.worker_count(config)
+    gate = StartGate(workers - 1) if workers > 1 else None
     run_loop = uvloop.run if uvloop is not None else asyncio.run
     return supervisor.run(config, run_loop, worker)

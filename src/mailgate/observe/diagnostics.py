@@ -22,9 +22,10 @@ import sys
 import threading
 from collections.abc import Callable
 
-FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"  # a pid per line: workers
 FLUSH_INTERVAL = 0.1  # seconds a line may wait
 FLUSH_RECORDS = 1000  # or this many waiting lines wake the thread early
+SESSION_LOGGER = "mailgate.smtp"  # the lines about one SMTP connection
 
 
 def setup(level: str) -> None:
@@ -77,6 +78,34 @@ class _Writer:
             for handler in self._handlers:
                 if record.levelno >= handler.level:
                     handler.handle(record)
+
+
+class _QuietClients(logging.Filter):
+    """Drops the per-connection lines (logger `mailgate.smtp`) that name one of `addresses`."""
+
+    def __init__(self, addresses: frozenset[str]) -> None:
+        super().__init__()
+        self._addresses = addresses
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(SESSION_LOGGER) or not isinstance(record.args, tuple):
+            return True
+        return not any(str(arg).removeprefix("::ffff:") in self._addresses for arg in record.args)
+
+
+def quiet_clients(addresses: frozenset[str]) -> Callable[[], None]:
+    """Leave out the session lines about connections from `addresses` (the self-audit's, which
+    logs one summary per listener instead) until the returned function is called."""
+    quiet = _QuietClients(addresses)
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(quiet)
+
+    def end() -> None:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+    return end
 
 
 def off_the_loop() -> Callable[[], None]:

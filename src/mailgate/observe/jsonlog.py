@@ -34,6 +34,7 @@ TRANSACTION_ACCEPTED = "transaction.accepted"
 TRANSACTION_REFUSED = "transaction.refused"
 DELIVERY_ATTEMPT = "delivery.attempt"
 BOUNCE = "bounce"
+SELF_AUDIT = "self_audit"  # one per listener at start-up; its own connections are not logged
 EVENTS = (
     CONNECTION_OPENED, CONNECTION_CLOSED, CONNECTION_REFUSED, TRANSACTION_ACCEPTED,
     TRANSACTION_REFUSED, DELIVERY_ATTEMPT, BOUNCE,

@@ -10,6 +10,10 @@ credentials: AUTH arguments are cut to the mechanism name, SASL response lines a
 
 Every method is cheap and safe to call on the event loop; every log and the metrics are
 optional (None turns them off).
+
+The start-up self-audit's own connections (`audit_from` the untrusted loopback sources it uses)
+leave no record and move no counter: the audit writes one `self_audit` record per listener instead,
+so that a restart does not look like a burst of refusals.
 """
 
 from __future__ import annotations
@@ -88,12 +92,33 @@ class TransactionLog:
         self._json = json_stream if writer else None
         self.metrics = metrics
         self._connections: dict[str, _Connection] = {}
+        self._audit_sources: frozenset[str] = frozenset()
+        self._audit_sessions: set[str] = set()
+
+    # --- the start-up self-audit -------------------------------------------------------------
+    def audit_from(self, sources: frozenset[str]) -> None:
+        """Connections from `sources` are the self-audit's until called again with an empty set
+        (connections already open stay the audit's until they close)."""
+        self._audit_sources = sources
+
+    def _is_audit(self, client_ip: str) -> bool:
+        return bool(self._audit_sources) and client_ip.removeprefix("::ffff:") in self._audit_sources
+
+    def self_audit(self, listener: str, verdict: str, forms: int, source: str, detail: str = "") -> None:
+        """The audit's summary for one listener (verdict: not an open relay, OPEN, INCONCLUSIVE)."""
+        self._emit_json(lambda: jsonlog.record(
+            jsonlog.SELF_AUDIT, self._clock.now(), listener=listener, verdict=verdict, forms=forms,
+            client_ip=source, detail=detail or None,
+        ))
 
     # --- connections -------------------------------------------------------------------------
     def connection_opened(
         self, session_id: str, client_ip: str, client_port: int, listener: str, server_ip: str, server_port: int
     ) -> None:
         """Call once per accepted connection; `connection_closed` must follow (in a finally)."""
+        if self._is_audit(client_ip):
+            self._audit_sessions.add(session_id)
+            return
         now = self._clock.now()
         self._connections[session_id] = _Connection(client_ip, client_port, listener, server_ip, server_port, now)
         if self.metrics:
@@ -106,6 +131,7 @@ class TransactionLog:
     def connection_closed(self, session_id: str, reason: str = "quit") -> None:
         """reason: quit, timeout, errors, refused, dropped (peer went away), shutdown."""
         now = self._clock.now()
+        self._audit_sessions.discard(session_id)
         connection = self._connections.pop(session_id, None)
         if connection is None:
             return
@@ -125,6 +151,8 @@ class TransactionLog:
         `limit` (connection limits), `disk` (hard back-pressure), `blocklist`, `dnsbl`, or `proxy`
         (a missing, malformed or unauthorised PROXY header: dropped with no reply, `reply` None,
         and `client_ip` is the load balancer's or whoever connected)."""
+        if self._is_audit(client_ip):
+            return
         if self.metrics:
             self.metrics.connection_refused(listener, reason)
         self._emit_json(lambda: jsonlog.record(
@@ -139,6 +167,8 @@ class TransactionLog:
     ) -> None:
         """One W3C line per command and its reply. For DATA/BDAT log once, at the final reply,
         with the queue id as the argument and the message size as bytes_in (as IIS does)."""
+        if session_id in self._audit_sessions:
+            return
         now = self._clock.now()
         verb = verb.upper()
         if verb == "AUTH":
@@ -177,6 +207,8 @@ class TransactionLog:
         """The 250 after DATA. sender "" is the null sender; rule: the relay rule that permitted
         the (first) recipient; tls: e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384" or ""; elapsed:
         seconds from end of data to the 250."""
+        if session_id in self._audit_sessions:
+            return
         connection = self._connections.get(session_id)
         if connection is not None:
             connection.messages += 1
@@ -196,6 +228,8 @@ class TransactionLog:
     ) -> None:
         """A refusal inside a session. stage: mail, rcpt, data, auth; rule: the policy rule
         that decided, or a short word for protocol refusals (size, bare_lf, loop, commit)."""
+        if session_id in self._audit_sessions:
+            return
         connection = self._connections.get(session_id)
         if self.metrics:
             self.metrics.transaction_refused(stage, rule)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 from typing import NamedTuple
 
 from mailgate.tools.relay_test import (
@@ -35,6 +36,17 @@ log = logging.getLogger("mailgate.audit")
 
 UNTRUSTED_SOURCE = "127.0.0.2"
 ALTERNATE_SOURCE = "127.0.0.3"  # when the listener itself is bound to 127.0.0.2
+AUDIT_SOURCES = frozenset({UNTRUSTED_SOURCE, ALTERNATE_SOURCE})
+
+
+class AuditSummary(NamedTuple):
+    """One listener's result, for the transaction log: verdict, forms tried, source, why."""
+
+    listener: str
+    verdict: str
+    forms: int
+    source: str
+    detail: str
 AUDIT_TIMEOUT = 10.0  # seconds per reply; our own listener answers at once or is broken
 
 
@@ -57,12 +69,16 @@ def connection_plan(host: str) -> tuple[str, str] | None:
     return str(address), source
 
 
-async def audit_listener(target: AuditTarget, hosted_domain: str | None) -> RelayTestReport | None:
-    """The relay-test report for one listener, or None when it was skipped."""
+async def audit_listener(
+    target: AuditTarget, hosted_domain: str | None, summarise: Callable[[AuditSummary], None] = lambda _: None,
+) -> RelayTestReport | None:
+    """The relay-test report for one listener, or None when it was skipped; `summarise` gets
+    the one summary of it either way."""
     listener = f"{target.host}:{target.port}"
     plan = connection_plan(target.host)
     if plan is None:
         log.warning("self-audit: %s skipped (INCONCLUSIVE): no second IPv6 loopback address", listener)
+        summarise(AuditSummary(listener, Verdict.INCONCLUSIVE.value, 0, "", "no second IPv6 loopback address"))
         return None
     connect_to, source = plan
     settings = RelayTestSettings(
@@ -72,20 +88,24 @@ async def audit_listener(target: AuditTarget, hosted_domain: str | None) -> Rela
     report = await run_relay_test(settings)
     if report.problem and ":" in target.host:
         log.warning("self-audit: %s skipped (INCONCLUSIVE): IPv6-only socket: %s", listener, report.problem)
+        summarise(AuditSummary(listener, Verdict.INCONCLUSIVE.value, 0, source, f"IPv6-only socket: {report.problem}"))
         return None
+    detail = ""
     if report.verdict is Verdict.INCONCLUSIVE:
         reasons = sorted({attempt.reply for attempt in report.attempts if attempt.outcome is not Outcome.REFUSED})
-        log.warning(
-            "self-audit: %s INCONCLUSIVE from %s: %s", listener, source,
-            report.problem or "; ".join(reasons[:3]),
-        )
+        detail = report.problem or "; ".join(reasons[:3])
+        log.warning("self-audit: %s INCONCLUSIVE from %s: %s", listener, source, detail)
     else:
         log.info("self-audit: %s %s (%d forms from %s)", listener, report.verdict.value,
                  len(report.attempts), source)
+    summarise(AuditSummary(listener, report.verdict.value, len(report.attempts), source, detail))
     return report
 
 
-async def self_audit(listeners: list[tuple[str, int]], hosted_domain: str | None) -> list[str]:
+async def self_audit(
+    listeners: list[tuple[str, int]], hosted_domain: str | None,
+    summarise: Callable[[AuditSummary], None] = lambda _: None,
+) -> list[str]:
     """Every form any listener accepted from an untrusted loopback source, as
     "LISTENER form-name: MAIL FROM:... RCPT TO:..." lines; [] when none relays.
 
@@ -93,7 +113,7 @@ async def self_audit(listeners: list[tuple[str, int]], hosted_domain: str | None
     accepted: list[str] = []
     for item in listeners:
         target = AuditTarget(*item)
-        report = await audit_listener(target, hosted_domain)
+        report = await audit_listener(target, hosted_domain, summarise)
         if report is None:
             continue
         for attempt in report.accepted:
