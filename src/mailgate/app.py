@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from mailgate.app_config import (
-    StartupError, build_screener, control_socket_path, listener_profiles, policy_settings, routing_settings,
+    StartupError, build_authenticator, build_screener, control_socket_path, listener_profiles, policy_settings,
+    routing_settings,
 )
 from mailgate.auth.lockout import AuthFailureTracker
 from mailgate.auth.store import FileUserStore
@@ -151,6 +152,7 @@ class Application:
             disk=self.disk,
             clock=self.clock,
             screener=build_screener(config),
+            authenticator=build_authenticator(config),
         )
         self.listeners = [self._listener(listener, profile) for listener, profile in zip(config.listener, self.profiles)]
         self.control = ControlServer(
@@ -317,6 +319,7 @@ class Application:
                 raise StartupError("\n".join(problems))
             profiles = listener_profiles(config)
             screener = build_screener(config)
+            authenticator = build_authenticator(config)  # new DKIM keys: rotation without a restart
         except (ConfigError, StartupError, OSError) as exc:
             log.error("reload refused, keeping the running configuration:\n%s", exc)
             return
@@ -335,6 +338,9 @@ class Application:
         if config.limits != previous.limits:  # a new limiter forgets what it counted
             reception.rate_limits = self._rate_limits(config)
         reception.screener = screener
+        if reception.authenticator is not None:
+            reception.authenticator.close()
+        reception.authenticator = authenticator
         for profile, new, listener in zip(self.profiles, profiles, config.listener):
             if profile.tls_context is not None and new.tls_context is not None:
                 # The same context object: implicit-TLS listeners were started with it, so the
@@ -374,6 +380,8 @@ class Application:
         if self._disk_task is not None:
             self._disk_task.cancel()
         await self.transport.close()
+        if self.reception.authenticator is not None:
+            self.reception.authenticator.close()
         await self.store.close()
         self.log.close()
         log.info("mailgate stopped")

@@ -12,9 +12,12 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+from mailgate.auth.authenticator import Authenticator
+from mailgate.auth.dkim_keys import DkimKeyError, load_key
+from mailgate.auth.dkim_sign import DkimSigner, SigningKey
 from mailgate.config.loader import Config, effective_auth, effective_tls
 from mailgate.config.types import parse_host_port
-from mailgate.core.address import normalise_domain
+from mailgate.core.address import AddressError, normalise_domain
 from mailgate.delivery.routing import HopSpec, HostedRoute, RoutingSettings
 from mailgate.policy.relay import HostedDomain, PolicySettings
 from mailgate.screen import Screener, ScreenConfigError
@@ -141,3 +144,39 @@ def build_screener(config: Config) -> Screener | None:
         return Screener.from_config(rules, av, spam)
     except ScreenConfigError as exc:
         raise StartupError("\n".join(e.replace("screen.rule", "screen_rule") for e in exc.errors)) from None
+
+
+def build_authenticator(config: Config) -> Authenticator | None:
+    """DKIM signing (and the inbound checks), or None when neither is configured; StartupError
+    names each [[dkim_key]] entry that cannot be used."""
+    signer = build_signer(config)
+    if signer is None:
+        return None
+    return Authenticator(signer)
+
+
+def build_signer(config: Config) -> DkimSigner | None:
+    keys, problems, active = [], [], set()
+    for index, entry in enumerate(config.dkim_key):
+        where = f"dkim_key[{index}]"
+        try:
+            domain = normalise_domain(entry.domain.strip())
+            key = load_key(entry.key_file, domain, entry.selector.strip())
+        except AddressError as exc:
+            problems.append(f"{where}.domain: {exc}")
+            continue
+        except DkimKeyError as exc:
+            problems.append(f"{where}.key_file: {exc}")
+            continue
+        if not entry.active:
+            continue
+        if (domain, key.key_type) in active:
+            problems.append(f"{where}.active: a second active {key.key_type} key for {domain}; one per type")
+            continue
+        active.add((domain, key.key_type))
+        keys.append(SigningKey(key, entry.subdomains))
+    if problems:
+        raise StartupError("\n".join(problems))
+    if not keys:
+        return None
+    return DkimSigner(keys, config.dkim.sign_headers, config.dkim.oversign_headers)

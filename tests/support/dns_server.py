@@ -42,7 +42,10 @@ BIND_ATTEMPTS = 20
 def _rdata(rdtype: str, value: Any) -> dns.rdata.Rdata:
     kind = dns.rdatatype.from_text(rdtype)
     if kind == dns.rdatatype.TXT:
-        return dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, kind, [str(value).encode("utf-8")])
+        # RFC 1035 §3.3.14: a record of character-strings of at most 255 octets each.
+        text = str(value).encode("utf-8")
+        strings = [text[i:i + 255] for i in range(0, len(text), 255)] or [b""]
+        return dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, kind, strings)
     if kind == dns.rdatatype.MX:
         preference, exchange = value
         text = f"{int(preference)} {dns.name.from_text(exchange).to_text()}"
@@ -70,10 +73,10 @@ class LoopbackDnsServer:
     `queries` lists (name, type, "udp" | "tcp") for each query received, in order.
     """
 
-    def __init__(self, records: ZoneData, host: str = "127.0.0.1") -> None:
+    def __init__(self, records: ZoneData, host: str = "127.0.0.1", port: int = 0) -> None:
         self.records = dict(records)
         self.host = host
-        self.port = 0
+        self.port = port  # 0: a free port
         self.queries: list[tuple[str, str, str]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -142,7 +145,7 @@ class LoopbackDnsServer:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         for _ in range(BIND_ATTEMPTS):
             udp = socket.socket(family, socket.SOCK_DGRAM)
-            udp.bind((self.host, 0))
+            udp.bind((self.host, self.port))
             tcp = socket.socket(family, socket.SOCK_STREAM)
             try:
                 tcp.bind((self.host, udp.getsockname()[1]))

@@ -11,7 +11,7 @@ import sys
 
 from mailgate import __version__
 from mailgate.cli import (
-    cert_cmd, config_cmd, explain_cmd, mx_cmd, queue_cmd, relay_test_cmd, send_cmd, serve_cmd, stats_cmd, user_cmd,
+    cert_cmd, config_cmd, dkim_cmd, explain_cmd, mx_cmd, queue_cmd, relay_test_cmd, send_cmd, serve_cmd, stats_cmd, user_cmd,
 )
 
 EPILOG = """examples:
@@ -25,6 +25,7 @@ EPILOG = """examples:
   mailgate explain --client 203.0.113.5 --from a@b.example --to c@d.example
   mailgate send --server 127.0.0.1:2525 --from me@example.org --to you@demo.test
   mailgate stats --since 24h           a pflogsumm-like summary of the transaction log
+  mailgate dkim keygen example.com --selector 2026a   a DKIM key and the DNS record to publish
 
 exit codes: 0 success, 1 the operation failed (relay-test: OPEN), 2 usage or configuration
 error, 3 inconclusive or could not connect (relay-test, mx --probe, send)"""
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     send_cmd.register(commands)
     cert_cmd.register(commands)
     stats_cmd.register(commands)
+    dkim_cmd.register(commands)
     return parser
 
 

@@ -48,6 +48,8 @@ class Config:
     antivirus: SimpleNamespace
     spam: SimpleNamespace
     limits: SimpleNamespace
+    dkim: SimpleNamespace
+    dkim_key: list[SimpleNamespace]
     log: SimpleNamespace
     metrics: SimpleNamespace
 

@@ -308,6 +308,42 @@ LIMITS = Section(
     ),
 )
 
+DKIM = Section(
+    "dkim",
+    "DKIM signing of mail from trusted networks and authenticated users (RFC 6376; Ed25519, RFC "
+    "8463), after screening, relaxed/relaxed. Keys are listed in [[dkim_key]]; mail from outside "
+    "is never signed. `mailgate dkim keygen` makes a key and prints its DNS record.",
+    (
+        Key("sign_headers", ListOf(item=Text(allow_empty=False)),
+            ("from", "sender", "reply-to", "subject", "date", "message-id", "to", "cc", "mime-version",
+             "content-type", "content-transfer-encoding", "content-id", "content-description",
+             "in-reply-to", "references", "list-id", "list-help", "list-unsubscribe",
+             "list-unsubscribe-post", "list-subscribe", "list-post", "list-owner", "list-archive"),
+            "Header fields signed when present (From always is, RFC 6376 §5.4)."),
+        Key("oversign_headers", ListOf(item=Text(allow_empty=False)),
+            ("from", "subject", "to", "cc", "date", "message-id", "reply-to", "mime-version", "content-type"),
+            "Header fields signed once more than they occur, so that a copy added in transit "
+            "breaks the signature (RFC 6376 §8.15)."),
+    ),
+)
+
+DKIM_KEY = Section(
+    "dkim_key",
+    "One per signing key. A domain may list several selectors (key rotation): the active ones "
+    "sign (one RSA and one Ed25519 key sign side by side), the others stay listed for "
+    "`mailgate dkim check` while their DNS records are still published.",
+    (
+        Key("domain", Text(allow_empty=False), REQUIRED, "The d= domain: mail whose From: is in it is signed."),
+        Key("selector", Text(allow_empty=False), REQUIRED, "The s= selector (RFC 6376 §3.1)."),
+        Key("key_file", Text(allow_empty=False), REQUIRED,
+            "PEM private key, mode 0600 (a file group or others may read is refused)."),
+        Key("active", Boolean(), True, "Sign with this key; at most one active key per domain and type."),
+        Key("subdomains", Boolean(), True,
+            "Also sign mail from subdomains of `domain` that have no key of their own."),
+    ),
+    array=True,
+)
+
 METRICS = Section(
     "metrics",
     "Prometheus metrics and health endpoints.",
@@ -319,7 +355,8 @@ METRICS = Section(
 )
 
 SECTIONS: tuple[Section, ...] = (
-    SERVER, LISTENER, RELAY, DOMAIN, DELIVERY, DNS, SCREEN_RULE, ANTIVIRUS, SPAM, LIMITS, LOG, METRICS,
+    SERVER, LISTENER, RELAY, DOMAIN, DELIVERY, DNS, SCREEN_RULE, ANTIVIRUS, SPAM, LIMITS, DKIM, DKIM_KEY,
+    LOG, METRICS,
 )
 
 

@@ -58,3 +58,4 @@ class Reception:
     disk: Any = None  # server.diskguard.DiskGuard: 452 4.3.1 under soft back-pressure
     clock: Any = None
     screener: Screener | None = None
+    authenticator: Any = None  # auth.message.MessageAuthenticator: DKIM signing, inbound checks

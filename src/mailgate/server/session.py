@@ -20,6 +20,7 @@ import ssl
 import time
 
 from mailgate.auth.lockout import client_key
+from mailgate.auth.message import QUARANTINE, Origin
 from mailgate.core.envelope import Envelope
 from mailgate.core.reply import (
     AUTH_FAILED, AUTH_REQUIRED, CANNOT_VRFY, CLOSING, HELP, INSUFFICIENT_STORAGE, LOCAL_ERROR,
@@ -31,7 +32,7 @@ from mailgate.observe.translog import new_session_id
 from mailgate.policy.relay import Client
 from mailgate.queue.store import MessageMeta, MessageWriter, QueuedMessage
 from mailgate.screen import ScreenContext
-from mailgate.server import command_log
+from mailgate.server import command_log, message_auth
 from mailgate.server.authentication import Authentication
 from mailgate.server.context import ListenerProfile, Reception
 from mailgate.server.message_head import HeadBuilder, received_header
@@ -384,12 +385,39 @@ class Session:
             self.log.transaction_refused(self.session_id, "data", refusal, reason, sender=_text(transaction.envelope.sender))
             self._discard()
             return refusal
+        authenticator = self.reception.authenticator
+        origin = verdict = None
+        if authenticator is not None:
+            origin = self._origin(transaction)
+            verdict = await message_auth.check_inbound(authenticator, origin, transaction.writer)
+            if verdict.reply is not None:
+                return self._refuse(transaction, verdict.reply, verdict.rule)
         hold_reason = ""
         if self.reception.screener is not None:
             refusal, hold_reason = await self._screen(transaction)
             if refusal is not None:
                 return refusal
+        if authenticator is not None and origin is not None and verdict is not None:
+            try:  # DKIM signing and Authentication-Results come after the screener (docs/flow.md)
+                transaction.writer = await message_auth.finish(
+                    authenticator, self.reception.store, origin, verdict, transaction.writer
+                )
+            except Exception:
+                log.exception("message authentication failed")
+                return self._refuse(transaction, LOCAL_ERROR, "authentication")
+            hold_reason = hold_reason or (verdict.reason if verdict.action == QUARANTINE else "")
         return await self._commit(transaction, hold_reason)
+
+    def _origin(self, transaction: _Transaction) -> Origin:
+        """Mail from a trusted network or an authenticated user is signed; the rest is checked."""
+        internal = self.auth_user is not None or self.reception.policy.is_trusted(self.client)
+        return Origin(str(self.client_address), self.helo, _text(transaction.envelope.sender), internal)
+
+    def _refuse(self, transaction: _Transaction, reply: Reply, rule: str) -> Reply:
+        log.info("refused message from %s by %s: %s", self.client_address, rule, reply)
+        self.log.transaction_refused(self.session_id, "data", reply, rule, sender=_text(transaction.envelope.sender))
+        self._discard()
+        return reply
 
     async def _screen(self, transaction: _Transaction) -> tuple[Reply | None, str]:
         """Run the screener (ARCHITECTURE.md step 6); a failing scanner is a tempfail, never a 250."""

@@ -1,0 +1,50 @@
+"""The real `MessageAuthenticator`: DKIM signing for internal mail, inbound checks for the rest.
+
+Owns: putting the signer and the inbound checker behind the interface of message.py, and the
+thread pool their CPU work runs in (RSA signing and canonicalisation of a large body take
+milliseconds: never on the event loop). Must not: decide policy itself (inbound.py does) or
+choose keys (dkim_sign.py does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from mailgate.auth.dkim_sign import DkimSigner
+from mailgate.auth.message import NOT_CHECKED, InboundVerdict, Origin
+
+log = logging.getLogger("mailgate.auth")
+
+# Threads for signatures and verification; the DNS they wait for is answered by the event loop.
+THREADS = 4
+
+
+class Authenticator:
+    def __init__(self, signer: DkimSigner | None, inbound=None) -> None:
+        self.signer = signer
+        self.inbound = inbound  # auth.inbound.InboundChecker, or None: no inbound checks
+        self._executor = ThreadPoolExecutor(THREADS, thread_name_prefix="mailgate-auth")
+
+    async def check(self, message: bytes, origin: Origin) -> InboundVerdict:
+        if origin.internal or self.inbound is None:
+            return NOT_CHECKED
+        return await self.inbound.check(message, origin, self._executor)
+
+    async def finish(self, message: bytes, origin: Origin, verdict: InboundVerdict) -> bytes | None:
+        if origin.internal:
+            if self.signer is None:
+                return None
+            loop = asyncio.get_running_loop()
+            signatures, detail = await loop.run_in_executor(self._executor, self.signer.sign, message)
+            if not signatures:
+                log.debug("not signed: %s", detail)
+                return None
+            return signatures + message
+        if self.inbound is None:
+            return None
+        return await self.inbound.finish(message, verdict, self._executor)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False)

@@ -1,0 +1,56 @@
+"""Message authentication on the acceptance path, between end of data and the durable commit.
+
+Owns: reading the spooled message for the authenticator (in a thread, never on the event loop),
+the `Origin` of a message, and replacing the spooled message by the authenticator's result under
+the same queue id (DKIM-Signature fields for internal mail, Authentication-Results for mail from
+outside). Inbound checks run before the screener, on the bytes the sender signed; signing and
+the results header come after it, on what will be stored (docs/flow.md). A failure of the
+authenticator is a 451 (the sender retries), never an unsigned or unchecked 250.
+Must not: decide anything (auth/ decides) or commit (the session does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from mailgate.auth.message import InboundVerdict, MessageAuthenticator, Origin, TEMPFAIL
+from mailgate.core.reply import LOCAL_ERROR
+from mailgate.queue.store import MessageWriter, QueueStore
+
+log = logging.getLogger("mailgate.auth")
+
+AUTH_FAILED = InboundVerdict(action=TEMPFAIL, reply=LOCAL_ERROR, rule="authentication", reason="checks failed")
+
+
+def _read(writer: MessageWriter) -> bytes:
+    with writer.open_reader() as reader:
+        return reader.read()
+
+
+async def check_inbound(authenticator: MessageAuthenticator, origin: Origin, writer: MessageWriter) -> InboundVerdict:
+    """The inbound verdict (before the screener); internal mail is not checked."""
+    try:
+        return await authenticator.check(await asyncio.to_thread(_read, writer), origin)
+    except Exception:
+        log.exception("message authentication failed")
+        return AUTH_FAILED
+
+
+async def finish(
+    authenticator: MessageAuthenticator, store: QueueStore, origin: Origin, verdict: InboundVerdict,
+    writer: MessageWriter,
+) -> MessageWriter:
+    """The writer to commit: `writer`, or a new one holding the signed or annotated message.
+    Raises what the authenticator raised; the session answers 451 then."""
+    message = await authenticator.finish(await asyncio.to_thread(_read, writer), origin, verdict)
+    if message is None:
+        return writer
+    copy = store.begin(writer.queue_id)
+    try:
+        await asyncio.to_thread(copy.write, message)
+    except Exception:
+        copy.discard()
+        raise
+    writer.discard()
+    return copy
