@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.app import Application
+from mailgate.auth.dkim_keys import generate_private_key, write_private_key
 from mailgate.config.loader import load_file
 
 SECTIONS = {
@@ -26,6 +27,8 @@ SECTIONS = {
     "antivirus": "[antivirus]\n",
     "spam": "[spam]\n",
     "limits": "[limits]\n",
+    "dkim": "[dkim]\n",
+    "dkim_key": "",
     "log": "[log]\n",
     "metrics": "[metrics]\n",
 }
@@ -61,6 +64,13 @@ LIVE = {
              and app.reception.screener.rspamd.url == "http://127.0.0.1:11333"),
     "limits": ("[limits]\nmessages_per_client = 40\n",
                lambda app: app.reception.rate_limits is not None and app.reception.rate_limits.per_client is not None),
+    "dkim_key": ('[[dkim_key]]\ndomain = "hosted.test"\nselector = "s1"\nkey_file = "{spool}.dkim.key"\n',
+                 lambda app: app.reception.authenticator is not None
+                 and [k.selector for k in app.reception.authenticator.signer.keys_for("hosted.test")] == ["s1"]),
+    "dkim": ('[dkim]\noversign_headers = ["from", "subject", "x-campaign"]\n'
+             '[[dkim_key]]\ndomain = "hosted.test"\nselector = "s1"\nkey_file = "{spool}.dkim.key"\n',
+             lambda app: app.reception.authenticator is not None
+             and b"x-campaign" in app.reception.authenticator.signer.header_list(b"From: a@hosted.test\r\n")),
 }
 
 # section -> (new text, the key the warning names); the running value stays
@@ -85,6 +95,7 @@ def write(path: Path, spool: Path, replaced: dict[str, str]) -> None:
 @pytest.fixture
 def built(tmp_path: Path):  # type: ignore[no-untyped-def]
     path, spool = tmp_path / "mailgate.toml", tmp_path / "spool"
+    write_private_key(f"{spool}.dkim.key", generate_private_key("ed25519"))
     write(path, spool, {})
     app = Application(load_file(path))
     yield app, path, spool
