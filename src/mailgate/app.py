@@ -37,6 +37,7 @@ from mailgate.delivery.runner import DeliveryRunner, RunnerSettings
 from mailgate.delivery.transport import SmtpTransport
 from mailgate.dns.resolver import DnsPythonResolver
 from mailgate.observe import diagnostics
+from mailgate.observe.delivery_log import DeliveryObserver
 from mailgate.observe.http import ObserveServer, spool_problem
 from mailgate.observe.metrics import Metrics
 from mailgate.observe.translog import open_transaction_log
@@ -101,6 +102,7 @@ class Application:
             self.clock, config.server.hostname, w3c_dir=config.log.w3c_dir, json_file=config.log.json_file,
             retention_days=config.log.retention_days, metrics=self.metrics, max_pending=config.log.queue_limit,
         )
+        self.deliveries = DeliveryObserver(self.log, self.clock)
         self.store = SqliteQueueStore(config.server.spool_dir, clock=self.clock)
         dns = config.dns
         self.resolver = DnsPythonResolver(list(dns.nameservers) or None, dns.port, dns.timeout)
@@ -115,7 +117,7 @@ class Application:
         self.bouncer = Bouncer(
             self.store, config.server.hostname, delivery.delay_warning, delivery.max_lifetime,
             on_queued=self._wake_runner,
-            on_dsn=self.log.bounce,
+            on_dsn=self.deliveries.dsn,
         )
         schedule = RetrySchedule(
             steps=tuple(delivery.retry_schedule), max_interval=delivery.max_retry_interval,
@@ -124,7 +126,7 @@ class Application:
         self.runner = DeliveryRunner(
             self.store, self.router, self.transport, self.bouncer, schedule, self.clock,
             RunnerSettings(delivery.workers, delivery.max_lifetime, delivery.delay_warning),
-            on_attempt=self._log_attempt,
+            on_attempt=self.deliveries.attempt,
         )
         server = config.server
         self.disk = DiskGuard(
@@ -189,16 +191,6 @@ class Application:
                 await listener.pause()
             elif old is DiskState.HARD:
                 await listener.resume()
-
-    def _log_attempt(self, message, route, outcomes, tls: str | None, elapsed: float) -> None:
-        now = self.clock.now()
-        by_index = {r.index: r for r in message.recipients}
-        for index, outcome in outcomes.items():
-            self.log.delivery_attempt(
-                message.queue_id, str(by_index[index].recipient.address), route.key if route else "", outcome,
-                sender=message.envelope.sender_text, tls=tls or "", elapsed=elapsed,
-                delay=now - message.created, size=message.size,
-            )
 
     def _readiness(self) -> list[str]:
         problems = [f"listener {l.settings.name} not listening" for l in self.listeners if not l.listening]

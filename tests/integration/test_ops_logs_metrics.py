@@ -16,6 +16,7 @@ the IIS format rather than against itself.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import urllib.error
 import urllib.request
@@ -115,8 +116,9 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def test_logs_and_metrics_of_a_real_session(tmp_path: Path) -> None:
+def test_logs_and_metrics_of_a_real_session(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     metrics_port = free_port()
+    caplog.set_level(logging.INFO, logger="mailgate")
     with InProcessMailgate(_config(tmp_path, metrics_port)) as mg:
         port = mg.port("mx")
         replies = asyncio.run(_one_accepted_one_refused(port))
@@ -136,6 +138,10 @@ def test_logs_and_metrics_of_a_real_session(tmp_path: Path) -> None:
     _check_w3c(tmp_path / "w3c", port, queue_id)
     _check_json(records, queue_id, tmp_path / "mbox")
     _check_metrics(_samples(scraped.decode()), records, tmp_path / "mbox")
+    # The diagnostic log alone tells what happened to the message (issue 20 item 8).
+    assert f"queued {queue_id} from <{SENDER}>" in caplog.text
+    assert f"{queue_id}: to=<user@{HOSTED}>, relay=maildir:{tmp_path / 'mbox'}" in caplog.text
+    assert "status=sent (250 2.0.0" in caplog.text
 
 
 def _check_w3c(directory: Path, port: int, queue_id: str) -> None:
