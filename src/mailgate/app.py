@@ -52,6 +52,7 @@ from mailgate.server.listener import Listener, ListenerSettings
 from mailgate.server.privileges import PrivilegeError, drop_privileges, resolve_identity, spool_ownership_problems
 from mailgate.server.context import ListenerProfile, Reception
 from mailgate.server.session import Session
+from mailgate.screen.health import probe_periodically
 from mailgate.start_gate import StartGate
 from mailgate.tools.audit import AUDIT_SOURCES, AuditSummary, AuditTarget, self_audit
 
@@ -165,6 +166,7 @@ class Application:
             host, port = parse_host_port(config.metrics.address)
             self.observe = ObserveServer(host, port + worker_index, self.metrics, self._readiness)
         self._gauges_task: asyncio.Task | None = None
+        self._probe_task: asyncio.Task | None = None
         self._runner_task: asyncio.Task | None = None
         self._stopped = asyncio.Event()
 
@@ -196,7 +198,9 @@ class Application:
         problems = [f"listener {l.settings.name} not listening" for l in self.listeners if not l.listening]
         spool = spool_problem(self.config.server.spool_dir)
         pressure = [] if self.disk.accepting_mail else [f"disk back-pressure: {self.disk.state.label}"]
-        return problems + ([spool] if spool else []) + pressure
+        screener = self.reception.screener
+        scanners = screener.health.problems() if screener is not None else []
+        return problems + ([spool] if spool else []) + pressure + scanners
 
     async def _update_gauges(self, interval: float = 15.0) -> None:
         while True:
@@ -262,6 +266,8 @@ class Application:
         if self.observe is not None:
             await self.observe.start()
         self._gauges_task = asyncio.create_task(self._update_gauges())
+        self._probe_task = asyncio.create_task(probe_periodically(
+            lambda: self.reception.screener.probe() if self.reception.screener is not None else None))
         self._runner_task = asyncio.create_task(self.runner.run())
         log.info("mailgate ready: %s", ", ".join(
             f"{l.settings.name}={l.settings.host}:{l.bound_port}" for l in self.listeners))
@@ -368,6 +374,8 @@ class Application:
             await self.observe.stop()
         if self._gauges_task is not None:
             self._gauges_task.cancel()
+        if self._probe_task is not None:
+            self._probe_task.cancel()
         self.disk.stop()
         if self._disk_task is not None:
             self._disk_task.cancel()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import argparse
 import json
 import time
@@ -46,6 +48,7 @@ def _write_day(path, clock: FakeClock) -> None:
     log.delivery_attempt("Q2", "bob@dest.example", "dest.example", classify(OK), size=3000)
     log.delivery_attempt("Q3", "dave@far.example", "far.example", classify(NEVER))
     log.bounce("Q3", "Q4", "failed", "", ["dave@far.example"])
+    log.delivery_attempt("Q4", "@sender.example", "sender.example", classify(OK), size=800)  # the DSN itself
     assert log.flush()
     log.close()
 
@@ -90,6 +93,18 @@ def test_text_report_sections(day_log):
                   "Recipient domains", "Per-hour traffic (UTC)"):
         assert title in report
     assert "unable_to_relay" in report and "2027-01-15 09:00" in report
+
+
+def test_dsns_are_counted_apart_from_deliveries_in_their_own_column(day_log):
+    """Issue 20 item 9: "failed 4  DSNs sent" put the label in the number column, and the DSN's
+    own delivery counted as a message delivered."""
+    s = summarise(jsonlog.read_records([day_log]))
+    assert s["delivered"] == 2 and s["dsn_delivery_attempts"] == 1
+    report = format_report(s)
+    assert re.search(r"^ +1  DSNs sent$", report, re.M), report
+    assert re.search(r"^ +1  DSNs sent \(failed\)$", report, re.M), report
+    for line in report.split("Grand totals", 1)[1].split("\n\n", 1)[0].splitlines()[2:]:
+        assert re.match(r"^ +[0-9.]+( [KMG]?i?B)?  [a-zA-Z]", line), line  # a number, then the label
 
 
 def test_empty_log_gives_an_empty_summary():

@@ -56,6 +56,7 @@ def summarise(records: Iterable[dict[str, Any]], top: int = 10) -> dict[str, Any
     per_hour: dict[str, Counter[str]] = defaultdict(Counter)
     deferred_ids: set[str] = set()
     dsn_kinds: Counter[str] = Counter()
+    dsn_ids: set[str] = set()  # queue ids of the DSNs mailgate queued (their bounce record comes first)
     first = last = None
     for item in records:
         when = item["_when"]
@@ -78,6 +79,9 @@ def summarise(records: Iterable[dict[str, Any]], top: int = 10) -> dict[str, Any
             refused_by_rule[item.get("rule") or f"{item.get('stage', '?')} {item.get('reply_code', '')}".strip()] += 1
             hour["rejected"] += 1
         elif event == jsonlog.DELIVERY_ATTEMPT:
+            if item.get("queue_id") in dsn_ids:  # our own DSN going out: not a message delivered
+                totals["dsn_attempts"] += 1
+                continue
             outcome = item.get("outcome", "")
             column = {"delivered": "delivered", "deferred": "deferred", "failed": "bounced"}.get(outcome)
             if column is None:
@@ -91,6 +95,7 @@ def summarise(records: Iterable[dict[str, Any]], top: int = 10) -> dict[str, Any
             hour[column] += 1
         elif event == jsonlog.BOUNCE:
             dsn_kinds[item.get("kind", "?")] += 1
+            dsn_ids.add(item.get("dsn_queue_id"))
         elif event == jsonlog.CONNECTION_OPENED:
             totals["connections"] += 1
         elif event == jsonlog.CONNECTION_REFUSED:
@@ -112,6 +117,7 @@ def summarise(records: Iterable[dict[str, Any]], top: int = 10) -> dict[str, Any
         "rejected": totals["rejected"],
         "connections": totals["connections"],
         "dsn_sent": dict(sorted(dsn_kinds.items())),
+        "dsn_delivery_attempts": totals["dsn_attempts"],
         "refused_by_rule": _ranked(refused_by_rule, None),
         "connections_refused": _ranked(connection_refusals, None),
         "top_senders": _ranked(senders, top),
@@ -141,7 +147,9 @@ def format_report(summary: dict[str, Any]) -> str:
         ("deferred", s["deferred"]), ("deferred messages", s["deferred_messages"]),
         ("bounced", s["bounced"]), ("rejected", s["rejected"]), ("connections", s["connections"]),
         ("bytes received", _bytes(s["received_bytes"])), ("bytes delivered", _bytes(s["delivered_bytes"])),
-        ("DSNs sent", ", ".join(f"{k} {v}" for k, v in s["dsn_sent"].items()) or "0"),
+        ("DSNs sent", sum(s["dsn_sent"].values())),
+        *((f"DSNs sent ({kind})", count) for kind, count in s["dsn_sent"].items()),
+        ("DSN delivery attempts (not counted above)", s["dsn_delivery_attempts"]),
     ):
         out.append(f"  {value!s:>12}  {label}")
     for title, rows in (

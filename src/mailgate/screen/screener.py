@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 from mailgate.core.reply import LOCAL_ERROR, SCANNER_UNAVAILABLE, Reply
 from mailgate.screen import actions
 from mailgate.screen.clamd import DEFAULT_MAX_BYTES, ClamdClient, ClamdError
+from mailgate.screen.health import ScannerHealth
 from mailgate.screen.mime import LeafPart, Needs, WalkResult, root_headers, walk
 from mailgate.screen.rspamd import (
     ADD_HEADER, GREYLIST, REJECT, REWRITE_SUBJECT, SOFT_REJECT, RspamdClient, RspamdError, SpamResult,
@@ -38,6 +39,7 @@ ANTIVIRUS_RULE = "antivirus"
 SPAM_RULE = "rspamd"
 SCREENER_RULE = "screener"  # the screener itself failed
 AV_ACTIONS = ("reject", "quarantine", "tag")
+ANTIVIRUS_SCANNER, SPAM_SCANNER = "antivirus", "spam"  # names in readiness problems and warnings
 AV_KEYS = ("clamd", "timeout", "fail_open", "action", "max_size")
 SPAM_KEYS = ("rspamd_url", "timeout", "fail_open")
 VIRUS_HEADER = "X-Mailgate-Virus"
@@ -106,6 +108,17 @@ class Screener:
         self.fail_open_av = fail_open_av
         self.av_action = av_action
         self.fail_open_spam = fail_open_spam
+        self.health = ScannerHealth()
+
+    async def probe(self) -> None:
+        """Ask clamd whether it answers (PING), for readiness while no mail arrives."""
+        if self.clamd is None:
+            return
+        if await self.clamd.ping():
+            self.health.succeeded(ANTIVIRUS_SCANNER)
+        else:
+            self.health.failed(ANTIVIRUS_SCANNER, f"clamd at {self.clamd.address} does not answer PING",
+                               blocks_mail=not self.fail_open_av)
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -245,10 +258,12 @@ class Screener:
         try:
             result = await self.clamd.scan(open_message)
         except ClamdError as exc:
+            self.health.failed(ANTIVIRUS_SCANNER, str(exc), blocks_mail=not self.fail_open_av)
             if self.fail_open_av:
                 log.warning("screen antivirus failed open: %s", exc)
                 return [], None
             return [_Hit(ANTIVIRUS_RULE, "tempfail", f"antivirus unavailable: {exc}", SCANNER_UNAVAILABLE)], None
+        self.health.succeeded(ANTIVIRUS_SCANNER)
         if not result.infected:
             return [], None
         signature = _one_line(result.signature or "unknown")
@@ -268,10 +283,12 @@ class Screener:
                 open_message, size, sender=ctx.sender, recipients=ctx.recipients,
                 client_address=ctx.client_address, helo=ctx.helo, user=ctx.auth_user, queue_id=queue_id)
         except RspamdError as exc:
+            self.health.failed(SPAM_SCANNER, str(exc), blocks_mail=not self.fail_open_spam)
             if self.fail_open_spam:
                 log.warning("screen spam check failed open: %s", exc)
                 return [], None
             return [_Hit(SPAM_RULE, "tempfail", f"spam filter unavailable: {exc}", SCANNER_UNAVAILABLE)], None
+        self.health.succeeded(SPAM_SCANNER)
         hit = _spam_hit(result)
         return ([hit] if hit is not None else []), None
 
