@@ -100,3 +100,18 @@ def test_dns_that_does_not_answer_exits_3(capsys: pytest.CaptureFixture[str]) ->
 def test_bad_domain_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["mx", "bad..test"]) == 2
     assert "not a valid domain" in capsys.readouterr().err
+
+
+def test_a_silent_name_server_gets_progress_and_a_plain_message(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 20 item 10: ten silent seconds, then "answered The DNS operation timed out"."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # receives, never answers
+        silent.bind(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        code = cli(["mx", "lab.test", "--nameserver", "127.0.0.1", "--dns-port", str(port), "--timeout", "1.5"])
+    captured = capsys.readouterr()
+    assert code == 3
+    assert f"looking up MX of lab.test at 127.0.0.1 port {port}" in captured.err
+    assert f"no answer from 127.0.0.1 port {port} within 1.5 s" in captured.out
+    assert "answered" not in captured.out

@@ -62,10 +62,25 @@ def test_trusted_client_sees_an_open_relay_with_forms_named(
         assert queued(mg) == []  # RSET after RCPT: nothing was sent
 
     assert code == 1
-    verdict = out.strip().splitlines()[-1]
+    [verdict] = [line for line in out.splitlines() if line.startswith("verdict: ")]
     assert verdict.startswith("verdict: OPEN: accepted given_addresses, nmap_null_sender")
     assert "--- transcript: given_addresses" in out
     assert "C: RCPT TO:<you@example.net>" in out
+
+
+def test_a_hosted_domain_guessed_from_ehlo_is_said_in_the_verdict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 20 item 10: without --domain the hosted-domain forms silently used the EHLO name."""
+    with InProcessMailgate(config_text(tmp_path)) as mg:
+        server = f"127.0.0.1:{mg.port('mx')}"
+        assert cli(["relay-test", server, "--source-address", UNTRUSTED_SOURCE]) == 0
+        guessed = capsys.readouterr().out
+        assert cli(["relay-test", server, "--source-address", UNTRUSTED_SOURCE, "--domain", HOSTED, "--json"]) == 0
+        given = json.loads(capsys.readouterr().out)
+    assert "hosted domain mx.test (from the EHLO name)" in guessed
+    assert "tricks against the domain it really hosts were not tried: rerun with --domain DOMAIN" in guessed
+    assert given["hosted"] == HOSTED and given["hosted_from"] == "--domain"
 
 
 def test_unreachable_server_is_inconclusive(capsys: pytest.CaptureFixture[str]) -> None:

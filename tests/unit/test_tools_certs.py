@@ -126,6 +126,13 @@ def test_cli_request_writes_key_and_csr_and_never_overwrites(
     assert (tmp_path / "mx.example.com.key").read_bytes() != first_key
 
 
+def test_cli_creates_the_out_dir(tmp_path: Path) -> None:
+    """Issue 20 item 10: `--out-dir` naming a folder that does not exist yet failed."""
+    out_dir = tmp_path / "tls" / "new"
+    assert run(["cert", "selfsigned", "--cn", "mx.test", "--out-dir", str(out_dir)]) == 0
+    assert (out_dir / "mx.test.pem").exists() and stat.S_IMODE((out_dir / "mx.test.key").stat().st_mode) == 0o600
+
+
 def test_cli_show_refuses_what_is_not_a_certificate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     junk = tmp_path / "junk.pem"
     junk.write_text("hello")

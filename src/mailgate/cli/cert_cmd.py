@@ -45,7 +45,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         action.add_argument("--san", action="append", default=[], metavar="NAME",
                             help="another DNS name or IP address (repeatable); the CN is always included")
         action.add_argument("--key-type", choices=KEY_TYPES, default="ec", help="ec (P-256, default) or rsa (2048)")
-        action.add_argument("--out-dir", default=".", help="directory for the files (default: current)")
+        action.add_argument("--out-dir", default=".",
+                            help="directory for the files, created (mode 0750) if missing (default: current)")
         action.add_argument("--force", action="store_true", help="overwrite existing files")
         if name == "selfsigned":
             action.add_argument("--days", type=int, default=SELF_SIGNED_DAYS,
@@ -81,6 +82,7 @@ def make_command(args: argparse.Namespace) -> int:
         return 2
     try:
         key = new_private_key(args.key_type)
+        Path(args.out_dir).mkdir(mode=0o750, parents=True, exist_ok=True)
         if selfsigned:
             document = certificate_pem(make_self_signed(key, args.cn, args.san, args.days))
         else:

@@ -7,6 +7,7 @@ error) and the `mailq` alias. Must not: contain the logic of any command beyond 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mailgate import __version__
@@ -64,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`mailgate config show | head`): no traceback, and nothing more
+        # to write, not even at exit (Python's documented recipe for SIGPIPE).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
 
 

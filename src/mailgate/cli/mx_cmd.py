@@ -12,13 +12,18 @@ import asyncio
 import json
 import socket
 import sys
+from collections.abc import Awaitable
 from dataclasses import asdict
+from typing import TypeVar
 
 from mailgate.dns.resolver import DnsPythonResolver
 from mailgate.tools.mx_probe import (
     NO_SUCH_DOMAIN, NULL, TEMPORARY, MxLookup, ProbeResult, lookup, probe, probe_targets,
     validate_domain,
 )
+
+T = TypeVar("T")
+PROGRESS_AFTER = 1.0  # seconds of silence before a progress line
 
 EPILOG = """examples:
   mailgate mx example.com
@@ -77,7 +82,10 @@ def mx_command(args: argparse.Namespace) -> int:
 
 
 async def _run(resolver: DnsPythonResolver, domain: str, args: argparse.Namespace) -> tuple[MxLookup, list[ProbeResult]]:
-    report = await lookup(resolver, domain)
+    report = await _after_a_second_say(
+        lookup(resolver, domain),
+        f"looking up MX of {domain} at {resolver.describe_servers()} (time-out {args.timeout:g} s per look-up) ...",
+    )
     probes: list[ProbeResult] = []
     if args.probe:
         targets = probe_targets(report)
@@ -87,6 +95,16 @@ async def _run(resolver: DnsPythonResolver, domain: str, args: argparse.Namespac
             probes.append(await probe(host, address, args.port, helo=args.helo,
                                       timeout=args.timeout, source_address=args.source_address))
     return report, probes
+
+
+async def _after_a_second_say(work: Awaitable[T], message: str) -> T:
+    """`work`'s result; `message` on stderr if it takes longer than PROGRESS_AFTER (docs/tools.md:
+    commands that take more than a second print progress)."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=PROGRESS_AFTER)
+    if not done:
+        print(message, file=sys.stderr, flush=True)
+    return await task
 
 
 def render_lookup(report: MxLookup) -> str:

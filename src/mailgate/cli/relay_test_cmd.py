@@ -14,7 +14,7 @@ import sys
 from mailgate.config.types import parse_host_port
 from mailgate.policy.tricks import TRICKS
 from mailgate.tools.relay_test import (
-    DEFAULT_HELO, DEFAULT_TARGET, Attempt, Outcome, RelayTestReport, RelayTestSettings,
+    DEFAULT_HELO, DEFAULT_TARGET, HOSTED_GUESSED, Attempt, Outcome, RelayTestReport, RelayTestSettings,
     run_relay_test,
 )
 
@@ -54,8 +54,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--from", dest="mail_from", metavar="ADDRESS",
                         help="sender for one extra form tried first, with --to")
     parser.add_argument("--domain", metavar="DOMAIN",
-                        help="a domain the server hosts, for the hosted-domain forms "
-                             "(default: the name in its EHLO reply)")
+                        help="a domain the server hosts, for the hosted-domain forms; without it "
+                             "they use the name in its EHLO reply, and the verdict says so")
     parser.add_argument("--helo", default=DEFAULT_HELO, help=f"EHLO name (default {DEFAULT_HELO})")
     parser.add_argument("--source-address", metavar="IP", help="local address to connect from")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per reply (default 30)")
@@ -100,7 +100,7 @@ def render(report: RelayTestReport, *, transcripts: bool = False) -> str:
         return "\n".join(lines)
     lines.append(
         f"  server {report.server_name} at {report.server_address}; target domain {report.target}; "
-        f"hosted domain {report.hosted}"
+        f"hosted domain {report.hosted} (from the {report.hosted_from})"
     )
     lines.append("")
     width = max(len(attempt.form.name) for attempt in report.attempts)
@@ -122,4 +122,7 @@ def render(report: RelayTestReport, *, transcripts: bool = False) -> str:
     if report.accepted:
         verdict += ": accepted " + ", ".join(attempt.form.name for attempt in report.accepted)
     lines.append(f"verdict: {verdict}")
+    if report.hosted_from == HOSTED_GUESSED:
+        lines.append(f"  note: the hosted-domain forms used {report.hosted}, the server's EHLO name; tricks "
+                     "against the domain it really hosts were not tried: rerun with --domain DOMAIN")
     return "\n".join(lines)

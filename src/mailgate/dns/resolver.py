@@ -42,6 +42,11 @@ class DnsNoSuchDomain(Exception):
 
 
 class Resolver(Protocol):
+    def describe_servers(self) -> str:
+        """The name servers asked, for messages: `127.0.0.1 port 5353` or `192.0.2.53, 192.0.2.54`."""
+        servers = ", ".join(str(server) for server in self._resolver.nameservers) or "no name server"
+        return servers + (f" port {self._resolver.port}" if self._resolver.port != 53 else "")
+
     async def mx(self, domain: str) -> list[tuple[int, str]]:
         """(preference, exchange) pairs in answer order; [] when the name has no MX."""
         ...
@@ -130,10 +135,19 @@ class DnsPythonResolver:
             )
         except dns.resolver.NXDOMAIN:
             raise DnsNoSuchDomain(name) from None
+        except dns.exception.Timeout:
+            # dnspython's own text reads "Server ... answered The DNS operation timed out".
+            raise DnsTemporaryError(f"{name} {rdtype}: no answer from {self.describe_servers()} within "
+                                    f"{self._resolver.lifetime:g} s") from None
         except (dns.exception.DNSException, OSError) as exc:
             # NoNameservers (SERVFAIL/REFUSED from all), LifetimeTimeout, YXDOMAIN, socket errors.
             raise DnsTemporaryError(f"{name} {rdtype}: {exc}") from None
         return list(answer.rrset) if answer.rrset is not None else []
+
+    def describe_servers(self) -> str:
+        """The name servers asked, for messages: `127.0.0.1 port 5353` or `192.0.2.53, 192.0.2.54`."""
+        servers = ", ".join(str(server) for server in self._resolver.nameservers) or "no name server"
+        return servers + (f" port {self._resolver.port}" if self._resolver.port != 53 else "")
 
     async def mx(self, domain: str) -> list[tuple[int, str]]:
         records = await self._query(domain, "MX")
@@ -204,6 +218,11 @@ class StaticResolver:
         if answer in ("SERVFAIL", "TIMEOUT"):
             raise DnsTemporaryError(f"{name} {rdtype}: {answer}")
         return list(answer)
+
+    def describe_servers(self) -> str:
+        """The name servers asked, for messages: `127.0.0.1 port 5353` or `192.0.2.53, 192.0.2.54`."""
+        servers = ", ".join(str(server) for server in self._resolver.nameservers) or "no name server"
+        return servers + (f" port {self._resolver.port}" if self._resolver.port != 53 else "")
 
     async def mx(self, domain: str) -> list[tuple[int, str]]:
         records = await self._query(domain, "MX")

@@ -95,6 +95,7 @@ class RelayTestReport:
     server_name: str = ""
     target: str = ""
     hosted: str = ""
+    hosted_from: str = ""  # "--domain" or "EHLO name": a guess the verdict must own up to
     attempts: list[Attempt] = field(default_factory=list)
     problem: str = ""  # why nothing could be tried (discovery failed)
 
@@ -128,6 +129,7 @@ def classify_reply(reply: Reply) -> Outcome:
 
 
 Progress = Callable[[int, int, Attempt], None]
+HOSTED_GIVEN, HOSTED_GUESSED = "--domain", "EHLO name"
 
 
 async def run_relay_test(
@@ -141,6 +143,7 @@ async def run_relay_test(
         report.problem = str(exc)
         return report
     report.hosted = settings.hosted or report.server_name
+    report.hosted_from = HOSTED_GIVEN if settings.hosted else HOSTED_GUESSED
     forms = forms_for(settings, report)
     for index, form in enumerate(forms, start=1):
         attempt = await try_form(settings, form, report.hosted)
