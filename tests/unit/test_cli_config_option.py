@@ -55,3 +55,20 @@ def test_a_broken_default_file_is_not_replaced_by_the_embedded_one(tmp_path: Pat
     monkeypatch.setattr(config_option, "DEFAULT_CONFIG", str(default))
     assert main(["explain", "--client", "192.0.2.1", "--from", "a@b.example", "--to", "c@d.example"]) == 2
     assert f"mailgate explain: {default}: server.nope: unknown key" in capsys.readouterr().err
+
+
+def test_show_non_default_lists_only_changed_keys_and_loads_back(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 20 item 11: `config show --non-default`, like `postconf -n`."""
+    from mailgate.config.loader import load_file, load_text
+    from mailgate.config.schema import SECTIONS
+
+    example = Path(__file__).resolve().parents[2] / "docs" / "example.toml"
+    assert main(["config", "show", "--non-default", "--config", str(example)]) == 0
+    shown = capsys.readouterr().out
+    assert 'hostname = "mx1.example.com"' in shown
+    assert "max_recipients" not in shown and "[limits]" not in shown  # left at their defaults
+    assert main(["config", "show", "--config", str(example)]) == 0
+    assert len(capsys.readouterr().out) > 2 * len(shown)
+    original, again = load_file(example), load_text(shown)
+    for section in SECTIONS:
+        assert getattr(again, section.name) == getattr(original, section.name), section.name

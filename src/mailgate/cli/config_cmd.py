@@ -11,7 +11,7 @@ import sys
 from mailgate.cli.config_option import DEFAULT_CONFIG, add_config_argument, load_config, load_config_or_report
 from mailgate.config.loader import ConfigError
 from mailgate.config.reference import render_reference
-from mailgate.config.schema import SECTIONS
+from mailgate.config.schema import REQUIRED, SECTIONS, Key
 from mailgate.config.types import format_host_port
 
 
@@ -24,6 +24,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     for parser in (check, show):
         parser.add_argument("file", nargs="?", help=f"the file (or --config FILE; default: {DEFAULT_CONFIG})")
         add_config_argument(parser)
+    show.add_argument("--non-default", action="store_true",
+                      help="only the keys set to something other than their default (like postconf -n)")
     check.set_defaults(handler=check_command)
     show.set_defaults(handler=show_command)
     reference = sub.add_parser("reference", help="print the Markdown reference of every key")
@@ -64,11 +66,21 @@ def show_command(args: argparse.Namespace) -> int:
     for section in SECTIONS:
         tables = getattr(config, section.name)
         for table in tables if section.array else [tables]:
+            keys = [key for key in section.keys if not (args.non_default and _is_default(key, getattr(table, key.name)))]
+            if not keys and not section.array:
+                continue  # --non-default: a section left at its defaults is not shown
             print(f"[[{section.name}]]" if section.array else f"[{section.name}]")
-            for key in section.keys:
+            for key in keys:
                 print(f"{key.name} = {_render(key, getattr(table, key.name))}")
             print()
     return 0
+
+
+def _is_default(key: Key, value) -> bool:
+    if key.default is REQUIRED:
+        return False
+    default = list(key.default) if isinstance(key.default, tuple) else key.default
+    return key.kind.convert(default) == value
 
 
 def _render(key, value) -> str:

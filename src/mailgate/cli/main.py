@@ -16,9 +16,10 @@ from mailgate.cli import (
 )
 
 EPILOG = """examples:
-  mailgate serve                       run the embedded default (loopback try-out, spool in ./var)
-  mailgate serve --config /etc/mailgate/mailgate.toml
-  mailgate config check mailgate.toml  list every configuration error, exit 2 if any
+  mailgate serve                       run /etc/mailgate/mailgate.toml (when it does not exist:
+                                       the embedded loopback try-out, spool in ./var)
+  mailgate serve --config ./mailgate.toml
+  mailgate config check mailgate.toml  list every problem serve would refuse to start with, exit 2
   mailgate queue list --state deferred
   mailgate user add alice@example.com  (password read from the terminal or stdin)
   mailgate mx example.com --probe      MX hosts, addresses, banner, STARTTLS, certificate
