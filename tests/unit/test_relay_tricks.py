@@ -95,22 +95,16 @@ EXPECTED: dict[str, tuple[int, str]] = {
 # core.address reads a source route up to the first ':', so an IPv6 literal hop breaks the route
 # syntax (RFC 5321 §4.1.2 allows only a Domain there anyway): refused as syntax, not as relaying.
 IPV6_RELAY_EXPECTED = {"nmap_source_route_literal": SYNTAX}
-# With hosted_literals the relay's own literal is a local destination (accepted, not relayed).
-LOCAL_WHEN_HOSTED_LITERALS = {"own_literal", "own_literal_alternate_form"}
-
-# (relay host name, relay IP, relay name is itself a hosted domain, hosted_literals)
+# (relay host name, relay IP, relay name is itself a hosted domain)
 SCENARIOS = [
-    ("mx.relay.example", "192.0.2.1", False, False),
-    ("mx.relay.example", "192.0.2.1", True, False),
-    ("mx.relay.example", "2001:db8::25", False, False),
-    ("mx.relay.example", "2001:db8::25", True, True),
-    ("mx.relay.example", "192.0.2.1", False, True),
+    ("mx.relay.example", "192.0.2.1", False),
+    ("mx.relay.example", "192.0.2.1", True),
+    ("mx.relay.example", "2001:db8::25", False),
+    ("mx.relay.example", "2001:db8::25", True),
 ]
 
 
-def make_policy(
-    relay_host: str, relay_ip: str, host_relay_name: bool, hosted_literals: bool
-) -> RelayPolicy:
+def make_policy(relay_host: str, relay_ip: str, host_relay_name: bool) -> RelayPolicy:
     hosted = {HOSTED: HostedDomain(HOSTED)}
     if host_relay_name:
         hosted[relay_host] = HostedDomain(relay_host)
@@ -119,7 +113,6 @@ def make_policy(
             hosted_domains=hosted,
             trusted_networks=(ipaddress.ip_network("10.0.0.0/8"),),
             own_addresses=(ipaddress.ip_address(relay_ip),),
-            hosted_literals=hosted_literals,
         )
     )
 
@@ -170,20 +163,17 @@ def test_ipv6_relay_literals() -> None:
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: "-".join(map(str, s)))
 def test_every_trick_is_refused_with_its_expected_reply(
-    scenario: tuple[str, str, bool, bool],
+    scenario: tuple[str, str, bool],
 ) -> None:
-    relay_host, relay_ip, host_relay_name, hosted_literals = scenario
-    relay = make_policy(relay_host, relay_ip, host_relay_name, hosted_literals)
+    relay_host, relay_ip, host_relay_name = scenario
+    relay = make_policy(relay_host, relay_ip, host_relay_name)
     expected = dict(EXPECTED)
     if ":" in relay_ip:
         expected.update(IPV6_RELAY_EXPECTED)
     failures = []
     for form in render_all(target=TARGET, relay_host=relay_host, relay_ip=relay_ip, hosted=HOSTED):
         reply = server_reply(relay, form)
-        if hosted_literals and form.name in LOCAL_WHEN_HOSTED_LITERALS:
-            if not reply.is_positive:
-                failures.append(f"{form.name}: own literal should be local -> {reply}")
-        elif reply.is_positive or (reply.code, reply.enhanced) != expected[form.name]:
+        if reply.is_positive or (reply.code, reply.enhanced) != expected[form.name]:
             failures.append(f"{form.name}: RCPT TO:{form.rcpt_to} -> {reply}")
     assert not failures, "\n".join(failures)
 
@@ -191,7 +181,7 @@ def test_every_trick_is_refused_with_its_expected_reply(
 @pytest.mark.parametrize("trick", TRICKS, ids=lambda t: t.name)
 def test_sender_of_every_form_parses_and_is_accepted(trick: RelayTrick) -> None:
     """The relay refuses at RCPT, not MAIL: the tester's sender must reach the RCPT stage."""
-    relay = make_policy("mx.relay.example", "192.0.2.1", False, False)
+    relay = make_policy("mx.relay.example", "192.0.2.1", False)
     form = render(
         trick, target=TARGET, relay_host="mx.relay.example", relay_ip="192.0.2.1", hosted=HOSTED
     )
@@ -201,7 +191,7 @@ def test_sender_of_every_form_parses_and_is_accepted(trick: RelayTrick) -> None:
 
 def test_trusted_client_may_relay_a_plain_form() -> None:
     """Sanity check of the harness: the same table permits what a trusted client may do."""
-    relay = make_policy("mx.relay.example", "192.0.2.1", False, False)
+    relay = make_policy("mx.relay.example", "192.0.2.1", False)
     rendered = render_all(target=TARGET, relay_host="mx", relay_ip="192.0.2.1", hosted=HOSTED)
     form = next(form for form in rendered if form.name == "upper_case_target")
     recipient, _ = parse_path(form.rcpt_to, allow_null=False)

@@ -70,10 +70,6 @@ class Address:
         return any(char in ROUTING_CHARACTERS for char in self.local_unquoted)
 
     @property
-    def is_ascii(self) -> bool:
-        return self.local.isascii()
-
-    @property
     def literal_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         if not self.literal:
             return None

@@ -156,7 +156,3 @@ NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Next hop does not support SMTPUTF8")
 def unable_to_relay(address: str) -> Reply:
     """SPEC R3: the refusal for relaying, at RCPT."""
     return Reply(550, "5.7.1", f"Unable to relay for <{address}>")
-
-
-def policy_refusal(text: str, code: int = 550, enhanced: str = "5.7.1") -> Reply:
-    return Reply(code, enhanced, text)

@@ -27,10 +27,6 @@ class Outcome:
     reply: Reply
     remote_mta: str | None = None  # "dns; mx.example.com" style, for the DSN Remote-MTA field
 
-    @property
-    def is_final(self) -> bool:
-        return self.state is not RecipientState.QUEUED
-
 
 def classify(reply: Reply, remote_mta: str | None = None) -> Outcome:
     """2yz delivered, 4yz deferred, 5yz failed (RFC 5321 §4.2.1)."""

@@ -156,10 +156,6 @@ class ConnectionPool:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    @property
-    def idle_count(self) -> int:
-        return sum(len(entries) for entries in self._idle.values())
-
     async def close(self) -> None:
         """QUIT every idle connection and wait for the ones already closing."""
         for entries in self._idle.values():

@@ -12,8 +12,8 @@ Recipient rules, in order; the last, default_reject, is "falling off the end" (S
                          (RFC 5321 §3.6.1 and Appendix C), the chain records "noted".
   2. ip_literal          an address literal naming this relay (own_addresses, loopback,
                          unspecified) is refused for everyone: it is not a hosted domain and
-                         relaying it would loop, unless `hosted_literals` makes own addresses
-                         local; any other literal is refused unless the client may relay.
+                         relaying it would loop; any other literal is refused unless the client
+                         may relay.
   3. routing_characters  % ! @ in the unquoted local part of a local destination (percent hack,
                          bang path, quoted @) from a client that may not relay is refused unless
                          `allow_routing_local_parts`: the next hop could act on them and relay.
@@ -89,7 +89,6 @@ class PolicySettings:
     client_blocklist: tuple[IPNetwork, ...] = ()
     allow_routing_local_parts: bool = False
     own_addresses: tuple[IPAddress, ...] = ()
-    hosted_literals: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,7 +145,7 @@ class Query:
 @dataclass(frozen=True)
 class RecipientQuery(Query):
     recipient: Address
-    local: bool  # a hosted domain, or an own literal with hosted_literals
+    local: bool  # a hosted domain (an address literal never is)
     hosted: HostedDomain | None
 
 
@@ -335,7 +334,7 @@ class RelayPolicy:
         return _evaluate(self, RECIPIENT_RULES, query)
 
     def is_hosted(self, domain: str) -> bool:
-        """True for a hosted domain (or, with hosted_literals, a literal of an own address)."""
+        """True for a hosted domain."""
         try:
             address = parse_mailbox("postmaster@" + domain, smtputf8=True)
         except AddressError:
@@ -365,10 +364,8 @@ class RelayPolicy:
         return Query(client, sender, trusted, relay_authenticated)
 
     def _local_destination(self, recipient: Address) -> tuple[bool, HostedDomain | None]:
-        literal = recipient.literal_ip
-        if literal is not None:
-            own = self.settings.hosted_literals and canonical_ip(literal) in self._own
-            return own, None
+        if recipient.literal_ip is not None:
+            return False, None
         hosted = self._lookup(recipient.domain)
         return hosted is not None, hosted
 

@@ -66,10 +66,6 @@ class Listener:
     def listening(self) -> bool:
         return self._server is not None and self._server.is_serving()
 
-    @property
-    def open_connections(self) -> int:
-        return len(self._sessions)
-
     def bind(self) -> None:
         """Bind the port (before privileges are dropped); serving starts with `start()`."""
         settings = self.settings

@@ -64,17 +64,6 @@ def decode_xtext(text: str) -> str:
         raise CommandError(INVALID_XTEXT) from None
 
 
-def encode_xtext(text: str) -> str:
-    """Text -> RFC 3461 §4 xtext; every octet outside xchar becomes "+XX" (upper case hex)."""
-    out = []
-    for octet in text.encode("utf-8"):
-        if 33 <= octet <= 126 and octet not in (0x2B, 0x3D):
-            out.append(chr(octet))
-        else:
-            out.append(f"+{octet:02X}")
-    return "".join(out)
-
-
 def parse_parameters(text: str) -> dict[str, str | None]:
     """`KEY=value KEY2` -> {"KEY": "value", "KEY2": None}; keywords upper-cased."""
     params: dict[str, str | None] = {}
