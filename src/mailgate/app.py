@@ -1,10 +1,10 @@
 """The composition root: configuration in, running listeners, runner and control socket out.
 
 Owns: choosing the concrete implementations (SQLite store, dnspython resolver, SMTP transport,
-file user store), translating the validated configuration into each component's settings, the
-start-up checks (open-relay configuration, certificates), signal handling (SIGHUP reload keeping
-the old configuration on error, SIGTERM/SIGINT drain) and the order of start and stop.
-Must not: contain protocol, policy or delivery logic of its own.
+file user store) and wiring them together, signal handling (SIGHUP reload keeping the old
+configuration on error, SIGTERM/SIGINT drain) and the order of start and stop.
+Must not: contain protocol, policy or delivery logic of its own, translate configuration
+(app_config.py), check it (preflight.py) or observe (observe/: logs, gauges, readiness).
 """
 
 from __future__ import annotations
@@ -12,16 +12,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import os
-import shutil
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from mailgate.app_config import (
-    StartupError, build_authenticator, build_screener, control_socket_path, listener_profiles, policy_settings,
-    routing_settings,
+    StartupError, build_authenticator, build_screener, control_socket_path, listener_profiles, listener_settings,
+    policy_settings, rate_limits, retry_schedule, routing_settings, runner_settings,
 )
 from mailgate.auth.lockout import AuthFailureTracker
 from mailgate.auth.store import FileUserStore
@@ -33,22 +31,22 @@ from mailgate.core.clock import Clock, SystemClock
 from mailgate.delivery.admin import QueueAdmin
 from mailgate.delivery.bouncer import Bouncer
 from mailgate.delivery.routing import Router
-from mailgate.delivery.runner import DeliveryRunner, RunnerSettings
+from mailgate.delivery.runner import DeliveryRunner
 from mailgate.delivery.transport import SmtpTransport
 from mailgate.dns.resolver import DnsPythonResolver
 from mailgate.observe import diagnostics
 from mailgate.observe.delivery_log import DeliveryObserver
-from mailgate.observe.http import ObserveServer, spool_problem
+from mailgate.observe.gauges import update_gauges
+from mailgate.observe.http import ObserveServer
 from mailgate.observe.metrics import Metrics
+from mailgate.observe.readiness import readiness_problems
 from mailgate.observe.translog import open_transaction_log
 from mailgate.preflight import startup_problems
-from mailgate.policy.limits import MessageRateLimits, RateLimiter
 from mailgate.policy.relay import RelayPolicy
-from mailgate.queue.backoff import RetrySchedule
 from mailgate.queue.sqlite_store import SqliteQueueStore
 from mailgate.server.control import ControlServer
 from mailgate.server.diskguard import DiskGuard, DiskState
-from mailgate.server.listener import Listener, ListenerSettings
+from mailgate.server.listener import Listener
 from mailgate.server.privileges import PrivilegeError, drop_privileges, resolve_identity, spool_ownership_problems
 from mailgate.server.context import ListenerProfile, Reception
 from mailgate.server.session import Session
@@ -120,13 +118,9 @@ class Application:
             on_queued=self._wake_runner,
             on_dsn=self.deliveries.dsn,
         )
-        schedule = RetrySchedule(
-            steps=tuple(delivery.retry_schedule), max_interval=delivery.max_retry_interval,
-            max_lifetime=delivery.max_lifetime,
-        )
         self.runner = DeliveryRunner(
-            self.store, self.router, self.transport, self.bouncer, schedule, self.clock,
-            RunnerSettings(delivery.workers, delivery.max_lifetime, delivery.delay_warning),
+            self.store, self.router, self.transport, self.bouncer, retry_schedule(config), self.clock,
+            runner_settings(config),
             on_attempt=self.deliveries.attempt,
         )
         server = config.server
@@ -151,7 +145,7 @@ class Application:
             resolver=self.resolver,
             dnsbl_zones=tuple(dns.dnsbl_zones),
             events=self.log,
-            rate_limits=self._rate_limits(config),
+            rate_limits=rate_limits(config, workers),
             disk=self.disk,
             clock=self.clock,
             screener=build_screener(config),
@@ -173,16 +167,6 @@ class Application:
     def _wake_runner(self) -> None:
         self.runner.wake()
 
-    def _rate_limits(self, config: Config) -> MessageRateLimits | None:
-        limits = config.limits
-        # Each worker counts its own share; connections are spread evenly by the kernel.
-        def limiter(limit: int) -> RateLimiter | None:
-            return RateLimiter(math.ceil(limit / self.workers), limits.window) if limit else None
-
-        per_client, per_user = limiter(limits.messages_per_client), limiter(limits.messages_per_user)
-        # `is not None`: a RateLimiter has __len__, so one tracking no key yet is falsy.
-        return MessageRateLimits(per_client, per_user) if per_client is not None or per_user is not None else None
-
     async def _disk_state_changed(self, old: DiskState, new: DiskState, sample) -> None:
         log.warning("spool disk %s -> %s (%s bytes, %s inodes free)", old.label, new.label,
                     sample.free_bytes, sample.free_inodes)
@@ -195,36 +179,10 @@ class Application:
                 await listener.resume()
 
     def _readiness(self) -> list[str]:
-        problems = [f"listener {l.settings.name} not listening" for l in self.listeners if not l.listening]
-        spool = spool_problem(self.config.server.spool_dir)
-        pressure = [] if self.disk.accepting_mail else [f"disk back-pressure: {self.disk.state.label}"]
-        screener = self.reception.screener
-        scanners = screener.health.problems() if screener is not None else []
-        return problems + ([spool] if spool else []) + pressure + scanners
-
-    async def _update_gauges(self, interval: float = 15.0) -> None:
-        while True:
-            counts = await self.store.count_by_state()
-            oldest = await self.store.oldest_created()
-            now = self.clock.now()
-            self.metrics.set_queue({state.value: n for state, n in counts.items()}, now - oldest if oldest else 0.0)
-            usage = shutil.disk_usage(self.config.server.spool_dir)
-            self.metrics.set_free_disk(usage.free)
-            await asyncio.sleep(interval)
+        return readiness_problems(self.listeners, self.config.server.spool_dir, self.disk, self.reception.screener)
 
     def _listener(self, listener, profile: ListenerProfile) -> Listener:
-        host, port = listener.address
-        settings = ListenerSettings(
-            name=listener.name,
-            host=host,
-            port=port,
-            implicit_tls=profile.tls_context if profile.tls_mode == "implicit" else None,
-            max_connections=listener.max_connections,
-            max_connections_per_client=listener.max_connections_per_client,
-            reuse_port=self.workers > 1,
-            proxy_from=listener.proxy_from if listener.proxy_protocol else None,
-            proxy_timeout=listener.proxy_timeout,
-        )
+        settings = listener_settings(listener, profile, self.workers)
 
         async def handle(reader, writer, owner: Listener, client: str) -> None:
             await Session(self.reception, profile, reader, writer, client).run()
@@ -265,7 +223,8 @@ class Application:
             await self.control.start()
         if self.observe is not None:
             await self.observe.start()
-        self._gauges_task = asyncio.create_task(self._update_gauges())
+        self._gauges_task = asyncio.create_task(
+            update_gauges(self.store, self.metrics, self.config.server.spool_dir, self.clock))
         self._probe_task = asyncio.create_task(probe_periodically(
             lambda: self.reception.screener.probe() if self.reception.screener is not None else None))
         self._runner_task = asyncio.create_task(self.runner.run())
@@ -334,7 +293,7 @@ class Application:
         reception.received_shows_user = config.server.received_shows_user
         reception.dnsbl_zones = tuple(dns.dnsbl_zones)
         if config.limits != previous.limits:  # a new limiter forgets what it counted
-            reception.rate_limits = self._rate_limits(config)
+            reception.rate_limits = rate_limits(config, self.workers)
         reception.screener = screener
         if reception.authenticator is not None:
             reception.authenticator.close()

@@ -1,7 +1,8 @@
 """From the validated configuration to each component's settings.
 
-Owns: translating `Config` into the settings objects of the relay policy, routing, listeners and
-screener, and the start-up error that names the configuration key at fault. app.py composes the
+Owns: translating `Config` into the settings objects of the relay policy, routing, listeners,
+delivery runner and retry schedule, rate limits, screener and authenticator, and the start-up
+error that names the configuration key at fault. app.py composes the
 components from these; `mailgate explain` and the queue commands use the same translations.
 Must not: start anything (no sockets, threads or files beyond reading a certificate or the smart
 host password).
@@ -10,7 +11,9 @@ host password).
 from __future__ import annotations
 
 import ipaddress
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 from mailgate.auth.authenticator import Authenticator
 from mailgate.auth.dkim_keys import DkimKeyError, load_key
@@ -19,9 +22,13 @@ from mailgate.config.loader import Config, effective_auth, effective_tls
 from mailgate.config.types import parse_host_port
 from mailgate.core.address import AddressError, normalise_domain
 from mailgate.delivery.routing import HopSpec, HostedRoute, RoutingSettings
+from mailgate.delivery.runner import RunnerSettings
+from mailgate.policy.limits import MessageRateLimits, RateLimiter
 from mailgate.policy.relay import HostedDomain, PolicySettings
+from mailgate.queue.backoff import RetrySchedule
 from mailgate.screen import Screener, ScreenConfigError
 from mailgate.server.context import ListenerProfile
+from mailgate.server.listener import ListenerSettings
 from mailgate.server.tls import TlsConfigError, server_context
 
 
@@ -91,6 +98,45 @@ def routing_settings(config: Config) -> RoutingSettings:
         smart_host_auth=smart_auth,
     )
 
+
+
+def retry_schedule(config: Config) -> RetrySchedule:
+    delivery = config.delivery
+    return RetrySchedule(steps=tuple(delivery.retry_schedule), max_interval=delivery.max_retry_interval,
+                         max_lifetime=delivery.max_lifetime)
+
+
+def runner_settings(config: Config) -> RunnerSettings:
+    delivery = config.delivery
+    return RunnerSettings(delivery.workers, delivery.max_lifetime, delivery.delay_warning)
+
+
+def rate_limits(config: Config, workers: int) -> MessageRateLimits | None:
+    """The per-worker message rate limits, or None when both are off."""
+    limits = config.limits
+
+    def limiter(limit: int) -> RateLimiter | None:
+        # Each worker counts its own share; connections are spread evenly by the kernel.
+        return RateLimiter(math.ceil(limit / workers), limits.window) if limit else None
+
+    per_client, per_user = limiter(limits.messages_per_client), limiter(limits.messages_per_user)
+    # `is not None`: a RateLimiter has __len__, so one tracking no key yet is falsy.
+    return MessageRateLimits(per_client, per_user) if per_client is not None or per_user is not None else None
+
+
+def listener_settings(listener: SimpleNamespace, profile: ListenerProfile, workers: int) -> ListenerSettings:
+    host, port = listener.address
+    return ListenerSettings(
+        name=listener.name,
+        host=host,
+        port=port,
+        implicit_tls=profile.tls_context if profile.tls_mode == "implicit" else None,
+        max_connections=listener.max_connections,
+        max_connections_per_client=listener.max_connections_per_client,
+        reuse_port=workers > 1,
+        proxy_from=listener.proxy_from if listener.proxy_protocol else None,
+        proxy_timeout=listener.proxy_timeout,
+    )
 
 def listener_profiles(config: Config) -> list[ListenerProfile]:
     """Per-listener settings with their TLS contexts; StartupError lists every certificate problem."""
