@@ -134,3 +134,12 @@ def test_cli_config_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["config", "check", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "server.nope: unknown key" in err and "server.hostname: must be a string" in err
+
+
+def test_a_mistyped_key_or_section_gets_a_suggestion() -> None:
+    """Issue 20 item 11: "did you mean" for a mistyped key."""
+    errors = errors_of(MINIMAL + '[server]\nhostnme = "mx.test"\nmax_recipient = 5\n[delivary]\n[relay]\nzzz = 1\n')
+    assert 'server.hostnme: unknown key; did you mean "hostname"?' in errors
+    assert 'server.max_recipient: unknown key; did you mean "max_recipients"?' in errors
+    assert any(e.startswith('delivary: unknown section; did you mean "delivery"?') for e in errors)
+    assert "relay.zzz: unknown key" in errors  # nothing close: no guess

@@ -8,7 +8,9 @@ Must not: build runtime objects (that is app.py) or decide relay policy.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -73,7 +75,7 @@ def load_text(text: str, source: str = "<string>") -> Config:
     known = {s.name for s in SECTIONS}
     for name in document:
         if name not in known:
-            errors.append(f"{name}: unknown section (known: {', '.join(sorted(known))})")
+            errors.append(f"{name}: unknown section{_did_you_mean(name, known)} (known: {', '.join(sorted(known))})")
     values: dict[str, Any] = {}
     for section in SECTIONS:
         raw = document.get(section.name)
@@ -104,7 +106,7 @@ def _load_table(section: Section, path: str, raw: Any, errors: list[str]) -> Sim
         raw = {}
     for name in raw:
         if section.key(name) is None:
-            errors.append(f"{path}.{name}: unknown key")
+            errors.append(f"{path}.{name}: unknown key{_did_you_mean(name, [k.name for k in section.keys])}")
     out = {}
     for key in section.keys:
         if key.name in raw:
@@ -120,6 +122,12 @@ def _load_table(section: Section, path: str, raw: Any, errors: list[str]) -> Sim
             default = list(key.default) if isinstance(key.default, tuple) else key.default
             out[key.name] = key.kind.convert(default)
     return SimpleNamespace(**out)
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`; did you mean "x"?` for the closest known name (Postfix's postconf does not; Exim does)."""
+    close = difflib.get_close_matches(name.lower(), list(known), n=1, cutoff=0.6)
+    return f'; did you mean "{close[0]}"?' if close else ""
 
 
 def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
