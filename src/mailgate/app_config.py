@@ -76,7 +76,7 @@ def routing_settings(config: Config) -> RoutingSettings:
                 host, port = parse_host_port(hop, 25)
                 hops.append(HopSpec(host=host, port=port))
         hosted[normalise_domain(domain.name.strip().lstrip("."))] = HostedRoute(
-            tuple(hops), domain.tls, domain.ca_file or None
+            tuple(hops), domain.tls, domain.ca_file or None, domain.bind_address, domain.bind_address6
         )
     delivery = config.delivery
     smart_host = None
@@ -96,6 +96,8 @@ def routing_settings(config: Config) -> RoutingSettings:
         smart_host=smart_host,
         smart_host_tls=delivery.smart_host_tls,
         smart_host_auth=smart_auth,
+        bind_address=delivery.bind_address,
+        bind_address6=delivery.bind_address6,
     )
 
 

@@ -3,15 +3,18 @@
 Owns: `startup_problems`, the list of every reason a validated configuration cannot run here:
 certificates that do not load, an open-relay configuration (SPEC R3), screening settings the
 screener refuses, a users file or smart-host password file that cannot be read, a `server.user`
-that does not exist or cannot use the spool. `serve`, a SIGHUP reload and `config check` (the
+that does not exist or cannot use the spool, an outbound source address (`bind_address`) that is
+not one of this host's. `serve`, a SIGHUP reload and `config check` (the
 systemd unit's ExecStartPre) all run it, so the check never says OK to what `serve` refuses.
-Must not: bind, connect or write anything; checks that need a socket stay in app.py.
+Must not: listen, connect or write anything (a source address is only bound to a free port and
+let go); checks that need a listening socket stay in app.py.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
+import socket
 
 from mailgate.app_config import StartupError, build_screener, listener_profiles, policy_settings, routing_settings
 from mailgate.auth.store import FileUserStore, UserStoreError
@@ -23,7 +26,8 @@ from mailgate.server.privileges import PrivilegeError, resolve_identity, spool_o
 def startup_problems(config: Config) -> list[str]:
     """Every problem, one line each naming the configuration key; empty when `serve` may start."""
     problems: list[str] = []
-    for check in (_certificates, _open_relay, _screening, _users_file, _smart_host_password, _server_user):
+    for check in (_certificates, _open_relay, _screening, _users_file, _smart_host_password, _server_user,
+                  _bind_addresses):
         problems.extend(check(config))
     return problems
 
@@ -88,6 +92,23 @@ def _server_user(config: Config) -> list[str]:
     if os.geteuid() != 0:
         return []  # only root can switch users; serve says so when it tries
     return spool_ownership_problems(server.spool_dir, identity)
+
+
+def _bind_addresses(config: Config) -> list[str]:
+    """Each outbound source address must be one of this host's (bound to a free port and let go)."""
+    configured = [("delivery", config.delivery)] + [(f"domain[{i}]", d) for i, d in enumerate(config.domain)]
+    problems = []
+    for path, table in configured:
+        for key, family in (("bind_address", socket.AF_INET), ("bind_address6", socket.AF_INET6)):
+            address = getattr(table, key)
+            if not address:
+                continue
+            try:
+                with socket.socket(family, socket.SOCK_STREAM) as probe:
+                    probe.bind((address, 0))
+            except OSError as exc:
+                problems.append(f"{path}.{key}: {address} is not an address of this host ({exc.strerror})")
+    return problems
 
 
 def _whoami() -> str:

@@ -382,3 +382,30 @@ def test_one_delayed_dsn_after_the_warning_time(tmp_path: Path, dns_zone) -> Non
                 assert [row.sender for row in rows] == ["a@sender.test"]  # still queued
 
     asyncio.run(scenario())
+
+
+def test_outbound_connections_come_from_the_bind_address(tmp_path: Path, dns_zone) -> None:
+    """Issue 20 item 11: delivery.bind_address, and per next hop ([[domain]] bind_address)."""
+    async def scenario() -> None:
+        async with CaptureServer() as hop, CaptureServer() as mx:
+            port = free_port()
+            config = config_text(tmp_path, port, hosted_hop=f"127.0.0.1:{hop.port}", dns_port=dns_zone.port,
+                                 mx_port=mx.port).replace(
+                'tls = "none"\n\n[delivery]', 'tls = "none"\nbind_address = "127.0.0.4"\n\n[delivery]'
+            ).replace("[delivery]\n", '[delivery]\nbind_address = "127.0.0.3"\n')
+            async with running(config) as app:
+                await asyncio.to_thread(send, port, "a@sender.test", ["b@hosted.test", "c@remote.test"], MESSAGE)
+                await wait_until(lambda: len(hop.completed) == 1 and len(mx.completed) == 1)
+                assert hop.peers == ["127.0.0.4"]  # the hosted domain's own source address
+                assert mx.peers == ["127.0.0.3"]  # delivery.bind_address for everything else
+                assert await _eventually_empty(app)
+
+    asyncio.run(scenario())
+
+
+def test_a_bind_address_that_is_not_ours_fails_the_check(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "mailgate.toml"
+    config.write_text(config_text(tmp_path, free_port(), hosted_hop="127.0.0.1:1", dns_port=1, mx_port=1)
+                      .replace("[delivery]\n", '[delivery]\nbind_address = "192.0.2.77"\n'))
+    assert cli_main(["config", "check", str(config)]) == 2
+    assert "delivery.bind_address: 192.0.2.77 is not an address of this host" in capsys.readouterr().err

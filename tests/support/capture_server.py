@@ -82,6 +82,7 @@ class CaptureServer:
         self.close_after_transaction = close_after_transaction
         self.port = 0
         self.connections = 0
+        self.peers: list[str] = []  # the client address of each connection, in order
         self.active = 0  # connections open now
         self.max_active = 0  # the most ever open at once
         self.commands: list[str] = []  # every command line, in order, across connections
@@ -117,6 +118,7 @@ class CaptureServer:
         self._tasks.add(task)
         self._writers.add(writer)
         self.connections += 1
+        self.peers.append(writer.get_extra_info("peername")[0])
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         session = _Session(self, self.connections, reader, writer)

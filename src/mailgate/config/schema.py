@@ -16,6 +16,7 @@ from mailgate.config.types import (
     Duration,
     HostPort,
     Integer,
+    IpAddress,
     ListOf,
     Network,
     Size,
@@ -166,6 +167,12 @@ DOMAIN = Section(
         Key("tls", Choice(choices=("none", "may", "encrypt", "verify")), "may",
             "Outbound TLS policy to the next hops."),
         Key("ca_file", Text(), "", "CA bundle for `verify`; empty uses the system store."),
+        Key("bind_address", IpAddress(version=4), "",
+            "Local IPv4 address connections to this domain's next hops come from; empty: "
+            "`delivery.bind_address`."),
+        Key("bind_address6", IpAddress(version=6), "",
+            "Local IPv6 address connections to this domain's next hops come from; empty: "
+            "`delivery.bind_address6`."),
     ),
     array=True,
 )
@@ -185,6 +192,13 @@ DELIVERY = Section(
             "TLS policy for direct MX delivery."),
         Key("ca_file", Text(), "", "CA bundle for `verify`; empty uses the system store."),
         Key("mx_port", Integer(minimum=1, maximum=65535), 25, "TCP port for direct MX delivery."),
+        Key("bind_address", IpAddress(version=4), "",
+            "Local IPv4 address outbound connections come from (Postfix `smtp_bind_address`), e.g. "
+            "the address your SPF record and PTR name; empty lets the kernel choose. "
+            "`[[domain]] bind_address` overrides it for a hosted domain's next hops."),
+        Key("bind_address6", IpAddress(version=6), "",
+            "Local IPv6 address outbound connections come from (Postfix `smtp_bind_address6`); "
+            "empty lets the kernel choose."),
         Key("max_connections", Integer(minimum=1, maximum=10000), 100, "Outbound connections in all.", restart=True),
         Key("max_per_destination", Integer(minimum=1, maximum=1000), 20,
             "Outbound connections to one next hop.", restart=True),

@@ -181,6 +181,29 @@ class Network(ValueKind):
 
 
 @dataclass
+class IpAddress(ValueKind):
+    """One IPv4 (`version` 4) or IPv6 (6) address as text, "" for none."""
+
+    version: int = 4
+
+    def convert(self, raw: Any) -> str:
+        if not isinstance(raw, str):
+            raise ValueError(f"must be an IPv{self.version} address string")
+        if not raw:
+            return ""
+        try:
+            address = ipaddress.ip_address(raw)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not an IP address") from None
+        if address.version != self.version:
+            raise ValueError(f"{raw!r} is not an IPv{self.version} address")
+        return str(address)
+
+    def describe(self) -> str:
+        return f"IPv{self.version} address"
+
+
+@dataclass
 class ListOf(ValueKind):
     item: ValueKind = None  # type: ignore[assignment]
 

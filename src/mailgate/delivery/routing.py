@@ -44,6 +44,8 @@ class HostedRoute:
     hops: tuple[HopSpec, ...]
     tls: str = "may"
     ca_file: str | None = None
+    bind_address: str = ""  # empty: RoutingSettings.bind_address
+    bind_address6: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class RoutingSettings:
     smart_host: HopSpec | None = None
     smart_host_tls: str = "may"
     smart_host_auth: tuple[str, str] | None = None
+    bind_address: str = ""  # the local IPv4 address outbound connections come from; "": any
+    bind_address6: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,11 +92,20 @@ class Router:
                 auth=settings.smart_host_auth,
                 ca_file=settings.mx_ca_file,
                 helo_name=settings.helo_name,
+                **self._source_addresses(None),
             )
             candidates = await self._candidates_for(settings.smart_host, domain)
             return Route(f"smarthost:{settings.smart_host.host}", tuple(candidates), policy)
         tls, ca_file = (hosted.tls, hosted.ca_file) if hosted else (settings.mx_tls, settings.mx_ca_file)
-        return await self._mx_route(domain, HopPolicy(tls=tls, ca_file=ca_file, helo_name=settings.helo_name))
+        return await self._mx_route(domain, HopPolicy(
+            tls=tls, ca_file=ca_file, helo_name=settings.helo_name, **self._source_addresses(hosted)))
+
+    def _source_addresses(self, hosted: HostedRoute | None) -> dict[str, str | None]:
+        """HopPolicy's local addresses: the hosted domain's own, else delivery's (None: any)."""
+        settings = self._settings
+        v4 = (hosted.bind_address if hosted else "") or settings.bind_address
+        v6 = (hosted.bind_address6 if hosted else "") or settings.bind_address6
+        return {"source_address": v4 or None, "source_address6": v6 or None}
 
     async def _hosted_route(self, domain: str, hosted: HostedRoute) -> Route:
         first = hosted.hops[0]
@@ -109,7 +122,8 @@ class Router:
                 temporary = exc
         if not candidates:
             raise temporary or RouteError(_format(NO_ROUTE, domain))
-        policy = HopPolicy(tls=hosted.tls, ca_file=hosted.ca_file, helo_name=self._settings.helo_name)
+        policy = HopPolicy(tls=hosted.tls, ca_file=hosted.ca_file, helo_name=self._settings.helo_name,
+                           **self._source_addresses(hosted))
         return Route(f"hosted:{domain}", tuple(candidates), policy)
 
     async def _mx_route(self, domain: str, policy: HopPolicy) -> Route:

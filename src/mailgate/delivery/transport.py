@@ -56,7 +56,8 @@ class HopPolicy:
     auth: tuple[str, str] | None = field(default=None, repr=False)
     ca_file: str | None = None  # extra trust for "verify", on top of the system store
     helo_name: str = "localhost"
-    source_address: str | None = None
+    source_address: str | None = None  # delivery.bind_address: to IPv4 next hops
+    source_address6: str | None = None  # delivery.bind_address6: to IPv6 next hops
 
     def __post_init__(self) -> None:
         if self.tls not in TLS_MODES:
@@ -212,7 +213,8 @@ class SmtpTransport:
         return AttemptResult(dict(message.outcomes), candidate.host, connection.tls)
 
     async def _open(self, candidate: Candidate, policy: HopPolicy) -> SmtpConnection:
-        local = (policy.source_address, 0) if policy.source_address else None
+        source = policy.source_address6 if ":" in candidate.address else policy.source_address
+        local = (source, 0) if source else None
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(candidate.address, candidate.port, local_addr=local),
