@@ -91,3 +91,28 @@ def test_users_file_the_service_user_cannot_read_fails_the_check() -> None:
             path.unlink()
         directory.rmdir()
 
+
+
+def test_a_certificate_behind_a_closed_folder_says_so(tls_files: dict[str, str]) -> None:
+    """Found in the walk through docs/operations.md: a certificate in a folder the service user
+    cannot search was reported as "no such file"."""
+    import shutil
+
+    directory = Path(tempfile.mkdtemp(prefix="mailgate-tls-"))
+    try:
+        directory.chmod(0o755)
+        closed = directory / "tls"
+        closed.mkdir(mode=0o700)  # root's own: the service user cannot look inside
+        shutil.copy(tls_files["cert"], closed / "cert.pem")
+        shutil.copy(tls_files["key"], closed / "key.pem")
+        config = directory / "mailgate.toml"
+        config.write_text(f'[[listener]]\nname = "mx"\naddress = "127.0.0.1:2525"\ntls = "starttls"\n'
+                          f'cert_file = "{closed}/cert.pem"\nkey_file = "{closed}/key.pem"\n')
+        config.chmod(0o644)
+        code, stderr = run_as_nobody(["config", "check", str(config)])
+        if os.geteuid() != 0:
+            pytest.skip("only root can make a folder another user cannot search")
+        assert code == 2, stderr
+        assert "listener[0].cert_file" in stderr and "not searchable" in stderr and "no such file" not in stderr
+    finally:
+        shutil.rmtree(directory)

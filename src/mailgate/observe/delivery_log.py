@@ -2,8 +2,9 @@
 
 Owns: turning one delivery attempt's outcomes into a transaction-log record per recipient and a
 diagnostic line per recipient, `QUEUEID: to=<rcpt>, relay=NEXT-HOP (remote MTA), delay=S,
-status=sent|deferred|bounced (reply)`, and a line per DSN queued, so that the diagnostic log
-answers "what happened to this message" on its own, joined to the acceptance line by queue id.
+status=sent|deferred|bounced (reply)`, so that the diagnostic log answers "what happened to this
+message" on its own, joined by queue id to the acceptance line (the session's) and the DSN line
+(the bouncer's).
 Must not: decide outcomes (delivery/ does) or write files (the log handlers and writer do).
 """
 
@@ -50,7 +51,6 @@ class DeliveryObserver:
                      relay, delay, tls or "none", STATUS_WORDS[outcome.state], outcome.reply)
 
     def dsn(self, queue_id: str, dsn_queue_id: str, kind: str, sender: str, recipients: Sequence[str]) -> None:
-        """The bouncer's `on_dsn`: a delivery status notification was queued to `sender`."""
+        """The bouncer's `on_dsn`: a delivery status notification was queued to `sender` (the
+        bouncer logs its own diagnostic line)."""
         self._transactions.bounce(queue_id, dsn_queue_id, kind, sender, recipients)
-        log.info("%s: sender <%s> notified (%s DSN %s) about %s", queue_id, sender or "", kind, dsn_queue_id,
-                 ", ".join(f"<{r}>" for r in recipients))

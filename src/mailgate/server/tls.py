@@ -21,7 +21,14 @@ def server_context(cert_file: str, key_file: str, key_path: str) -> ssl.SSLConte
     for name, path in (("cert_file", cert_file), ("key_file", key_file)):
         if not path:
             raise TlsConfigError(f"{key_path}.{name}: required for TLS")
-        if not os.path.isfile(path):
+        try:
+            is_file = os.path.isfile(os.path.realpath(path, strict=True))
+        except PermissionError:
+            raise TlsConfigError(f"{key_path}.{name}: {path}: a folder on the way is not searchable "
+                                 f"by uid {os.geteuid()} (chgrp the folders to the service group, chmod g+x)") from None
+        except OSError:
+            is_file = False
+        if not is_file:
             raise TlsConfigError(f"{key_path}.{name}: {path}: no such file")
         if not os.access(path, os.R_OK):
             raise TlsConfigError(f"{key_path}.{name}: {path}: not readable")
