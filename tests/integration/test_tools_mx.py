@@ -115,3 +115,13 @@ def test_a_silent_name_server_gets_progress_and_a_plain_message(capsys: pytest.C
     assert f"looking up MX of lab.test at 127.0.0.1 port {port}" in captured.err
     assert f"no answer from 127.0.0.1 port {port} within 1.5 s" in captured.out
     assert "answered" not in captured.out
+
+
+def test_without_nameserver_mx_asks_the_configured_dns_as_delivery_does(
+    dns: LoopbackDnsServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "mailgate.toml"
+    config.write_text(f'[[listener]]\nname = "mx"\naddress = "127.0.0.1:2525"\ntls = "none"\n'
+                      f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns.port}\n')
+    assert cli(["mx", "lab.test", "--config", str(config)]) == 0
+    assert "mx.test" in capsys.readouterr().out

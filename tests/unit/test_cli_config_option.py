@@ -12,7 +12,7 @@ from mailgate.cli import config_option
 from mailgate.cli.main import build_parser, main
 
 COMMANDS = (["serve"], ["config", "check"], ["config", "show"], ["queue", "list"], ["user", "list"],
-            ["explain"], ["stats"])
+            ["explain"], ["stats"], ["mx"])
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

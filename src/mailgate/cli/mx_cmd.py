@@ -16,6 +16,7 @@ from collections.abc import Awaitable
 from dataclasses import asdict
 from typing import TypeVar
 
+from mailgate.cli.config_option import add_config_argument, load_config_or_report
 from mailgate.dns.resolver import DnsPythonResolver
 from mailgate.tools.mx_probe import (
     NO_SUCH_DOMAIN, NULL, TEMPORARY, MxLookup, ProbeResult, lookup, probe, probe_targets,
@@ -48,8 +49,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=25, help="SMTP port to probe (default 25)")
     parser.add_argument("--helo", default=socket.getfqdn() or "localhost", help="EHLO name for the probe")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per DNS look-up and per reply (default 10)")
-    parser.add_argument("--nameserver", action="append", metavar="IP", help="DNS server (repeatable; default /etc/resolv.conf)")
-    parser.add_argument("--dns-port", type=int, default=53, help="DNS server port (default 53)")
+    parser.add_argument("--nameserver", action="append", metavar="IP",
+                        help="DNS server (repeatable; default: dns.nameservers of the configuration, as "
+                             "delivery asks, else /etc/resolv.conf)")
+    parser.add_argument("--dns-port", type=int, help="DNS server port (default: dns.port of the configuration)")
+    add_config_argument(parser)
     parser.add_argument("--source-address", metavar="IP", help="local address the probe connects from")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=mx_command)
@@ -61,10 +65,15 @@ def mx_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"mailgate mx: {exc}", file=sys.stderr)
         return 2
-    if not 0 < args.port < 65536 or not 0 < args.dns_port < 65536 or args.timeout <= 0:
+    config = load_config_or_report(args.config, "mx")
+    if config is None:
+        return 2
+    nameservers = args.nameserver or list(config.dns.nameservers) or None
+    dns_port = args.dns_port if args.dns_port is not None else config.dns.port
+    if not 0 < args.port < 65536 or not 0 < dns_port < 65536 or args.timeout <= 0:
         print("mailgate mx: ports must be 1-65535 and --timeout positive", file=sys.stderr)
         return 2
-    resolver = DnsPythonResolver(args.nameserver, args.dns_port, args.timeout)
+    resolver = DnsPythonResolver(nameservers, dns_port, args.timeout)
     report, probes = asyncio.run(_run(resolver, domain, args))
     if args.json:
         data = {"lookup": asdict(report), "probes": [asdict(result) for result in probes]}
