@@ -46,7 +46,7 @@ def test_open_postfix_text_report_names_the_forms(capsys: pytest.CaptureFixture[
         code = cli(["relay-test", f"{relay.host}:{relay.port}", "--to", "victim@example.net"])
     out = capsys.readouterr().out
     assert code == 1
-    verdict = out.strip().splitlines()[-1]
+    [verdict] = [line for line in out.splitlines() if line.startswith("verdict: ")]
     assert verdict.startswith("verdict: OPEN: accepted given_addresses, nmap_null_sender")
 
 
