@@ -149,7 +149,7 @@ class Application:
             disk=self.disk,
             clock=self.clock,
             screener=build_screener(config),
-            authenticator=build_authenticator(config),
+            authenticator=build_authenticator(config, self.resolver, self._is_hosted),
         )
         self.listeners = [self._listener(listener, profile) for listener, profile in zip(config.listener, self.profiles)]
         self.control = ControlServer(
@@ -163,6 +163,9 @@ class Application:
         self._probe_task: asyncio.Task | None = None
         self._runner_task: asyncio.Task | None = None
         self._stopped = asyncio.Event()
+
+    def _is_hosted(self, domain: str) -> bool:
+        return self.reception.policy.is_hosted(domain)
 
     def _wake_runner(self) -> None:
         self.runner.wake()
@@ -276,7 +279,7 @@ class Application:
                 raise StartupError("\n".join(problems))
             profiles = listener_profiles(config)
             screener = build_screener(config)
-            authenticator = build_authenticator(config)  # new DKIM keys: rotation without a restart
+            authenticator = build_authenticator(config, self.resolver, self._is_hosted)  # new DKIM keys: rotation without a restart
         except (ConfigError, StartupError, OSError) as exc:
             log.error("reload refused, keeping the running configuration:\n%s", exc)
             return

@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 from mailgate.auth.authenticator import Authenticator
 from mailgate.auth.dkim_keys import DkimKeyError, load_key
 from mailgate.auth.dkim_sign import DkimSigner, SigningKey
+from mailgate.auth.dmarc import OrganizationalDomains
+from mailgate.auth.dns_cache import CachingResolver
+from mailgate.auth.inbound import InboundChecker, InboundSettings
 from mailgate.config.loader import Config, effective_auth, effective_tls
 from mailgate.config.types import parse_host_port
 from mailgate.core.address import AddressError, normalise_domain
 from mailgate.delivery.routing import HopSpec, HostedRoute, RoutingSettings
 from mailgate.delivery.runner import RunnerSettings
+from mailgate.dns.resolver import Resolver
 from mailgate.policy.limits import MessageRateLimits, RateLimiter
 from mailgate.policy.relay import HostedDomain, PolicySettings
 from mailgate.queue.backoff import RetrySchedule
@@ -194,13 +199,42 @@ def build_screener(config: Config) -> Screener | None:
         raise StartupError("\n".join(e.replace("screen.rule", "screen_rule") for e in exc.errors)) from None
 
 
-def build_authenticator(config: Config) -> Authenticator | None:
-    """DKIM signing (and the inbound checks), or None when neither is configured; StartupError
-    names each [[dkim_key]] entry that cannot be used."""
+def build_authenticator(config: Config, resolver: Resolver, is_hosted: Callable[[str], bool]) -> Authenticator | None:
+    """DKIM signing and the inbound checks, or None when neither is configured; StartupError
+    names each [[dkim_key]] entry or [authentication] key that cannot be used."""
     signer = build_signer(config)
-    if signer is None:
+    inbound = build_inbound(config, resolver, is_hosted)
+    if signer is None and inbound is None:
         return None
-    return Authenticator(signer)
+    return Authenticator(signer, inbound)
+
+
+def build_inbound(config: Config, resolver: Resolver, is_hosted: Callable[[str], bool]) -> InboundChecker | None:
+    section = config.authentication
+    if not section.inbound_checks:
+        return None
+    orgs = organizational_domains(config)
+    settings = InboundSettings(
+        authserv_id=section.authserv_id or config.server.hostname,
+        spf_fail_action=section.spf_fail_action,
+        dmarc_reject_action=section.dmarc_reject_action,
+        dmarc_quarantine_action=section.dmarc_quarantine_action,
+        dmarc_temperror_action=section.dmarc_temperror_action,
+        protect_hosted_domains=section.protect_hosted_domains,
+        tag_header=section.tag_header,
+        max_signatures=section.max_signatures,
+        spf_time_limit=section.spf_time_limit,
+        lookup_timeout=config.dns.timeout * 2,
+    )
+    return InboundChecker(settings, CachingResolver(resolver, section.dns_cache_ttl), orgs, is_hosted)
+
+
+def organizational_domains(config: Config) -> OrganizationalDomains:
+    path = config.authentication.public_suffix_list
+    try:
+        return OrganizationalDomains(path)
+    except OSError as exc:
+        raise StartupError(f"authentication.public_suffix_list: {path}: {exc.strerror or exc}") from None
 
 
 def build_signer(config: Config) -> DkimSigner | None:

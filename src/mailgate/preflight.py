@@ -2,9 +2,9 @@
 
 Owns: `startup_problems`, the list of every reason a validated configuration cannot run here:
 certificates that do not load, an open-relay configuration (SPEC R3), screening settings the
-screener refuses, a users file or smart-host password file that cannot be read, a `server.user`
-that does not exist or cannot use the spool, an outbound source address (`bind_address`) that is
-not one of this host's. `serve`, a SIGHUP reload and `config check` (the
+screener refuses, DKIM keys that cannot sign, a users file or smart-host password file that cannot
+be read, a `server.user` that does not exist or cannot use the spool, an outbound source address
+(`bind_address`) that is not one of this host's. `serve`, a SIGHUP reload and `config check` (the
 systemd unit's ExecStartPre) all run it, so the check never says OK to what `serve` refuses.
 Must not: listen, connect or write anything (a source address is only bound to a free port and
 let go); checks that need a listening socket stay in app.py.
@@ -16,7 +16,10 @@ import getpass
 import os
 import socket
 
-from mailgate.app_config import StartupError, build_screener, listener_profiles, policy_settings, routing_settings
+from mailgate.app_config import (
+    StartupError, build_screener, build_signer, listener_profiles, organizational_domains, policy_settings,
+    routing_settings,
+)
 from mailgate.auth.store import FileUserStore, UserStoreError
 from mailgate.config.loader import Config
 from mailgate.policy.audit import open_relay_problems
@@ -26,8 +29,8 @@ from mailgate.server.privileges import PrivilegeError, resolve_identity, spool_o
 def startup_problems(config: Config) -> list[str]:
     """Every problem, one line each naming the configuration key; empty when `serve` may start."""
     problems: list[str] = []
-    for check in (_certificates, _open_relay, _screening, _users_file, _smart_host_password, _server_user,
-                  _bind_addresses):
+    for check in (_certificates, _open_relay, _screening, _message_authentication, _users_file, _smart_host_password,
+                  _server_user, _bind_addresses):
         problems.extend(check(config))
     return problems
 
@@ -46,6 +49,11 @@ def _certificates(config: Config) -> list[str]:
 
 def _screening(config: Config) -> list[str]:
     return _errors_of(lambda: build_screener(config))
+
+
+def _message_authentication(config: Config) -> list[str]:
+    """DKIM key files (mode, format, one active key per type) and the Public Suffix List file."""
+    return _errors_of(lambda: build_signer(config)) + _errors_of(lambda: organizational_domains(config))
 
 
 def _open_relay(config: Config) -> list[str]:

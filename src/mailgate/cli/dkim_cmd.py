@@ -19,7 +19,7 @@ from mailgate.auth.dkim_keys import (
     DEFAULT_RSA_BITS, KEY_TYPES, DkimKey, DkimKeyError, generate_private_key, key_from_bytes, load_key, record_matches,
     write_private_key,
 )
-from mailgate.config.loader import ConfigError, load_embedded, load_file
+from mailgate.cli.config_option import add_config_argument, load_config_or_report
 from mailgate.core.address import AddressError, normalise_domain
 from mailgate.dns.resolver import DnsNoSuchDomain, DnsPythonResolver, DnsTemporaryError, Resolver
 
@@ -51,7 +51,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     keygen.set_defaults(handler=keygen_command)
     check = actions.add_parser("check", help="look the records up and confirm they carry the keys")
     check.add_argument("domain")
-    check.add_argument("--config", help="configuration file: check every [[dkim_key]] of DOMAIN")
+    add_config_argument(check)
     check.add_argument("--selector", help="check only this selector (with --key-file: this key)")
     check.add_argument("--key-file", help="the private key to compare (instead of the configuration)")
     check.add_argument("--nameserver", action="append", metavar="IP", help="DNS server (default: the configuration's)")
@@ -94,10 +94,9 @@ def check_command(args: argparse.Namespace) -> int:
         domain = normalise_domain(args.domain.strip())
     except AddressError as exc:
         return _fail(f"{args.domain}: {exc}")
-    try:
-        config = load_file(args.config) if args.config else load_embedded()
-    except (ConfigError, OSError) as exc:
-        return _fail(f"{args.config}: {exc}")
+    config = load_config_or_report(args.config, "dkim")
+    if config is None:
+        return EXIT_USAGE
     try:
         keys = _keys(args, config, domain)
     except DkimKeyError as exc:

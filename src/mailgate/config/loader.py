@@ -52,6 +52,7 @@ class Config:
     limits: SimpleNamespace
     dkim: SimpleNamespace
     dkim_key: list[SimpleNamespace]
+    authentication: SimpleNamespace
     log: SimpleNamespace
     metrics: SimpleNamespace
 

@@ -358,6 +358,41 @@ DKIM_KEY = Section(
     array=True,
 )
 
+AUTHENTICATION = Section(
+    "authentication",
+    "Inbound checks of mail from outside (not from a trusted network or an authenticated user): "
+    "SPF (RFC 7208) of MAIL FROM and HELO, every DKIM signature (RFC 6376, RFC 8463), DMARC "
+    "(RFC 7489), recorded in an Authentication-Results header (RFC 8601), and the policy below.",
+    (
+        Key("inbound_checks", Boolean(), True, "Check mail from outside; false records and enforces nothing."),
+        Key("authserv_id", Text(), "",
+            "The authserv-id of our Authentication-Results header; empty uses server.hostname. "
+            "Fields arriving with this id are removed (RFC 8601 §5)."),
+        Key("dmarc_reject_action", Choice(choices=("reject", "quarantine", "tag")), "reject",
+            "A failing message whose From: domain publishes p=reject: 550 5.7.1, held, or tagged."),
+        Key("dmarc_quarantine_action", Choice(choices=("quarantine", "tag", "reject")), "quarantine",
+            "A failing message whose From: domain publishes p=quarantine: held in the queue, tagged or refused."),
+        Key("dmarc_temperror_action", Choice(choices=("tempfail", "accept")), "tempfail",
+            "DMARC cannot be decided now (DNS) where a policy would apply (p=reject or quarantine, or a "
+            "hosted domain): 451 4.4.3 so the sender retries, or accept."),
+        Key("protect_hosted_domains", Boolean(), True,
+            "Refuse (550 5.7.1) mail from outside whose From: is in a hosted domain without an aligned "
+            "SPF or DKIM pass, even when the domain publishes no DMARC policy (CEO fraud)."),
+        Key("spf_fail_action", Choice(choices=("accept", "tag", "quarantine", "reject")), "tag",
+            "SPF fail (-all) of MAIL FROM when DMARC did not pass: accept, tag, hold or 550 5.7.23."),
+        Key("tag_header", Text(allow_empty=False), "X-Mailgate-Tag", "Header added by the tag action."),
+        Key("max_signatures", Integer(minimum=1, maximum=50), 5,
+            "DKIM signatures verified per message; more are reported neutral, unchecked."),
+        Key("spf_time_limit", Duration(minimum=1, maximum=300), 20,
+            "Time allowed for one SPF evaluation (RFC 7208 §4.6.4: at least 20 seconds)."),
+        Key("dns_cache_ttl", Duration(minimum=0, maximum=86400), "5m",
+            "How long the answers of these checks are kept (temporary failures never are); 0 keeps none."),
+        Key("public_suffix_list", Text(), "",
+            "Public Suffix List file for organisational domains (DMARC); empty uses the copy of the "
+            "publicsuffixlist package (`pip install -U publicsuffixlist` refreshes it)."),
+    ),
+)
+
 METRICS = Section(
     "metrics",
     "Prometheus metrics and health endpoints.",
@@ -369,7 +404,7 @@ METRICS = Section(
 )
 
 SECTIONS: tuple[Section, ...] = (
-    SERVER, LISTENER, RELAY, DOMAIN, DELIVERY, DNS, SCREEN_RULE, ANTIVIRUS, SPAM, LIMITS, DKIM, DKIM_KEY,
+    SERVER, LISTENER, RELAY, DOMAIN, DELIVERY, DNS, SCREEN_RULE, ANTIVIRUS, SPAM, LIMITS, DKIM, DKIM_KEY, AUTHENTICATION,
     LOG, METRICS,
 )
 

@@ -1,6 +1,6 @@
 """The DNS resolver seam: one small interface, the dnspython implementation and a static fake.
 
-Owns: the `Resolver` protocol every DNS user in mailgate calls (MX, addresses, TXT, A); the two
+Owns: the `Resolver` protocol every DNS user in mailgate calls (MX, addresses, TXT, A, AAAA, PTR); the two
 errors a lookup can end in (temporary, or the name does not exist); `DnsPythonResolver`, which asks
 real servers through `dns.asyncresolver` (configurable nameservers and port, for split DNS and for
 tests); `StaticResolver`, a data-driven fake with no I/O; and `static_answer`, the one reading of the
@@ -61,6 +61,14 @@ class Resolver(Protocol):
 
     async def a(self, name: str) -> list[str]:
         """IPv4 addresses as text; [] when the name has none."""
+        ...
+
+    async def aaaa(self, name: str) -> list[str]:
+        """IPv6 addresses as text; [] when the name has none (SPF's ip6 and a/mx mechanisms)."""
+        ...
+
+    async def ptr(self, name: str) -> list[str]:
+        """PTR targets of a reverse name (…in-addr.arpa); [] when it has none."""
         ...
 
 
@@ -163,6 +171,12 @@ class DnsPythonResolver:
     async def a(self, name: str) -> list[str]:
         return [record.address for record in await self._query(name, "A")]
 
+    async def aaaa(self, name: str) -> list[str]:
+        return [record.address for record in await self._query(name, "AAAA")]
+
+    async def ptr(self, name: str) -> list[str]:
+        return [_canonical(record.target.to_text()) for record in await self._query(name, "PTR")]
+
 
 # --- Zone data: the format shared by StaticResolver and tests/support/dns_server.py -------------
 #
@@ -236,3 +250,9 @@ class StaticResolver:
 
     async def a(self, name: str) -> list[str]:
         return [str(address) for address in await self._query(name, "A")]
+
+    async def aaaa(self, name: str) -> list[str]:
+        return [str(address) for address in await self._query(name, "AAAA")]
+
+    async def ptr(self, name: str) -> list[str]:
+        return [_canonical(str(target)) for target in await self._query(name, "PTR")]
