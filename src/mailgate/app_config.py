@@ -17,7 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from mailgate.auth.authenticator import Authenticator
-from mailgate.auth.dkim_keys import DkimKeyError, load_key
+from mailgate.auth.dkim_keys import RSA, DkimKey, DkimKeyError, load_key
 from mailgate.auth.dkim_sign import DkimSigner, SigningKey
 from mailgate.auth.dmarc import OrganizationalDomains
 from mailgate.auth.dns_cache import CachingResolver
@@ -225,8 +225,30 @@ def build_inbound(config: Config, resolver: Resolver, is_hosted: Callable[[str],
         max_signatures=section.max_signatures,
         spf_time_limit=section.spf_time_limit,
         lookup_timeout=config.dns.timeout * 2,
+        arc_trusted_sealers=frozenset(d.strip().lower().rstrip(".") for d in section.arc_trusted_sealers),
+        arc_seal_key=arc_seal_key(config),
     )
     return InboundChecker(settings, CachingResolver(resolver, section.dns_cache_ttl), orgs, is_hosted)
+
+
+def arc_seal_key(config: Config) -> DkimKey | None:
+    section = config.authentication
+    if not section.arc_seal_key_file:
+        return None
+    problems = [f"authentication.{key}: needed with arc_seal_key_file" for key in ("arc_seal_domain", "arc_seal_selector")
+                if not getattr(section, key).strip()]
+    if problems:
+        raise StartupError("\n".join(problems))
+    try:
+        key = load_key(section.arc_seal_key_file, normalise_domain(section.arc_seal_domain.strip()),
+                       section.arc_seal_selector.strip())
+    except AddressError as exc:
+        raise StartupError(f"authentication.arc_seal_domain: {exc}") from None
+    except DkimKeyError as exc:
+        raise StartupError(f"authentication.arc_seal_key_file: {exc}") from None
+    if key.key_type != RSA:
+        raise StartupError("authentication.arc_seal_key_file: ARC seals with an RSA key (rsa-sha256)")
+    return key
 
 
 def organizational_domains(config: Config) -> OrganizationalDomains:

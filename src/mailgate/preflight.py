@@ -17,7 +17,7 @@ import os
 import socket
 
 from mailgate.app_config import (
-    StartupError, build_screener, build_signer, listener_profiles, organizational_domains, policy_settings,
+    StartupError, arc_seal_key, build_screener, build_signer, listener_profiles, organizational_domains, policy_settings,
     routing_settings,
 )
 from mailgate.auth.store import FileUserStore, UserStoreError
@@ -52,8 +52,9 @@ def _screening(config: Config) -> list[str]:
 
 
 def _message_authentication(config: Config) -> list[str]:
-    """DKIM key files (mode, format, one active key per type) and the Public Suffix List file."""
-    return _errors_of(lambda: build_signer(config)) + _errors_of(lambda: organizational_domains(config))
+    """DKIM and ARC key files (mode, format, one active key per type) and the Public Suffix List."""
+    return (_errors_of(lambda: build_signer(config)) + _errors_of(lambda: organizational_domains(config))
+            + _errors_of(lambda: arc_seal_key(config)))
 
 
 def _open_relay(config: Config) -> list[str]:

@@ -11,6 +11,7 @@ signing, a signature with l= and text appended below it.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import smtplib
 from collections.abc import Iterator
@@ -18,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.auth.dkim_keys import generate_private_key, key_from_bytes
+from mailgate.auth.arc import seal, verify_chain
+from mailgate.auth.dkim_keys import generate_private_key, key_from_bytes, write_private_key
+from mailgate.auth.dns_cache import ThreadLookups
+from mailgate.dns.resolver import StaticResolver
 from mailgate.auth.dkim_sign import DkimSigner, SigningKey
 from mailgate.auth.inbound import DMARC_REJECTED, DMARC_TEMPORARY, HOSTED_FORGED, MULTIPLE_FROM, SPF_REJECTED
 from tests.support.dns_server import LoopbackDnsServer
@@ -32,6 +36,8 @@ HELO = "mta.sender.test"
 KEY = key_from_bytes(generate_private_key("rsa"), "sender.test", "s1")
 ED_KEY = key_from_bytes(generate_private_key("ed25519"), "sender.test", "e1")
 SUB = "news.sender.test"
+LIST_KEY = key_from_bytes(generate_private_key("rsa"), "lists.test", "arc1")
+OUR_SEAL = key_from_bytes(generate_private_key("rsa"), "mx.test", "arc2026")
 
 ZONE = {
     # sender.test: the client may send (SPF), signs with both keys, publishes p=reject
@@ -53,6 +59,8 @@ ZONE = {
     "slowkey.test": {"TXT": [f"v=spf1 ip4:192.0.2.1 -all"]},
     "_dmarc.slowkey.test": {"TXT": ["v=DMARC1; p=reject"]},
     "s1._domainkey.slowkey.test": "TIMEOUT",
+    LIST_KEY.record_name: {"TXT": [LIST_KEY.txt_record()]},
+    OUR_SEAL.record_name: {"TXT": [OUR_SEAL.txt_record()]},
 }
 
 
@@ -250,3 +258,57 @@ def test_our_authentication_results_from_outside_are_removed(mailgate) -> None:
     stored = stored_message(mailgate, queued(mailgate)[0].queue_id)
     assert b"bank.example" not in stored and other.encode() in stored
     assert results(mailgate)["dmarc"][0].startswith("dmarc=pass")
+
+
+def _through_a_mailing_list(raw: bytes) -> bytes:
+    """What lists.test sends on: the body changed (a footer), its results and its ARC set on top."""
+    changed = raw + b"--\r\nlunch-list mailing list\r\n"
+    noted = b"Authentication-Results: lists.test; dkim=pass header.d=sender.test; arc=none\r\n" + changed
+    return seal(noted, LIST_KEY, "lists.test") + noted
+
+
+def test_arc_from_a_trusted_sealer_lifts_the_dmarc_reject(tmp_path: Path, dns) -> None:
+    raw = _through_a_mailing_list(signed(message("Alice <alice@sender.test>"), KEY))
+    with InProcessMailgate(_config(tmp_path, dns)) as mg:  # lists.test is not trusted: DKIM broke, refused
+        assert send(mg, raw, "bounce@lists.test")[0] == 550
+    with InProcessMailgate(_config(tmp_path / "t", dns, 'arc_trusted_sealers = ["lists.test"]')) as mg:
+        assert send(mg, raw, "bounce@lists.test")[0] == 250
+        found = results(mg)
+    assert found["dkim"][0].startswith("dkim=fail (body hash did not verify) header.d=sender.test")
+    assert found["dmarc"] == ["dmarc=fail (p=reject dis=NONE, policy not applied: ARC sealed by trusted "
+                              "lists.test) header.from=sender.test"]
+    assert found["arc"] == [f"arc=pass (i=1 lists.test) smtp.remote-ip={CLIENT}"]
+
+
+def test_broken_arc_chain_is_fail_and_lifts_nothing(tmp_path: Path, dns) -> None:
+    raw = _through_a_mailing_list(signed(message("Alice <alice@sender.test>"), KEY)).replace(b"Lunch", b"Wire")
+    with InProcessMailgate(_config(tmp_path, dns, 'arc_trusted_sealers = ["lists.test"]')) as mg:
+        assert send(mg, raw, "bounce@lists.test")[0] == 550
+
+
+def test_arc_seal_after_strip_verifies(tmp_path: Path, dns) -> None:
+    key_file = tmp_path / "arc.key"
+    write_private_key(key_file, OUR_SEAL.signing_key)
+    extra = (f'arc_seal_key_file = "{key_file}"\narc_seal_domain = "mx.test"\narc_seal_selector = "arc2026"\n'
+             '\n[[screen_rule]]\nname = "no-exe"\naction = "strip"\nextension = ["exe"]\n')
+    body = ("--b\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n--b\r\n"
+            "Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"x.exe\"\r\n"
+            "Content-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA\r\n--b--\r\n")
+    raw = signed(message("Alice <alice@sender.test>", body=body,
+                         extra='MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n'), KEY)
+    with InProcessMailgate(_config(tmp_path, dns, extra)) as mg:
+        assert send(mg, raw, "alice@sender.test")[0] == 250
+        found = results(mg)
+        stored = stored_message(mg, queued(mg)[0].queue_id)
+    assert found["dkim"][0].startswith("dkim=pass") and found["arc"][0].startswith("arc=none")
+    assert b"TVqQAAMAAAAEAAAA" not in stored  # stripped after the checks
+    assert stored.startswith(b"ARC-Seal: i=1; cv=none; a=rsa-sha256; d=mx.test; s=arc2026;")
+
+    async def chain() -> object:
+        loop = asyncio.get_running_loop()
+        lookups = ThreadLookups(StaticResolver(ZONE), loop, 5)
+        return await loop.run_in_executor(None, verify_chain, stored, lookups)
+
+    verdict = asyncio.run(chain())
+    assert (verdict.result, verdict.sealer) == ("pass", "mx.test"), verdict
+    assert b"ARC-Authentication-Results: i=1; mx.test;" in stored

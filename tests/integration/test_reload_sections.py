@@ -29,6 +29,7 @@ SECTIONS = {
     "limits": "[limits]\n",
     "dkim": "[dkim]\n",
     "dkim_key": "",
+    "authentication": "[authentication]\n",
     "log": "[log]\n",
     "metrics": "[metrics]\n",
 }
@@ -65,11 +66,14 @@ LIVE = {
     "limits": ("[limits]\nmessages_per_client = 40\n",
                lambda app: app.reception.rate_limits is not None and app.reception.rate_limits.per_client is not None),
     "dkim_key": ('[[dkim_key]]\ndomain = "hosted.test"\nselector = "s1"\nkey_file = "{spool}.dkim.key"\n',
-                 lambda app: app.reception.authenticator is not None
+                 lambda app: app.reception.authenticator.signer is not None
                  and [k.selector for k in app.reception.authenticator.signer.keys_for("hosted.test")] == ["s1"]),
+    "authentication": ('[authentication]\nauthserv_id = "auth.mx.test"\nspf_fail_action = "reject"\n',
+                       lambda app: app.reception.authenticator.inbound.settings.authserv_id == "auth.mx.test"
+                       and app.reception.authenticator.inbound.settings.spf_fail_action == "reject"),
     "dkim": ('[dkim]\noversign_headers = ["from", "subject", "x-campaign"]\n'
              '[[dkim_key]]\ndomain = "hosted.test"\nselector = "s1"\nkey_file = "{spool}.dkim.key"\n',
-             lambda app: app.reception.authenticator is not None
+             lambda app: app.reception.authenticator.signer is not None
              and b"x-campaign" in app.reception.authenticator.signer.header_list(b"From: a@hosted.test\r\n")),
 }
 

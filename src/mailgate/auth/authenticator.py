@@ -44,7 +44,7 @@ class Authenticator:
             return signatures + message
         if self.inbound is None:
             return None
-        return await self.inbound.finish(message, verdict)
+        return await self.inbound.finish(message, verdict, self._executor)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)

@@ -15,6 +15,11 @@ action first:
   domain): 451 4.4.3, the sender retries, never a pass (`dmarc_temperror_action`);
 - SPF `fail` of MAIL FROM when DMARC did not pass: `spf_fail_action` (tag by default; RFC 7489
   §10.1: rejecting on SPF alone before DMARC breaks forwarded mail that DKIM would save).
+A valid ARC chain (RFC 8617) whose most recent sealer is listed in `arc_trusted_sealers` (a
+mailing list or forwarder the admin trusts to have checked the original) lifts the DMARC and
+hosted-domain actions (RFC 8617 §7.2, local policy); the header says so. With a sealing key, the
+message leaves with our ARC set over our results (after the screener, so a stripped message
+carries what we saw before stripping).
 Must not: verify anything itself (spf.py, dkim_verify.py, dmarc.py do) or touch the spool.
 """
 
@@ -26,6 +31,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from mailgate.auth import results as ar
+from mailgate.auth.arc import ArcResult, seal, verify_chain
+from mailgate.auth.dkim_keys import DkimKey
 from mailgate.auth.dkim_verify import DEFAULT_MAX_SIGNATURES, DkimResult, verify_all
 from mailgate.auth.dmarc import DmarcResult, OrganizationalDomains, evaluate, find_record
 from mailgate.auth.dns_cache import ThreadLookups
@@ -57,6 +64,8 @@ class InboundSettings:
     max_signatures: int = DEFAULT_MAX_SIGNATURES
     spf_time_limit: float = DEFAULT_TIME_LIMIT
     lookup_timeout: float = 10.0  # one look-up asked from a worker thread
+    arc_trusted_sealers: frozenset[str] = frozenset()
+    arc_seal_key: DkimKey | None = None
 
 
 @dataclass
@@ -89,19 +98,24 @@ class InboundChecker:
         loop = asyncio.get_running_loop()
         lookups = ThreadLookups(self.resolver, loop, settings.lookup_timeout)
         spf_args = (lookups, origin.client_address)
-        mail_from, helo, signatures = await asyncio.gather(
+        mail_from, helo, signatures, arc = await asyncio.gather(
             loop.run_in_executor(executor, check_spf, *spf_args, "mailfrom", origin.mail_from, origin.helo,
                                  settings.spf_time_limit),
             loop.run_in_executor(executor, check_spf, *spf_args, "helo", "", origin.helo, settings.spf_time_limit),
             loop.run_in_executor(executor, verify_all, message, lookups, settings.max_signatures),
+            loop.run_in_executor(executor, verify_chain, message, lookups),
         )
         dmarc = [await self._dmarc(domain, mail_from, signatures) for domain in dict.fromkeys(domains) if domain]
-        outcome = self._decide(origin, mail_from, dmarc)
+        trusted_chain = arc.result == "pass" and arc.sealer in settings.arc_trusted_sealers
+        outcome = self._decide(origin, mail_from, [] if trusted_chain else dmarc)
+        override = f"policy not applied: ARC sealed by trusted {arc.sealer}" if trusted_chain else ""
         resinfos = [
             ar.spf_resinfo(mail_from.result, "mailfrom", mail_from.subject or "<>", mail_from.explanation),
             ar.spf_resinfo(helo.result, "helo", helo.subject or "unknown", helo.explanation),
             *([ar.dkim_resinfo(s) for s in signatures] or ["dkim=none"]),
-            *([ar.dmarc_resinfo(d) for d in dmarc] or ["dmarc=none (no From: domain)"]),
+            *([ar.dmarc_resinfo(d, override if d.result != "pass" else "") for d in dmarc]
+              or ["dmarc=none (no From: domain)"]),
+            ar.arc_resinfo(arc.result, arc.instance, arc.sealer, origin.client_address),
         ]
         extra = ((settings.tag_header, outcome.reason),) if outcome.action == TAG else ()
         return InboundVerdict(outcome.action, outcome.reply, outcome.rule, outcome.reason,
@@ -141,14 +155,20 @@ class InboundChecker:
                              _format(SPF_REJECTED, domain=spf.domain, client=origin.client_address))
         return outcome
 
-    async def finish(self, message: bytes, verdict: InboundVerdict) -> bytes:
-        """The message with forged copies of our results removed and ours (and a tag) on top."""
+    async def finish(self, message: bytes, verdict: InboundVerdict, executor: Executor) -> bytes:
+        """The message with forged copies of our results removed, ours (and a tag) on top, and
+        our ARC set above them when sealing is on."""
         settings = self.settings
         cleaned = ar.remove_ours(message, settings.authserv_id)
         top = ar.header_field(settings.authserv_id, [verdict.results] if verdict.results else [])
         for name, value in verdict.extra_headers:
             top += f"{name}: {value}\r\n".encode("utf-8", "replace")
-        return top + cleaned
+        annotated = top + cleaned
+        if settings.arc_seal_key is None:
+            return annotated
+        loop = asyncio.get_running_loop()
+        arc_set = await loop.run_in_executor(executor, seal, annotated, settings.arc_seal_key, settings.authserv_id)
+        return arc_set + annotated
 
 
 def _format(reply: Reply, **values: str) -> Reply:

@@ -49,9 +49,18 @@ def dkim_resinfo(result: DkimResult) -> str:
     return " ".join(parts)
 
 
-def dmarc_resinfo(result: DmarcResult) -> str:
-    comment = f"p={result.policy} dis={result.disposition.upper()}" if result.result != "none" else result.reason
+def dmarc_resinfo(result: DmarcResult, override: str = "") -> str:
+    comment = f"p={result.policy} dis={'NONE' if override else result.disposition.upper()}" \
+        if result.result != "none" else result.reason
+    if override:
+        comment = f"{comment}, {override}" if comment else override
     return f"dmarc={result.result}{_comment(comment)} header.from={_value(result.header_from)}"
+
+
+def arc_resinfo(result: str, instance: int, sealer: str, client_address: str) -> str:
+    """RFC 8617 §4.1.4 / RFC 8601: the chain validation status, and the client it came from."""
+    comment = f"i={instance} {sealer}".strip() if instance else ""
+    return f"arc={result}{_comment(comment)} smtp.remote-ip={_value(client_address)}"
 
 
 def header_field(authserv_id: str, resinfos: Iterable[str]) -> bytes:

@@ -390,6 +390,14 @@ AUTHENTICATION = Section(
         Key("public_suffix_list", Text(), "",
             "Public Suffix List file for organisational domains (DMARC); empty uses the copy of the "
             "publicsuffixlist package (`pip install -U publicsuffixlist` refreshes it)."),
+        Key("arc_trusted_sealers", ListOf(item=Text(allow_empty=False)), (),
+            "Domains (d= of the latest ARC-Seal) of mailing lists and forwarders whose valid ARC "
+            "chain (RFC 8617) lifts the DMARC and hosted-domain actions for a message they changed."),
+        Key("arc_seal_key_file", Text(), "",
+            "RSA private key (mode 0600) to ARC-seal mail from outside after screening (RFC 8617), "
+            "so a stripped message carries the results seen before; empty: no sealing."),
+        Key("arc_seal_domain", Text(), "", "The d= domain of our ARC-Seal (its key record is under it)."),
+        Key("arc_seal_selector", Text(), "", "The s= selector of our ARC-Seal."),
     ),
 )
 
