@@ -22,9 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.clients import SENDER
 from tests.support import postfix
 
 HOSTED_DOMAIN = "hosted.test"
+SENDER_DOMAIN = SENDER.rpartition("@")[2]  # the From: domain of the load (smtp-source -f)
 SMTP_SINK = "/usr/sbin/smtp-sink"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
@@ -49,13 +51,34 @@ max_connections = 10000
 max_connections_per_client = 10000
 
 [relay]
-trusted_networks = []
+trusted_networks = {trusted_networks}
 
 [[domain]]
 name = "{hosted_domain}"
 next_hop = ["127.0.0.1:{sink_port}"]
 tls = "none"
+
+# Postfix checks no SPF, DKIM or DMARC here; neither does mailgate (bench/auth_bench.py measures them).
+[authentication]
+inbound_checks = false
 """
+
+# `--dkim`: the load comes from a trusted network and every message is signed for its From:
+# domain with an RSA and an Ed25519 key (dual signing, docs/operations.md).
+SIGNING = {"enabled": False}
+
+
+def signing_config(workdir: Path, domain: str) -> str:
+    """[[dkim_key]] entries with fresh keys for `domain`, written under `workdir` (mode 0600)."""
+    from mailgate.auth.dkim_keys import generate_private_key, write_private_key
+
+    text = ""
+    for kind in ("rsa", "ed25519"):
+        path = workdir / f"dkim-{kind}.key"
+        if not path.exists():
+            write_private_key(path, generate_private_key(kind))
+        text += f'\n[[dkim_key]]\ndomain = "{domain}"\nselector = "bench-{kind}"\nkey_file = "{path}"\n'
+    return text
 
 
 class PeerError(RuntimeError):
@@ -77,13 +100,16 @@ def start_mailgate(
     """`<python> -m mailgate serve --config <workdir>/mailgate.toml`, ready once it greets."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "mailgate.toml"
+    signing = SIGNING["enabled"]
     config.write_text(
         MAILGATE_CONFIG_TEMPLATE.format(
             spool_dir=workdir / "spool",
             listen_port=listen_port,
             sink_port=sink_port,
             hosted_domain=HOSTED_DOMAIN,
+            trusted_networks='["127.0.0.1/32"]' if signing else "[]",
         )
+        + (signing_config(workdir, SENDER_DOMAIN) if signing else "")
     )
     log_path = workdir / "mailgate.log"
     with open(log_path, "wb") as log:

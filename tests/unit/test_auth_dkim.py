@@ -157,3 +157,14 @@ def test_inactive_selector_is_kept_but_does_not_sign(tmp_path: Path) -> None:
         f'[[dkim_key]]\ndomain = "example.com"\nselector = "new"\nkey_file = "{tmp_path / "new"}"\n'))
     signer = build_signer(load_text(text))
     assert [k.selector for k in signer.keys_for("example.com")] == ["new"]
+
+
+def test_openssl_rsa_primitive_gives_dkimpys_bytes() -> None:
+    import hashlib
+    from dkim.crypto import RSASSA_PKCS1_v1_5_sign, parse_pem_private_key
+    from mailgate.auth.rsa_openssl import rsassa_pkcs1_v1_5_sign
+    numbers = parse_pem_private_key(key_from_bytes(RSA_PEM, "example.com", "s1").signing_key)
+    for data in (b"", b"header hash input"):
+        digest = hashlib.sha256(data)
+        assert rsassa_pkcs1_v1_5_sign(digest, numbers) == RSASSA_PKCS1_v1_5_sign(digest, numbers)
+    assert dkim.RSASSA_PKCS1_v1_5_sign is rsassa_pkcs1_v1_5_sign  # installed by dkim_sign

@@ -18,8 +18,11 @@ from dataclasses import dataclass
 
 import dkim
 
+from mailgate.auth import rsa_openssl
 from mailgate.auth.dkim_keys import DkimKey
 from mailgate.auth.headers import fields, from_domains, head_of
+
+rsa_openssl.install()
 
 CANONICALIZATION = (b"relaxed", b"relaxed")
 
