@@ -214,19 +214,15 @@ def build_inbound(config: Config, resolver: Resolver, is_hosted: Callable[[str],
     if not section.inbound_checks:
         return None
     orgs = organizational_domains(config)
+    # [authentication] keys that InboundSettings takes under the same name and as they are
+    same = ("spf_fail_action", "dmarc_reject_action", "dmarc_quarantine_action", "dmarc_temperror_action",
+            "protect_hosted_domains", "tag_header", "max_signatures", "spf_time_limit")
     settings = InboundSettings(
         authserv_id=section.authserv_id or config.server.hostname,
-        spf_fail_action=section.spf_fail_action,
-        dmarc_reject_action=section.dmarc_reject_action,
-        dmarc_quarantine_action=section.dmarc_quarantine_action,
-        dmarc_temperror_action=section.dmarc_temperror_action,
-        protect_hosted_domains=section.protect_hosted_domains,
-        tag_header=section.tag_header,
-        max_signatures=section.max_signatures,
-        spf_time_limit=section.spf_time_limit,
         lookup_timeout=config.dns.timeout * 2,
         arc_trusted_sealers=frozenset(d.strip().lower().rstrip(".") for d in section.arc_trusted_sealers),
         arc_seal_key=arc_seal_key(config),
+        **{name: getattr(section, name) for name in same},
     )
     return InboundChecker(settings, CachingResolver(resolver, section.dns_cache_ttl), orgs, is_hosted)
 
