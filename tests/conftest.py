@@ -56,3 +56,13 @@ def tls_files(tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> d
     cert.private_key_pem.write_to_path(str(key_path))
     tls_ca.cert_pem.write_to_path(str(ca_path))
     return {"cert": str(cert_path), "key": str(key_path), "ca": str(ca_path)}
+
+
+@pytest.fixture(autouse=True)
+def no_host_configuration(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Commands run in a test without --config never read this machine's /etc/mailgate/mailgate.toml
+    (an admin walking through docs/operations.md may have written one): the default path is a
+    file that does not exist, so they fall back to the embedded default as on a clean machine."""
+    from mailgate.cli import config_option
+
+    monkeypatch.setattr(config_option, "DEFAULT_CONFIG", str(tmp_path_factory.getbasetemp() / "no-such-mailgate.toml"))
