@@ -83,6 +83,21 @@ def test_a_hosted_domain_guessed_from_ehlo_is_said_in_the_verdict(
     assert given["hosted"] == HOSTED and given["hosted_from"] == "--domain"
 
 
+def test_the_hosted_domain_is_learnt_from_the_servers_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 20 item 10: the EHLO name mx.hosted.test suggests hosted.test; the server accepting
+    postmaster@hosted.test (and refusing postmaster@ the outside target) confirms it."""
+    text = config_text(tmp_path).replace('hostname = "mx.test"', 'hostname = "mx.hosted.test"')
+    assert 'hostname = "mx.hosted.test"' in text
+    with InProcessMailgate(text) as mg:
+        server = f"127.0.0.1:{mg.port('mx')}"
+        assert cli(["relay-test", server, "--source-address", UNTRUSTED_SOURCE, "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert queued(mg) == []
+    assert (report["hosted"], report["hosted_from"]) == (HOSTED, "server's answers")
+
+
 def test_unreachable_server_is_inconclusive(capsys: pytest.CaptureFixture[str]) -> None:
     from tests.conftest import free_port
 

@@ -110,3 +110,11 @@ def test_inside_hosted_tree(path: str, local: bool) -> None:
 def test_local_acceptances_do_not_make_an_open_verdict() -> None:
     assert verdict_of([R, Outcome.LOCAL, R]) is Verdict.CLOSED
     assert verdict_of([Outcome.LOCAL, A]) is Verdict.OPEN
+
+
+def test_parent_domains_of_the_servers_name() -> None:
+    from mailgate.tools.relay_test import parent_domains
+
+    assert parent_domains("mx1.mail.example.com") == ["mail.example.com", "example.com"]
+    assert parent_domains("mx1.example.com.") == ["example.com"]
+    assert parent_domains("example.com") == [] and parent_domains("[192.0.2.1]") == []

@@ -54,8 +54,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--from", dest="mail_from", metavar="ADDRESS",
                         help="sender for one extra form tried first, with --to")
     parser.add_argument("--domain", metavar="DOMAIN",
-                        help="a domain the server hosts, for the hosted-domain forms; without it "
-                             "they use the name in its EHLO reply, and the verdict says so")
+                        help="a domain the server hosts, for the hosted-domain forms; without it, "
+                             "the parent domain of its EHLO name whose postmaster it accepts, else "
+                             "the EHLO name itself (the verdict says which)")
     parser.add_argument("--helo", default=DEFAULT_HELO, help=f"EHLO name (default {DEFAULT_HELO})")
     parser.add_argument("--source-address", metavar="IP", help="local address to connect from")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per reply (default 30)")

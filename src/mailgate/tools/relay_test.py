@@ -1,6 +1,7 @@
 """The open-relay test of any SMTP server: every relay trick, a transcript each, and a verdict.
 
-Owns: learning the server's name (EHLO) and address (the connected socket), rendering the trick
+Owns: learning the server's name (EHLO), address (the connected socket) and, without a given
+domain, a domain it hosts (the parent of its name whose postmaster it accepts), rendering the trick
 table of `policy.tricks` for it, trying each form on its own connection (greeting, EHLO or HELO,
 MAIL, RCPT, then RSET and QUIT: it NEVER sends DATA, so no message reaches anyone), classifying
 each attempt and the verdict. Used by `mailgate relay-test` and the start-up self-audit.
@@ -71,7 +72,7 @@ class RelayTestSettings:
     target: str = DEFAULT_TARGET  # the outside domain the server must not relay to
     mail_from: str | None = None  # with rcpt_to: one extra form, tried first
     rcpt_to: str | None = None
-    hosted: str | None = None  # a domain the server hosts; default: its EHLO name
+    hosted: str | None = None  # a domain the server hosts; default: learnt from its answers
     helo: str = DEFAULT_HELO
     source_address: str | None = None
     timeout: float = DEFAULT_TIMEOUT
@@ -129,7 +130,7 @@ def classify_reply(reply: Reply) -> Outcome:
 
 
 Progress = Callable[[int, int, Attempt], None]
-HOSTED_GIVEN, HOSTED_GUESSED = "--domain", "EHLO name"
+HOSTED_GIVEN, HOSTED_ANSWERED, HOSTED_GUESSED = "--domain", "server's answers", "EHLO name"
 
 
 async def run_relay_test(
@@ -142,8 +143,12 @@ async def run_relay_test(
     except ConversationError as exc:
         report.problem = str(exc)
         return report
-    report.hosted = settings.hosted or report.server_name
-    report.hosted_from = HOSTED_GIVEN if settings.hosted else HOSTED_GUESSED
+    if settings.hosted:
+        report.hosted, report.hosted_from = settings.hosted, HOSTED_GIVEN
+    else:
+        answered = await _hosted_from_answers(settings, report.server_name, report.target)
+        report.hosted = answered or report.server_name
+        report.hosted_from = HOSTED_ANSWERED if answered else HOSTED_GUESSED
     forms = forms_for(settings, report)
     for index, form in enumerate(forms, start=1):
         attempt = await try_form(settings, form, report.hosted)
@@ -205,6 +210,43 @@ async def _discover(settings: RelayTestSettings) -> tuple[str, str]:
     finally:
         await conversation.quit()
     return address, _plausible_name(name, address)
+
+
+def parent_domains(name: str) -> list[str]:
+    """`mx1.mail.example.com` -> [`mail.example.com`, `example.com`]: where the server's own name
+    suggests its hosted domain might be, nearest first (never a top-level domain alone)."""
+    labels = name.rstrip(".").split(".")
+    if name.startswith("[") or len(labels) < 3:
+        return []
+    return [".".join(labels[index:]) for index in range(1, len(labels) - 1)]
+
+
+async def _hosted_from_answers(settings: RelayTestSettings, server_name: str, target: str) -> str | None:
+    """The first parent domain of the server's name whose postmaster it accepts while refusing
+    postmaster at the outside target (one connection, MAIL FROM:<>, two RCPTs, RSET: never DATA).
+    Every server must accept postmaster of the domains it hosts (RFC 5321 §4.5.1)."""
+    for candidate in parent_domains(server_name):
+        try:
+            conversation = await _open(settings)
+        except ConversationError:
+            return None
+        try:
+            if (await conversation.reply()).code != 220:
+                return None
+            if not (await conversation.command(f"EHLO {settings.helo}")).is_positive:
+                return None
+            if not (await conversation.command("MAIL FROM:<>")).is_positive:
+                return None
+            hosted = (await conversation.command(f"RCPT TO:<postmaster@{candidate}>")).is_positive
+            outside = (await conversation.command(f"RCPT TO:<postmaster@{target}>")).is_positive
+            await conversation.command("RSET")
+        except ConversationError:
+            return None
+        finally:
+            await conversation.quit()
+        if hosted and not outside:
+            return candidate
+    return None
 
 
 def _first_word(text: str) -> str:
