@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 import urllib.request
 from datetime import datetime
@@ -54,6 +55,21 @@ address = "127.0.0.1:{metrics_port}"
 """
 
 
+def _two_free_ports(avoid: int) -> int:
+    """A port whose next one is free too: worker N serves its metrics on the port plus N."""
+    for _ in range(50):
+        candidate = free_port()
+        if avoid in (candidate, candidate + 1):
+            continue
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", candidate + 1))
+            return candidate
+        except OSError:
+            continue
+    raise AssertionError("no two consecutive free ports on 127.0.0.1")
+
+
 def _wait(condition, what: str, timeout: float = 30.0):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -74,9 +90,8 @@ def _stamp(line: str) -> datetime:
 
 
 def test_self_audit_is_one_summary_and_no_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    port, metrics_port = free_port(), free_port()
-    while metrics_port + 1 == port:
-        metrics_port = free_port()
+    port = free_port()
+    metrics_port = _two_free_ports(avoid=port)
     mailgate = MailgateProcess(tmp_path, _config(tmp_path, port, metrics_port))
     mailgate.start()
     try:
