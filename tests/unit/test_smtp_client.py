@@ -15,6 +15,7 @@ from mailgate.smtp.client import (
     BodyEncoder,
     ClientProtocol,
     ClientUsageError,
+    Ending,
     PeerProtocolError,
     ReplyEvent,
     ReplyParser,
@@ -215,14 +216,23 @@ def test_pipelined_replies_are_matched_in_order():
     assert protocol.receive(b"250 2.0.0 queued\r\n")[0].verb is Verb.END_OF_DATA
 
 
-def test_refused_data_ends_the_transaction():
+def test_refused_data_needs_rset_before_the_next_mail():
+    """Postfix answers DATA with 554 but keeps the MAIL: the next MAIL would get 503 nested MAIL."""
     protocol = ready_protocol()
     for verb, line in [(Verb.MAIL, "MAIL FROM:<>"), (Verb.RCPT, "RCPT TO:<x@y>"), (Verb.DATA, "DATA")]:
         protocol.send(verb, line)
     protocol.receive(b"250 ok\r\n550 no\r\n554 5.5.1 No valid recipients\r\n")
-    assert protocol.state is State.READY
+    assert protocol.state is State.NEEDS_RESET and protocol.ending is Ending.RESET
     with pytest.raises(ClientUsageError):
         protocol.body(b"x")
+    with pytest.raises(ClientUsageError):
+        protocol.send(Verb.MAIL, "MAIL FROM:<b@c>")
+    protocol.send(Verb.RSET, "RSET")
+    with pytest.raises(ClientUsageError):  # not before the 250 to RSET is in
+        protocol.send(Verb.MAIL, "MAIL FROM:<b@c>")
+    protocol.receive(b"250 2.0.0 reset\r\n")
+    assert protocol.ending is Ending.REUSE
+    protocol.send(Verb.MAIL, "MAIL FROM:<b@c>")
 
 
 def test_unsolicited_reply_is_a_protocol_error():

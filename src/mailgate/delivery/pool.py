@@ -17,6 +17,7 @@ from collections.abc import Hashable
 from mailgate.smtp.client import (
     ClientProtocol,
     ClientUsageError,
+    Ending,
     Extensions,
     PeerProtocolError,
     ReplyEvent,
@@ -84,10 +85,10 @@ class SmtpConnection:
 
     @property
     def usable(self) -> bool:
-        """Idle, between transactions, and not closed by the peer as far as we can tell."""
+        """Ready for MAIL as the protocol state machine sees it (the only judge of that), and not
+        closed by the peer as far as we can tell."""
         return (
-            self.protocol.state is State.READY
-            and self.protocol.outstanding == 0
+            self.protocol.ending is Ending.REUSE
             and not self._events
             and not self._reader.at_eof()
             and not self._writer.is_closing()

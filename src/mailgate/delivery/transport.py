@@ -11,9 +11,12 @@ policy, pooling and per-recipient outcomes are the point here, not an afterthoug
 
 Failure rules: anything before MAIL (refused connection, 4xx or 5xx greeting, EHLO and HELO
 refused, STARTTLS required but missing, TLS handshake or certificate failure, AUTH refused)
-moves on to the next candidate; once MAIL is sent, a lost connection or time-out defers every
-recipient without a final reply (the message may be half-sent; no other candidate is tried in
-the same attempt). A failed TLS handshake under policy "may" is not retried in clear text on the
+moves on to the next candidate; once MAIL is sent, a lost connection, a time-out or a reply that
+does not fit its command (`smtp.client.OutOfStepError`, e.g. a 503) defers every recipient
+without a final reply and closes the connection (the message may be half-sent; no other
+candidate is tried in the same attempt). A pooled connection that fails that way before its
+first reply is replaced once by a fresh one. Whether a connection goes back to the pool is the
+protocol's `ending`: RSET first when a transaction may be open, close on any doubt. A failed TLS handshake under policy "may" is not retried in clear text on the
 same host: the next candidate is tried, and the message is deferred if none is left.
 """
 
@@ -30,7 +33,7 @@ from mailgate.core.envelope import Recipient, Ret
 from mailgate.core.reply import MESSAGE_TOO_BIG, NEEDS_SMTPUTF8, Reply
 from mailgate.core.status import Outcome, classify
 from mailgate.delivery.pool import ConnectionPool, SmtpConnection
-from mailgate.smtp.client import PeerProtocolError, State, Verb, mail_command, parse_ehlo, rcpt_command
+from mailgate.smtp.client import Ending, PeerProtocolError, State, Verb, mail_command, parse_ehlo, rcpt_command
 
 TLS_MODES = ("none", "may", "encrypt", "verify")
 
@@ -196,11 +199,12 @@ class SmtpTransport:
         remote = f"dns; {candidate.host}"
         try:
             await self._transaction(connection, message, remote, reused=reused)
-        except _StaleConnection:
-            raise
+            await self._end_transaction(connection)
         except (OSError, asyncio.IncompleteReadError, TimeoutError, PeerProtocolError) as error:
             connection.abort()
             if reused and connection.replies_received == replies_before:
+                # Dead, or out of step (e.g. a 503 to MAIL): the connection's fault, not the
+                # message's; retried once, transparently, on a fresh connection.
                 raise _StaleConnection from error
             reply = _failure_reply(error, candidate, "during the transaction")
             for index, _ in message.recipients:
@@ -209,8 +213,18 @@ class SmtpTransport:
             connection.abort()  # e.g. the body iterator failed: the connection is mid-DATA
             raise
         else:
-            self._pool.put(key, connection)
+            self._pool.put(key, connection)  # the pool takes it only if the protocol says REUSE
         return AttemptResult(dict(message.outcomes), candidate.host, connection.tls)
+
+    async def _end_transaction(self, connection: SmtpConnection) -> None:
+        """RSET when the protocol says a transaction may still be open (RFC 5321 §4.1.1.5). Every
+        outcome is already known, so a failure here only closes the connection."""
+        if connection.protocol.ending is not Ending.RESET:
+            return
+        try:
+            await connection.command(Verb.RSET, "RSET", self._timeouts.mail)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, PeerProtocolError):
+            connection.abort()
 
     async def _open(self, candidate: Candidate, policy: HopPolicy) -> SmtpConnection:
         source = policy.source_address6 if ":" in candidate.address else policy.source_address
@@ -269,8 +283,8 @@ class SmtpTransport:
     async def _start_tls(self, connection: SmtpConnection, candidate: Candidate, policy: HopPolicy) -> None:
         event = await connection.command(Verb.STARTTLS, "STARTTLS", self._timeouts.mail)
         if event.reply.code != 220:
-            if policy.tls == "may":
-                return  # opportunistic: the session is still usable in clear text
+            if policy.tls == "may" and connection.protocol.state is State.READY:
+                return  # opportunistic: the session is still usable in clear text (not after 421)
             raise _NextCandidate(_refused(candidate, "refused STARTTLS with", event.reply, "4.7.0"))
         verify = policy.tls == "verify"
         context = self._tls_context(verify, policy.ca_file)
@@ -319,7 +333,10 @@ class SmtpTransport:
             raise _NextCandidate(_refused(candidate, "refused AUTH with", event.reply, "4.7.8"))
 
     async def _transaction(self, connection: SmtpConnection, message: _Message, remote: str, *, reused: bool) -> None:
-        """MAIL, RCPT for every recipient, DATA and the body; fills `message.outcomes`."""
+        """MAIL, RCPT for every recipient, DATA and the body; fills `message.outcomes`. What is
+        sent next, and whether anything may be, is the protocol's call: it refuses a body after a
+        refused MAIL or with no recipient accepted, and raises `OutOfStepError` for a reply that
+        does not fit (both end up as a deferral and a closed connection in `_run`)."""
         extensions = connection.extensions
         if message.smtputf8 and not extensions.has("SMTPUTF8"):
             return self._fail_all(message, NEEDS_SMTPUTF8, remote)  # RFC 6531 §3.7.5
@@ -340,33 +357,29 @@ class SmtpTransport:
         )
         connection.queue_command(Verb.MAIL, mail_line, utf8=utf8)
         lines = [rcpt_command(recipient, extensions) for _, recipient in message.recipients]
-        if extensions.has("PIPELINING"):
+        pipelined = extensions.has("PIPELINING")
+        if pipelined:
             for line in lines:  # RFC 2920 §3.1: MAIL, RCPTs and DATA in one write
                 connection.queue_command(Verb.RCPT, line, utf8=utf8)
             connection.queue_command(Verb.DATA, "DATA")
-            await connection.flush(self._timeouts.mail)
-        else:
-            await connection.flush(self._timeouts.mail)
+        await connection.flush(self._timeouts.mail)
         mail = (await connection.next_reply(self._timeouts.mail)).reply
         if reused and mail.code == 421:
             raise _StaleConnection  # the server timed the idle connection out (RFC 5321 §3.8)
         accepted = await self._recipients(connection, message, lines, mail, remote)
         if connection.protocol.state is State.CLOSED:
             return None  # a 421 ended the session; every recipient already has its outcome
-        if extensions.has("PIPELINING"):
+        if pipelined:
             data = (await connection.next_reply(self._timeouts.data_initiation)).reply
         elif accepted:
             data = (await connection.command(Verb.DATA, "DATA", self._timeouts.data_initiation)).reply
         else:
-            if mail.is_positive:  # nothing to send: close the transaction (RFC 5321 §4.1.1.5)
-                await connection.command(Verb.RSET, "RSET", self._timeouts.mail)
-            return None
+            return None  # nothing to send: `_end_transaction` resets (RFC 5321 §4.1.1.5)
         if data.code != 354:
             for index in accepted:
                 message.outcomes[index] = classify(data, remote)
             return None
-        # With PIPELINING a server may say 354 though no RCPT succeeded: send an empty body.
-        final = await self._send_body(connection, message if accepted else None)
+        final = await self._send_body(connection, message)
         for index in accepted:
             message.outcomes[index] = classify(final, remote)
         return None
@@ -392,19 +405,18 @@ class SmtpTransport:
             if reply.is_positive:
                 accepted.append(index)
             else:
-                message.outcomes[index] = classify(reply, remote)
+                message.outcomes[index] = classify(_as_rcpt_refusal(reply), remote)
         if verdict is not None and verdict.code == 421:
             for index in accepted:
                 message.outcomes[index] = classify(verdict, remote)
             return []
         return accepted
 
-    async def _send_body(self, connection: SmtpConnection, message: _Message | None) -> Reply:
-        if message is not None:
-            async for chunk in message.body():
-                connection.queue_bytes(connection.protocol.body(chunk, crlf_clean=message.crlf_clean))
-                if len(chunk) >= BODY_FLUSH_SIZE:  # small messages go out with the final dot
-                    await connection.flush(self._timeouts.data_block)
+    async def _send_body(self, connection: SmtpConnection, message: _Message) -> Reply:
+        async for chunk in message.body():
+            connection.queue_bytes(connection.protocol.body(chunk, crlf_clean=message.crlf_clean))
+            if len(chunk) >= BODY_FLUSH_SIZE:  # small messages go out with the final dot
+                await connection.flush(self._timeouts.data_block)
         connection.queue_bytes(connection.protocol.end_of_data())
         await connection.flush(self._timeouts.data_block)
         return (await connection.next_reply(self._timeouts.data_termination)).reply
@@ -413,6 +425,14 @@ class SmtpTransport:
     def _fail_all(message: _Message, reply: Reply, remote: str) -> None:
         for index, _ in message.recipients:
             message.outcomes[index] = classify(reply, remote)
+
+
+def _as_rcpt_refusal(reply: Reply) -> Reply:
+    """RFC 5321 §4.5.3.1.10: clients treat a 552 to RCPT (the old "too many recipients") as the
+    temporary 452 it stands for."""
+    if reply.code != 552:
+        return reply
+    return Reply(452, "4" + reply.enhanced[1:] if reply.enhanced else "", reply.text)
 
 
 def _b64(text: str) -> str:

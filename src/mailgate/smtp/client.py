@@ -63,14 +63,24 @@ class State(Enum):
 
     GREETING = "greeting"  # waiting for 220
     NEED_HELLO = "need hello"  # after greeting or TLS handshake (RFC 3207 §4.2)
-    READY = "ready"  # no transaction open
+    READY = "ready"  # no transaction open: the only state in which MAIL may be sent
     IN_MAIL = "in mail"  # MAIL sent
     IN_RCPT = "in rcpt"  # at least one RCPT sent
     DATA_SENT = "data sent"  # waiting for 354
-    BODY = "body"  # 354 received, body being streamed
+    BODY = "body"  # 354 received after an accepted MAIL and RCPT: the body is being streamed
+    NEEDS_RESET = "needs reset"  # the transaction ended without a 250 to the final dot: RSET
     TLS_HANDSHAKE = "tls handshake"  # 220 to STARTTLS received; the driver must wrap the socket
     AUTH_CHALLENGE = "auth challenge"  # 334 received
+    BROKEN = "broken"  # a reply did not fit its command: nothing more may be sent, only closed
     CLOSED = "closed"
+
+
+class Ending(Enum):
+    """What the driver must do with the connection once it stops using it."""
+
+    REUSE = "reuse"  # ready for MAIL, nothing outstanding: it may go back to the pool
+    RESET = "reset"  # a transaction may be open at the server: RSET first, then ask again
+    CLOSE = "close"  # anything else, or any doubt
 
 
 # What may be sent in each state, and the state it leads to (optimistically: with PIPELINING a
@@ -93,13 +103,40 @@ _SEND_TABLE: dict[State, dict[Verb, State]] = {
         Verb.RSET: State.READY,
         Verb.QUIT: State.CLOSED,
     },
+    State.NEEDS_RESET: {Verb.RSET: State.READY, Verb.QUIT: State.CLOSED},
     State.DATA_SENT: {},
     State.BODY: {},  # body() and end_of_data(), not send()
     State.AUTH_CHALLENGE: {Verb.AUTH_RESPONSE: State.READY},
     State.GREETING: {},
     State.TLS_HANDSHAKE: {},
+    State.BROKEN: {},
     State.CLOSED: {},
 }
+
+# The positive replies that fit each command (RFC 5321 §4.3.2, RFC 3207 §4, RFC 4954 §4); any
+# 4yz or 5yz fits too, except 503 "bad sequence of commands" (see `_in_step`).
+_POSITIVE_REPLIES: dict[Verb, frozenset[int]] = {
+    Verb.GREETING: frozenset({220}),
+    Verb.EHLO: frozenset({250}),
+    Verb.HELO: frozenset({250}),
+    Verb.STARTTLS: frozenset({220}),
+    Verb.AUTH: frozenset({235, 334}),
+    Verb.AUTH_RESPONSE: frozenset({235, 334}),
+    Verb.MAIL: frozenset({250}),
+    Verb.RCPT: frozenset({250, 251}),
+    Verb.DATA: frozenset({354}),
+    Verb.END_OF_DATA: frozenset({250}),
+    Verb.RSET: frozenset({250}),
+    Verb.NOOP: frozenset({250}),
+    Verb.QUIT: frozenset({221}),
+}
+BAD_SEQUENCE = 503  # RFC 5321 §4.2.2
+
+
+class OutOfStepError(PeerProtocolError):
+    """A reply that does not fit the command it answers, or a 503 where our sequence was right:
+    the two sides no longer agree on the session's state (the connection's fault, not the
+    recipient's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +297,11 @@ class ClientProtocol:
 
     `send(verb, line)` gives the bytes to write; `receive(data)` gives `ReplyEvent`s in the order
     of the commands they answer. Several commands may be outstanding (PIPELINING, RFC 2920 §3.1).
+    It alone decides whether the connection may carry another transaction (`ending`), and it
+    refuses, as a `ClientUsageError`, the two sends that harm mail: a MAIL while a transaction may
+    still be open at the server, and a body (even an empty one) unless this transaction's MAIL
+    and at least one RCPT were accepted and DATA got 354. A reply that does not fit the command
+    it answers raises `OutOfStepError` and leaves the protocol BROKEN.
     """
 
     def __init__(self) -> None:
@@ -267,17 +309,41 @@ class ClientProtocol:
         self._parser = ReplyParser()
         self._pending: deque[Verb] = deque([Verb.GREETING])
         self._body = BodyEncoder()
+        self._mail_accepted: bool | None = None  # this transaction's MAIL reply; None: not yet
+        self._rcpt_accepted = 0  # RCPTs of this transaction answered 2yz
 
     @property
     def outstanding(self) -> int:
         """Commands sent (or the greeting) whose reply has not arrived yet."""
         return len(self._pending)
 
+    @property
+    def ending(self) -> Ending:
+        """Back to the pool only when ready for MAIL (after a 250 to the final dot, to RSET or to
+        EHLO) with nothing outstanding; RSET when a transaction may be open; otherwise close."""
+        if self._pending:
+            return Ending.CLOSE
+        if self.state is State.READY:
+            return Ending.REUSE
+        if self.state in (State.IN_MAIL, State.IN_RCPT, State.NEEDS_RESET):
+            return Ending.RESET
+        return Ending.CLOSE
+
     def send(self, verb: Verb, line: str, *, utf8: bool = False) -> bytes:
         allowed = _SEND_TABLE[self.state]
         if verb not in allowed:
             raise ClientUsageError(f"{verb.value} may not be sent in state {self.state.value}")
+        if verb is Verb.MAIL and self._pending:
+            # RFC 5321 §4.1.4: a MAIL inside an open transaction is a sequence error; until the
+            # reply that ended the last one (or the EHLO/RSET reply) is in, one may be open.
+            raise ClientUsageError("MAIL before the previous command was answered")
+        if verb in (Verb.RCPT, Verb.DATA) and self._mail_accepted is False:
+            raise ClientUsageError(f"{verb.value} after a refused MAIL")
+        if verb is Verb.DATA and self._answered_rcpts_all_refused():
+            raise ClientUsageError("DATA with every recipient refused")
         data = encode_command(line, utf8=utf8)
+        if verb is Verb.MAIL:
+            self._mail_accepted, self._rcpt_accepted = None, 0
         self.state = allowed[verb]
         self._pending.append(verb)
         return data
@@ -304,6 +370,9 @@ class ClientProtocol:
             if not self._pending:
                 raise PeerProtocolError(f"unsolicited reply: {reply}")
             verb = self._pending.popleft()
+            if self.state not in (State.CLOSED, State.BROKEN) and not self._in_step(verb, reply):
+                self.state = State.BROKEN
+                raise OutOfStepError(f"{reply} does not answer {verb.value} in this session's state")
             self._after_reply(verb, reply)
             events.append(ReplyEvent(verb, reply))
         if self.state is State.TLS_HANDSHAKE and self._parser.has_pending_input:
@@ -317,9 +386,29 @@ class ClientProtocol:
             raise ClientUsageError("no STARTTLS was accepted")
         self.state = State.NEED_HELLO
 
+    def _answered_rcpts_all_refused(self) -> bool:
+        """Every RCPT sent so far is answered and none was accepted (no DATA to send then)."""
+        return self._rcpt_accepted == 0 and Verb.RCPT not in self._pending and self.state is State.IN_RCPT
+
+    def _in_step(self, verb: Verb, reply: Reply) -> bool:
+        if reply.code == 421:  # RFC 5321 §3.8: the server may close at any step
+            return True
+        if verb in (Verb.RCPT, Verb.DATA) and self._mail_accepted is False:
+            # RFC 2920 §3.1: behind a refused MAIL, the pipelined RCPTs and DATA must fail too.
+            return not reply.is_positive
+        if verb is Verb.DATA and reply.code == 354:
+            return bool(self._mail_accepted) and self._rcpt_accepted > 0  # else the body goes nowhere
+        if verb is Verb.DATA and reply.code == BAD_SEQUENCE:
+            return self._rcpt_accepted == 0  # "no valid recipients" as some servers word it
+        if not reply.is_positive:
+            return reply.code != BAD_SEQUENCE
+        return reply.code in _POSITIVE_REPLIES[verb]
+
     def _after_reply(self, verb: Verb, reply: Reply) -> None:
-        if reply.code == 421:  # RFC 5321 §3.8: the server is closing the channel
+        if reply.code == 421 or verb is Verb.QUIT:  # RFC 5321 §3.8: the server is closing
             self.state = State.CLOSED
+        elif self.state in (State.CLOSED, State.BROKEN):
+            return
         elif verb is Verb.GREETING:
             self.state = State.NEED_HELLO if reply.code == 220 else State.CLOSED
         elif verb in (Verb.EHLO, Verb.HELO) and not reply.is_positive:
@@ -328,10 +417,18 @@ class ClientProtocol:
             self.state = State.TLS_HANDSHAKE
         elif verb in (Verb.AUTH, Verb.AUTH_RESPONSE) and reply.code == 334:
             self.state = State.AUTH_CHALLENGE
+        elif verb is Verb.MAIL:
+            self._mail_accepted = reply.is_positive
+            if not reply.is_positive and self.state is State.IN_MAIL:
+                self.state = State.NEEDS_RESET  # nothing behind it: end the transaction now
+        elif verb is Verb.RCPT:
+            self._rcpt_accepted += reply.is_positive
         elif verb is Verb.DATA:
-            self.state = State.BODY if reply.code == 354 else State.READY
-        elif verb is Verb.MAIL and not reply.is_positive and self.state is State.IN_MAIL:
-            self.state = State.READY
+            self.state = State.BODY if reply.code == 354 else State.NEEDS_RESET
+        elif verb is Verb.END_OF_DATA and not reply.is_positive:
+            self.state = State.NEEDS_RESET  # RFC 5321 §4.1.1.4 clears it; RSET makes it certain
+        elif verb is Verb.RSET and not reply.is_positive:
+            self.state = State.BROKEN  # the server cannot even reset: close
 
 
 class BodyEncoder:
