@@ -367,7 +367,7 @@ class SmtpTransport:
         if reused and mail.code == 421:
             raise _StaleConnection  # the server timed the idle connection out (RFC 5321 §3.8)
         accepted = await self._recipients(connection, message, lines, mail, remote)
-        if connection.protocol.state is State.CLOSED:
+        if connection.protocol.state is State.CLOSED and not accepted:
             return None  # a 421 ended the session; every recipient already has its outcome
         if pipelined:
             data = (await connection.next_reply(self._timeouts.data_initiation)).reply
@@ -405,7 +405,7 @@ class SmtpTransport:
             if reply.is_positive:
                 accepted.append(index)
             else:
-                message.outcomes[index] = classify(_as_rcpt_refusal(reply), remote)
+                message.outcomes[index] = classify(reply if reply is verdict else _as_rcpt_refusal(reply), remote)
         if verdict is not None and verdict.code == 421:
             for index in accepted:
                 message.outcomes[index] = classify(verdict, remote)
