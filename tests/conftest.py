@@ -13,6 +13,8 @@ import socket
 import pytest
 import trustme
 
+from tests.support import peers
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -34,6 +36,22 @@ def unavailable(reason: str) -> None:
     if os.environ.get("MAILGATE_REQUIRE_E2E"):
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In CI every real peer capability must be there: stop at once with one line naming the
+    missing Debian package, rather than failing tests one by one with a peer's own message."""
+    if os.environ.get("MAILGATE_REQUIRE_E2E"):
+        absent = peers.missing()
+        if absent:
+            pytest.exit(peers.describe(absent), returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+def require_capabilities(capabilities: tuple[peers.Capability, ...]) -> None:
+    """Skip locally, fail in CI, when a capability a test uses is missing (one line, the package)."""
+    absent = peers.missing(capabilities)
+    if absent:
+        unavailable(peers.describe(absent))
 
 
 @pytest.fixture(scope="session")

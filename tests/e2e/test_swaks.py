@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from mailgate.auth.store import FileUserStore
-from tests.conftest import require_binary
-from tests.support import swaks
+from tests.conftest import require_binary, require_capabilities
+from tests.support import peers, swaks
 from tests.support.mailgate_server import InProcessMailgate
 from tests.support.receiving import (
     EXTERNAL, HOSTED, UNTRUSTED_SOURCE, config_text, only_message, queued, split_received,
@@ -56,6 +56,7 @@ def test_plain_message_to_a_hosted_domain(mailgate: InProcessMailgate) -> None:
 def test_starttls_verified_and_auth_plain_on_submission(
     mailgate: InProcessMailgate, tls_files: dict[str, str]
 ) -> None:
+    require_capabilities(peers.SWAKS_TLS)
     result = swaks.run_swaks(
         "127.0.0.1", mailgate.port("submission"), sender=f"{USER}@{HOSTED}",
         recipients=[f"friend@{EXTERNAL}"], tls="starttls", ca_file=tls_files["ca"], body=BODY,

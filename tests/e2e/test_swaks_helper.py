@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.conftest import free_port, require_binary
-from tests.support import postfix, swaks
+from tests.conftest import free_port, require_binary, require_capabilities
+from tests.support import peers, postfix, swaks
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -38,6 +38,7 @@ def test_plain_transaction_is_delivered(receiver: postfix.PostfixInstance) -> No
 def test_starttls_with_certificate_verification(
     receiver: postfix.PostfixInstance, tls_files: dict[str, str]
 ) -> None:
+    require_capabilities(peers.SWAKS_TLS)
     result = swaks.run_swaks(
         receiver.host,
         receiver.port,
@@ -58,6 +59,7 @@ def test_starttls_with_certificate_verification(
 def test_untrusted_ca_fails_the_tls_step(
     receiver: postfix.PostfixInstance, tmp_path: Path
 ) -> None:
+    require_capabilities(peers.SWAKS_TLS)
     stranger_ca = tmp_path / "stranger-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(stranger_ca))
 

@@ -1,0 +1,54 @@
+"""What the end-to-end tests need from the machine, and the Debian package that provides each.
+
+Owns: the list of peer capabilities (a binary, a Perl module swaks loads for TLS) with the
+package that brings it, and checking them. scripts/install-peers installs the same list.
+Must NOT: install anything (install-peers does, as root) or start a peer.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Capability:
+    what: str  # as a person would name it
+    package: str  # the Debian package that provides it
+    binary: str | None = None
+    perl_module: str | None = None
+
+    def present(self) -> bool:
+        if self.binary is not None:
+            return os.access(self.binary, os.X_OK)
+        try:
+            result = subprocess.run(["perl", f"-M{self.perl_module}", "-e1"], capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return result.returncode == 0
+
+
+SWAKS_TLS = (
+    Capability("Perl module Net::SSLeay (swaks --tls)", "libnet-ssleay-perl", perl_module="Net::SSLeay"),
+    Capability("Perl module IO::Socket::SSL (swaks --tls)", "libio-socket-ssl-perl", perl_module="IO::Socket::SSL"),
+)
+CAPABILITIES = (
+    Capability("postfix", "postfix", binary="/usr/sbin/postfix"),
+    Capability("swaks", "swaks", binary="/usr/bin/swaks"),
+    *SWAKS_TLS,
+    Capability("clamd", "clamav-daemon", binary="/usr/sbin/clamd"),
+    Capability("rspamd", "rspamd", binary="/usr/bin/rspamd"),
+    Capability("opendkim-testmsg", "opendkim-tools", binary="/usr/sbin/opendkim-testmsg"),
+)
+
+
+def missing(capabilities: tuple[Capability, ...] = CAPABILITIES) -> list[Capability]:
+    return [capability for capability in capabilities if not capability.present()]
+
+
+def describe(absent: list[Capability]) -> str:
+    """One line naming what is missing and the packages to install."""
+    packages = " ".join(capability.package for capability in absent)
+    whats = ", ".join(capability.what for capability in absent)
+    return f"missing real peer capability: {whats}; install Debian package(s): {packages} (sh scripts/install-peers as root)"
