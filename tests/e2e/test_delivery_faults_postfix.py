@@ -60,15 +60,6 @@ def arrived(receiver) -> dict[str, list[email.message.Message]]:
     return found
 
 
-def wait_for(predicate, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 def recipient_states(mailgate: MailgateProcess) -> dict[str, str]:
     """address -> state of every recipient of the messages still in mailgate's queue."""
     result = subprocess.run(
@@ -107,9 +98,10 @@ def test_postfix_refusals_harm_only_their_own_message(tmp_path: Path) -> None:
                 send(port, sender, recipients, name)
                 time.sleep(0.3)  # one at a time, so each finds the connection the last one left
             expected = {f"<{name}@sender.test>" for name in ("next1", "next2", "next3", "next4", "next5", "mixed")}
-            assert wait_for(lambda: expected <= set(arrived(hop)), 90), (arrived(hop).keys(), mailgate.log())
+            hop.wait_delivered(len(expected), timeout=90)
+            assert expected <= set(arrived(hop)), (arrived(hop).keys(), mailgate.log())
             # Bounces: refused@ twice (only-refused, mixed) and the DATA refusal: three DSNs.
-            assert wait_for(lambda: len(senders_mx.delivered()) >= 3, 90), mailgate.log()
+            assert len(senders_mx.wait_delivered(3, timeout=90)) >= 3, mailgate.log()
             time.sleep(3)  # retries of the deferred ones run meanwhile (retry_schedule 1s)
             delivered = arrived(hop)
             assert set(delivered) == expected, "a refused message arrived, or a bounce went to the hop"

@@ -74,16 +74,17 @@ class FaultHop:
 
     async def __aenter__(self) -> FaultHop:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        (self.port,) = {sock.getsockname()[1] for sock in self._server.sockets}
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
+        if self._server is not None:
+            self._server.close()
+            sessions = list(self._tasks)  # stalled ones sleep until cancelled here
+            for session in sessions:
+                session.cancel()
+            await asyncio.gather(*sessions, return_exceptions=True)
+            await self._server.wait_closed()
 
     def _fault_at(self, step: str) -> Fault | None:
         self._seen[step] = self._seen.get(step, 0) + 1
@@ -143,52 +144,59 @@ class _Session:
             await self.dispatch(verb.upper(), argument)
 
     async def dispatch(self, verb: str, argument: str) -> None:
-        if verb in ("EHLO", "HELO"):
-            self.reset()  # RFC 5321 §4.1.4: EHLO clears the transaction
-            keywords = self.hop.keywords + (["STARTTLS"] if self.hop.tls_context and not self.tls else [])
-            text = "\n".join(["hop.test", *keywords]) if verb == "EHLO" else "hop.test"
-            await self.answer("EHLO", Reply(250, "", text))
-        elif verb == "STARTTLS" and self.hop.tls_context is not None and not self.tls:
-            reply = await self.answer("STARTTLS", Reply(220, "2.0.0", "Ready to start TLS"))
-            if reply.code == 220:
-                await self.writer.start_tls(self.hop.tls_context)
-                self.tls = True
-                self.reset()
-        elif verb == "MAIL":
-            await self.mail(argument)
-        elif verb == "RCPT":
-            await self.rcpt(argument)
-        elif verb == "DATA":
-            await self.data()
-        elif verb == "RSET":
-            if (await self.answer("RSET", Reply(250, "2.0.0", "Ok"))).is_positive:
-                self.reset()
-        elif verb == "NOOP":
-            self.writer.write(Reply(250, "2.0.0", "Ok").encode())
-        elif verb == "QUIT":
-            await self.answer("QUIT", Reply(221, "2.0.0", "Bye"))
-            raise _Closed
-        else:  # BDAT included: mailgate's client must not send what it does not implement
-            self.writer.write(Reply(502, "5.5.1", "Command not implemented").encode())
+        handlers = {
+            "EHLO": self.hello, "HELO": self.hello, "STARTTLS": self.starttls, "MAIL": self.mail,
+            "RCPT": self.rcpt, "DATA": self.data, "RSET": self.rset, "NOOP": self.noop, "QUIT": self.quit,
+        }
+        await handlers.get(verb, self.not_implemented)(verb, argument)
+
+    async def hello(self, verb: str, _: str) -> None:
+        self.reset()  # RFC 5321 §4.1.4: EHLO clears the transaction
+        keywords = self.hop.keywords + (["STARTTLS"] if self.hop.tls_context and not self.tls else [])
+        text = "\n".join(["hop.test", *keywords]) if verb == "EHLO" else "hop.test"
+        await self.answer("EHLO", Reply(250, "", text))
+
+    async def starttls(self, verb: str, argument: str) -> None:
+        if self.hop.tls_context is None or self.tls:
+            return await self.not_implemented(verb, argument)
+        if (await self.answer("STARTTLS", Reply(220, "2.0.0", "Ready to start TLS"))).code == 220:
+            await self.writer.start_tls(self.hop.tls_context)
+            self.tls = True
+            self.reset()
+
+    async def rset(self, *_: str) -> None:
+        if (await self.answer("RSET", Reply(250, "2.0.0", "Ok"))).is_positive:
+            self.reset()
+
+    async def noop(self, *_: str) -> None:
+        self.writer.write(Reply(250, "2.0.0", "Ok").encode())
+
+    async def quit(self, *_: str) -> None:
+        await self.answer("QUIT", Reply(221, "2.0.0", "Bye"))
+        raise _Closed
+
+    async def not_implemented(self, *_: str) -> None:
+        # BDAT included: mailgate's client must not send what it does not implement.
+        self.writer.write(Reply(502, "5.5.1", "Command not implemented").encode())
 
     def reset(self) -> None:
         self.sender, self.recipients = None, []
 
-    async def mail(self, argument: str) -> None:
+    async def mail(self, _: str, argument: str) -> None:
         if self.sender is not None:
             self.writer.write(Reply(503, "5.5.1", "Error: nested MAIL command").encode())
             return
         if (await self.answer("MAIL", Reply(250, "2.1.0", "Ok"))).is_positive:
             self.sender = _path(argument)
 
-    async def rcpt(self, argument: str) -> None:
+    async def rcpt(self, _: str, argument: str) -> None:
         if self.sender is None:
             self.writer.write(Reply(503, "5.5.1", "Error: need MAIL command").encode())
             return
         if (await self.answer("RCPT", Reply(250, "2.1.5", "Ok"))).is_positive:
             self.recipients.append(_path(argument))
 
-    async def data(self) -> None:
+    async def data(self, *_: str) -> None:
         if self.sender is None:
             self.writer.write(Reply(503, "5.5.1", "Error: need RCPT command").encode())
             return
