@@ -194,7 +194,7 @@ def build_screener(config: Config) -> Screener | None:
     if not rules and not av and not spam:
         return None
     try:
-        return Screener.from_config(rules, av, spam)
+        return Screener.from_config(rules, av, spam, vars(config.screen))
     except ScreenConfigError as exc:
         raise StartupError("\n".join(e.replace("screen.rule", "screen_rule") for e in exc.errors)) from None
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import email.message
 import io
 from pathlib import Path
 
 import pytest
 
-from mailgate.screen import leaf, mime
+from mailgate.screen import bounds, leaf, mime
 from mailgate.screen.mime import LeafPart, Needs, WalkResult, root_headers, walk
 
 DATA = Path(__file__).parent.parent / "data" / "mime"
@@ -121,8 +122,49 @@ def test_nesting_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     data += b"Content-Type: multipart/mixed; boundary=c\r\n\r\n--c\r\nContent-Type: text/plain\r\n\r\nx\r\n--c--\r\n"
     data += b"--b--\r\n--a--\r\n"
     parts, result = _walk(data)
-    assert result.truncated
+    assert [(u.path, u.reason) for u in result.unseen] == [("1.1", "MIME nesting deeper than 2")]
     assert parts[-1].content_type == "multipart/mixed"  # opened no further: an opaque leaf
+
+
+def test_entity_limit_is_reported_unseen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mime, "MAX_ENTITIES", 3)
+    data = b"Content-Type: multipart/mixed; boundary=a\r\n\r\n"
+    data += b"".join(b"--a\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(5)) + b"--a--\r\n"
+    parts, result = _walk(data)
+    assert len(parts) == 2
+    assert [(u.path, u.reason) for u in result.unseen] == [("", "more than 3 MIME entities")]
+
+
+def test_text_past_the_limit_is_reported_unseen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(leaf, "MAX_TEXT_CHARS", 10)
+    _, result = _walk(b"Subject: t\r\n\r\n" + b"abcdefghij" * 50 + b"\r\n")
+    assert [(u.path, u.what) for u in result.unseen] == [("", frozenset({bounds.TEXT}))]
+
+
+def test_parameter_parsing_cost_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folded `name="` and a long run of `;` cost about a minute of CPU for 247 KB in the
+    `email` package's parameter parser (quadratic in the semicolons): such a field never reaches
+    the parser, and its part is reported unseen."""
+    parse = email.message._parseparam
+    seen: list[int] = []
+
+    def bounded_parse(text: str) -> list[str]:
+        seen.append(text.count(";"))
+        assert text.count(";") <= mime.MAX_PARAMS + 1 and len(text) <= mime.MAX_PARAM_FIELD + 1
+        return parse(text)
+
+    monkeypatch.setattr(email.message, "_parseparam", bounded_parse)
+    data = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+            b'Content-Type: application/octet-stream;\r\n name="' + b";" * 240_000 + b'"\r\n\r\nxx\r\n--b--\r\n')
+    parts, result = _walk(data)
+    assert [(u.path, u.reason) for u in result.unseen] == [("1", "content-type parameters too long")]
+    assert parts[0].names == [] and seen  # the parser ran, on bounded fields only
+
+
+def test_the_walk_stops_at_its_deadline() -> None:
+    deadline = bounds.Deadline(0)
+    with pytest.raises(bounds.ScreenTimeout):
+        walk(io.BytesIO(b"Subject: t\r\n\r\nbody\r\n"), Needs(text=True), lambda part: None, deadline)
 
 
 def test_text_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,7 +175,8 @@ def test_text_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_root_headers_reads_only_the_header_section() -> None:
     data = io.BytesIO(_sample("keywords.eml") + b"x" * (4 * mime.READ_CHUNK))
-    headers = root_headers(data)
+    headers, unseen = root_headers(data)
+    assert unseen == []
     assert leaf.decoded(headers["subject"]) == "Sie haben gewonnen: Glückwunsch!"
     assert data.tell() <= mime.READ_CHUNK
 

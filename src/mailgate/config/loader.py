@@ -46,6 +46,7 @@ class Config:
     domain: list[SimpleNamespace]
     delivery: SimpleNamespace
     dns: SimpleNamespace
+    screen: SimpleNamespace
     screen_rule: list[SimpleNamespace]
     antivirus: SimpleNamespace
     spam: SimpleNamespace

@@ -285,6 +285,26 @@ SCREEN_RULE = Section(
     array=True,
 )
 
+SCREEN = Section(
+    "screen",
+    "Bounds of the screening of one message (rules, clamd and rspamd together).",
+    (
+        Key("time_limit", Duration(minimum=1, maximum=3600), 60,
+            "Wall-clock time for the whole screening of one message, the MIME walk, every regular "
+            "expression search, clamd and rspamd included; past it the message was not fully inspected."),
+        Key("uninspected_action", Choice(choices=("strictest", "reject", "tempfail", "quarantine", "tag")),
+            "strictest",
+            "A message the screener could not fully inspect (MIME nesting or entity limits, zips "
+            "nested too deep, too big or encrypted, text past the body limit, a regular expression or "
+            "the time limit running out) where a rule could have matched: `strictest` acts as the "
+            "strictest such rule would (strip removes the part not inspected, or holds the message "
+            "when the time ran out); a scanner that did not answer in time is a tempfail. Logged as "
+            "\"not fully inspected\"."),
+        Key("workers", Integer(minimum=1, maximum=256), 4,
+            "Threads that screen messages, per worker process; separate from those that check passwords."),
+    ),
+)
+
 ANTIVIRUS = Section(
     "antivirus",
     "ClamAV's clamd, asked over its INSTREAM protocol for every message.",
@@ -412,8 +432,8 @@ METRICS = Section(
 )
 
 SECTIONS: tuple[Section, ...] = (
-    SERVER, LISTENER, RELAY, DOMAIN, DELIVERY, DNS, SCREEN_RULE, ANTIVIRUS, SPAM, LIMITS, DKIM, DKIM_KEY, AUTHENTICATION,
-    LOG, METRICS,
+    SERVER, LISTENER, RELAY, DOMAIN, DELIVERY, DNS, SCREEN, SCREEN_RULE, ANTIVIRUS, SPAM, LIMITS, DKIM, DKIM_KEY,
+    AUTHENTICATION, LOG, METRICS,
 )
 
 

@@ -5,6 +5,7 @@ in the raw message, size, sniffed kind, text, zip listing), `decoded` (header va
 raw 8-bit as UTF-8, RFC 2047 encoded words), `part_names` (RFC 2231 and RFC 2047 file names),
 `Decoder` (Content-Transfer-Encoding, RFC 2045 §6.7 quoted-printable and §6.8 base64, fed block
 by block) and `LeafSink` (keeps, within its limits, only what `Needs` asks for).
+`unseen_in` names what of a part its limits hid (bounds.py).
 Must not: find boundaries or read the message (mime.py does).
 
 Memory per part: `sniff.HEAD_BYTES` of head, `MAX_TEXT_CHARS` of text (only with a body rule), and
@@ -23,7 +24,8 @@ from email.header import decode_header, make_header
 from email.message import Message
 
 from mailgate.screen import sniff as sniffing
-from mailgate.screen.archives import ZipListing, list_zip
+from mailgate.screen.archives import MAX_DEPTH, MAX_ENTRIES, ZipListing, list_zip
+from mailgate.screen.bounds import TEXT, ZIP_KINDS, ZIP_NAMES, Unseen
 
 MAX_TEXT_CHARS = 1024 * 1024  # decoded text kept per part for body rules
 ZIP_MEMORY_BYTES = 1024 * 1024
@@ -159,6 +161,11 @@ class LeafSink:
                 self._zip.write(data)
 
     @property
+    def text_cut(self) -> bool:
+        """Body rules see only the first `MAX_TEXT_CHARS` of this part's text."""
+        return self._text_decoder is not None and self._text_chars >= MAX_TEXT_CHARS
+
+    @property
     def wants_more(self) -> bool:
         """Whether any rule still needs this part's decoded bytes."""
         return (self._needs.size or len(self._head) < sniffing.HEAD_BYTES or self._zip is not None
@@ -183,3 +190,22 @@ class LeafSink:
                 self._zip.seek(0)
                 part.zip = list_zip(self._zip)  # type: ignore[arg-type]
             self._drop_zip()
+
+
+def unseen_in(part: LeafPart, sink: LeafSink) -> list[Unseen]:
+    """What of this part the limits hid from the rules (bounds.py)."""
+    unseen = []
+    if sink.text_cut:
+        unseen.append(Unseen(part.path, frozenset({TEXT}), f"text past {MAX_TEXT_CHARS} characters"))
+    zip_limit = None
+    if part.zip_too_big:
+        zip_limit = f"zip over {MAX_ZIP_BYTES} bytes"
+    elif part.zip is not None and part.zip.truncated:
+        zip_limit = f"zip nested deeper than {MAX_DEPTH} or over {MAX_ENTRIES} entries"
+    elif part.zip is not None and part.zip.unreadable:
+        zip_limit = "zip unreadable"
+    if zip_limit is not None:
+        unseen.append(Unseen(part.path, frozenset({ZIP_NAMES, ZIP_KINDS}), zip_limit))
+    elif part.zip is not None and part.zip.encrypted:
+        unseen.append(Unseen(part.path, frozenset({ZIP_KINDS}), "encrypted zip entries"))
+    return unseen

@@ -9,6 +9,13 @@ when a rule needs them, decoded text and the names inside a zip. Also returns th
 section (for subject and header rules) and every entity's byte range.
 Must not: decide anything (rules do), or hold a whole message or a whole part in memory.
 
+Nothing past a bound passes unseen: every place a limit stops the walk is reported in
+`WalkResult.unseen` (bounds.py), and the walk stops with `ScreenTimeout` at its deadline (checked
+at every read). Parameter parsing cost is bounded too: the `email` package's parameter parser
+is quadratic in the semicolons of a quoted value, so a Content-Type or Content-Disposition field
+longer than `MAX_PARAM_FIELD` or with more than `MAX_PARAMS` semicolons is not parsed; its entity
+is reported unseen.
+
 Memory bounds, whatever the message size: one read buffer (`READ_CHUNK` plus a line piece of
 at most `MAX_LINE`), one entity's header section (`MAX_HEADER_BYTES`), the boundary stack
 (`MAX_NESTING`), the entity table (`MAX_ENTITIES` small tuples), and one part's collected bytes
@@ -29,13 +36,17 @@ from dataclasses import dataclass, field
 from email.message import Message
 from typing import BinaryIO
 
-from mailgate.screen.leaf import Decoder, LeafPart, LeafSink, Needs, part_names
+from mailgate.screen.bounds import EVERYTHING, HEADERS, Deadline, Unseen
+from mailgate.screen.leaf import Decoder, LeafPart, LeafSink, Needs, part_names, unseen_in
 
 MAX_LINE = 64 * 1024  # longer lines are read in pieces (RFC 5322 §2.1.1 allows 998 octets)
 READ_CHUNK = 64 * 1024
 MAX_HEADER_BYTES = 256 * 1024  # per entity; the rest of an oversized section is skipped
 MAX_NESTING = 32  # multipart / message depth; deeper containers are treated as opaque leaves
 MAX_ENTITIES = 10_000  # past this many entities, containers are no longer opened
+MAX_PARAM_FIELD = 16 * 1024  # longest Content-Type / Content-Disposition whose parameters are parsed
+MAX_PARAMS = 100  # most semicolons in such a field (RFC 2231 §3 continuations included)
+_PARAM_FIELDS = ("content-type", "content-disposition")
 # compat32: several times faster than policy.default; the few values rules read are decoded
 # explicitly by `leaf.decoded` and `leaf.part_names`.
 _HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.compat32)
@@ -56,7 +67,7 @@ class WalkResult:
     root_headers: Message
     line_ending: bytes  # of the message's first line, for text that rewriting adds
     entities: dict[str, Entity] = field(default_factory=dict)  # by path, at most MAX_ENTITIES
-    truncated: bool = False  # nesting or entity limits left some containers unopened
+    unseen: list[Unseen] = field(default_factory=list)  # where a limit stopped the walk
 
 
 class _Reader:
@@ -64,8 +75,9 @@ class _Reader:
     `bulk()`: runs of whole lines that cannot hold a delimiter, so leaf bodies (nearly all of a
     message's bytes) are skipped or decoded in large blocks rather than line by line."""
 
-    def __init__(self, file: BinaryIO) -> None:
+    def __init__(self, file: BinaryIO, deadline: Deadline | None) -> None:
         self._file = file
+        self._deadline = deadline
         self._buffer = b""
         self._position = 0
         self._eof = False
@@ -80,6 +92,8 @@ class _Reader:
         """Append one read to the unread rest of the buffer; False at the end of the file."""
         if self._eof:
             return False
+        if self._deadline is not None:
+            self._deadline.check()
         chunk = self._file.read(READ_CHUNK)
         if not chunk:
             self._eof = True
@@ -160,16 +174,21 @@ def _boundary_of(line: bytes, boundaries: list[bytes]) -> bytes | None:
     return None
 
 class _Walker:
-    def __init__(self, file: BinaryIO, needs: Needs, on_part: Callable[[LeafPart], None]) -> None:
-        self._reader = _Reader(file)
+    def __init__(
+        self, file: BinaryIO, needs: Needs, on_part: Callable[[LeafPart], None],
+        deadline: Deadline | None = None,
+    ) -> None:
+        self._reader = _Reader(file, deadline)
         self._needs = needs
         self._on_part = on_part
         self.result: WalkResult | None = None
         self._started = 0  # entities begun, bounded by MAX_ENTITIES
+        self.unseen: list[Unseen] = []
 
-    def _headers(self, boundaries: list[bytes]) -> tuple[Message, bytes]:
+    def _headers(self, boundaries: list[bytes], path: str = "") -> tuple[Message, bytes]:
         """Read one header section up to its blank line (or a delimiter: then no body at all)."""
         kept = bytearray()
+        over = False
         first_ending = b""
         while True:
             line = self._reader.line()
@@ -183,14 +202,24 @@ class _Walker:
                 break
             if len(kept) + len(line) <= MAX_HEADER_BYTES:
                 kept += line
-        return _HEADER_PARSER.parsebytes(bytes(kept)), first_ending or b"\r\n"
+            else:
+                over = True
+        if over:
+            self.unseen.append(Unseen(path, EVERYTHING, f"header section over {MAX_HEADER_BYTES} bytes"))
+        headers = _HEADER_PARSER.parsebytes(bytes(kept))
+        for name in _PARAM_FIELDS:
+            if any(len(value) > MAX_PARAM_FIELD or value.count(";") > MAX_PARAMS
+                   for value in map(str, headers.get_all(name) or [])):
+                del headers[name]
+                self.unseen.append(Unseen(path, EVERYTHING - {HEADERS}, f"{name} parameters too long"))
+        return headers, first_ending or b"\r\n"
 
     def entity(self, path: str, boundaries: list[bytes], in_multipart: bool, default_type: str) -> None:
         self._started += 1
         start = self._reader.offset
-        headers, ending = self._headers(boundaries)
+        headers, ending = self._headers(boundaries, path)
         if self.result is None:
-            self.result = WalkResult(root_headers=headers, line_ending=ending)
+            self.result = WalkResult(root_headers=headers, line_ending=ending, unseen=self.unseen)
         result = self.result
         if "content-type" not in headers:
             headers.set_default_type(default_type)
@@ -203,7 +232,9 @@ class _Walker:
             self.entity(_child(path, 1), boundaries, False, "text/plain")
         else:
             if not openable and content_type.startswith(("multipart/", "message/")):
-                result.truncated = True
+                limit = f"MIME nesting deeper than {MAX_NESTING}" if depth >= MAX_NESTING else \
+                    f"more than {MAX_ENTITIES} MIME entities"
+                self.unseen.append(Unseen(path, EVERYTHING - {HEADERS}, limit))
             self._leaf(path, headers, content_type, start, boundaries, in_multipart)
         result.entities[path] = Entity(start, self._reader.end_of_entity(), in_multipart)
 
@@ -226,8 +257,7 @@ class _Walker:
                 self._skip_until(outer)
                 return
             if self._started >= MAX_ENTITIES:
-                assert self.result is not None
-                self.result.truncated = True
+                self.unseen.append(Unseen(path, EVERYTHING - {HEADERS}, f"more than {MAX_ENTITIES} MIME entities"))
                 self._skip_until(outer)
                 return
             index += 1
@@ -274,6 +304,7 @@ class _Walker:
             if sink.wants_more:
                 sink.feed(decoder.feed(held))
             sink.finish()
+            self.unseen += unseen_in(part, sink)
         self._on_part(part)
 
 
@@ -288,14 +319,18 @@ def _child(path: str, index: int) -> str:
     return f"{path}.{index}" if path else str(index)
 
 
-def root_headers(file: BinaryIO) -> Message:
-    """Only the root header section: for header rules when no rule needs the body."""
-    return _Walker(file, Needs(), lambda part: None)._headers([])[0]
+def root_headers(file: BinaryIO, deadline: Deadline | None = None) -> tuple[Message, list[Unseen]]:
+    """Only the root header section (and whether it was cut): for header rules when no rule
+    needs the body."""
+    walker = _Walker(file, Needs(), lambda part: None, deadline)
+    return walker._headers([])[0], walker.unseen
 
 
-def walk(file: BinaryIO, needs: Needs, on_part: Callable[[LeafPart], None]) -> WalkResult:
+def walk(
+    file: BinaryIO, needs: Needs, on_part: Callable[[LeafPart], None], deadline: Deadline | None = None,
+) -> WalkResult:
     """Walk the message in `file` from its start; `on_part` sees every leaf in order."""
-    walker = _Walker(file, needs, on_part)
+    walker = _Walker(file, needs, on_part, deadline)
     walker.entity("", [], False, "text/plain")
     assert walker.result is not None
     return walker.result

@@ -6,6 +6,11 @@ message needed), the root header section, and each MIME leaf (names, types, size
 decoded text). A rule matches when every match key it gives matches; within one key's list, any
 entry will do. The part-level keys (filename, extension, mime_type, sniffed_type, min_size) must
 all hold for the same part.
+Regular expressions are compiled with the `regex` module, whose searches take a time-out: each
+matcher takes `timeout` (seconds, None: unbounded) and lets `TimeoutError` out, so a catastrophic
+backtrack in an admin's expression stops, and the screener counts the rule as one that could have
+matched (bounds.py). `part_exposure`, `BODY_EXPOSURE` and `HEADER_EXPOSURE` say which blind
+spots of a walk each kind of key cannot see past.
 Must not: read messages (mime.py does) or decide between several matching rules (screener.py).
 """
 
@@ -19,7 +24,10 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 
+import regex
+
 from mailgate.core.address import AddressError, normalise_domain, parse_mailbox
+from mailgate.screen.bounds import HEADERS, PARTS, TEXT, ZIP_KINDS, ZIP_NAMES
 from mailgate.screen.leaf import LeafPart, decoded
 from mailgate.screen.sniff import known_names
 
@@ -71,14 +79,14 @@ class Match:
     sniffed_type: tuple[str, ...] = ()  # sniff.py kinds or categories ("executable", "zip")
     min_size: int | None = None  # decoded octets
     in_zip: bool = False  # filename, extension and sniffed_type also see names inside zips
-    subject: tuple[re.Pattern[str], ...] = ()
-    header: tuple[tuple[str, re.Pattern[str]], ...] = ()
-    body: tuple[re.Pattern[str], ...] = ()
+    subject: tuple[regex.Pattern[str], ...] = ()
+    header: tuple[tuple[str, regex.Pattern[str]], ...] = ()
+    body: tuple[regex.Pattern[str], ...] = ()
     sender: tuple[str, ...] = ()
     sender_domain: tuple[str, ...] = ()  # "example.com" exactly, ".example.com" its subdomains
     recipient: tuple[str, ...] = ()
     client: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    helo: tuple[re.Pattern[str], ...] = ()
+    helo: tuple[regex.Pattern[str], ...] = ()
 
     @property
     def has_part_keys(self) -> bool:
@@ -92,6 +100,20 @@ class Match:
     @property
     def needs_message(self) -> bool:
         return self.has_part_keys or self.has_header_keys or bool(self.body)
+
+    @property
+    def part_exposure(self) -> frozenset[str]:
+        """The blind spots (bounds.py) that could hide a part these part keys look for."""
+        seen = {PARTS}
+        if self.in_zip and (self.filename or self.extension):
+            seen.add(ZIP_NAMES)
+        if self.in_zip and self.sniffed_type:
+            seen.add(ZIP_KINDS)
+        return frozenset(seen)
+
+
+BODY_EXPOSURE = frozenset({PARTS, TEXT})  # what could hide text a body key looks for
+HEADER_EXPOSURE = frozenset({HEADERS})
 
 
 @dataclass(frozen=True)
@@ -142,7 +164,7 @@ def _client_in(client: str, networks: Iterable[ipaddress.IPv4Network | ipaddress
     return any(address.version == network.version and address in network for network in networks)
 
 
-def envelope_matches(match: Match, ctx: ScreenContext) -> bool:
+def envelope_matches(match: Match, ctx: ScreenContext, timeout: float | None = None) -> bool:
     """The envelope keys of `match` (True when it gives none)."""
     sender = _normal_address(ctx.sender)
     if match.sender and sender not in match.sender:
@@ -153,19 +175,19 @@ def envelope_matches(match: Match, ctx: ScreenContext) -> bool:
         return False
     if match.client and not _client_in(ctx.client_address, match.client):
         return False
-    if match.helo and not any(pattern.search(ctx.helo) for pattern in match.helo):
+    if match.helo and not any(pattern.search(ctx.helo, timeout=timeout) for pattern in match.helo):
         return False
     return True
 
 
-def headers_match(match: Match, headers: Message) -> bool:
+def headers_match(match: Match, headers: Message, timeout: float | None = None) -> bool:
     """The subject and header keys of `match` against the root header section (decoded)."""
     if match.subject:
         subject = _header_text(headers, "subject")
-        if not any(pattern.search(value) for value in subject for pattern in match.subject):
+        if not any(pattern.search(value, timeout=timeout) for value in subject for pattern in match.subject):
             return False
     if match.header:
-        if not any(pattern.search(value) for name, pattern in match.header
+        if not any(pattern.search(value, timeout=timeout) for name, pattern in match.header
                    for value in _header_text(headers, name)):
             return False
     return True
@@ -175,8 +197,8 @@ def _header_text(headers: Message, name: str) -> list[str]:
     return [decoded(value) for value in headers.get_all(name) or []]
 
 
-def body_matches(match: Match, part: LeafPart) -> bool:
-    return part.text is not None and any(pattern.search(part.text) for pattern in match.body)
+def body_matches(match: Match, part: LeafPart, timeout: float | None = None) -> bool:
+    return part.text is not None and any(pattern.search(part.text, timeout=timeout) for pattern in match.body)
 
 
 def normal_name(name: str) -> str:
@@ -276,12 +298,12 @@ class _Fields:
             return []
         return value
 
-    def regexes(self, key: str, values: list[str] | None = None) -> tuple[re.Pattern[str], ...]:
+    def regexes(self, key: str, values: list[str] | None = None) -> tuple[regex.Pattern[str], ...]:
         compiled = []
         for value in self.strings(key) if values is None else values:
             try:
-                compiled.append(re.compile(value, re.IGNORECASE))  # keywords ignore case
-            except re.error as exc:
+                compiled.append(regex.compile(value, regex.IGNORECASE))  # keywords ignore case
+            except regex.error as exc:
                 self.error(key, f"bad regular expression {value!r}: {exc}")
         return tuple(compiled)
 

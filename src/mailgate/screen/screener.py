@@ -5,6 +5,12 @@ tables), `needs_message` (False lets the session skip all parsing), `screen` (en
 first, then the MIME walk in a worker thread alongside clamd and rspamd, then the most severe
 outcome), the mapping of rule actions and engine answers to SMTP replies, and the log line of
 every verdict with the name of the rule that decided (logger "mailgate.screen").
+Fails closed past its bounds: the whole screening has one wall-clock `time_limit` (bounds.py's
+`Deadline`: the walk and every regex search stop at it, a scanner still running is a tempfail),
+and a rule that could have matched where the walk could not see (`WalkResult.unseen`, a regex
+time-out) decides with `uninspected_action`: by default as that rule would, logged "not fully
+inspected". The walk runs on the screener's own thread pool, so slow messages never hold up the
+threads that check passwords (asyncio's default executor).
 Must not: write the queue or talk SMTP: the session applies the verdict (reply, hold reason,
 added headers, rewritten message).
 """
@@ -14,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from email.message import Message
 from typing import Any, BinaryIO
 
 from mailgate.core.reply import LOCAL_ERROR, SCANNER_UNAVAILABLE, Reply
 from mailgate.screen import actions
+from mailgate.screen.bounds import Deadline, ScreenTimeout, Unseen, regex_budget
 from mailgate.screen.clamd import DEFAULT_MAX_BYTES, ClamdClient, ClamdError
 from mailgate.screen.health import ScannerHealth
 from mailgate.screen.mime import LeafPart, Needs, WalkResult, root_headers, walk
@@ -27,8 +36,8 @@ from mailgate.screen.rspamd import (
     ADD_HEADER, GREYLIST, REJECT, REWRITE_SUBJECT, SOFT_REJECT, RspamdClient, RspamdError, SpamResult,
 )
 from mailgate.screen.rules import (
-    Rule, ScreenConfigError, ScreenContext, body_matches, envelope_matches, headers_match,
-    parse_rules, part_matches,
+    BODY_EXPOSURE, HEADER_EXPOSURE, Rule, ScreenConfigError, ScreenContext, body_matches,
+    envelope_matches, headers_match, parse_rules, part_matches,
 )
 
 log = logging.getLogger("mailgate.screen")
@@ -43,6 +52,14 @@ ANTIVIRUS_SCANNER, SPAM_SCANNER = "antivirus", "spam"  # names in readiness prob
 AV_KEYS = ("clamd", "timeout", "fail_open", "action", "max_size")
 SPAM_KEYS = ("rspamd_url", "timeout", "fail_open")
 VIRUS_HEADER = "X-Mailgate-Virus"
+DEFAULT_TIME_LIMIT = 60.0
+DEFAULT_WORKERS = 4
+STRICTEST = "strictest"
+UNINSPECTED_ACTIONS = (STRICTEST, "reject", "tempfail", "quarantine", "tag")
+# Envelope rules run on the event loop: a HELO expression gets this long before it counts as a
+# rule that could have matched.
+ENVELOPE_REGEX_TIMEOUT = 0.05
+UNINSPECTED_TEXT = "Message could not be fully inspected"
 
 Rewrite = Callable[[Callable[[bytes], None]], None]
 
@@ -101,6 +118,8 @@ class Screener:
     def __init__(
         self, rules: list[Rule], clamd: ClamdClient | None = None, rspamd: RspamdClient | None = None,
         *, fail_open_av: bool = False, av_action: str = "reject", fail_open_spam: bool = False,
+        time_limit: float = DEFAULT_TIME_LIMIT, uninspected_action: str = STRICTEST,
+        workers: int = DEFAULT_WORKERS,
     ) -> None:
         self.rules = rules
         self.clamd = clamd
@@ -108,6 +127,10 @@ class Screener:
         self.fail_open_av = fail_open_av
         self.av_action = av_action
         self.fail_open_spam = fail_open_spam
+        self.time_limit = time_limit
+        self.uninspected_action = uninspected_action
+        # Idle threads end once the screener is dropped (a reload builds a new one).
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mailgate-screen")
         self.health = ScannerHealth()
 
     async def probe(self) -> None:
@@ -124,6 +147,7 @@ class Screener:
     @classmethod
     def from_config(
         cls, rules: list[Mapping[str, Any]], av: Mapping[str, Any], spam: Mapping[str, Any],
+        bounds: Mapping[str, Any] | None = None,
     ) -> "Screener":
         """From `[[screen.rule]]`, `[screen.antivirus]` and `[screen.spam]`; ScreenConfigError lists
         every problem with its key path."""
@@ -152,13 +176,24 @@ class Screener:
             errors.append(f"screen.spam.rspamd_url: {exc}")
         if errors:
             raise ScreenConfigError(errors)
+        bounds = bounds or {}
         return cls(parsed, clamd, rspamd, fail_open_av=bool(av.get("fail_open", False)),
-                   av_action=av_action, fail_open_spam=bool(spam.get("fail_open", False)))
+                   av_action=av_action, fail_open_spam=bool(spam.get("fail_open", False)),
+                   time_limit=float(bounds.get("time_limit", DEFAULT_TIME_LIMIT)),
+                   uninspected_action=str(bounds.get("uninspected_action", STRICTEST)),
+                   workers=int(bounds.get("workers", DEFAULT_WORKERS)))
 
     # --- the API the session calls ----------------------------------------------------------------
+    def _envelope(self, rule: Rule, ctx: ScreenContext) -> bool | None:
+        """Whether the rule's envelope keys match; None when a HELO expression timed out."""
+        try:
+            return envelope_matches(rule.match, ctx, ENVELOPE_REGEX_TIMEOUT)
+        except TimeoutError:
+            return None
+
     def _content_rules(self, ctx: ScreenContext) -> list[Rule]:
         return [rule for rule in self.rules if rule.applies_to(ctx.direction)
-                and rule.match.needs_message and envelope_matches(rule.match, ctx)]
+                and rule.match.needs_message and self._envelope(rule, ctx) is not False]
 
     def needs_message(self, ctx: ScreenContext) -> bool:
         """False when neither a rule nor an engine needs the content: no parsing at all then.
@@ -169,19 +204,34 @@ class Screener:
         self, ctx: ScreenContext, open_message: Callable[[], BinaryIO], size: int,
         *, queue_id: str | None = None,
     ) -> Verdict:
-        hits = [self._rule_hit(rule, {}) for rule in self.rules if rule.applies_to(ctx.direction)
-                and not rule.match.needs_message and envelope_matches(rule.match, ctx)]
+        deadline = Deadline(self.time_limit)
+        hits = []
+        for rule in self.rules:
+            if not rule.applies_to(ctx.direction) or rule.match.needs_message:
+                continue
+            matched = self._envelope(rule, ctx)
+            if matched:
+                hits.append(self._rule_hit(rule, {}))
+            elif matched is None:
+                hits.append(self._uninspected_hit(rule, "regular expression time-out on the envelope", ()))
         walked: WalkResult | None = None
         if not any(hit.action in ("reject", "tempfail") for hit in hits):
             content_rules = self._content_rules(ctx)
-            jobs = []
+            jobs: list[tuple[str, Any]] = []
             if content_rules:
-                jobs.append(asyncio.to_thread(self._scan_content, content_rules, open_message))
+                loop = asyncio.get_running_loop()
+                jobs.append(("rules", loop.run_in_executor(
+                    self._executor, self._scan_content, content_rules, open_message, deadline)))
             if self.clamd is not None:
-                jobs.append(self._antivirus(open_message, size))
+                jobs.append((ANTIVIRUS_RULE, self._antivirus(open_message, size)))
             if self.rspamd is not None:
-                jobs.append(self._spam(ctx, open_message, size, queue_id))
-            for outcome in await asyncio.gather(*jobs, return_exceptions=True):
+                jobs.append((SPAM_RULE, self._spam(ctx, open_message, size, queue_id)))
+            outcomes = await asyncio.gather(
+                *(asyncio.wait_for(job, max(deadline.remaining(), 0)) for _, job in jobs), return_exceptions=True)
+            for (job_name, _), outcome in zip(jobs, outcomes):
+                if isinstance(outcome, (TimeoutError, ScreenTimeout)):
+                    hits += self._timed_out(job_name, content_rules)
+                    continue
                 if isinstance(outcome, Exception):  # a bug or an unreadable spool: never a silent 250
                     log.error("screen failed: %r", outcome, exc_info=outcome)
                     hits.append(_Hit(SCREENER_RULE, "tempfail", f"screening failed: {outcome!r}", LOCAL_ERROR))
@@ -208,15 +258,44 @@ class Screener:
             hit.headers.append((rule.tag_header, _one_line(rule.text) or rule.name))
         return hit
 
+    def _uninspected_hit(self, rule: Rule, why: str, unseen_paths: tuple[str, ...]) -> _Hit:
+        """A rule that could have matched where the screener could not see: it decides with
+        `uninspected_action` (strictest: the rule's own action; a strip with nothing to point
+        at holds the message instead)."""
+        action = rule.action if self.uninspected_action == STRICTEST else self.uninspected_action
+        if action == "strip" and not unseen_paths:
+            action = "quarantine"
+        reason = f"not fully inspected ({why}): rule {rule.name} could have matched"
+        log.warning("screen not fully inspected: rule=%s action=%s reason=%s", rule.name, action, why)
+        hit = _Hit(rule.name, action, reason)
+        if action == "reject":
+            hit.reply = rule_rejection(UNINSPECTED_TEXT)
+        elif action == "tempfail":
+            hit.reply = rule_tempfail(UNINSPECTED_TEXT)
+        elif action == "tag":
+            hit.headers.append((rule.tag_header, f"{rule.name}: not fully inspected"))
+        elif action == "strip":
+            hit.parts = {path: () for path in unseen_paths}
+        return hit
+
+    def _timed_out(self, job_name: str, content_rules: list[Rule]) -> list[_Hit]:
+        why = f"the screening time limit of {self.time_limit:g} s ran out"
+        if job_name != "rules":  # a scanner that did not answer: the sender retries (451)
+            log.warning("screen not fully inspected: %s did not answer: %s", job_name, why)
+            return [_Hit(job_name, "tempfail", f"not fully inspected ({job_name}: {why})", SCANNER_UNAVAILABLE)]
+        return [self._uninspected_hit(rule, why, ()) for rule in content_rules]
+
     def _scan_content(
-        self, rules: list[Rule], open_message: Callable[[], BinaryIO],
+        self, rules: list[Rule], open_message: Callable[[], BinaryIO], deadline: Deadline,
     ) -> tuple[list[_Hit], WalkResult | None]:
-        """Runs in a worker thread: one MIME walk serves every content rule."""
+        """Runs in a screener thread: one MIME walk serves every content rule."""
+        deadline.check()  # it may have waited for a thread past the limit
         part_rules = [rule for rule in rules if rule.match.has_part_keys or rule.match.body]
         if not part_rules:
             with open_message() as file:
-                headers = root_headers(file)
-            return [self._rule_hit(rule, {}) for rule in rules if headers_match(rule.match, headers)], None
+                headers, unseen = root_headers(file, deadline)
+            hits = (self._judge(rule, headers, set(), set(), {}, unseen, deadline) for rule in rules)
+            return [hit for hit in hits if hit is not None], None
         needs = Needs(
             decode=any(r.match.sniffed_type for r in part_rules),
             size=any(r.match.min_size is not None for r in part_rules),
@@ -225,6 +304,7 @@ class Screener:
         )
         parts: dict[str, dict[str, tuple[str, ...]]] = {rule.name: {} for rule in rules}
         body_hits: set[str] = set()
+        body_timeouts: set[str] = set()
 
         def on_part(part: LeafPart) -> None:
             for rule in part_rules:
@@ -232,21 +312,51 @@ class Screener:
                     parts[rule.name][part.path] = tuple(part.names) or tuple(found)
                     log.debug("screen rule=%s part=%s names=%s matched=%s", rule.name, part.path,
                               part.names, found)
-                if rule.match.body and rule.name not in body_hits and body_matches(rule.match, part):
-                    body_hits.add(rule.name)
+                if rule.match.body and rule.name not in body_hits:
+                    try:
+                        if body_matches(rule.match, part, regex_budget(deadline)):
+                            body_hits.add(rule.name)
+                    except TimeoutError:
+                        body_timeouts.add(rule.name)
 
         with open_message() as file:
-            walked = walk(file, needs, on_part)
-        hits = []
-        for rule in rules:
-            if rule.match.has_header_keys and not headers_match(rule.match, walked.root_headers):
-                continue
-            if rule.match.body and rule.name not in body_hits:
-                continue
-            if rule.match.has_part_keys and not parts[rule.name]:
-                continue
-            hits.append(self._rule_hit(rule, parts[rule.name]))
-        return hits, walked
+            walked = walk(file, needs, on_part, deadline)
+        hits = (self._judge(rule, walked.root_headers, body_hits, body_timeouts, parts[rule.name],
+                            walked.unseen, deadline) for rule in rules)
+        return [hit for hit in hits if hit is not None], walked
+
+    def _judge(
+        self, rule: Rule, headers: Message, body_hits: set[str], body_timeouts: set[str],
+        parts: dict[str, tuple[str, ...]], unseen: list[Unseen], deadline: Deadline,
+    ) -> _Hit | None:
+        """The rule's hit, an uninspected hit when only what was not seen could decide it, or None.
+
+        Each kind of key the rule gives is matched, failed, or unknown (it failed but a blind spot
+        it is exposed to, or a regex time-out, could hide a match); keys combine with AND."""
+        match = rule.match
+        states: list[bool | None] = []
+        exposures = []
+        if match.has_header_keys:
+            try:
+                matched = headers_match(match, headers, regex_budget(deadline))
+            except TimeoutError:
+                matched = None
+            states.append(_state(matched, HEADER_EXPOSURE, unseen))
+            exposures.append(HEADER_EXPOSURE)
+        if match.body:
+            matched = True if rule.name in body_hits else None if rule.name in body_timeouts else False
+            states.append(_state(matched, BODY_EXPOSURE, unseen))
+            exposures.append(BODY_EXPOSURE)
+        if match.has_part_keys:
+            states.append(_state(bool(parts), match.part_exposure, unseen))
+            exposures.append(match.part_exposure)
+        if all(states):
+            return self._rule_hit(rule, parts)
+        if False in states:
+            return None
+        blind = [u for u in unseen if any(u.what & exposure for exposure in exposures)]
+        why = "; ".join(dict.fromkeys(u.reason for u in blind)) or "regular expression time-out"
+        return self._uninspected_hit(rule, why, tuple(dict.fromkeys(u.path for u in blind)))
 
     # --- engines ------------------------------------------------------------------------------------
     async def _antivirus(self, open_message: Callable[[], BinaryIO], size: int) -> tuple[list[_Hit], None]:
@@ -314,6 +424,13 @@ class Screener:
         elif decisive.action == "tag" and (subject := next((h.subject for h in hits if h.subject), None)):
             verdict.rewrite = functools.partial(actions.write_with_subject, open_message, subject, ending)
         return verdict
+
+
+def _state(matched: bool | None, exposure: frozenset[str], unseen: list[Unseen]) -> bool | None:
+    """True matched, False failed for sure, None failed where the walk could not see."""
+    if matched is False and any(u.what & exposure for u in unseen):
+        return None
+    return matched
 
 
 def _spam_hit(result: SpamResult) -> _Hit | None:
