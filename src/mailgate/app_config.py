@@ -174,7 +174,7 @@ def listener_profiles(config: Config) -> list[ListenerProfile]:
     return profiles
 
 
-SCREEN_RULE_OPTIONAL = ("text", "tag_header", "filename", "extension", "mime_type", "sniffed_type", "min_size",
+SCREEN_RULE_OPTIONAL = ("text", "tag_header", "match", "filename", "extension", "mime_type", "sniffed_type", "min_size",
                         "in_zip", "subject", "header", "body", "sender", "sender_domain", "recipient",
                         "client", "helo")
 

@@ -12,7 +12,8 @@ import sys
 
 from mailgate import __version__
 from mailgate.cli import (
-    cert_cmd, config_cmd, dkim_cmd, explain_cmd, mx_cmd, queue_cmd, relay_test_cmd, send_cmd, serve_cmd, stats_cmd, user_cmd,
+    cert_cmd, config_cmd, dkim_cmd, explain_cmd, mx_cmd, queue_cmd, relay_test_cmd, screen_cmd, send_cmd, serve_cmd, stats_cmd,
+    user_cmd,
 )
 
 EPILOG = """examples:
@@ -27,6 +28,7 @@ EPILOG = """examples:
   mailgate explain --client 203.0.113.5 --from a@b.example --to c@d.example
   mailgate send --server 127.0.0.1:2525 --from me@example.org --to you@demo.test
   mailgate stats --since 24h           a pflogsumm-like summary of the transaction log
+  mailgate screen test rules.toml sample.eml   which screen rule a sample message meets
   mailgate dkim keygen example.com --selector 2026a   a DKIM key and the DNS record to publish
 
 exit codes: 0 success, 1 the operation failed (relay-test: OPEN), 2 usage or configuration
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     cert_cmd.register(commands)
     stats_cmd.register(commands)
     dkim_cmd.register(commands)
+    screen_cmd.register(commands)
     return parser
 
 

@@ -249,9 +249,12 @@ LOG = Section(
 
 SCREEN_RULE = Section(
     "screen_rule",
-    "Message screening rules, checked in order at the end of data. A rule matches when every "
-    "match key it gives matches (within one list: any entry). The strongest action of all "
-    "matching rules wins: reject > tempfail > quarantine > strip > tag.",
+    "Message screening rules, checked in order at the end of data. Keys of different kinds "
+    "combine with AND: a rule with `subject` and `body` matches only when both match (within one "
+    "list: any entry will do); `match = \"any\"` makes one matching key enough. The part keys "
+    "(filename, extension, mime_type, sniffed_type, min_size) must hold for the same part. The "
+    "strongest action of all matching rules wins: reject > tempfail > quarantine > strip > tag. "
+    "Try rules on a sample with `mailgate screen test RULES MESSAGE.eml`.",
     (
         Key("name", Text(allow_empty=False), REQUIRED, "Name shown in replies, logs and quarantine reasons."),
         Key("direction", Choice(choices=("inbound", "outbound", "both")), "both",
@@ -262,6 +265,8 @@ SCREEN_RULE = Section(
             "quarantine: accept and hold; tag: add `tag_header`; tempfail: 451 4.7.1."),
         Key("text", Text(), "", "Reply or notice text; empty uses a standard one naming the rule."),
         Key("tag_header", Text(), "X-Mailgate-Tag", "Header added by the tag action."),
+        Key("match", Choice(choices=("all", "any")), "all",
+            "all: every match key given must match (AND); any: one is enough (OR). strip needs all."),
         Key("filename", ListOf(item=Text(allow_empty=False)), (),
             "Attachment file name globs (Content-Disposition filename or Content-Type name, RFC 2231 "
             "decoded, case-insensitive): `*.exe`, `invoice*.pdf.*`."),

@@ -4,7 +4,7 @@ Owns: `Rule` and `Match` (one `[[screen.rule]]` each), `parse_rules` (plain dict
 error out with its key path), and the match predicates at three levels: the envelope (no
 message needed), the root header section, and each MIME leaf (names, types, size, zip content,
 decoded text). A rule matches when every match key it gives matches; within one key's list, any
-entry will do. The part-level keys (filename, extension, mime_type, sniffed_type, min_size) must
+entry will do; `match = "any"` makes one matching kind of key enough. The part-level keys (filename, extension, mime_type, sniffed_type, min_size) must
 all hold for the same part.
 Regular expressions are compiled with the `regex` module, whose searches take a time-out: each
 matcher takes `timeout` (seconds, None: unbounded) and lets `TimeoutError` out, so a catastrophic
@@ -37,7 +37,8 @@ ENVELOPE_KEYS = ("sender", "sender_domain", "recipient", "client", "helo")
 HEADER_KEYS = ("subject", "header")
 PART_KEYS = ("filename", "extension", "mime_type", "sniffed_type", "min_size")
 MATCH_KEYS = (*PART_KEYS, "in_zip", *HEADER_KEYS, "body", *ENVELOPE_KEYS)
-RULE_KEYS = ("name", "direction", "action", "text", "tag_header", *MATCH_KEYS)
+COMBINE = ("all", "any")  # `match`: every kind of key given must match, or any one will do
+RULE_KEYS = ("name", "direction", "action", "text", "tag_header", "match", *MATCH_KEYS)
 DEFAULT_TAG_HEADER = "X-Mailgate-Tag"
 _DEFAULT_TEXT = {
     "reject": "Message refused by policy",
@@ -124,6 +125,7 @@ class Rule:
     match: Match
     text: str = ""
     tag_header: str = DEFAULT_TAG_HEADER
+    match_any: bool = False  # `match = "any"`: one matching kind of key is enough
 
     def applies_to(self, direction: str) -> bool:
         return self.direction in (direction, "both")
@@ -164,20 +166,26 @@ def _client_in(client: str, networks: Iterable[ipaddress.IPv4Network | ipaddress
     return any(address.version == network.version and address in network for network in networks)
 
 
-def envelope_matches(match: Match, ctx: ScreenContext, timeout: float | None = None) -> bool:
-    """The envelope keys of `match` (True when it gives none)."""
+def envelope_results(match: Match, ctx: ScreenContext, timeout: float | None = None) -> list[bool]:
+    """One result per envelope key `match` gives, in order (empty when it gives none)."""
     sender = _normal_address(ctx.sender)
-    if match.sender and sender not in match.sender:
-        return False
-    if match.sender_domain and not _domain_matches(sender.rpartition("@")[2], match.sender_domain):
-        return False
-    if match.recipient and not any(_normal_address(r) in match.recipient for r in ctx.recipients):
-        return False
-    if match.client and not _client_in(ctx.client_address, match.client):
-        return False
-    if match.helo and not any(pattern.search(ctx.helo, timeout=timeout) for pattern in match.helo):
-        return False
-    return True
+    results = []
+    if match.sender:
+        results.append(sender in match.sender)
+    if match.sender_domain:
+        results.append(_domain_matches(sender.rpartition("@")[2], match.sender_domain))
+    if match.recipient:
+        results.append(any(_normal_address(r) in match.recipient for r in ctx.recipients))
+    if match.client:
+        results.append(_client_in(ctx.client_address, match.client))
+    if match.helo:
+        results.append(any(pattern.search(ctx.helo, timeout=timeout) for pattern in match.helo))
+    return results
+
+
+def envelope_matches(match: Match, ctx: ScreenContext, timeout: float | None = None) -> bool:
+    """Every envelope key of `match` (True when it gives none)."""
+    return all(envelope_results(match, ctx, timeout))
 
 
 def headers_match(match: Match, headers: Message, timeout: float | None = None) -> bool:
@@ -339,9 +347,14 @@ def _parse_rule(table: Mapping[str, Any], path: str, errors: list[str]) -> Rule 
         fields.error("name", "the rule has no match key, it would match every message")
     if action == "strip" and not match.has_part_keys:
         fields.error("action", "strip needs a part key: " + ", ".join(PART_KEYS))
+    combine = fields.text("match", "all")
+    if combine is not None and combine not in COMBINE:
+        fields.error("match", f"must be one of {', '.join(COMBINE)}")
+    if action == "strip" and combine == "any":
+        fields.error("match", "strip needs match = \"all\": it removes the parts its part keys found")
     if len(errors) > before or name is None or direction is None or action is None:
         return None
-    return Rule(name, direction, action, match, text, tag_header)
+    return Rule(name, direction, action, match, text, tag_header, match_any=combine == "any")
 
 
 def _parse_match(fields: _Fields) -> Match:

@@ -37,7 +37,7 @@ from mailgate.screen.rspamd import (
 )
 from mailgate.screen.rules import (
     BODY_EXPOSURE, HEADER_EXPOSURE, Rule, ScreenConfigError, ScreenContext, body_matches,
-    envelope_matches, headers_match, parse_rules, part_matches,
+    envelope_results, headers_match, parse_rules, part_matches,
 )
 
 log = logging.getLogger("mailgate.screen")
@@ -185,15 +185,32 @@ class Screener:
 
     # --- the API the session calls ----------------------------------------------------------------
     def _envelope(self, rule: Rule, ctx: ScreenContext) -> bool | None:
-        """Whether the rule's envelope keys match; None when a HELO expression timed out."""
+        """Whether the rule's envelope keys match (all of them, or with `match = "any"` one);
+        None when a HELO expression timed out."""
         try:
-            return envelope_matches(rule.match, ctx, ENVELOPE_REGEX_TIMEOUT)
+            results = envelope_results(rule.match, ctx, ENVELOPE_REGEX_TIMEOUT)
         except TimeoutError:
             return None
+        return any(results) if rule.match_any else all(results)
+
+    def _decided_by_envelope(self, rule: Rule, ctx: ScreenContext) -> bool | None:
+        """For a rule the envelope decides (no content keys, or `any` and an envelope key
+        matched): whether it matched (None: timed out); else False."""
+        matched = self._envelope(rule, ctx)
+        if not rule.match.needs_message or (rule.match_any and matched is not False):
+            return matched
+        return False
 
     def _content_rules(self, ctx: ScreenContext) -> list[Rule]:
-        return [rule for rule in self.rules if rule.applies_to(ctx.direction)
-                and rule.match.needs_message and self._envelope(rule, ctx) is not False]
+        """The rules whose content keys must be looked at for this envelope."""
+        rules = []
+        for rule in self.rules:
+            if not rule.applies_to(ctx.direction) or not rule.match.needs_message:
+                continue
+            matched = self._envelope(rule, ctx)
+            if (matched is False) if rule.match_any else (matched is not False):
+                rules.append(rule)
+        return rules
 
     def needs_message(self, ctx: ScreenContext) -> bool:
         """False when neither a rule nor an engine needs the content: no parsing at all then.
@@ -207,9 +224,9 @@ class Screener:
         deadline = Deadline(self.time_limit)
         hits = []
         for rule in self.rules:
-            if not rule.applies_to(ctx.direction) or rule.match.needs_message:
+            if not rule.applies_to(ctx.direction):
                 continue
-            matched = self._envelope(rule, ctx)
+            matched = self._decided_by_envelope(rule, ctx)
             if matched:
                 hits.append(self._rule_hit(rule, {}))
             elif matched is None:
@@ -350,9 +367,9 @@ class Screener:
         if match.has_part_keys:
             states.append(_state(bool(parts), match.part_exposure, unseen))
             exposures.append(match.part_exposure)
-        if all(states):
+        if any(states) if rule.match_any else all(states):
             return self._rule_hit(rule, parts)
-        if False in states:
+        if None not in states if rule.match_any else False in states:
             return None
         blind = [u for u in unseen if any(u.what & exposure for exposure in exposures)]
         why = "; ".join(dict.fromkeys(u.reason for u in blind)) or "regular expression time-out"
