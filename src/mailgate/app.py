@@ -32,6 +32,8 @@ from mailgate.delivery.admin import QueueAdmin
 from mailgate.delivery.bouncer import Bouncer
 from mailgate.delivery.routing import Router
 from mailgate.delivery.runner import DeliveryRunner
+from mailgate.delivery.maildir import MaildirTransport
+from mailgate.delivery.request import RoutedTransport
 from mailgate.delivery.transport import SmtpTransport
 from mailgate.dns.resolver import DnsPythonResolver
 from mailgate.observe import diagnostics
@@ -107,11 +109,14 @@ class Application:
         self.resolver = DnsPythonResolver(list(dns.nameservers) or None, dns.port, dns.timeout)
         self.router = Router(routing_settings(config), self.resolver)
         delivery = config.delivery
-        self.transport = SmtpTransport(
-            connect_timeout=delivery.connect_timeout,
-            idle_timeout=delivery.connection_idle,
-            max_connections=delivery.max_connections,
-            max_per_destination=delivery.max_per_destination,
+        self.transport = RoutedTransport(
+            SmtpTransport(
+                connect_timeout=delivery.connect_timeout,
+                idle_timeout=delivery.connection_idle,
+                max_connections=delivery.max_connections,
+                max_per_destination=delivery.max_per_destination,
+            ),
+            MaildirTransport(),
         )
         self.bouncer = Bouncer(
             self.store, config.server.hostname, delivery.delay_warning, delivery.max_lifetime,

@@ -26,7 +26,8 @@ import pytest
 from mailgate.core.address import parse_mailbox
 from mailgate.core.envelope import Recipient
 from mailgate.core.status import RecipientState
-from mailgate.delivery.transport import Candidate, CommandTimeouts, HopPolicy, SmtpTransport
+from mailgate.delivery.request import Candidate, DeliveryRequest, HopPolicy, Route
+from mailgate.delivery.transport import CommandTimeouts, SmtpTransport
 from tests.support.fault_hop import DROP, STALL, Fault, FaultHop
 
 pytestmark = pytest.mark.timeout(60)
@@ -108,10 +109,8 @@ def body(data: bytes):
 
 async def send(transport: SmtpTransport, hop: FaultHop, sender: str, addresses: list[str], data: bytes):
     recipients = [(index, Recipient(parse_mailbox(address))) for index, address in enumerate(addresses)]
-    result = await transport.deliver(
-        [Candidate("hop.test", "127.0.0.1", hop.port)], HopPolicy(tls="may"), sender, recipients,
-        body(data), size=len(data), smtputf8=False, eight_bit=False,
-    )
+    route = Route("hop.test", (Candidate("hop.test", "127.0.0.1", hop.port),), HopPolicy(tls="may"))
+    result = await transport.deliver(DeliveryRequest(route, sender, tuple(recipients), body(data), len(data)))
     return [result.outcomes[index].state for index, _ in recipients]
 
 

@@ -13,7 +13,8 @@ from mailgate.core.address import parse_mailbox
 from mailgate.core.envelope import Notify, Recipient, Ret
 from mailgate.core.reply import Reply
 from mailgate.core.status import RecipientState
-from mailgate.delivery.transport import AttemptResult, Candidate, CommandTimeouts, HopPolicy, SmtpTransport
+from mailgate.delivery.request import AttemptResult, Candidate, DeliveryRequest, HopPolicy, Route
+from mailgate.delivery.transport import CommandTimeouts, SmtpTransport
 from tests.conftest import free_port
 from tests.support.capture_server import CaptureServer
 
@@ -57,17 +58,11 @@ async def send(
     **params,
 ) -> AttemptResult:
     listed = recipients or [recipient(address) for address in addresses]
-    return await transport.deliver(
-        candidates,
-        policy,
-        sender,
-        list(enumerate(listed)),
-        chunks(body),
-        size=len(body),
-        smtputf8=smtputf8,
-        eight_bit=eight_bit,
-        **params,
+    route = Route("test", tuple(candidates), policy)
+    request = DeliveryRequest(
+        route, sender, tuple(enumerate(listed)), chunks(body), len(body), smtputf8, eight_bit, **params
     )
+    return await transport.deliver(request)
 
 
 def server_tls(tls_files: dict[str, str]) -> ssl.SSLContext:

@@ -1,6 +1,6 @@
-"""The built-in local mailbox: a route target that writes each message into a Maildir.
+"""The built-in local mailbox: the `Transport` for routes that write each message into a Maildir.
 
-Owns: writing one message durably into `<dir>/new` the Maildir way (write in tmp/, fsync, rename
+Owns: `MaildirTransport` (one copy per recipient, an outcome each) and writing one message durably into `<dir>/new` the Maildir way (write in tmp/, fsync, rename
 into new/, fsync the directory), with Return-Path and Delivered-To prepended. It lets the embedded
 default show a message arriving with no other software. Must not: be a mail store (no folders,
 no quota, no IMAP): mailgate is a relay (SPEC "Not in scope").
@@ -14,6 +14,10 @@ import time
 from collections.abc import AsyncIterator
 from itertools import count
 from pathlib import Path
+
+from mailgate.core.reply import Reply
+from mailgate.core.status import Outcome, classify
+from mailgate.delivery.request import AttemptResult, DeliveryRequest
 
 _sequence = count()
 
@@ -48,3 +52,23 @@ async def deliver_to_maildir(
     finally:
         os.close(directory_fd)
     return final
+
+
+class MaildirTransport:
+    """Delivers a request to `request.route.maildir`; a failed write defers (RFC 3463 X.3.0)."""
+
+    async def deliver(self, request: DeliveryRequest) -> AttemptResult:
+        outcomes: dict[int, Outcome] = {}
+        for index, recipient in request.recipients:
+            try:
+                path = await deliver_to_maildir(
+                    request.route.maildir, request.sender, str(recipient.address), request.body()
+                )
+                reply = Reply(250, "2.0.0", f"Delivered to maildir {path.name}")
+            except OSError as exc:
+                reply = Reply(451, "4.3.0", f"Maildir write failed: {exc.strerror}")
+            outcomes[index] = classify(reply, "localhost")
+        return AttemptResult(outcomes, "localhost", None)
+
+    async def close(self) -> None:
+        """Nothing is kept open between deliveries."""

@@ -13,7 +13,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from mailgate.core.reply import NO_SUCH_DOMAIN, NULL_MX, Reply
-from mailgate.delivery.transport import Candidate, HopPolicy
+from mailgate.delivery.request import Candidate, HopPolicy, Route
 from mailgate.dns.mx import NullMx, resolve_mx
 from mailgate.dns.resolver import DnsNoSuchDomain, DnsTemporaryError, Resolver
 
@@ -60,16 +60,6 @@ class RoutingSettings:
     smart_host_auth: tuple[str, str] | None = None
     bind_address: str = ""  # the local IPv4 address outbound connections come from; "": any
     bind_address6: str = ""
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where one group of recipients goes. Recipients whose routes are equal share a transaction."""
-
-    key: str  # for grouping, logs and per-destination limits
-    candidates: tuple[Candidate, ...] = ()
-    policy: HopPolicy = field(default_factory=HopPolicy)
-    maildir: str = ""
 
 
 class Router:

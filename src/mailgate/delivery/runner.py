@@ -4,7 +4,7 @@ Owns: the delivery loop (woken at once by new mail, otherwise sleeping until the
 retry), bounded concurrency, grouping a message's pending recipients by route (one transaction
 per next hop), turning outcomes into queue updates (retry with backoff, expiry after the
 maximum lifetime, ARCHITECTURE.md step 9) and handing failures and delays to the bouncer.
-Must not: speak SMTP itself (delivery/transport.py), parse DNS (routing) or build DSN text (dsn/).
+Must not: carry messages itself (a `delivery.request.Transport` does: SMTP or Maildir), parse DNS (routing) or build DSN text (dsn/).
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from mailgate.core.envelope import BodyType
 from mailgate.core.reply import Reply
 from mailgate.core.status import Outcome, RecipientState, classify
 from mailgate.delivery.bouncer import Bouncer
-from mailgate.delivery.maildir import deliver_to_maildir
-from mailgate.delivery.routing import Route, RouteError, Router
-from mailgate.delivery.transport import SmtpTransport
+from mailgate.delivery.request import DeliveryRequest, Route, Transport
+from mailgate.delivery.routing import RouteError, Router
 from mailgate.queue.backoff import RetrySchedule
 from mailgate.queue.store import (
     CorruptBodyError,
@@ -52,7 +51,7 @@ class DeliveryRunner:
         self,
         store: QueueStore,
         router: Router,
-        transport: SmtpTransport,
+        transport: Transport,
         bouncer: Bouncer,
         schedule: RetrySchedule,
         clock: Clock,
@@ -194,44 +193,21 @@ class DeliveryRunner:
         self, message: QueuedMessage, route: Route, recipients: list[QueuedRecipient]
     ) -> dict[int, Outcome]:
         started = time.monotonic()
-        tls = None
-        if route.maildir:
-            outcomes = await self._to_maildir(message, route, recipients)
-        else:
-            result = await self._transport.deliver(
-                list(route.candidates),
-                route.policy,
-                message.envelope.sender_text,
-                [(r.index, r.recipient) for r in recipients],
-                lambda: self._store.body_chunks(message.queue_id),
-                size=message.size,
-                smtputf8=message.envelope.smtputf8,
-                eight_bit=message.envelope.body is not BodyType.SEVEN_BIT,
-                ret=message.envelope.ret,
-                envid=message.envelope.envid,
-                crlf_clean=message.meta.crlf_clean,
-            )
-            outcomes, tls = result.outcomes, result.tls
-        self._on_attempt(message, route, outcomes, tls, time.monotonic() - started)
-        return outcomes
-
-    async def _to_maildir(
-        self, message: QueuedMessage, route: Route, recipients: list[QueuedRecipient]
-    ) -> dict[int, Outcome]:
-        outcomes = {}
-        for recipient in recipients:
-            try:
-                path = await deliver_to_maildir(
-                    route.maildir,
-                    message.envelope.sender_text,
-                    str(recipient.recipient.address),
-                    self._store.body_chunks(message.queue_id),
-                )
-                reply = Reply(250, "2.0.0", f"Delivered to maildir {path.name}")
-            except OSError as exc:
-                reply = Reply(451, "4.3.0", f"Maildir write failed: {exc.strerror}")
-            outcomes[recipient.index] = classify(reply, "localhost")
-        return outcomes
+        request = DeliveryRequest(
+            route,
+            message.envelope.sender_text,
+            tuple((r.index, r.recipient) for r in recipients),
+            lambda: self._store.body_chunks(message.queue_id),
+            size=message.size,
+            smtputf8=message.envelope.smtputf8,
+            eight_bit=message.envelope.body is not BodyType.SEVEN_BIT,
+            ret=message.envelope.ret,
+            envid=message.envelope.envid,
+            crlf_clean=message.meta.crlf_clean,
+        )
+        result = await self._transport.deliver(request)
+        self._on_attempt(message, route, result.outcomes, result.tls, time.monotonic() - started)
+        return result.outcomes
 
     def _update(
         self, message: QueuedMessage, index: int, outcome: Outcome, attempts: int, now: float

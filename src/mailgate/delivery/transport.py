@@ -1,4 +1,4 @@
-"""Outbound SMTP delivery over asyncio: candidates in order, TLS policy, one transaction per hop.
+"""The SMTP `Transport`: candidates in order, TLS policy, one transaction per hop, over asyncio.
 
 Owns: connecting to a next hop's candidates in order, the session set-up (greeting, EHLO with
 HELO fallback, STARTTLS per policy, smart-host AUTH), one transaction carrying all recipients
@@ -26,52 +26,19 @@ import asyncio
 import base64
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from mailgate.core.envelope import Recipient, Ret
 from mailgate.core.reply import MESSAGE_TOO_BIG, NEEDS_SMTPUTF8, Reply
 from mailgate.core.status import Outcome, classify
 from mailgate.delivery.pool import ConnectionPool, SmtpConnection
+from mailgate.delivery.request import AttemptResult, Candidate, DeliveryRequest, HopPolicy
 from mailgate.smtp.client import Ending, PeerProtocolError, State, Verb, mail_command, parse_ehlo, rcpt_command
-
-TLS_MODES = ("none", "may", "encrypt", "verify")
 
 # Replies made up here for failures that have no server reply. Enhanced codes: RFC 3463 §3.5
 # (X.4.1 no answer from host, X.4.2 bad connection incl. time-outs), §3.6 (X.5.0 protocol error),
 # §3.8 (X.7.0 security, X.7.5 cryptographic failure); RFC 4954 §6 (X.7.8 credentials invalid).
 NO_CANDIDATES = Reply(451, "4.4.4", "No next-hop address to try")  # RFC 3463 X.4.4 unable to route
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One address to try, in order."""
-
-    host: str  # name for TLS verification, SNI and logs, e.g. "mx1.example.com"
-    address: str  # IP to connect to (v4 or v6)
-    port: int
-
-
-@dataclass(frozen=True)
-class HopPolicy:
-    tls: str = "may"  # none | may (opportunistic) | encrypt (no cert check) | verify (chain + name)
-    # Smart-host AUTH PLAIN/LOGIN, only ever over TLS; kept out of repr so logs never show it.
-    auth: tuple[str, str] | None = field(default=None, repr=False)
-    ca_file: str | None = None  # extra trust for "verify", on top of the system store
-    helo_name: str = "localhost"
-    source_address: str | None = None  # delivery.bind_address: to IPv4 next hops
-    source_address6: str | None = None  # delivery.bind_address6: to IPv6 next hops
-
-    def __post_init__(self) -> None:
-        if self.tls not in TLS_MODES:
-            raise ValueError(f"tls must be one of {TLS_MODES}, not {self.tls!r}")
-
-
-@dataclass
-class AttemptResult:
-    outcomes: dict[int, Outcome]  # recipient index -> outcome of this attempt
-    remote_mta: str | None  # host that answered
-    tls: str | None  # e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384"
 
 
 @dataclass(frozen=True)
@@ -104,15 +71,9 @@ class _StaleConnection(Exception):
 
 @dataclass
 class _Message:
-    sender: str
-    recipients: list[tuple[int, Recipient]]
-    body: Callable[[], AsyncIterator[bytes]]
-    size: int
-    smtputf8: bool
-    eight_bit: bool
-    ret: Ret | None
-    envid: str | None
-    crlf_clean: bool = False
+    """A request on its way, and the outcomes this attempt has given so far."""
+
+    request: DeliveryRequest
     outcomes: dict[int, Outcome] = field(default_factory=dict)
 
 
@@ -136,33 +97,20 @@ class SmtpTransport:
         self._destination_limits: dict[tuple[str, int], asyncio.Semaphore] = {}
         self._tls_contexts: dict[tuple[str, str | None], ssl.SSLContext] = {}
 
-    async def deliver(
-        self,
-        candidates: list[Candidate],
-        policy: HopPolicy,
-        sender: str,
-        recipients: list[tuple[int, Recipient]],
-        body: Callable[[], AsyncIterator[bytes]],
-        *,
-        size: int,
-        smtputf8: bool,
-        eight_bit: bool,
-        ret: Ret | None = None,
-        envid: str | None = None,
-        crlf_clean: bool = False,
-    ) -> AttemptResult:
-        """Try `candidates` in order until one takes the transaction; see the module docstring."""
-        message = _Message(sender, recipients, body, size, smtputf8, eight_bit, ret, envid, crlf_clean)
+    async def deliver(self, request: DeliveryRequest) -> AttemptResult:
+        """Try the route's candidates in order until one takes the transaction; see the module
+        docstring."""
+        message = _Message(request)
         last_error = NO_CANDIDATES
         async with self._global_limit:
-            for candidate in candidates:
+            for candidate in request.route.candidates:
                 async with self._destination_limit(candidate):
                     try:
-                        return await self._deliver_to(candidate, policy, message)
+                        return await self._deliver_to(candidate, request.route.policy, message)
                     except _NextCandidate as failure:
                         last_error = failure.reply
         deferred = classify(last_error)
-        return AttemptResult({index: deferred for index, _ in recipients}, None, None)
+        return AttemptResult({index: deferred for index, _ in request.recipients}, None, None)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -207,7 +155,7 @@ class SmtpTransport:
                 # message's; retried once, transparently, on a fresh connection.
                 raise _StaleConnection from error
             reply = _failure_reply(error, candidate, "during the transaction")
-            for index, _ in message.recipients:
+            for index, _ in message.request.recipients:
                 message.outcomes.setdefault(index, classify(reply, remote))
         except BaseException:
             connection.abort()  # e.g. the body iterator failed: the connection is mid-DATA
@@ -338,25 +286,25 @@ class SmtpTransport:
         refused MAIL or with no recipient accepted, and raises `OutOfStepError` for a reply that
         does not fit (both end up as a deferral and a closed connection in `_run`)."""
         extensions = connection.extensions
-        if message.smtputf8 and not extensions.has("SMTPUTF8"):
+        if message.request.smtputf8 and not extensions.has("SMTPUTF8"):
             return self._fail_all(message, NEEDS_SMTPUTF8, remote)  # RFC 6531 §3.7.5
         limit = extensions.size_limit
-        if limit is not None and message.size > limit:
+        if limit is not None and message.request.size > limit:
             # RFC 1870 §6.1: 552 5.3.4, decided here without sending the message.
-            text = f"Message of {message.size} octets exceeds the {limit} octet limit of {connection.host}"
+            text = f"Message of {message.request.size} octets exceeds the {limit} octet limit of {connection.host}"
             return self._fail_all(message, MESSAGE_TOO_BIG.with_text(text), remote)
-        utf8 = message.smtputf8
+        utf8 = message.request.smtputf8
         mail_line = mail_command(
-            message.sender,
+            message.request.sender,
             extensions,
-            size=message.size,
-            eight_bit=message.eight_bit,
+            size=message.request.size,
+            eight_bit=message.request.eight_bit,
             smtputf8=utf8,
-            ret=message.ret,
-            envid=message.envid,
+            ret=message.request.ret,
+            envid=message.request.envid,
         )
         connection.queue_command(Verb.MAIL, mail_line, utf8=utf8)
-        lines = [rcpt_command(recipient, extensions) for _, recipient in message.recipients]
+        lines = [rcpt_command(recipient, extensions) for _, recipient in message.request.recipients]
         pipelined = extensions.has("PIPELINING")
         if pipelined:
             for line in lines:  # RFC 2920 §3.1: MAIL, RCPTs and DATA in one write
@@ -393,13 +341,13 @@ class SmtpTransport:
         # so does a 421, after which the server reads nothing more (RFC 5321 §3.8).
         verdict = None if mail.is_positive else mail
         accepted = []
-        for (index, _), line in zip(message.recipients, lines):
+        for (index, _), line in zip(message.request.recipients, lines):
             reply = verdict
             if pipelined and (verdict is None or verdict.code != 421):
                 answer = (await connection.next_reply(self._timeouts.rcpt)).reply  # read even if moot
                 reply = verdict or answer
             elif verdict is None:
-                reply = (await connection.command(Verb.RCPT, line, self._timeouts.rcpt, utf8=message.smtputf8)).reply
+                reply = (await connection.command(Verb.RCPT, line, self._timeouts.rcpt, utf8=message.request.smtputf8)).reply
             if reply.code == 421:
                 verdict = reply
             if reply.is_positive:
@@ -413,8 +361,8 @@ class SmtpTransport:
         return accepted
 
     async def _send_body(self, connection: SmtpConnection, message: _Message) -> Reply:
-        async for chunk in message.body():
-            connection.queue_bytes(connection.protocol.body(chunk, crlf_clean=message.crlf_clean))
+        async for chunk in message.request.body():
+            connection.queue_bytes(connection.protocol.body(chunk, crlf_clean=message.request.crlf_clean))
             if len(chunk) >= BODY_FLUSH_SIZE:  # small messages go out with the final dot
                 await connection.flush(self._timeouts.data_block)
         connection.queue_bytes(connection.protocol.end_of_data())
@@ -423,7 +371,7 @@ class SmtpTransport:
 
     @staticmethod
     def _fail_all(message: _Message, reply: Reply, remote: str) -> None:
-        for index, _ in message.recipients:
+        for index, _ in message.request.recipients:
             message.outcomes[index] = classify(reply, remote)
 
 
