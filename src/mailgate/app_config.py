@@ -174,29 +174,14 @@ def listener_profiles(config: Config) -> list[ListenerProfile]:
     return profiles
 
 
-SCREEN_RULE_OPTIONAL = ("text", "tag_header", "match", "filename", "extension", "mime_type", "sniffed_type", "min_size",
-                        "in_zip", "subject", "header", "body", "sender", "sender_domain", "recipient",
-                        "client", "helo")
-
-
 def build_screener(config: Config) -> Screener | None:
     """The screener, or None when no rule, clamd or rspamd is configured (no parsing at all)."""
-    rules = []
-    for rule in config.screen_rule:
-        data = {"name": rule.name, "direction": rule.direction, "action": rule.action}
-        for key in SCREEN_RULE_OPTIONAL:
-            value = getattr(rule, key)
-            if value and not (key == "tag_header" and value == "X-Mailgate-Tag"):
-                data[key] = list(value) if isinstance(value, tuple) else value
-        rules.append(data)
-    av = vars(config.antivirus) if config.antivirus.clamd else {}
-    spam = vars(config.spam) if config.spam.rspamd_url else {}
-    if not rules and not av and not spam:
+    if not config.screen_rule and not config.antivirus.clamd and not config.spam.rspamd_url:
         return None
     try:
-        return Screener.from_config(rules, av, spam, vars(config.screen))
+        return Screener.from_config(config.screen_rule, config.antivirus, config.spam, config.screen)
     except ScreenConfigError as exc:
-        raise StartupError("\n".join(e.replace("screen.rule", "screen_rule") for e in exc.errors)) from None
+        raise StartupError("\n".join(exc.errors)) from None
 
 
 def build_authenticator(config: Config, resolver: Resolver, is_hosted: Callable[[str], bool]) -> Authenticator | None:

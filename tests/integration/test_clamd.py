@@ -18,6 +18,7 @@ from mailgate.screen import Screener, ScreenContext
 from mailgate.screen.clamd import ClamdClient, ClamdError
 from tests.conftest import free_port, require_binary
 from tests.support.clamd import EICAR, SIGNATURE_NAME, ClamdInstance, start_clamd
+from tests.support.screening import screener_from
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.e2e]
 
@@ -85,7 +86,7 @@ def test_a_message_streamed_in_many_chunks_is_scanned_whole(clamd: ClamdInstance
 def test_screener_refuses_an_infected_message_naming_the_signature(
     clamd: ClamdInstance, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    screener = Screener.from_config([], {"clamd": clamd.unix_address, "timeout": 30}, {})
+    screener = screener_from([], {"clamd": clamd.unix_address, "timeout": 30}, {})
     message = _mail_with_attachment("eicar.com", EICAR)
     with caplog.at_level(logging.INFO, logger="mailgate.screen"):
         verdict = asyncio.run(screener.screen(CTX, _opener(message), len(message)))
@@ -97,7 +98,7 @@ def test_screener_refuses_an_infected_message_naming_the_signature(
 
 
 def test_screener_quarantines_when_so_configured(clamd: ClamdInstance) -> None:
-    screener = Screener.from_config([], {"clamd": clamd.tcp_address, "action": "quarantine"}, {})
+    screener = screener_from([], {"clamd": clamd.tcp_address, "action": "quarantine"}, {})
     message = _mail_with_attachment("eicar.com", EICAR)
     verdict = asyncio.run(screener.screen(CTX, _opener(message), len(message)))
     assert verdict.action == "quarantine"
@@ -105,7 +106,7 @@ def test_screener_quarantines_when_so_configured(clamd: ClamdInstance) -> None:
 
 
 def test_screener_accepts_a_clean_message(clamd: ClamdInstance) -> None:
-    screener = Screener.from_config([], {"clamd": clamd.unix_address}, {})
+    screener = screener_from([], {"clamd": clamd.unix_address}, {})
     message = (DATA / "apple_inline.eml").read_bytes()
     verdict = asyncio.run(screener.screen(CTX, _opener(message), len(message)))
     assert verdict.action == "accept" and verdict.reply is None
@@ -114,10 +115,10 @@ def test_screener_accepts_a_clean_message(clamd: ClamdInstance) -> None:
 def test_unreachable_clamd_is_a_temporary_failure_unless_failing_open(tmp_path: Path) -> None:
     missing = f"unix:{tmp_path / 'no-clamd.sock'}"
     message = (DATA / "plain_clean.eml").read_bytes()
-    closed = Screener.from_config([], {"clamd": missing}, {})
+    closed = screener_from([], {"clamd": missing}, {})
     verdict = asyncio.run(closed.screen(CTX, _opener(message), len(message)))
     assert verdict.action == "tempfail" and verdict.reply == SCANNER_UNAVAILABLE
-    open_ = Screener.from_config([], {"clamd": missing, "fail_open": True}, {})
+    open_ = screener_from([], {"clamd": missing, "fail_open": True}, {})
     assert asyncio.run(open_.screen(CTX, _opener(message), len(message))).action == "accept"
     with pytest.raises(ClamdError):
         asyncio.run(ClamdClient(missing).scan(_opener(message)))

@@ -18,6 +18,7 @@ from mailgate.screen.rspamd import RspamdClient, RspamdError
 from tests.conftest import free_port, require_binary
 from tests.support.rspamd import (
     GTUBE_ADD_HEADER, GTUBE_REJECT, GTUBE_REWRITE_SUBJECT, SPAM_SUBJECT_PREFIX, TEST_SUBJECT_PREFIX,
+from tests.support.screening import screener_from
     RspamdInstance, start_rspamd,
 )
 
@@ -44,14 +45,14 @@ def rspamd() -> Iterator[RspamdInstance]:
 
 @pytest.mark.e2e
 def test_clean_message_is_accepted(rspamd: RspamdInstance) -> None:
-    screener = Screener.from_config([], {}, {"rspamd_url": rspamd.url})
+    screener = screener_from([], {}, {"rspamd_url": rspamd.url})
     verdict = _screen(screener, _message("lunch"))
     assert verdict.action == "accept" and verdict.add_headers == []
 
 
 @pytest.mark.e2e
 def test_gtube_is_rejected_with_554(rspamd: RspamdInstance, caplog: pytest.LogCaptureFixture) -> None:
-    screener = Screener.from_config([], {}, {"rspamd_url": rspamd.url})
+    screener = screener_from([], {}, {"rspamd_url": rspamd.url})
     with caplog.at_level(logging.INFO, logger="mailgate.screen"):
         verdict = _screen(screener, _message("offer", GTUBE_REJECT))
     assert verdict.action == "reject" and verdict.rule == "rspamd"
@@ -61,7 +62,7 @@ def test_gtube_is_rejected_with_554(rspamd: RspamdInstance, caplog: pytest.LogCa
 
 @pytest.mark.e2e
 def test_add_header_tags_the_message(rspamd: RspamdInstance) -> None:
-    verdict = _screen(Screener.from_config([], {}, {"rspamd_url": rspamd.url}),
+    verdict = _screen(screener_from([], {}, {"rspamd_url": rspamd.url}),
                       _message("offer", GTUBE_ADD_HEADER))
     assert verdict.action == "tag" and verdict.rewrite is None
     assert ("X-Spam", "Yes") in verdict.add_headers
@@ -70,7 +71,7 @@ def test_add_header_tags_the_message(rspamd: RspamdInstance) -> None:
 @pytest.mark.e2e
 def test_rewrite_subject_rewrites_the_subject(rspamd: RspamdInstance) -> None:
     message = _message("offer", GTUBE_REWRITE_SUBJECT)
-    verdict = _screen(Screener.from_config([], {}, {"rspamd_url": rspamd.url}), message)
+    verdict = _screen(screener_from([], {}, {"rspamd_url": rspamd.url}), message)
     assert verdict.action == "tag" and verdict.rewrite is not None
     out = bytearray()
     verdict.rewrite(out.extend)
@@ -82,7 +83,7 @@ def test_rewrite_subject_rewrites_the_subject(rspamd: RspamdInstance) -> None:
 @pytest.mark.e2e
 @pytest.mark.parametrize("action", ["soft reject", "greylist"])
 def test_soft_reject_and_greylist_are_temporary(rspamd: RspamdInstance, action: str) -> None:
-    verdict = _screen(Screener.from_config([], {}, {"rspamd_url": rspamd.url}),
+    verdict = _screen(screener_from([], {}, {"rspamd_url": rspamd.url}),
                       _message(TEST_SUBJECT_PREFIX + action))
     assert verdict.action == "tempfail"
     assert verdict.reply is not None and (verdict.reply.code, verdict.reply.enhanced) == (451, "4.7.1")
@@ -172,7 +173,7 @@ def test_bad_answers_are_errors_and_tempfail_the_message(response: bytes) -> Non
     message = _message("x")
 
     async def action(url: str):
-        screener = Screener.from_config([], {}, {"rspamd_url": url})
+        screener = screener_from([], {}, {"rspamd_url": url})
         return await screener.screen(CTX, lambda: io.BytesIO(message), len(message))
 
     verdict, _ = _with_peer(response, action)
@@ -187,7 +188,7 @@ def test_silent_rspamd_times_out_and_fail_open_accepts() -> None:
         with pytest.raises(RspamdError, match="timed out"):
             await client.check(lambda: io.BytesIO(message), len(message), sender="", recipients=[],
                                client_address="192.0.2.1", helo="h")
-        screener = Screener.from_config([], {}, {"rspamd_url": url, "timeout": 0.3, "fail_open": True})
+        screener = screener_from([], {}, {"rspamd_url": url, "timeout": 0.3, "fail_open": True})
         return await screener.screen(CTX, lambda: io.BytesIO(message), len(message))
 
     verdict, _ = _with_peer(None, action)

@@ -16,6 +16,7 @@ import pytest
 from mailgate.screen import Screener, ScreenContext, Verdict
 from mailgate.screen import archives, mime
 from mailgate.screen.clamd import ScanResult
+from tests.support.screening import screener_from
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,7 +63,7 @@ def screen(screener: Screener, data: bytes) -> Verdict:
 def test_an_exe_at_any_mime_depth_is_refused(depth: int, caplog: pytest.LogCaptureFixture) -> None:
     data = nested_mime(depth, _part("evil.exe", PE))
     with caplog.at_level(logging.INFO, logger="mailgate.screen"):
-        verdict = screen(Screener.from_config([EXE_IN_ZIP], {}, {}), data)
+        verdict = screen(screener_from([EXE_IN_ZIP], {}, {}), data)
     assert verdict.action == "reject" and verdict.rule == "exe-in-zip"
     if depth > mime.MAX_NESTING:
         assert verdict.reply is not None and verdict.reply.encode() == b"550 5.7.1 Message could not be fully inspected\r\n"
@@ -74,7 +75,7 @@ def test_an_exe_at_any_mime_depth_is_refused(depth: int, caplog: pytest.LogCaptu
 @pytest.mark.parametrize("depth", range(6))
 def test_an_exe_at_any_zip_depth_is_refused(depth: int, rule: dict) -> None:
     data = nested_mime(1, _part("archive.zip", nested_zip(depth), "application/zip"))
-    verdict = screen(Screener.from_config([rule], {}, {}), data)
+    verdict = screen(screener_from([rule], {}, {}), data)
     assert verdict.action == "reject", verdict.reason
     assert ("not fully inspected" in verdict.reason) == (depth >= archives.MAX_DEPTH)
 
@@ -84,14 +85,14 @@ def test_past_the_entity_limit_the_rest_is_not_passed_unseen(monkeypatch: pytest
     parts = b"".join(b"--m\r\nContent-Type: text/plain\r\n\r\nfiller\r\n" for _ in range(60))
     data = (b"Subject: many\r\nContent-Type: multipart/mixed; boundary=m\r\n\r\n" + parts
             + b"--m\r\n" + _part("evil.exe", PE) + b"\r\n--m--\r\n")
-    verdict = screen(Screener.from_config([EXE_IN_ZIP], {}, {}), data)
+    verdict = screen(screener_from([EXE_IN_ZIP], {}, {}), data)
     assert verdict.action == "reject" and "more than 50 MIME entities" in verdict.reason
 
 
 def test_a_strip_rule_strips_what_it_could_not_inspect() -> None:
     strip = dict(EXE_IN_ZIP, action="strip")
     data = nested_mime(1, _part("archive.zip", nested_zip(archives.MAX_DEPTH + 1), "application/zip"))
-    verdict = screen(Screener.from_config([strip], {}, {}), data)
+    verdict = screen(screener_from([strip], {}, {}), data)
     assert verdict.action == "strip" and verdict.rewrite is not None
     out = bytearray()
     verdict.rewrite(out.extend)
@@ -100,10 +101,10 @@ def test_a_strip_rule_strips_what_it_could_not_inspect() -> None:
 
 def test_the_uninspected_action_is_configurable() -> None:
     data = nested_mime(40, _part("evil.exe", PE))
-    tempfail = Screener.from_config([EXE_IN_ZIP], {}, {}, {"uninspected_action": "tempfail"})
+    tempfail = screener_from([EXE_IN_ZIP], {}, {}, {"uninspected_action": "tempfail"})
     verdict = screen(tempfail, data)
     assert verdict.action == "tempfail" and verdict.reply is not None and verdict.reply.code == 451
-    quarantine = Screener.from_config([EXE_IN_ZIP], {}, {}, {"uninspected_action": "quarantine"})
+    quarantine = screener_from([EXE_IN_ZIP], {}, {}, {"uninspected_action": "quarantine"})
     assert screen(quarantine, data).action == "quarantine"
 
 
@@ -112,15 +113,15 @@ def test_what_no_rule_could_have_matched_passes() -> None:
     key that was seen (the subject) does not decide either."""
     outside_zip_only = dict(EXE_IN_ZIP, in_zip=False)
     data = nested_mime(1, _part("archive.zip", nested_zip(5), "application/zip"))
-    assert screen(Screener.from_config([outside_zip_only], {}, {}), data).action == "accept"
+    assert screen(screener_from([outside_zip_only], {}, {}), data).action == "accept"
     with_subject = dict(EXE_IN_ZIP, subject=["^invoice"])
-    assert screen(Screener.from_config([with_subject], {}, {}), data).action == "accept"
+    assert screen(screener_from([with_subject], {}, {}), data).action == "accept"
 
 
 def test_a_catastrophic_regex_stops_at_the_time_limit() -> None:
     rule = {"name": "backtrack", "direction": "inbound", "action": "reject", "body": ["(a|aa)+$"]}
     data = b"Subject: x\r\n\r\n" + b"a" * 5000 + b"!\r\n"
-    verdict = screen(Screener.from_config([rule], {}, {}, {"time_limit": 1}), data)
+    verdict = screen(screener_from([rule], {}, {}, {"time_limit": 1}), data)
     assert verdict.action == "reject" and verdict.rule == "backtrack"
     assert "not fully inspected" in verdict.reason
 
@@ -128,13 +129,13 @@ def test_a_catastrophic_regex_stops_at_the_time_limit() -> None:
 def test_a_catastrophic_helo_regex_does_not_hold_the_event_loop() -> None:
     rule = {"name": "helo", "direction": "inbound", "action": "tempfail", "helo": ["^(a|aa)+$"]}
     ctx = ScreenContext("inbound", "", ["ben@hosted.test"], "192.0.2.7", "a" * 5000 + "!")
-    screener = Screener.from_config([rule], {}, {})
+    screener = screener_from([rule], {}, {})
     verdict = asyncio.run(screener.screen(ctx, lambda: io.BytesIO(b""), 0))
     assert verdict.action == "tempfail" and "not fully inspected" in verdict.reason
 
 
 def test_past_the_time_limit_rules_decide_as_if_matched() -> None:
-    screener = Screener.from_config([EXE_IN_ZIP], {}, {})
+    screener = screener_from([EXE_IN_ZIP], {}, {})
     screener.time_limit = 0  # already over when screening starts
     verdict = screen(screener, nested_mime(1, _part("clean.txt", b"hello")))
     assert verdict.action == "reject" and "time limit" in verdict.reason
@@ -169,7 +170,7 @@ def test_screening_does_not_wait_for_the_threads_that_check_passwords() -> None:
         try:
             data = nested_mime(2, _part("evil.exe", PE))
             return await asyncio.wait_for(
-                Screener.from_config([EXE_IN_ZIP], {}, {}).screen(INBOUND, lambda: io.BytesIO(data), len(data)), 30)
+                screener_from([EXE_IN_ZIP], {}, {}).screen(INBOUND, lambda: io.BytesIO(data), len(data)), 30)
         finally:
             release.set()
             await asyncio.gather(*tasks)

@@ -9,15 +9,16 @@ import pytest
 
 from mailgate.screen.mime import LeafPart, Needs, walk
 from mailgate.screen.rules import (
-    ScreenConfigError, ScreenContext, envelope_matches, headers_match, normal_name, parse_rules,
-    part_matches,
+    ScreenConfigError, ScreenContext, envelope_matches, headers_match, normal_name, part_matches,
 )
+from mailgate.config.loader import ConfigError
+from tests.support.screening import rules_from, validated_rules
 
 DATA = Path(__file__).parent.parent / "data" / "mime"
 
 
 def _rule(**match: object):
-    return parse_rules([{"name": "r", "direction": "both", "action": "reject", **match}])[0]
+    return rules_from([{"name": "r", "direction": "both", "action": "reject", **match}])[0]
 
 
 def _parts(sample: str) -> list[LeafPart]:
@@ -26,30 +27,44 @@ def _parts(sample: str) -> list[LeafPart]:
     return parts
 
 
-def test_every_error_is_reported_with_its_key_path() -> None:
-    with pytest.raises(ScreenConfigError) as raised:
-        parse_rules([
-            {"name": "a", "direction": "sideways", "action": "explode", "subject": ["("]},
-            {"name": "b", "direction": "inbound", "action": "strip", "subject": ["x"]},
-            {"name": "c", "direction": "inbound", "action": "tag"},
+def test_type_errors_are_the_schemas_each_with_its_key_path() -> None:
+    """The schema alone declares and checks a rule's keys, types and choices (config/schema.py)."""
+    with pytest.raises(ConfigError) as raised:
+        validated_rules([
+            {"name": "a", "direction": "sideways", "action": "explode", "subject": ["x"]},
             {"name": "d", "direction": "inbound", "action": "reject", "client": ["300.1.1.1/8"],
-             "sniffed_type": ["spreadsheet"], "header": ["no colon"], "min_size": -1, "colour": "red"},
-            {"name": "a", "direction": "inbound", "action": "reject", "sender": ["not an address"]},
+             "min_size": -1, "colour": "red", "match": "some"},
         ])
     errors = "\n".join(raised.value.errors)
-    for expected in ("screen.rule[0].direction", "screen.rule[0].action", "screen.rule[0].subject",
-                     "screen.rule[1].action: strip needs a part key",
-                     "screen.rule[2].name: the rule has no match key",
-                     "screen.rule[3].client", "screen.rule[3].sniffed_type", "screen.rule[3].header",
-                     "screen.rule[3].min_size", "screen.rule[3].colour: unknown key",
-                     "screen.rule[4].sender"):
+    for expected in ("screen_rule[0].direction", "screen_rule[0].action", "screen_rule[1].client",
+                     "screen_rule[1].min_size", "screen_rule[1].colour: unknown key",
+                     "screen_rule[1].match: must be one of all, any"):
+        assert expected in errors
+
+
+def test_every_other_error_is_reported_with_its_key_path() -> None:
+    with pytest.raises(ScreenConfigError) as raised:
+        rules_from([
+            {"name": "a", "direction": "both", "action": "reject", "subject": ["("]},
+            {"name": "b", "direction": "inbound", "action": "strip", "subject": ["x"]},
+            {"name": "c", "direction": "inbound", "action": "tag"},
+            {"name": "d", "direction": "inbound", "action": "reject",
+             "sniffed_type": ["spreadsheet"], "header": ["no colon"], "tag_header": "Bad Header"},
+            {"name": "a", "direction": "inbound", "action": "reject", "sender": ["not an address"]},
+            {"name": "e", "direction": "inbound", "action": "strip", "extension": ["exe"], "match": "any"},
+        ])
+    errors = "\n".join(raised.value.errors)
+    for expected in ("screen_rule[0].subject", "screen_rule[1].action: strip needs a part key",
+                     "screen_rule[2].name: the rule has no match key",
+                     "screen_rule[3].sniffed_type", "screen_rule[3].header", "screen_rule[3].tag_header",
+                     "screen_rule[4].sender", "screen_rule[5].match: strip needs match"):
         assert expected in errors
 
 
 def test_duplicate_names_are_refused() -> None:
     table = {"name": "same", "direction": "inbound", "action": "reject", "extension": ["exe"]}
     with pytest.raises(ScreenConfigError, match="duplicate rule name"):
-        parse_rules([table, table])
+        rules_from([table, table])
 
 
 def test_envelope_keys() -> None:

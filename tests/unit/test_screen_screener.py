@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from mailgate.config.loader import ConfigError
 from mailgate.core.reply import SCANNER_UNAVAILABLE
 from mailgate.screen import Screener, ScreenContext, Verdict
 from mailgate.screen.actions import STRIPPED_HEADER
 from mailgate.screen.clamd import ClamdError, ScanResult
 from mailgate.screen.rspamd import SpamResult
+from tests.support.screening import screener_from
 
 DATA = Path(__file__).parent.parent / "data" / "mime"
 INBOUND = ScreenContext("inbound", "anna@corp.example", ["ben@hosted.test"], "192.0.2.7", "mx.corp.example")
@@ -50,7 +52,7 @@ def _rewritten(verdict: Verdict) -> bytes:
 
 
 def test_reject_names_the_rule_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    screener = Screener.from_config([BLOCK_EXE], {}, {})
+    screener = screener_from([BLOCK_EXE], {}, {})
     with caplog.at_level(logging.INFO, logger="mailgate.screen"):
         verdict, _ = _screen(screener, "outlook_mixed.eml")
     assert verdict.action == "reject" and verdict.rule == "block-exe"
@@ -63,18 +65,18 @@ def test_reject_names_the_rule_and_is_logged(caplog: pytest.LogCaptureFixture) -
 @pytest.mark.parametrize("sample", ["outlook_mixed.eml", "apple_inline.eml", "forwarded_nested.eml",
                                     "rfc2231_names.eml"])
 def test_executables_found_in_every_shape(sample: str) -> None:
-    verdict, _ = _screen(Screener.from_config([BLOCK_EXE], {}, {}), sample)
+    verdict, _ = _screen(screener_from([BLOCK_EXE], {}, {}), sample)
     assert verdict.action == "reject"
 
 
 def test_direction_is_respected() -> None:
-    verdict, opener = _screen(Screener.from_config([BLOCK_EXE], {}, {}), "outlook_mixed.eml", OUTBOUND)
+    verdict, opener = _screen(screener_from([BLOCK_EXE], {}, {}), "outlook_mixed.eml", OUTBOUND)
     assert verdict.action == "accept" and opener.opened == 0
 
 
 def test_message_not_opened_when_no_rule_needs_it() -> None:
     rules = [{"name": "bad-sender", "direction": "both", "action": "reject", "sender_domain": ["evil.example"]}]
-    screener = Screener.from_config(rules, {}, {})
+    screener = screener_from(rules, {}, {})
     assert not screener.needs_message(INBOUND)
     verdict, opener = _screen(screener, "outlook_mixed.eml")
     assert verdict.action == "accept" and opener.opened == 0
@@ -87,7 +89,7 @@ def test_envelope_rejection_skips_content_and_engines() -> None:
     clamd = FakeClamd(ScanResult(False))
     rules = [{"name": "bad-helo", "direction": "inbound", "action": "tempfail", "helo": ["^mx\\.corp"],
               "text": "Try later"}, BLOCK_EXE]
-    verdict, opener = _screen(Screener(Screener.from_config(rules, {}, {}).rules, clamd), "outlook_mixed.eml")
+    verdict, opener = _screen(Screener(screener_from(rules, {}, {}).rules, clamd), "outlook_mixed.eml")
     assert verdict.action == "tempfail" and verdict.reply.encode() == b"451 4.7.1 Try later\r\n"
     assert opener.opened == 0 and clamd.calls == 0
 
@@ -95,7 +97,7 @@ def test_envelope_rejection_skips_content_and_engines() -> None:
 def test_strip_removes_the_part_and_keeps_the_rest_verbatim() -> None:
     rule = {**BLOCK_EXE, "action": "strip", "text": "executables are removed"}
     data = (DATA / "outlook_mixed.eml").read_bytes()
-    verdict, _ = _screen(Screener.from_config([rule], {}, {}), data)
+    verdict, _ = _screen(screener_from([rule], {}, {}), data)
     assert verdict.action == "strip" and verdict.rule == "block-exe"
     out = _rewritten(verdict)
     assert out.startswith(f"{STRIPPED_HEADER}: invoice.pdf.exe (rule block-exe: executables are removed)\r\n".encode())
@@ -113,7 +115,7 @@ def test_strip_removes_the_part_and_keeps_the_rest_verbatim() -> None:
 
 def test_strip_in_forwarded_messages_and_whole_inner_message() -> None:
     rule = {"name": "strip-exe", "direction": "inbound", "action": "strip", "extension": ["exe"]}
-    verdict, _ = _screen(Screener.from_config([rule], {}, {}), "forwarded_nested.eml")
+    verdict, _ = _screen(screener_from([rule], {}, {}), "forwarded_nested.eml")
     out = _rewritten(verdict)
     message = email.message_from_bytes(out, policy=email.policy.default)
     names = [p.get_filename() for p in message.walk() if p.get_filename()]
@@ -129,7 +131,7 @@ def test_strip_of_a_single_part_message_replaces_the_body() -> None:
             b"Content-Type: application/octet-stream; name=\"tool.exe\"\r\nContent-Transfer-Encoding: base64\r\n"
             b"\r\nTVqQAAMAAAAEAAAA\r\n")
     rule = {"name": "strip-exe", "direction": "inbound", "action": "strip", "sniffed_type": ["executable"]}
-    out = _rewritten(_screen(Screener.from_config([rule], {}, {}), data)[0])
+    out = _rewritten(_screen(screener_from([rule], {}, {}), data)[0])
     message = email.message_from_bytes(out, policy=email.policy.default)
     assert message.get_content_type() == "text/plain" and message["subject"] == "tool"
     assert "tool.exe" in message.get_content() and len(message.get_all("content-type")) == 1
@@ -137,7 +139,7 @@ def test_strip_of_a_single_part_message_replaces_the_body() -> None:
 
 def test_strip_non_ascii_name_is_encoded() -> None:
     rule = {"name": "strip-exe", "direction": "inbound", "action": "strip", "extension": ["exe", "scr"]}
-    out = _rewritten(_screen(Screener.from_config([rule], {}, {}), "rfc2231_names.eml")[0])
+    out = _rewritten(_screen(screener_from([rule], {}, {}), "rfc2231_names.eml")[0])
     message = email.message_from_bytes(out, policy=email.policy.default)
     assert "Счет.EXE" in str(message[STRIPPED_HEADER])
     notices = [p.get_content() for p in message.walk() if "mailgate removed" in (p.get_content() if
@@ -152,7 +154,7 @@ def test_quarantine_tag_and_severity() -> None:
         {"name": "hold-exe-in-zip", "direction": "inbound", "action": "quarantine", "extension": ["exe"],
          "in_zip": True, "text": "executable inside an archive"},
     ]
-    screener = Screener.from_config(rules, {}, {})
+    screener = screener_from(rules, {}, {})
     verdict, _ = _screen(screener, "zip_with_exe.eml")
     assert verdict.action == "quarantine" and verdict.rule == "hold-exe-in-zip"
     assert verdict.reason == "rule hold-exe-in-zip: executable inside an archive"
@@ -164,14 +166,14 @@ def test_quarantine_tag_and_severity() -> None:
 def test_keyword_rules_on_subject_and_decoded_body() -> None:
     rules = [{"name": "lottery", "direction": "inbound", "action": "reject", "subject": ["gewonnen"],
               "body": ["bestätigen sie ihre kontonummer"]}]
-    assert _screen(Screener.from_config(rules, {}, {}), "keywords.eml")[0].action == "reject"
+    assert _screen(screener_from(rules, {}, {}), "keywords.eml")[0].action == "reject"
     rules[0]["body"] = ["not in the text"]
-    assert _screen(Screener.from_config(rules, {}, {}), "keywords.eml")[0].action == "accept"
+    assert _screen(screener_from(rules, {}, {}), "keywords.eml")[0].action == "accept"
 
 
 def test_subject_only_rules_read_just_the_header_section() -> None:
     rules = [{"name": "subj", "direction": "inbound", "action": "tag", "subject": ["^Q2"]}]
-    verdict, _ = _screen(Screener.from_config(rules, {}, {}), "outlook_mixed.eml")
+    verdict, _ = _screen(screener_from(rules, {}, {}), "outlook_mixed.eml")
     assert verdict.action == "tag" and verdict.add_headers == [("X-Mailgate-Tag", "subj")]
 
 
@@ -230,12 +232,14 @@ def test_spam_actions_map_to_ours(action: str, ours: str, code: int | None) -> N
 
 
 def test_config_errors_for_engines() -> None:
-    with pytest.raises(ValueError) as raised:
-        Screener.from_config([], {"clamd": "carrier-pigeon", "action": "strip", "colour": 1},
-                             {"rspamd_url": "ftp://x"})
-    text = str(raised.value)
-    for key in ("screen.antivirus.clamd", "screen.antivirus.action", "screen.antivirus.colour",
-                "screen.spam.rspamd_url"):
+    with pytest.raises(ConfigError) as raised:  # the schema's checks
+        screener_from([], {"clamd": "unix:/run/clamd.ctl", "action": "strip", "colour": 1})
+    assert "antivirus.action: must be one of reject, quarantine, tag" in raised.value.errors
+    assert any(error.startswith("antivirus.colour: unknown key") for error in raised.value.errors)
+    with pytest.raises(ValueError) as invalid:  # what only the clients can check
+        screener_from([], {"clamd": "carrier-pigeon"}, {"rspamd_url": "ftp://x"})
+    text = str(invalid.value)
+    for key in ("antivirus.clamd", "spam.rspamd_url"):
         assert key in text
 
 
@@ -243,7 +247,7 @@ def test_a_failing_walk_is_a_temporary_failure() -> None:
     def broken() -> io.BytesIO:
         raise OSError("spool file vanished")
 
-    screener = Screener.from_config([BLOCK_EXE], {}, {})
+    screener = screener_from([BLOCK_EXE], {}, {})
     verdict = asyncio.run(screener.screen(INBOUND, broken, 100))
     assert verdict.action == "tempfail" and verdict.rule == "screener"
     assert verdict.reply is not None and verdict.reply.code == 451

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from mailgate.cli.main import main
-from mailgate.config.loader import load_file
+from mailgate.config.loader import ConfigError, load_file
 from mailgate.screen import ScreenConfigError, Screener, ScreenContext
+from tests.support.screening import screener_from
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "tests" / "data" / "mime"
@@ -33,7 +34,7 @@ def verdict_for(rule: dict, message: bytes, ctx: ScreenContext = INBOUND) -> str
         opened.append(1)
         return io.BytesIO(message)
 
-    screener = Screener.from_config([rule], {}, {})
+    screener = screener_from([rule], {}, {})
     return asyncio.run(screener.screen(ctx, open_message, len(message))).action + ("" if opened else " unopened")
 
 
@@ -59,12 +60,12 @@ def test_match_any_with_an_envelope_key_decides_without_reading_the_message() ->
 
 
 def test_match_values_and_strip_with_any_are_refused() -> None:
-    with pytest.raises(ScreenConfigError) as raised:
-        Screener.from_config([dict(LURE, match="some")], {}, {})
-    assert "screen.rule[0].match: must be one of all, any" in raised.value.errors
+    with pytest.raises(ConfigError) as raised:
+        screener_from([dict(LURE, match="some")])
+    assert "screen_rule[0].match: must be one of all, any" in raised.value.errors
     strip = {"name": "s", "direction": "both", "action": "strip", "extension": ["exe"], "match": "any"}
     with pytest.raises(ScreenConfigError):
-        Screener.from_config([strip], {}, {})
+        screener_from([strip])
 
 
 RULES = """

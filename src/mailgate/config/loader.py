@@ -91,6 +91,21 @@ def load_text(text: str, source: str = "<string>") -> Config:
     return Config(source=source, raw=document, **values)
 
 
+def load_section(name: str, raw: Any) -> Any:
+    """One section's tables validated against the schema alone (no cross-key checks): a list of
+    namespaces for an array section. Raises ConfigError. For tools and tests that build one
+    component from a fragment of configuration."""
+    section = next(s for s in SECTIONS if s.name == name)
+    errors: list[str] = []
+    if section.array:
+        loaded: Any = _load_array(section, raw, errors)
+    else:
+        loaded = _load_table(section, section.name, raw, errors)
+    if errors:
+        raise ConfigError(errors)
+    return loaded
+
+
 def _load_array(section: Section, raw: Any, errors: list[str]) -> list[SimpleNamespace]:
     if raw is None:
         return []

@@ -284,7 +284,7 @@ SCREEN_RULE = Section(
         Key("sender", ListOf(item=Text(allow_empty=False)), (), "Envelope senders; `<>` is the null sender."),
         Key("sender_domain", ListOf(item=Text(allow_empty=False)), (), "Sender domains; `.example.com` adds subdomains."),
         Key("recipient", ListOf(item=Text(allow_empty=False)), (), "Envelope recipients."),
-        Key("client", ListOf(item=Text(allow_empty=False)), (), "Client networks (CIDR)."),
+        Key("client", ListOf(item=Network()), (), "Client networks (CIDR)."),
         Key("helo", ListOf(item=Text(allow_empty=False)), (), "Regular expressions on the HELO name."),
     ),
     array=True,

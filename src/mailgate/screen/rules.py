@@ -1,11 +1,11 @@
 """Screening rules: the model, its parsing from configuration tables, and matching.
 
-Owns: `Rule` and `Match` (one `[[screen.rule]]` each), `parse_rules` (plain dicts in, every
+Owns: `Rule` and `Match` (one `[[screen_rule]]` each), `parse_rules` (validated tables in, every
 error out with its key path), and the match predicates at three levels: the envelope (no
 message needed), the root header section, and each MIME leaf (names, types, size, zip content,
 decoded text). A rule matches when every match key it gives matches; within one key's list, any
-entry will do; `match = "any"` makes one matching kind of key enough. The part-level keys (filename, extension, mime_type, sniffed_type, min_size) must
-all hold for the same part.
+entry will do; `match = "any"` makes one matching kind of key enough. The part-level keys
+(filename, extension, mime_type, sniffed_type, min_size) must all hold for the same part.
 Regular expressions are compiled with the `regex` module, whose searches take a time-out: each
 matcher takes `timeout` (seconds, None: unbounded) and lets `TimeoutError` out, so a catastrophic
 backtrack in an admin's expression stops, and the screener counts the rule as one that could have
@@ -16,10 +16,11 @@ Must not: read messages (mime.py does) or decide between several matching rules 
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
@@ -31,14 +32,7 @@ from mailgate.screen.bounds import HEADERS, PARTS, TEXT, ZIP_KINDS, ZIP_NAMES
 from mailgate.screen.leaf import LeafPart, decoded
 from mailgate.screen.sniff import known_names
 
-DIRECTIONS = ("inbound", "outbound", "both")
-ACTIONS = ("reject", "strip", "quarantine", "tag", "tempfail")
-ENVELOPE_KEYS = ("sender", "sender_domain", "recipient", "client", "helo")
-HEADER_KEYS = ("subject", "header")
 PART_KEYS = ("filename", "extension", "mime_type", "sniffed_type", "min_size")
-MATCH_KEYS = (*PART_KEYS, "in_zip", *HEADER_KEYS, "body", *ENVELOPE_KEYS)
-COMBINE = ("all", "any")  # `match`: every kind of key given must match, or any one will do
-RULE_KEYS = ("name", "direction", "action", "text", "tag_header", "match", *MATCH_KEYS)
 DEFAULT_TAG_HEADER = "X-Mailgate-Tag"
 _DEFAULT_TEXT = {
     "reject": "Message refused by policy",
@@ -260,8 +254,12 @@ def _name_matches(match: Match, name: str) -> bool:
 _HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 §3.6.8 ftext: printable but ":"
 
 
-def parse_rules(tables: list[Mapping[str, Any]], where: str = "screen.rule") -> list[Rule]:
-    """Rules from `[[screen.rule]]` tables; raises ScreenConfigError naming every bad key."""
+def parse_rules(tables: Sequence[Any], where: str = "screen_rule") -> list[Rule]:
+    """Rules from `[[screen_rule]]` tables the configuration loader validated against the schema
+    (config/schema.py declares every key, its type, choices and default). What no schema type
+    can check is checked here: regular expressions, sniffed type names, `Name: regex` entries,
+    addresses and domains, a rule without a match key, strip without a part key, duplicate names.
+    Raises ScreenConfigError naming every problem with its key path."""
     errors: list[str] = []
     rules: list[Rule] = []
     seen: set[str] = set()
@@ -280,31 +278,16 @@ def parse_rules(tables: list[Mapping[str, Any]], where: str = "screen.rule") -> 
 
 
 class _Fields:
-    """Typed reads of one table that record errors instead of raising, so all are reported."""
+    """Conversions of one validated table that record errors instead of raising, so all are reported."""
 
-    def __init__(self, table: Mapping[str, Any], path: str, errors: list[str]) -> None:
+    def __init__(self, table: Any, path: str, errors: list[str]) -> None:
         self.table, self.path, self.errors = table, path, errors
 
     def error(self, key: str, message: str) -> None:
         self.errors.append(f"{self.path}.{key}: {message}")
 
-    def text(self, key: str, default: str | None = None) -> str | None:
-        value = self.table.get(key, default)
-        if value is None:
-            self.error(key, "is required")
-        elif not isinstance(value, str):
-            self.error(key, "must be a string")
-            return None
-        return value
-
     def strings(self, key: str) -> list[str]:
-        value = self.table.get(key, [])
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-            self.error(key, "must be a list of non-empty strings")
-            return []
-        return value
+        return list(getattr(self.table, key))
 
     def regexes(self, key: str, values: list[str] | None = None) -> tuple[regex.Pattern[str], ...]:
         compiled = []
@@ -325,36 +308,22 @@ class _Fields:
         return tuple(out)
 
 
-def _parse_rule(table: Mapping[str, Any], path: str, errors: list[str]) -> Rule | None:
+def _parse_rule(table: Any, path: str, errors: list[str]) -> Rule | None:
     fields = _Fields(table, path, errors)
     before = len(errors)
-    for key in table:
-        if key not in RULE_KEYS:
-            fields.error(key, "unknown key")
-    name = fields.text("name")
-    direction = fields.text("direction")
-    if direction is not None and direction not in DIRECTIONS:
-        fields.error("direction", f"must be one of {', '.join(DIRECTIONS)}")
-    action = fields.text("action")
-    if action is not None and action not in ACTIONS:
-        fields.error("action", f"must be one of {', '.join(ACTIONS)}")
-    text = fields.text("text", "") or ""
-    tag_header = fields.text("tag_header", DEFAULT_TAG_HEADER) or DEFAULT_TAG_HEADER
-    if not _HEADER_NAME.fullmatch(tag_header):
+    if not _HEADER_NAME.fullmatch(table.tag_header):
         fields.error("tag_header", "is not a valid header field name (RFC 5322 §3.6.8)")
     match = _parse_match(fields)
-    if not any(key in table for key in MATCH_KEYS if key != "in_zip"):
+    if not any(getattr(match, key.name) for key in dataclasses.fields(Match) if key.name != "in_zip"):
         fields.error("name", "the rule has no match key, it would match every message")
-    if action == "strip" and not match.has_part_keys:
+    if table.action == "strip" and not match.has_part_keys:
         fields.error("action", "strip needs a part key: " + ", ".join(PART_KEYS))
-    combine = fields.text("match", "all")
-    if combine is not None and combine not in COMBINE:
-        fields.error("match", f"must be one of {', '.join(COMBINE)}")
-    if action == "strip" and combine == "any":
+    if table.action == "strip" and table.match == "any":
         fields.error("match", "strip needs match = \"all\": it removes the parts its part keys found")
-    if len(errors) > before or name is None or direction is None or action is None:
+    if len(errors) > before:
         return None
-    return Rule(name, direction, action, match, text, tag_header, match_any=combine == "any")
+    return Rule(table.name, table.direction, table.action, match, table.text, table.tag_header,
+                match_any=table.match == "any")
 
 
 def _parse_match(fields: _Fields) -> Match:
@@ -363,14 +332,6 @@ def _parse_match(fields: _Fields) -> Match:
     unknown = sorted(set(sniffed) - known_names())
     if unknown:
         fields.error("sniffed_type", f"unknown {unknown}; known: {', '.join(sorted(known_names()))}")
-    min_size = table.get("min_size")
-    if min_size is not None and (isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0):
-        fields.error("min_size", "must be a non-negative integer (octets)")
-        min_size = None
-    in_zip = table.get("in_zip", False)
-    if not isinstance(in_zip, bool):
-        fields.error("in_zip", "must be true or false")
-        in_zip = False
     headers = []
     for entry in fields.strings("header"):
         header_name, colon, expression = entry.partition(":")
@@ -384,15 +345,15 @@ def _parse_match(fields: _Fields) -> Match:
         extension=tuple(value.lower().lstrip(".") for value in fields.strings("extension")),
         mime_type=tuple(value.lower() for value in fields.strings("mime_type")),
         sniffed_type=sniffed,
-        min_size=min_size,
-        in_zip=in_zip,
+        min_size=table.min_size or None,  # 0: any size
+        in_zip=table.in_zip,
         subject=fields.regexes("subject"),
         header=tuple(headers),
         body=fields.regexes("body"),
         sender=fields.converted("sender", _config_address),
         sender_domain=fields.converted("sender_domain", _config_domain),
         recipient=fields.converted("recipient", _config_address),
-        client=fields.converted("client", lambda value: ipaddress.ip_network(value, strict=False)),
+        client=tuple(table.client),
         helo=fields.regexes("helo"),
     )
 

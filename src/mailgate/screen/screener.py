@@ -21,7 +21,7 @@ import asyncio
 import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any, BinaryIO
@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 from mailgate.core.reply import LOCAL_ERROR, SCANNER_UNAVAILABLE, Reply
 from mailgate.screen import actions
 from mailgate.screen.bounds import Deadline, ScreenTimeout, Unseen, regex_budget
-from mailgate.screen.clamd import DEFAULT_MAX_BYTES, ClamdClient, ClamdError
+from mailgate.screen.clamd import ClamdClient, ClamdError
 from mailgate.screen.health import ScannerHealth
 from mailgate.screen.mime import LeafPart, Needs, WalkResult, root_headers, walk
 from mailgate.screen.rspamd import (
@@ -47,15 +47,11 @@ SEVERITY = ("reject", "tempfail", "quarantine", "strip", "tag")
 ANTIVIRUS_RULE = "antivirus"
 SPAM_RULE = "rspamd"
 SCREENER_RULE = "screener"  # the screener itself failed
-AV_ACTIONS = ("reject", "quarantine", "tag")
 ANTIVIRUS_SCANNER, SPAM_SCANNER = "antivirus", "spam"  # names in readiness problems and warnings
-AV_KEYS = ("clamd", "timeout", "fail_open", "action", "max_size")
-SPAM_KEYS = ("rspamd_url", "timeout", "fail_open")
 VIRUS_HEADER = "X-Mailgate-Virus"
 DEFAULT_TIME_LIMIT = 60.0
 DEFAULT_WORKERS = 4
 STRICTEST = "strictest"
-UNINSPECTED_ACTIONS = (STRICTEST, "reject", "tempfail", "quarantine", "tag")
 # Envelope rules run on the event loop: a HELO expression gets this long before it counts as a
 # rule that could have matched.
 ENVELOPE_REGEX_TIMEOUT = 0.05
@@ -145,43 +141,32 @@ class Screener:
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_config(
-        cls, rules: list[Mapping[str, Any]], av: Mapping[str, Any], spam: Mapping[str, Any],
-        bounds: Mapping[str, Any] | None = None,
-    ) -> "Screener":
-        """From `[[screen.rule]]`, `[screen.antivirus]` and `[screen.spam]`; ScreenConfigError lists
-        every problem with its key path."""
+    def from_config(cls, rules: Sequence[Any], antivirus: Any, spam: Any, screen: Any) -> "Screener":
+        """From the `[[screen_rule]]`, `[antivirus]`, `[spam]` and `[screen]` settings the
+        configuration loader validated (config/schema.py); ScreenConfigError lists what only
+        the screener can check (rules.py, the clamd and rspamd addresses), by key path."""
         errors: list[str] = []
         try:
-            parsed = parse_rules(list(rules))
+            parsed = parse_rules(rules)
         except ScreenConfigError as exc:
             errors.extend(exc.errors)
             parsed = []
-        errors += [f"screen.antivirus.{key}: unknown key" for key in av if key not in AV_KEYS]
-        errors += [f"screen.spam.{key}: unknown key" for key in spam if key not in SPAM_KEYS]
         clamd = rspamd = None
-        av_action = av.get("action", "reject")
-        if av_action not in AV_ACTIONS:
-            errors.append(f"screen.antivirus.action: must be one of {', '.join(AV_ACTIONS)}")
         try:
-            if av.get("clamd"):
-                clamd = ClamdClient(str(av["clamd"]), timeout=float(av.get("timeout", 30.0)),
-                                    max_bytes=int(av.get("max_size", DEFAULT_MAX_BYTES)))
-        except (ValueError, TypeError) as exc:
-            errors.append(f"screen.antivirus.clamd: {exc}")
+            if antivirus.clamd:
+                clamd = ClamdClient(antivirus.clamd, timeout=antivirus.timeout, max_bytes=antivirus.max_size)
+        except ValueError as exc:
+            errors.append(f"antivirus.clamd: {exc}")
         try:
-            if spam.get("rspamd_url"):
-                rspamd = RspamdClient(str(spam["rspamd_url"]), timeout=float(spam.get("timeout", 15.0)))
-        except (ValueError, TypeError) as exc:
-            errors.append(f"screen.spam.rspamd_url: {exc}")
+            if spam.rspamd_url:
+                rspamd = RspamdClient(spam.rspamd_url, timeout=spam.timeout)
+        except ValueError as exc:
+            errors.append(f"spam.rspamd_url: {exc}")
         if errors:
             raise ScreenConfigError(errors)
-        bounds = bounds or {}
-        return cls(parsed, clamd, rspamd, fail_open_av=bool(av.get("fail_open", False)),
-                   av_action=av_action, fail_open_spam=bool(spam.get("fail_open", False)),
-                   time_limit=float(bounds.get("time_limit", DEFAULT_TIME_LIMIT)),
-                   uninspected_action=str(bounds.get("uninspected_action", STRICTEST)),
-                   workers=int(bounds.get("workers", DEFAULT_WORKERS)))
+        return cls(parsed, clamd, rspamd, fail_open_av=antivirus.fail_open, av_action=antivirus.action,
+                   fail_open_spam=spam.fail_open, time_limit=screen.time_limit,
+                   uninspected_action=screen.uninspected_action, workers=screen.workers)
 
     # --- the API the session calls ----------------------------------------------------------------
     def _envelope(self, rule: Rule, ctx: ScreenContext) -> bool | None:
