@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.core.reply import SCANNER_UNAVAILABLE
-from mailgate.screen import Screener, ScreenContext
+from mailgate.screen import ScreenContext
 from mailgate.screen.clamd import ClamdClient, ClamdError
 from tests.conftest import free_port, require_binary
 from tests.support.clamd import EICAR, SIGNATURE_NAME, ClamdInstance, start_clamd

@@ -11,7 +11,7 @@ import pytest
 
 from mailgate.cli.main import main
 from mailgate.config.loader import ConfigError, load_file
-from mailgate.screen import ScreenConfigError, Screener, ScreenContext
+from mailgate.screen import ScreenConfigError, ScreenContext
 from tests.support.screening import screener_from
 
 ROOT = Path(__file__).resolve().parents[2]
