@@ -23,6 +23,7 @@ SECTIONS = {
     "domain": '[[domain]]\nname = "hosted.test"\nnext_hop = ["127.0.0.1:2600"]\n',
     "delivery": "[delivery]\n",
     "dns": "[dns]\n",
+    "screen": "[screen]\n",
     "screen_rule": "",
     "antivirus": "[antivirus]\n",
     "spam": "[spam]\n",
@@ -57,6 +58,10 @@ LIVE = {
     "screen_rule": ('[[screen_rule]]\nname = "no-invoices"\nbody = ["invoice"]\naction = "reject"\n',
                     lambda app: app.reception.screener is not None
                     and [r.name for r in app.reception.screener.rules] == ["no-invoices"]),
+    "screen": ('[screen]\ntime_limit = 7\nuninspected_action = "tempfail"\n'
+               '[[screen_rule]]\nname = "no-invoices"\nbody = ["invoice"]\naction = "reject"\n',
+               lambda app: app.reception.screener is not None and app.reception.screener.time_limit == 7
+               and app.reception.screener.uninspected_action == "tempfail"),
     "antivirus": ('[antivirus]\nclamd = "tcp:127.0.0.1:3310"\nfail_open = false\n',
                   lambda app: app.reception.screener is not None
                   and app.reception.screener.clamd.address == "tcp:127.0.0.1:3310"),
