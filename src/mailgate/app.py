@@ -48,6 +48,7 @@ from mailgate.policy.relay import RelayPolicy
 from mailgate.queue.sqlite_store import SqliteQueueStore
 from mailgate.server.control import ControlServer
 from mailgate.server.diskguard import DiskGuard, DiskState
+from mailgate.server import listen_sockets
 from mailgate.server.listener import Listener
 from mailgate.server.privileges import PrivilegeError, drop_privileges, resolve_identity, spool_ownership_problems
 from mailgate.server.context import ListenerProfile, Reception
@@ -163,7 +164,9 @@ class Application:
         self.observe: ObserveServer | None = None
         if config.metrics.address:
             host, port = parse_host_port(config.metrics.address)
-            self.observe = ObserveServer(host, port + worker_index, self.metrics, self._readiness)
+            self.observe = ObserveServer(
+                host, port + worker_index, self.metrics, self._readiness, sock=listen_sockets.inherited().metrics
+            )
         self._gauges_task: asyncio.Task | None = None
         self._probe_task: asyncio.Task | None = None
         self._runner_task: asyncio.Task | None = None
@@ -190,7 +193,7 @@ class Application:
         return readiness_problems(self.listeners, self.config.server.spool_dir, self.disk, self.reception.screener)
 
     def _listener(self, listener, profile: ListenerProfile) -> Listener:
-        settings = listener_settings(listener, profile, self.workers)
+        settings = listener_settings(listener, profile)
 
         async def handle(reader, writer, owner: Listener, client: str) -> None:
             await Session(self.reception, profile, reader, writer, client).run()
@@ -198,7 +201,8 @@ class Application:
         def refused(client: str, port: int, reason: str, reply) -> None:
             self.log.connection_refused(client, port, listener.name, reason, reply)
 
-        return Listener(settings, handle, on_refused=refused)
+        return Listener(settings, handle, on_refused=refused, 
+                        sock=listen_sockets.inherited().take_listener(settings.host, settings.port))
 
     async def start(self) -> None:
         try:

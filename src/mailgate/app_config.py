@@ -131,7 +131,7 @@ def rate_limits(config: Config, workers: int) -> MessageRateLimits | None:
     return MessageRateLimits(per_client, per_user) if per_client is not None or per_user is not None else None
 
 
-def listener_settings(listener: SimpleNamespace, profile: ListenerProfile, workers: int) -> ListenerSettings:
+def listener_settings(listener: SimpleNamespace, profile: ListenerProfile) -> ListenerSettings:
     host, port = listener.address
     return ListenerSettings(
         name=listener.name,
@@ -140,7 +140,6 @@ def listener_settings(listener: SimpleNamespace, profile: ListenerProfile, worke
         implicit_tls=profile.tls_context if profile.tls_mode == "implicit" else None,
         max_connections=listener.max_connections,
         max_connections_per_client=listener.max_connections_per_client,
-        reuse_port=workers > 1,
         proxy_from=listener.proxy_from if listener.proxy_protocol else None,
         proxy_timeout=listener.proxy_timeout,
     )

@@ -1,9 +1,10 @@
 """The supervisor: runs mailgate as one process, or as several worker processes on all cores.
 
-Owns: deciding the number of workers (`server.workers`, 0 = one per CPU core), recovering the
-store once before any worker starts, forking the workers (each binds the listening ports with
-SO_REUSEPORT so the kernel spreads connections, and runs its own delivery runner on the shared
-SQLite queue), forwarding SIGTERM/SIGINT/SIGHUP to them, and stopping all of them when one dies
+Owns: deciding the number of workers (`server.workers`, 0 = one per CPU core), taking the spool
+lock for the life of the server (queue/spool_lock.py: one server per spool), binding every
+listening socket once (server/listen_sockets.py: an address another process holds stops the start
+with exit 1), recovering the store once before any worker starts, forking the workers (each
+inherits its own sockets, and runs its own delivery runner on the shared SQLite queue), forwarding SIGTERM/SIGINT/SIGHUP to them, and stopping all of them when one dies
 unexpectedly so that a service manager restarts a clean set (a restart recovers every lease).
 Must not: build components (app.py) or parse the command line (cli/serve_cmd.py).
 
@@ -22,6 +23,10 @@ import sys
 from collections.abc import Callable
 
 from mailgate.config.loader import Config
+from mailgate.config.types import parse_host_port
+from mailgate.queue.spool_lock import SpoolInUse, SpoolLock
+from mailgate.server import listen_sockets
+from mailgate.server.listen_sockets import ListenError
 
 log = logging.getLogger("mailgate.supervisor")
 
@@ -35,8 +40,21 @@ def worker_count(config: Config) -> int:
 def run(config: Config, run_loop: Callable, start_worker: Callable[[int, int], "asyncio.Future"]) -> int:
     """Run `start_worker(index, count)` (a coroutine function) in each worker; return an exit code."""
     count = worker_count(config)
+    lock = SpoolLock(config.server.spool_dir)
+    try:
+        _lock_spool(config, lock)
+        bound = listen_sockets.bind_all(*_addresses(config), count)
+    except (SpoolInUse, ListenError) as exc:
+        # Exit 1, not 2: the other process may go away, so a service manager should retry.
+        print(f"mailgate: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the spool is a file, or not ours: an operator mistake
+        print(f"mailgate: cannot start: server.spool_dir: {config.server.spool_dir}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
     if count == 1:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop installs the reload handler
+        listen_sockets.adopt(bound[0])
         return run_loop(start_worker(0, 1))
     from mailgate.app import recover_offline
 
@@ -46,6 +64,10 @@ def run(config: Config, run_loop: Callable, start_worker: Callable[[int, int], "
         pid = os.fork()
         if pid == 0:  # the worker
             _stop_with_parent(os.getppid())
+            for other, sockets in enumerate(bound):
+                if other != index:
+                    sockets.close()
+            listen_sockets.adopt(bound[index])
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, signal.SIG_DFL)
             # A reload before the worker is ready must not kill it; its loop takes SIGHUP later.
@@ -57,8 +79,28 @@ def run(config: Config, run_loop: Callable, start_worker: Callable[[int, int], "
                 logging.shutdown()
                 os._exit(code if isinstance(code, int) else 1)
         children[pid] = index
+    for sockets in bound:
+        sockets.close()  # the workers hold them; the spool lock stays with the supervisor
     log.info("supervisor %d started %d workers: %s", os.getpid(), count, " ".join(map(str, children)))
     return _supervise(children)
+
+
+def _lock_spool(config: Config, lock: SpoolLock) -> None:
+    """Take the spool lock (creating the spool if needed), except for a root start whose spool
+    is missing: that spool must be made for the service user, and the worker says so."""
+    spool = config.server.spool_dir
+    if not os.path.isdir(spool) and not os.path.lexists(spool):
+        if os.geteuid() == 0 and config.server.user:
+            return
+        os.makedirs(spool, exist_ok=True)
+    lock.acquire()
+
+
+def _addresses(config: Config) -> tuple[list[tuple[str, str, int]], tuple[str, int] | None]:
+    """(key, host, port) of each listener, and the metrics address (None when off)."""
+    listeners = [(f"listener[{i}].address", *listener.address) for i, listener in enumerate(config.listener)]
+    metrics = parse_host_port(config.metrics.address) if config.metrics.address else None
+    return listeners, metrics
 
 
 def _stop_with_parent(parent: int) -> None:

@@ -1,7 +1,8 @@
 """`mailgate queue list|show|flush|retry|hold|release|delete|bounce` (and `mailq`).
 
 Owns: the arguments and output of the queue commands. They go to a live server through its
-control socket; when none answers, they open the store directly (the server is stopped).
+control socket; when none answers, they open the store directly (the server is stopped), except
+that a command that writes refuses (exit 1) while a live server holds the spool lock.
 Must not: implement the operations (delivery/admin.py).
 """
 
@@ -30,6 +31,7 @@ EXAMPLES = """examples:
 exit codes: 0 success, 1 nothing matched or the operation failed, 2 usage error"""
 
 SELECTING = ("hold", "release", "delete", "bounce")
+READ_ONLY = ("list", "show")  # safe on a spool a live server writes (SQLite readers do not block it)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -108,11 +110,18 @@ def queue_command(args: argparse.Namespace) -> int:
 async def _run(config, action: str, query: dict, reason: str) -> dict:
     from mailgate.app import open_offline_admin
     from mailgate.app_config import control_socket_path
+    from mailgate.queue.spool_lock import spool_holder
 
+    socket_path = control_socket_path(config)
     try:
-        return await control.request(control_socket_path(config), action, query, reason)
+        return await control.request(socket_path, action, query, reason)
     except OSError:
-        pass  # no live server: work on the store directly
+        pass  # no live server answers: work on the store directly
+    holder = spool_holder(config.server.spool_dir) if action not in READ_ONLY else None
+    if holder is not None:
+        # Issue 13 item 3: writing behind a live server's back would race its delivery.
+        return {"error": f"{holder} whose control socket {socket_path} does not answer; "
+                         "use that server's --config, or stop it first"}
     admin, close = await open_offline_admin(config)
     try:
         return await admin.run(action, query, reason)

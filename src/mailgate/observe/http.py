@@ -46,9 +46,13 @@ def spool_problem(spool_dir: str) -> str | None:
 
 
 class ObserveServer:
-    def __init__(self, host: str, port: int, metrics: Metrics, readiness: Readiness = lambda: []) -> None:
+    def __init__(
+        self, host: str, port: int, metrics: Metrics, readiness: Readiness = lambda: [],
+        sock: socket.socket | None = None,
+    ) -> None:
         self._host = host
         self._port = port
+        self._sock = sock  # bound by the supervisor (server/listen_sockets.py), or None: bind here
         self._metrics = metrics
         self.readiness = readiness  # replaceable on reload
         self._server: asyncio.base_events.Server | None = None
@@ -56,11 +60,14 @@ class ObserveServer:
         self.bound_port = port
 
     async def start(self) -> None:
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        self._server = await asyncio.start_server(
-            self._serve, host=self._host, port=self._port, family=family, limit=MAX_REQUEST_HEAD,
-            reuse_address=True,
-        )
+        if self._sock is not None:
+            self._server = await asyncio.start_server(self._serve, sock=self._sock, limit=MAX_REQUEST_HEAD)
+        else:
+            family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+            self._server = await asyncio.start_server(
+                self._serve, host=self._host, port=self._port, family=family, limit=MAX_REQUEST_HEAD,
+                reuse_address=True,
+            )
         self.bound_port = self._server.sockets[0].getsockname()[1]
         log.info("metrics and health on http://%s:%d/metrics", self._host, self.bound_port)
 

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mailgate.core.reply import TOO_MANY_CONNECTIONS, Reply
-from mailgate.server.privileges import bind_listener_socket
+from mailgate.server.listen_sockets import bind_address
 from mailgate.server.proxy_protocol import ProxyProtocolError, proxy_peer_allowed, read_proxy_header
 
 log = logging.getLogger("mailgate.listener")
@@ -39,7 +39,6 @@ class ListenerSettings:
     implicit_tls: ssl.SSLContext | None
     max_connections: int
     max_connections_per_client: int
-    reuse_port: bool = False  # several worker processes accept on the same port (SO_REUSEPORT)
     proxy_from: tuple | None = None  # load balancer networks when the PROXY protocol is on
     proxy_timeout: float = 10.0
 
@@ -51,15 +50,17 @@ class Listener:
     def __init__(
         self, settings: ListenerSettings, handler: SessionHandler,
         on_refused: Callable[[str, int, str, Reply | None], None] = lambda client, port, reason, reply: None,
+        sock: socket.socket | None = None,
     ) -> None:
         self.settings = settings
         self._handler = handler
         self._on_refused = on_refused
-        self._socket: socket.socket | None = None
+        # Bound by the supervisor (listen_sockets.py) when it runs us; else bound by bind().
+        self._socket: socket.socket | None = sock
         self._server: asyncio.base_events.Server | None = None
         self._per_client: Counter[str] = Counter()
         self._sessions: set[asyncio.Task] = set()
-        self.bound_port: int = settings.port
+        self.bound_port: int = sock.getsockname()[1] if sock is not None else settings.port
         self.paused = False
 
     @property
@@ -68,8 +69,10 @@ class Listener:
 
     def bind(self) -> None:
         """Bind the port (before privileges are dropped); serving starts with `start()`."""
+        if self._socket is not None:
+            return
         settings = self.settings
-        self._socket = bind_listener_socket(settings.host, settings.port, reuse_port=settings.reuse_port)
+        self._socket = bind_address(f"listener {settings.name}", settings.host, settings.port)
         self.bound_port = self._socket.getsockname()[1]
 
     async def start(self) -> None:

@@ -42,11 +42,12 @@ class Identity:
 
 
 def bind_listener_socket(
-    host: str, port: int, backlog: int = 4096, *, reuse_port: bool = False
+    host: str, port: int, backlog: int = 4096, *, reuse_port: bool = False, listen: bool = True
 ) -> socket.socket:
     """A bound, listening, non-blocking TCP socket; IPv6 wildcards accept IPv6 only (bind
     `0.0.0.0` as well for IPv4), so both families behave the same on every system.
-    `reuse_port`: SO_REUSEPORT, for several worker processes each binding the same port."""
+    `reuse_port`: SO_REUSEPORT, for several worker processes each binding the same port.
+    `listen=False`: bound only (the port is reserved, no connection is queued to it yet)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -56,7 +57,8 @@ def bind_listener_socket(
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
