@@ -213,7 +213,7 @@ class Application:
 
     async def _start(self) -> None:
         if self._start_gate is not None and self.worker_index > 0:
-            await self._start_gate.wait()  # worker 0 has run the self-audit: bind (and listen) now
+            await self._start_gate.wait()  # worker 0 has run the self-audit: listen now
         for listener in self.listeners:
             listener.bind()  # privileged ports first, then give up root
         self._drop_privileges()
