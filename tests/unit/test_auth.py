@@ -449,3 +449,39 @@ def test_root_only_file_says_what_to_chown(
     monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
     assert add.handler(add) == 0
     assert f"chgrp mailgate {users} && chmod 0640 {users}" in capsys.readouterr().err
+
+
+def test_concurrent_auth_attempts_cannot_pass_the_lockout() -> None:
+    """Issue 21 item 6: 200 AUTH commands at once from one address get at most `max_failures`
+    password checks; the rest are refused 454 4.7.0 without a check."""
+    import base64
+    import threading
+    import time
+
+    from mailgate.core.reply import AUTH_FAILED, TEMP_AUTH_FAILURE
+    from mailgate.server.authentication import Authentication
+
+    class SlowUsers:
+        checks = 0
+        lock = threading.Lock()
+
+        def verify(self, user: str, password: str) -> bool:
+            with self.lock:
+                self.checks += 1
+            time.sleep(0.05)  # argon2 takes time: every attempt is in flight together
+            return False
+
+    users = SlowUsers()
+    tracker = AuthFailureTracker(FakeClock(), max_failures=5, base_delay=0.0, max_delay=0.0)
+    plain = base64.b64encode(b"\0alice\0guess").decode()
+
+    async def attempts() -> list:
+        return await asyncio.gather(*(
+            Authentication(users, tracker, "2001:db8::%x" % i).start("PLAIN", plain) for i in range(200)
+        ))
+
+    replies = asyncio.run(attempts())
+    assert users.checks == 5
+    assert replies.count(AUTH_FAILED) == 5
+    assert replies.count(TEMP_AUTH_FAILURE) == 195
+    assert tracker.is_locked("2001:db8::1")

@@ -5,6 +5,10 @@ to wait before the next reply (`delay_for`) and whether AUTH is refused outright
 server then answers 454 4.7.0, `core.reply.TEMP_AUTH_FAILURE`, RFC 4954 §6).
 Must not: sleep, send replies or verify passwords; it is pure, with an injected clock.
 
+Checks in flight count as failures-to-be (`begin_check`/`end_check`): without that, 200 AUTH
+commands sent at once all passed `is_locked` before the first failure was recorded, and 200
+passwords were tried instead of `max_failures` (issue 21 item 6).
+
 Clients are keyed by IPv4 address, or by IPv6 /64 prefix: one host usually holds a whole /64, so
 counting single IPv6 addresses would let it try without end. Memory is bounded: the
 least recently failing clients are dropped past `max_clients`, and entries with nothing left to
@@ -14,7 +18,7 @@ remember are pruned as the tracker is used. Not thread-safe: it lives on the eve
 from __future__ import annotations
 
 import ipaddress
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -52,6 +56,29 @@ class AuthFailureTracker:
         self._max_delay = max_delay
         self._max_clients = max_clients
         self._clients: OrderedDict[str, _Client] = OrderedDict()
+        self._checking: Counter[str] = Counter()  # password checks in flight per client key
+
+    def begin_check(self, client_ip: str) -> bool:
+        """Before a password check: False (refuse it) when locked out, or when the checks in
+        flight could already reach `max_failures` with the recent failures; else count it."""
+        key = client_key(client_ip)
+        if self.is_locked(client_ip):
+            return False
+        client = self._clients.get(key)
+        if client is not None:
+            self._forget_old_failures(client, self._clock.now())
+        recent = len(client.failures) if client is not None else 0
+        if recent + self._checking[key] >= self._max_failures:
+            return False
+        self._checking[key] += 1
+        return True
+
+    def end_check(self, client_ip: str) -> None:
+        """After the check `begin_check` allowed (call `failure` or `success` first)."""
+        key = client_key(client_ip)
+        self._checking[key] -= 1
+        if self._checking[key] <= 0:
+            del self._checking[key]
 
     def failure(self, client_ip: str) -> None:
         """Record one failed AUTH; the `max_failures`-th within `window` starts a lock-out."""

@@ -3,7 +3,8 @@
 Owns: choosing the configuration (--config, else the default path, else the embedded default
 for a local try-out),
 logging set-up for the foreground process, uvloop when available, and turning start-up
-problems into one clear message per problem with exit code 2. Must not: build components.
+problems into one clear message per problem with exit code 2 (1 for an operating-system error,
+which a service manager should retry). Must not: build components.
 """
 
 from __future__ import annotations
@@ -59,10 +60,13 @@ def serve_command(args: argparse.Namespace) -> int:
             try:
                 app = Application(config, worker_index=index, workers=count, start_gate=gate)
                 await app.start()
-            except (StartupError, OSError) as exc:
+            except StartupError as exc:  # the configuration: retrying cannot help
                 for line in str(exc).splitlines():
                     print(f"mailgate: cannot start: {line}", file=sys.stderr)
                 return 2
+            except OSError as exc:  # the system (a file, a socket): exit 1, a service manager retries
+                print(f"mailgate: cannot start: {exc}", file=sys.stderr)
+                return 1
             await app.run_until_stopped()
             return 0
         finally:

@@ -109,7 +109,7 @@ LISTENER = Section(
         Key("max_connections", Integer(minimum=1, maximum=100000), 1000,
             "Simultaneous connections on this listener; more get 421 4.7.0.", restart=True),
         Key("max_connections_per_client", Integer(minimum=1, maximum=100000), 50,
-            "Simultaneous connections from one client address; more get 421 4.7.0.", restart=True),
+            "Simultaneous connections from one client address (an IPv6 /64); more get 421 4.7.0.", restart=True),
         Key("command_timeout", Duration(minimum=1, maximum=3600), 300,
             "Idle time allowed between commands (RFC 5321 §4.5.3.2.7: at least 5 minutes)."),
         Key("data_timeout", Duration(minimum=1, maximum=3600), 300,

@@ -45,16 +45,23 @@ class Authentication:
         self._exchange = None
         if isinstance(step, SaslError):
             return step.reply
-        # RFC 4616 §2: acting as another identity (authzid) is not supported.
-        valid = (not step.authzid or step.authzid == step.user) and await asyncio.to_thread(
-            self._users.verify, step.user, step.password
-        )
+        if not self._lockout.begin_check(self._client):
+            return TEMP_AUTH_FAILURE  # 454 4.7.0: locked out, or as many checks in flight as allowed
+        try:
+            # RFC 4616 §2: acting as another identity (authzid) is not supported.
+            valid = (not step.authzid or step.authzid == step.user) and await asyncio.to_thread(
+                self._users.verify, step.user, step.password
+            )
+            if valid:
+                self._lockout.success(self._client)
+            else:
+                self._lockout.failure(self._client)
+        finally:
+            self._lockout.end_check(self._client)
         if valid:
-            self._lockout.success(self._client)
             self.user = step.user.lower()
             log.info("authenticated %s from %s", self.user, self._client)
             return AUTH_OK
-        self._lockout.failure(self._client)
         log.info("authentication failed for %r from %s", step.user, self._client)
         await asyncio.sleep(self._lockout.delay_for(self._client))
         return AUTH_FAILED  # 535 5.7.8

@@ -3,8 +3,8 @@
 Owns: binding each configured address (IPv4 or IPv6) before privileges are dropped, implicit TLS
 for `smtps`, the PROXY protocol header from configured load balancers (the client address it
 carries replaces the peer's for limits, policy and logs), counting connections in all and per
-client address (421 4.7.0 beyond either, RFC 5321 §4.2.3), pausing and resuming under disk
-back-pressure, and draining: stop accepting, let sessions finish within a limit.
+client address, an IPv6 one by its /64 (421 4.7.0 beyond either, RFC 5321 §4.2.3), pausing and
+resuming under disk back-pressure, and draining: stop accepting, let sessions finish within a limit.
 Must not: speak SMTP beyond the one refusal line, or decide policy.
 """
 
@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from mailgate.auth.lockout import client_key
 from mailgate.core.reply import TOO_MANY_CONNECTIONS, Reply
 from mailgate.server.listen_sockets import bind_address
 from mailgate.server.proxy_protocol import ProxyProtocolError, proxy_peer_allowed, read_proxy_header
@@ -117,23 +118,25 @@ class Listener:
                 writer.close()
                 return
             client = proxied
+        # An IPv6 client is counted by its /64 (one host usually holds the whole prefix).
+        key = client_key(client)
         if (
             len(self._sessions) >= self.settings.max_connections
-            or self._per_client[client] >= self.settings.max_connections_per_client
+            or self._per_client[key] >= self.settings.max_connections_per_client
         ):
             await self._refuse(writer, client, int(peer[1]), "limit", TOO_MANY_CONNECTIONS)
             return
         task = asyncio.current_task()
         assert task is not None
         self._sessions.add(task)
-        self._per_client[client] += 1
+        self._per_client[key] += 1
         try:
             await self._handler(reader, writer, self, client)
         finally:
             self._sessions.discard(task)
-            self._per_client[client] -= 1
-            if self._per_client[client] <= 0:
-                del self._per_client[client]
+            self._per_client[key] -= 1
+            if self._per_client[key] <= 0:
+                del self._per_client[key]
             if not writer.is_closing():
                 writer.close()
 
