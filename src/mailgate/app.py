@@ -223,12 +223,17 @@ class Application:
         Path(self.config.server.spool_dir).mkdir(parents=True, exist_ok=True)
         await self.disk.poll()
         self._disk_task = asyncio.create_task(self.disk.run())
+        auditing = self.config.server.self_audit and self.worker_index == 0
         for listener in self.listeners:
+            if auditing:
+                listener.hold(AUDIT_SOURCES)  # no outside mail before the audit says CLOSED
             await listener.start()
             if self.disk.state is DiskState.HARD:
                 await listener.pause()
-        if self.config.server.self_audit and self.worker_index == 0:
+        if auditing:
             await self._self_audit()
+            for listener in self.listeners:
+                listener.release()
         if self._start_gate is not None and self.worker_index == 0:
             self._start_gate.open()
         if self.worker_index == 0:

@@ -4,7 +4,8 @@ Owns: binding each configured address (IPv4 or IPv6) before privileges are dropp
 for `smtps`, the PROXY protocol header from configured load balancers (the client address it
 carries replaces the peer's for limits, policy and logs), counting connections in all and per
 client address, an IPv6 one by its /64 (421 4.7.0 beyond either, RFC 5321 §4.2.3), pausing and
-resuming under disk back-pressure, and draining: stop accepting, let sessions finish within a limit.
+resuming under disk back-pressure, holding outside clients (421 4.3.2) while the start-up
+self-audit runs, and draining: stop accepting, let sessions finish within a limit.
 Must not: speak SMTP beyond the one refusal line, or decide policy.
 """
 
@@ -27,6 +28,10 @@ log = logging.getLogger("mailgate.listener")
 
 # RFC 3463 §3.4 4.3.1 "Mail system full": hard disk back-pressure, try again later.
 SPOOL_FULL = Reply(421, "4.3.1", "Insufficient system storage, try again later")
+
+# RFC 3463 §3.5 4.3.2 "System not accepting network messages": the start-up self-audit has not
+# said CLOSED yet (issue 13 item 9); RFC 5321 §3.1 allows 421 as the greeting.
+NOT_READY = Reply(421, "4.3.2", "Service not ready yet, try again later")
 
 # Large reads: bodies are consumed in big chunks, never line by line (issue "Benchmark").
 READ_LIMIT = 256 * 1024
@@ -63,6 +68,7 @@ class Listener:
         self._sessions: set[asyncio.Task] = set()
         self.bound_port: int = sock.getsockname()[1] if sock is not None else settings.port
         self.paused = False
+        self._held_for: frozenset[str] | None = None  # while held: the audit's source addresses
 
     @property
     def listening(self) -> bool:
@@ -100,6 +106,14 @@ class Listener:
             self.paused = True
             log.warning("listener %s paused: disk back-pressure", self.settings.name)
 
+    def hold(self, audit_sources: frozenset[str]) -> None:
+        """Until `release()`: only the self-audit's own connections (from `audit_sources`, on a
+        listener without PROXY) are served; every other client gets 421 4.3.2 and is closed."""
+        self._held_for = audit_sources
+
+    def release(self) -> None:
+        self._held_for = None
+
     async def resume(self) -> None:
         if self.paused:
             self.paused = False
@@ -110,6 +124,10 @@ class Listener:
         client = str(peer[0])
         if self.paused:
             await self._refuse(writer, client, int(peer[1]), "disk", SPOOL_FULL)
+            return
+        held_for = self._held_for
+        if held_for is not None and (self.settings.proxy_from is not None or client not in held_for):
+            await self._refuse(writer, client, int(peer[1]), "starting", NOT_READY)
             return
         if self.settings.proxy_from is not None:
             proxied = await self._proxy_client(reader, writer, client)
