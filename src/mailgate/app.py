@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mailgate.app_config import (
     StartupError, build_authenticator, build_screener, control_socket_path, listener_profiles, listener_settings,
-    policy_settings, rate_limits, retry_schedule, routing_settings, runner_settings,
+    policy_settings, rate_limits, recipient_validation, retry_schedule, routing_settings, runner_settings,
 )
 from mailgate.auth.lockout import AuthFailureTracker
 from mailgate.auth.store import FileUserStore
@@ -156,6 +156,7 @@ class Application:
             clock=self.clock,
             screener=build_screener(config),
             authenticator=build_authenticator(config, self.resolver, self._is_hosted),
+            recipients=recipient_validation(config),
         )
         self.listeners = [self._listener(listener, profile) for listener, profile in zip(config.listener, self.profiles)]
         self.control = ControlServer(
@@ -294,11 +295,15 @@ class Application:
             profiles = listener_profiles(config)
             screener = build_screener(config)
             authenticator = build_authenticator(config, self.resolver, self._is_hosted)  # new DKIM keys: rotation without a restart
+            recipients = self._reloaded_recipients(config)
         except (ConfigError, StartupError, OSError) as exc:
             log.error("reload refused, keeping the running configuration:\n%s", exc)
             return
         for line in waiting:
             log.warning("reload: %s", line)
+        if recipients is not self.reception.recipients and self.reception.recipients is not None:
+            self.reception.recipients.close()
+        self.reception.recipients = recipients
         previous, self.config = self.config, config
         self.router.update(routing_settings(config))
         dns = config.dns
@@ -324,6 +329,17 @@ class Application:
             profile.reload(new)  # listeners keep their sockets; sessions read profiles anew
         log.info("configuration reloaded from %s%s", config.source,
                  f" ({len(waiting)} change(s) wait for a restart)" if waiting else "")
+
+    def _reloaded_recipients(self, config):
+        """Unchanged recipient settings keep their sources (and warm caches), which re-read their
+        map files and forget cached directory answers; changed ones are built anew."""
+        def settings(c):
+            return (repr(c.recipient_source), [(d.name, d.recipient_sources, d.local_parts, d.next_hop) for d in c.domain])
+        current = self.reception.recipients
+        if current is not None and settings(config) == settings(self.config):
+            current.reload()
+            return current
+        return recipient_validation(config)
 
     def request_stop(self) -> None:
         self._stopped.set()
@@ -358,6 +374,8 @@ class Application:
         await self.transport.close()
         if self.reception.authenticator is not None:
             self.reception.authenticator.close()
+        if self.reception.recipients is not None:
+            self.reception.recipients.close()
         await self.store.close()
         self.log.close()
         log.info("mailgate stopped")

@@ -31,6 +31,12 @@ from mailgate.dns.resolver import Resolver
 from mailgate.policy.limits import MessageRateLimits, RateLimiter
 from mailgate.policy.relay import HostedDomain, PolicySettings
 from mailgate.queue.backoff import RetrySchedule
+from mailgate.recipients.cache import LookupCache
+from mailgate.recipients.callahead import CallAheadSource, ProbeTarget
+from mailgate.recipients.ldap_source import LdapSettings, LdapSource
+from mailgate.recipients.mapfile import MapFileError, MapFileSource
+from mailgate.recipients.source import RecipientChain, RecipientSource, RecipientValidation
+from mailgate.recipients.static import StaticSource
 from mailgate.screen import Screener, ScreenConfigError
 from mailgate.server.context import ListenerProfile
 from mailgate.server.listener import ListenerSettings
@@ -49,7 +55,8 @@ def policy_settings(config: Config) -> PolicySettings:
     hosted = {}
     for domain in config.domain:
         name = domain.name.strip()
-        parts = frozenset(domain.local_parts) if domain.local_parts else None
+        # With recipient_sources, local_parts is the `static` source, asked in its turn.
+        parts = frozenset(domain.local_parts) if domain.local_parts and not domain.recipient_sources else None
         hosted[name] = HostedDomain(name, parts)
     own = tuple(
         ipaddress.ip_address(listener.address[0])
@@ -264,3 +271,50 @@ def build_signer(config: Config) -> DkimSigner | None:
     if not keys:
         return None
     return DkimSigner(keys, config.dkim.sign_headers, config.dkim.oversign_headers)
+
+
+def hosted_key(name: str) -> str:
+    """A hosted domain as the relay policy names it: A-label, "." first for a subdomain wildcard."""
+    name = name.strip()
+    wildcard = name.startswith(".")
+    return ("." if wildcard else "") + normalise_domain(name.lstrip("."))
+
+
+def recipient_validation(config: Config) -> RecipientValidation | None:
+    """Each hosted domain's chain of recipient sources, or None when no domain has one."""
+    if not any(domain.recipient_sources for domain in config.domain):
+        return None
+    routing = routing_settings(config)
+    shared: dict[str, RecipientSource] = {}
+    for index, source in enumerate(config.recipient_source):
+        try:
+            shared[source.name] = _recipient_source(source, routing)
+        except (MapFileError, OSError) as exc:
+            raise StartupError(f"recipient_source[{index}]: {exc}") from None
+    chains = {}
+    for domain in config.domain:
+        if domain.recipient_sources:
+            static = StaticSource(f"static:{domain.name.strip()}", domain.local_parts)
+            sources = [static if name == "static" else shared[name] for name in domain.recipient_sources]
+            chains[hosted_key(domain.name)] = RecipientChain(sources)
+    return RecipientValidation(chains)
+
+
+def _recipient_source(source, routing: RoutingSettings) -> RecipientSource:
+    if source.type == "file":
+        return MapFileSource(source.name, source.path)
+    cache = LookupCache(source.positive_ttl, source.negative_ttl, source.cache_size)
+    if source.type == "ldap":
+        settings = LdapSettings(
+            servers=tuple(source.servers), search_base=source.search_base, filter=source.filter,
+            start_tls=source.start_tls, ca_file=source.ca_file or None, bind_dn=source.bind_dn,
+            bind_password_file=source.bind_password_file, timeout=source.timeout, pool_size=source.pool_size,
+        )
+        return LdapSource(source.name, settings, cache)
+    targets = {
+        name.lstrip("."): ProbeTarget(
+            tuple((hop.host, hop.port) for hop in route.hops if not hop.maildir), route.tls, route.ca_file
+        )
+        for name, route in routing.hosted.items()
+    }
+    return CallAheadSource(source.name, targets, routing.helo_name, source.timeout, cache)

@@ -44,6 +44,7 @@ class Config:
     listener: list[SimpleNamespace]
     relay: SimpleNamespace
     domain: list[SimpleNamespace]
+    recipient_source: list[SimpleNamespace]
     delivery: SimpleNamespace
     dns: SimpleNamespace
     screen: SimpleNamespace
@@ -203,6 +204,44 @@ def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
             parse_host_port(values["delivery"].smart_host, 25)
         except ValueError as exc:
             errors.append(f"delivery.smart_host: {exc}")
+    _recipient_source_checks(values, errors)
+
+
+def _recipient_source_checks(values: dict[str, Any], errors: list[str]) -> None:
+    """Sources are complete for their type, and every domain names sources that exist."""
+    kinds: dict[str, str] = {}
+    for index, source in enumerate(values["recipient_source"]):
+        path = f"recipient_source[{index}]"
+        if source.name is None or source.type is None:
+            continue
+        if source.name == "static" or source.name in kinds:
+            errors.append(f"{path}.name: {source.name!r} is reserved or already used")
+        kinds[source.name] = source.type
+        if source.type == "file" and not source.path:
+            errors.append(f"{path}.path: a file source needs the map file's path")
+        if source.type == "ldap":
+            if not source.servers:
+                errors.append(f"{path}.servers: an ldap source needs at least one ldap:// or ldaps:// URI")
+            for uri_index, uri in enumerate(source.servers):
+                if not uri.lower().startswith(("ldap://", "ldaps://")):
+                    errors.append(f"{path}.servers[{uri_index}]: {uri!r} is not an ldap:// or ldaps:// URI")
+            if not source.search_base:
+                errors.append(f"{path}.search_base: an ldap source needs the base DN to search")
+    for index, domain in enumerate(values["domain"]):
+        path = f"domain[{index}]"
+        if domain.name is None or domain.next_hop is None or not domain.recipient_sources:
+            continue
+        for name in domain.recipient_sources:
+            if name != "static" and name not in kinds:
+                errors.append(f"{path}.recipient_sources: no [[recipient_source]] named {name!r}")
+            if kinds.get(name) == "callahead" and not any(not hop.startswith("maildir:") for hop in domain.next_hop):
+                errors.append(f"{path}.recipient_sources: call-ahead source {name!r} needs a host:port next_hop to ask")
+        if "static" in domain.recipient_sources and not domain.local_parts:
+            errors.append(f"{path}.recipient_sources: `static` needs local_parts")
+        if domain.local_parts and "static" not in domain.recipient_sources:
+            errors.append(f"{path}.local_parts: not consulted; add \"static\" to recipient_sources")
+        if len(set(domain.recipient_sources)) != len(domain.recipient_sources):
+            errors.append(f"{path}.recipient_sources: a source is named twice")
 
 
 def effective_tls(listener: SimpleNamespace) -> str:

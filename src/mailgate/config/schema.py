@@ -160,7 +160,12 @@ DOMAIN = Section(
     (
         Key("name", Text(allow_empty=False), REQUIRED, "The domain (IDN allowed, compared in A-label form)."),
         Key("local_parts", ListOf(item=Text(allow_empty=False)), (),
-            "Accepted local parts; empty accepts any (550 5.1.1 for others)."),
+            "Accepted local parts; empty accepts any (550 5.1.1 for others). With "
+            "`recipient_sources`, consulted where that list names `static`."),
+        Key("recipient_sources", ListOf(item=Text(allow_empty=False)), (),
+            "Names of `[[recipient_source]]` entries (and `static` for `local_parts`) asked in order "
+            "whether a recipient exists: the first that knows it accepts; when none does, 550 5.1.1; "
+            "when one could not be asked, 451 4.4.3. Empty: `local_parts` alone, or any local part."),
         Key("next_hop", ListOf(item=Text(allow_empty=False)), (),
             "Next hops in order of preference: `host[:port]`, or `maildir:PATH` for the built-in "
             "local mailbox. Empty: deliver by the domain's MX."),
@@ -173,6 +178,41 @@ DOMAIN = Section(
         Key("bind_address6", IpAddress(version=6), "",
             "Local IPv6 address connections to this domain's next hops come from; empty: "
             "`delivery.bind_address6`."),
+    ),
+    array=True,
+)
+
+RECIPIENT_SOURCE = Section(
+    "recipient_source",
+    "Where the recipients of hosted domains are known, so unknown ones are refused at RCPT "
+    "(no backscatter). A domain names the sources it uses in `recipient_sources`.",
+    (
+        Key("name", Text(allow_empty=False), REQUIRED, "Name used in `recipient_sources`, logs and metrics."),
+        Key("type", Choice(choices=("file", "ldap", "callahead")), REQUIRED,
+            "file: a map file; ldap: Active Directory or OpenLDAP; callahead: ask the domain's next hop "
+            "(`MAIL FROM:<>`, `RCPT TO`, never DATA)."),
+        Key("path", Text(), "",
+            "file: one `local@domain` or `@domain` (catch-all) per line, `#` comments; re-read on "
+            "SIGHUP and when it changes."),
+        Key("servers", ListOf(item=Text(allow_empty=False)), (),
+            "ldap: `ldap://host[:port]` or `ldaps://host[:port]`, in fail-over order."),
+        Key("start_tls", Boolean(), False, "ldap: StartTLS on `ldap://` servers (certificates verified)."),
+        Key("ca_file", Text(), "", "ldap: CA bundle verifying the servers; empty uses the system store."),
+        Key("bind_dn", Text(), "", "ldap: DN to bind as; empty binds anonymously."),
+        Key("bind_password_file", Text(), "", "ldap: file holding the bind password."),
+        Key("search_base", Text(), "", "ldap: base DN of the subtree search."),
+        Key("filter", Text(allow_empty=False), "(|(proxyAddresses=smtp:{address})(mail={address}))",
+            "ldap: search filter; {address}, {local} and {domain} are replaced, escaped per RFC 4515. "
+            "The default suits Active Directory; OpenLDAP: `(|(mail={address})(mailAlternateAddress={address}))`."),
+        Key("timeout", Duration(minimum=0.1, maximum=120), 10,
+            "ldap and callahead: time-out of one connection or query."),
+        Key("pool_size", Integer(minimum=1, maximum=64), 4, "ldap: connections (and threads) per worker."),
+        Key("positive_ttl", Duration(minimum=0), "1d", "ldap and callahead: how long a found recipient is cached."),
+        Key("negative_ttl", Duration(minimum=0), "10m",
+            "ldap and callahead: how long an unknown recipient is cached (keep it short: a new "
+            "mailbox is refused until it expires)."),
+        Key("cache_size", Integer(minimum=0, maximum=10000000), 100000,
+            "ldap and callahead: cached answers per worker; the oldest go first."),
     ),
     array=True,
 )
@@ -437,7 +477,7 @@ METRICS = Section(
 )
 
 SECTIONS: tuple[Section, ...] = (
-    SERVER, LISTENER, RELAY, DOMAIN, DELIVERY, DNS, SCREEN, SCREEN_RULE, ANTIVIRUS, SPAM, LIMITS, DKIM, DKIM_KEY,
+    SERVER, LISTENER, RELAY, DOMAIN, RECIPIENT_SOURCE, DELIVERY, DNS, SCREEN, SCREEN_RULE, ANTIVIRUS, SPAM, LIMITS, DKIM, DKIM_KEY,
     AUTHENTICATION, LOG, METRICS,
 )
 

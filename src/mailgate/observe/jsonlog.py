@@ -35,9 +35,10 @@ TRANSACTION_REFUSED = "transaction.refused"
 DELIVERY_ATTEMPT = "delivery.attempt"
 BOUNCE = "bounce"
 SELF_AUDIT = "self_audit"  # one per listener at start-up; its own connections are not logged
+RECIPIENT_LOOKUP = "recipient.lookup"
 EVENTS = (
     CONNECTION_OPENED, CONNECTION_CLOSED, CONNECTION_REFUSED, TRANSACTION_ACCEPTED,
-    TRANSACTION_REFUSED, DELIVERY_ATTEMPT, BOUNCE,
+    TRANSACTION_REFUSED, DELIVERY_ATTEMPT, BOUNCE, RECIPIENT_LOOKUP,
 )
 
 

@@ -93,6 +93,10 @@ class Metrics:
             "mailgate_delivery_delay_seconds", "Arrival to successful delivery, per recipient.",
             buckets=DELAY_BUCKETS, registry=r,
         )
+        self._recipient_lookups = Counter(
+            "mailgate_recipient_lookups", "Recipient source look-ups at RCPT, by source, result "
+            "(found, not_found, unavailable) and whether the cache answered.", ["source", "result", "cache"], registry=r,
+        )
         self._next_hops: set[str] = set()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # labels() lookups, cached
 
@@ -135,6 +139,10 @@ class Metrics:
             self._attempt.observe(elapsed)
         if delay is not None and outcome == "delivered":
             self._delay.observe(delay)
+
+    def recipient_lookup(self, source: str, result: str, cached: bool) -> None:
+        """source: a configured source name (bounded by the configuration)."""
+        self._child(self._recipient_lookups, source, result, "hit" if cached else "miss").inc()
 
     def dsn_sent(self, kind: str) -> None:
         self._child(self._dsn, kind).inc()

@@ -240,6 +240,15 @@ class TransactionLog:
             listener=connection.listener if connection else None, **jsonlog.reply_fields(reply),
         ))
 
+    def recipient_lookup(self, session_id: str, recipient: str, source: str, result: str, cached: bool) -> None:
+        """One recipient source asked at RCPT; result: found, not_found or unavailable."""
+        if self.metrics:
+            self.metrics.recipient_lookup(source, result, cached)
+        self._emit_json(lambda: jsonlog.record(
+            jsonlog.RECIPIENT_LOOKUP, self._clock.now(), session_id=session_id, recipient=recipient,
+            source=source, result=result, cached=cached,
+        ))
+
     # --- delivery ----------------------------------------------------------------------------
     def delivery_attempt(
         self, queue_id: str, recipient: str, next_hop: str, outcome: Outcome, *, sender: str = "",

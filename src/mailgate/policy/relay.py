@@ -341,6 +341,12 @@ class RelayPolicy:
             return False
         return self._local_destination(address)[0]
 
+    def hosted_name(self, recipient: Address) -> str | None:
+        """The hosted-domain entry a recipient falls under, as configured ("." first for a
+        subdomain wildcard); None for a literal or a domain not hosted."""
+        hosted = self._local_destination(recipient)[1]
+        return hosted.name if hosted is not None else None
+
     def direction(self, client: Client, recipient: Address) -> str:
         """"inbound" for mail from outside to a hosted destination; "outbound" for mail from an
         internal user (trusted or authenticated) or to any other destination."""

@@ -59,3 +59,4 @@ class Reception:
     clock: Any = None
     screener: Screener | None = None
     authenticator: Any = None  # auth.message.MessageAuthenticator: DKIM signing, inbound checks
+    recipients: Any = None  # recipients.source.RecipientValidation: asked at RCPT for hosted domains

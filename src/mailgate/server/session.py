@@ -220,7 +220,7 @@ class Session:
         if isinstance(event, ev.MailFrom):
             return self._mail(event)
         if isinstance(event, ev.RcptTo):
-            return self._rcpt(event)
+            return await self._rcpt(event)
         if isinstance(event, ev.DataStart):
             if self.reception.disk is not None and not self.reception.disk.accepting_mail:
                 return INSUFFICIENT_STORAGE  # 452 4.3.1: the spool filled up since MAIL
@@ -293,27 +293,35 @@ class Session:
             return None
         return client_key(str(self.client_address))
 
-    def _rcpt(self, event: ev.RcptTo) -> Reply:
+    async def _rcpt(self, event: ev.RcptTo) -> Reply:
         transaction = self.transaction
         assert transaction is not None  # the protocol only sends RCPT inside a transaction
         if len(transaction.envelope.recipients) >= self.reception.max_recipients:
             return TOO_MANY_RECIPIENTS  # RFC 5321 §4.5.3.1.8: 452
         address = event.recipient.address
         decision = self.reception.policy.check_recipient(self.client, transaction.envelope.sender, address)
+        reply, rule, permitted = decision.reply, decision.rule, decision.permitted
+        if permitted and self.reception.recipients is not None:
+            hosted = self.reception.policy.hosted_name(address)
+            verdict = await self.reception.recipients.check(hosted, str(address)) if hosted else None
+            for lookup in verdict.lookups if verdict else ():
+                self.log.recipient_lookup(self.session_id, str(address), lookup.source, lookup.status.value, lookup.cached)
+            if verdict is not None and verdict.reply is not None:
+                reply, rule, permitted = verdict.reply, verdict.rule, False
         log.info(
             "%s <%s> -> <%s> client=%s rule=%s reply=%s",
-            "accepted" if decision.permitted else "refused", _text(transaction.envelope.sender),
-            address, self.client_address, decision.rule, decision.reply.code,
+            "accepted" if permitted else "refused", _text(transaction.envelope.sender),
+            address, self.client_address, rule, reply.code,
         )
-        if decision.permitted:
+        if permitted:
             transaction.envelope.recipients.append(event.recipient)
-            transaction.rule = transaction.rule or decision.rule
+            transaction.rule = transaction.rule or rule
         else:
             self.log.transaction_refused(
-                self.session_id, "rcpt", decision.reply, decision.rule,
+                self.session_id, "rcpt", reply, rule,
                 sender=_text(transaction.envelope.sender), recipient=str(address),
             )
-        return decision.reply
+        return reply
 
     def _open_message(self) -> None:
         transaction = self.transaction
