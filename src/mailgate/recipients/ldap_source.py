@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import queue
 import ssl
 from concurrent.futures import ThreadPoolExecutor
@@ -101,15 +102,16 @@ class LdapSource:
         """In a pool thread: one retry on a fresh connection (the next server) after a failure."""
         problem = ""
         for _attempt in range(2):
+            # Any failure, even one ldap3 does not wrap, fails closed: 451, never an accept.
             try:
                 connection = self._connection()
-            except LDAPException as exc:
-                problem = f"no directory server reachable: {exc}"
+            except Exception as exc:  # noqa: BLE001
+                problem = f"no directory server reachable: {exc!r}"
                 continue
             try:
                 found = self._found(connection, address)
-            except LDAPException as exc:
-                problem = f"search failed: {exc}"
+            except Exception as exc:  # noqa: BLE001
+                problem = f"search failed: {exc!r}"
                 _unbind(connection)
                 continue
             self._idle.put(connection)
@@ -142,7 +144,7 @@ class LdapSource:
             password=self.password or None,
             auto_bind=ldap3.AUTO_BIND_TLS_BEFORE_BIND if settings.start_tls else ldap3.AUTO_BIND_NO_TLS,
             read_only=True,
-            receive_timeout=settings.timeout,
+            receive_timeout=math.ceil(settings.timeout),  # ldap3 packs it as whole seconds
         )
 
     def _server_pool(self) -> ldap3.ServerPool:
@@ -167,5 +169,5 @@ class LdapSource:
 def _unbind(connection: ldap3.Connection) -> None:
     try:
         connection.unbind()
-    except LDAPException:
+    except (LDAPException, OSError):
         pass
