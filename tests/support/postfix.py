@@ -194,10 +194,13 @@ def start_receiver(
     *,
     root: Path | None = None,
     settings: Mapping[str, str] | None = None,
+    mailboxes: Sequence[str] = (),
 ) -> PostfixInstance:
     """A final MTA for `domains`: every address of domain D lands in maildir `<root>/mail/D/`.
 
     It trusts no client, so any other domain is refused at RCPT (454 4.7.1, Postfix's default).
+    With `mailboxes`, only those addresses exist; others get 550 5.1.1 at RCPT, as an
+    internal server with a user directory answers.
     """
     owner = pwd.getpwnam(MAIL_OWNER)
     main = {
@@ -210,7 +213,8 @@ def start_receiver(
         "virtual_minimum_uid": str(owner.pw_uid),
     }
     # "@domain" is the virtual(8) catch-all; a result ending in "/" asks for a maildir.
-    maps = {"vmailbox": "".join(f"@{domain} {domain}/\n" for domain in domains)}
+    maps = {"vmailbox": "".join(f"{address} {address.partition('@')[2]}/\n" for address in mailboxes)
+            or "".join(f"@{domain} {domain}/\n" for domain in domains)}
     return _start(port, {**main, **(settings or {})}, maps, root, with_mailboxes=True)
 
 
