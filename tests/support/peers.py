@@ -40,6 +40,8 @@ CAPABILITIES = (
     Capability("clamd", "clamav-daemon", binary="/usr/sbin/clamd"),
     Capability("rspamd", "rspamd", binary="/usr/bin/rspamd"),
     Capability("opendkim-testmsg", "opendkim-tools", binary="/usr/sbin/opendkim-testmsg"),
+    Capability("slapd", "slapd", binary="/usr/sbin/slapd"),
+    Capability("slapadd", "slapd", binary="/usr/sbin/slapadd"),
 )
 
 
