@@ -9,6 +9,8 @@ SMTP at RCPT, with the relay tricks still refused.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 
@@ -163,3 +165,39 @@ def test_rcpt_is_checked_against_the_directory_and_fails_closed_when_it_stops(tm
             assert mg.call(rcpt_replies(port, [f"carol@{HOSTED}"]))[0].startswith("550 5.1.1")
     finally:
         slapd.cleanup()
+
+
+# --- the tools ----------------------------------------------------------------------------------
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mailgate", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_recipients_check_and_explain_show_the_deciding_source(slapd, password_file, tmp_path) -> None:
+    config = tmp_path / "mailgate.toml"
+    config.write_text(ldap_config(tmp_path, slapd.uri, password_file))
+    found = run_cli("recipients", "check", "--config", str(config), f"alice@{HOSTED}")
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.splitlines() == [f"<alice@{HOSTED}>: accepted", "  directory: found"]
+    unknown = run_cli("recipients", "check", "--config", str(config), f"alice@{HOSTED}", f"nobody@{HOSTED}")
+    assert unknown.returncode == 1
+    assert f"<nobody@{HOSTED}>: 550 5.1.1 <nobody@{HOSTED}>: Recipient address rejected: User unknown" in unknown.stdout
+    outside = run_cli("recipients", "check", "--config", str(config), "someone@external.test")
+    assert outside.returncode == 2 and outside.stderr.strip() == (
+        "mailgate recipients: someone@external.test: external.test is not a hosted domain")
+
+    explained = run_cli("explain", "--config", str(config), "--client", "192.0.2.7", "--from", "a@external.test",
+                        "--to", f"nobody@{HOSTED}", "--to", f"alice@{HOSTED}", "--to", f"alice@{HOSTED}")
+    assert explained.returncode == 1, explained.stderr
+    text = explained.stdout
+    assert "decided by: recipient_source:directory" in text
+    assert "hosted_domain:permit -> recipient_source:directory:not_found" in text
+    assert "recipient_source:directory:found (cache)" in text  # the second alice came from the cache
+
+    slapd.stop()
+    try:
+        down = run_cli("recipients", "check", "--config", str(config), f"alice@{HOSTED}")
+        assert down.returncode == 1
+        assert down.stdout.splitlines()[0].startswith(f"<alice@{HOSTED}>: 451 4.4.3")
+        assert "directory: unavailable (no directory server reachable" in down.stdout
+    finally:
+        slapd.start()

@@ -26,7 +26,9 @@ EPILOG = """examples:
 
 Per recipient it prints the reply, the rule that decided and the chain of rules consulted, in
 order (permit / reject / dunno = no opinion / noted). DNSBL zones from the configuration are
-queried unless --no-dnsbl. --user assumes that AUTH succeeded (inside TLS) as that user.
+queried unless --no-dnsbl; a hosted recipient the rules permit is looked up in its domain's
+recipient sources (shown in the chain, with "(cache)" when a cache answered) unless
+--no-recipient-sources. --user assumes that AUTH succeeded (inside TLS) as that user.
 
 exit codes: 0 every recipient would be accepted, 1 at least one would be refused,
   2 usage or configuration error"""
@@ -49,12 +51,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, help="message size declared with SIZE= (octets)")
     parser.add_argument("--listener", help="listener name (default: the first one)")
     parser.add_argument("--no-dnsbl", action="store_true", help="skip the DNSBL look-ups")
+    parser.add_argument("--no-recipient-sources", action="store_true",
+                        help="do not ask the hosted domains' recipient sources (LDAP, call-ahead, map files)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=explain_command)
 
 
 def explain_command(args: argparse.Namespace) -> int:
-    from mailgate.app_config import policy_settings
+    from mailgate.app_config import StartupError, policy_settings, recipient_validation
     from mailgate.auth.store import FileUserStore, UserStoreError
     from mailgate.dns.resolver import DnsPythonResolver
     from mailgate.policy.relay import RelayPolicy
@@ -88,10 +92,19 @@ def explain_command(args: argparse.Namespace) -> int:
     zones = () if args.no_dnsbl else tuple(config.dns.dnsbl_zones)
     resolver = DnsPythonResolver(list(config.dns.nameservers) or None, config.dns.port, config.dns.timeout) if zones else None
     try:
-        result = asyncio.run(explain(policy, request, limits, resolver=resolver, dnsbl_zones=zones))
+        sources = None if args.no_recipient_sources else recipient_validation(config)
+    except StartupError as exc:
+        print(f"mailgate explain: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(explain(policy, request, limits, resolver=resolver, dnsbl_zones=zones,
+                                     recipient_sources=sources))
     except ValueError as exc:
         print(f"mailgate explain: --client {args.client}: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if sources is not None:
+            sources.close()
     if args.user:
         if args.user.lower() not in {name for name, _ in users.list()}:
             result.notes.append(f"user {args.user!r} is not in {config.server.users_file}: AUTH would fail (535 5.7.8)")

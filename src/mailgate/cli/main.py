@@ -12,8 +12,8 @@ import sys
 
 from mailgate import __version__
 from mailgate.cli import (
-    cert_cmd, config_cmd, dkim_cmd, explain_cmd, mx_cmd, queue_cmd, relay_test_cmd, screen_cmd, send_cmd, serve_cmd, stats_cmd,
-    user_cmd,
+    cert_cmd, config_cmd, dkim_cmd, explain_cmd, mx_cmd, queue_cmd, recipients_cmd, relay_test_cmd, screen_cmd, send_cmd,
+    serve_cmd, stats_cmd, user_cmd,
 )
 
 EPILOG = """examples:
@@ -30,6 +30,7 @@ EPILOG = """examples:
   mailgate stats --since 24h           a pflogsumm-like summary of the transaction log
   mailgate screen test rules.toml sample.eml   which screen rule a sample message meets
   mailgate dkim keygen example.com --selector 2026a   a DKIM key and the DNS record to publish
+  mailgate recipients check alice@example.com  ask the domain's recipient sources (LDAP, call-ahead)
 
 exit codes: 0 success, 1 the operation failed (relay-test: OPEN), 2 usage or configuration
 error, 3 inconclusive or could not connect (relay-test, mx --probe, send)"""
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats_cmd.register(commands)
     dkim_cmd.register(commands)
     screen_cmd.register(commands)
+    recipients_cmd.register(commands)
     return parser
 
 

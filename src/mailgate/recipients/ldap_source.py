@@ -1,6 +1,6 @@
 """The LDAP source: Active Directory or OpenLDAP, asked whether an address belongs to anyone.
 
-Owns: the servers in fail-over order (ldap3's ServerPool, FIRST strategy), LDAPS or StartTLS with
+Owns: the servers in fail-over order (the first that binds is used), LDAPS or StartTLS with
 certificate verification, the simple bind with the password read from a file, a small pool of
 bound connections used from a dedicated thread pool (ldap3 is synchronous; the event loop only
 awaits the thread, and authentication's threads are never taken), the search filter with the
@@ -67,7 +67,6 @@ class LdapSource:
         self.settings = settings
         self.cache = cache
         self.password = Path(settings.bind_password_file).read_text().strip() if settings.bind_password_file else ""
-        self._pool = self._server_pool()
         self._idle: queue.SimpleQueue[ldap3.Connection] = queue.SimpleQueue()
         self._executor = ThreadPoolExecutor(max_workers=settings.pool_size, thread_name_prefix=f"ldap-{name}")
 
@@ -99,14 +98,17 @@ class LdapSource:
             return Lookup(LookupStatus.UNAVAILABLE, self.name, detail="directory time-out")
 
     def _search(self, address: str) -> Lookup:
-        """In a pool thread: one retry on a fresh connection (the next server) after a failure."""
+        """In a pool thread. After a failure the idle connections are dropped (the directory may
+        have restarted) and the search is tried once more on a fresh connection."""
         problem = ""
-        for _attempt in range(2):
+        for fresh in (False, True):
+            if fresh:
+                self._drop_idle()
             # Any failure, even one ldap3 does not wrap, fails closed: 451, never an accept.
             try:
                 connection = self._connection()
             except Exception as exc:  # noqa: BLE001
-                problem = f"no directory server reachable: {exc!r}"
+                problem = f"no directory server reachable: {exc}"
                 continue
             try:
                 found = self._found(connection, address)
@@ -130,6 +132,8 @@ class LdapSource:
         return bool(connection.entries) or code == SIZE_LIMIT_EXCEEDED
 
     def _connection(self) -> ldap3.Connection:
+        """An idle bound connection, else a new one to the first server that binds (fail-over in
+        the configured order; each server's own time-outs bound the attempt)."""
         try:
             connection = self._idle.get_nowait()
         except queue.Empty:
@@ -138,25 +142,27 @@ class LdapSource:
             if not connection.closed:
                 return connection
         settings = self.settings
-        return ldap3.Connection(
-            self._pool,
-            user=settings.bind_dn or None,
-            password=self.password or None,
-            auto_bind=ldap3.AUTO_BIND_TLS_BEFORE_BIND if settings.start_tls else ldap3.AUTO_BIND_NO_TLS,
-            read_only=True,
-            receive_timeout=math.ceil(settings.timeout),  # ldap3 packs it as whole seconds
-        )
+        problems = []
+        for server in self._build_servers():  # new each time: ldap3 remembers refused addresses
+            try:
+                return ldap3.Connection(
+                    server,
+                    user=settings.bind_dn or None,
+                    password=self.password or None,
+                    auto_bind=ldap3.AUTO_BIND_TLS_BEFORE_BIND if settings.start_tls else ldap3.AUTO_BIND_NO_TLS,
+                    read_only=True,
+                    receive_timeout=math.ceil(settings.timeout),  # ldap3 packs it as whole seconds
+                )
+            except Exception as exc:  # noqa: BLE001  # the next server, then unavailable
+                problems.append(f"{server.name}: {exc}")
+        raise LDAPException("; ".join(problems))
 
-    def _server_pool(self) -> ldap3.ServerPool:
-        tls = ldap3.Tls(
-            validate=ssl.CERT_REQUIRED, ca_certs_file=self.settings.ca_file or None,
-        )
-        servers = [
+    def _build_servers(self) -> list[ldap3.Server]:
+        tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=self.settings.ca_file or None)
+        return [
             ldap3.Server(uri, tls=tls, get_info=ldap3.NONE, connect_timeout=self.settings.timeout)
             for uri in self.settings.servers
         ]
-        # active=1: try each server once per connection attempt, never loop forever.
-        return ldap3.ServerPool(servers, ldap3.FIRST, active=1, exhaust=False)
 
     def _drop_idle(self) -> None:
         while True:

@@ -4,8 +4,10 @@ Owns: walking one hypothetical session through the same code the server runs, in
 order (server/session.py): the client rules (`RelayPolicy.check_client`), the DNSBL check
 (`dns.dnsbl.dnsbl_listed`) when zones are configured, the listener's AUTH requirement, MAIL FROM
 parsing with its SIZE limit (`smtp.commands.parse_mail`), the sender rules, then for each
-recipient RCPT parsing (`smtp.commands.parse_rcpt`), the recipient limit and the recipient rules;
-and collecting, per recipient, the reply, the rule that decided and the chain of rules consulted.
+recipient RCPT parsing (`smtp.commands.parse_rcpt`), the recipient limit, the recipient rules and,
+for a hosted recipient the rules permit, the domain's recipient sources (recipients/: each source
+asked shows in the chain with its answer and whether its cache gave it); and collecting, per
+recipient, the reply, the rule that decided and the chain of rules consulted.
 Must not: decide anything itself (every decision comes from the modules named above), print, or
 read the configuration (the CLI builds the policy exactly as app.py does).
 
@@ -23,6 +25,7 @@ from mailgate.core.reply import AUTH_REQUIRED, TOO_MANY_RECIPIENTS, Reply
 from mailgate.dns.dnsbl import dnsbl_listed
 from mailgate.dns.resolver import Resolver
 from mailgate.policy.relay import Client, Decision, RelayPolicy
+from mailgate.recipients.source import RecipientValidation
 from mailgate.smtp.commands import CommandError, parse_mail, parse_rcpt
 
 
@@ -99,6 +102,7 @@ async def explain(
     *,
     resolver: Resolver | None = None,
     dnsbl_zones: tuple[str, ...] = (),
+    recipient_sources: RecipientValidation | None = None,
 ) -> Explanation:
     """Walk the hypothetical session; ValueError if `client_ip` is not an IP address."""
     client = client_of(request)
@@ -115,7 +119,7 @@ async def explain(
             for recipient in request.recipients
         ]
         return result
-    _recipients(policy, client, sender, request, limits, result)
+    await _recipients(policy, client, sender, request, limits, result, recipient_sources)
     return result
 
 
@@ -174,9 +178,9 @@ def _mail(
     return (None if step.permitted else step), mail.sender
 
 
-def _recipients(
+async def _recipients(
     policy: RelayPolicy, client: Client, sender: Address | None, request: Hypothetical,
-    limits: SessionLimits, result: Explanation,
+    limits: SessionLimits, result: Explanation, sources: RecipientValidation | None,
 ) -> None:
     smtputf8 = _needs_smtputf8(request)
     accepted = 0
@@ -193,5 +197,22 @@ def _recipients(
             result.recipients.append(_refusal("rcpt", subject, error.reply, "rcpt_syntax"))
             continue
         step = _from_decision("rcpt", subject, policy.check_recipient(client, sender, parsed.address))
+        if step.permitted and sources is not None:
+            await _ask_sources(policy, sources, parsed.address, step)
         result.recipients.append(step)
         accepted += step.permitted
+
+
+async def _ask_sources(policy: RelayPolicy, sources: RecipientValidation, address: Address, step: Step) -> None:
+    """As Session._rcpt: the hosted domain's sources after the rules permitted; each answer joins
+    the chain, and a refusal from them decides."""
+    hosted = policy.hosted_name(address)
+    verdict = await sources.check(hosted, str(address)) if hosted else None
+    if verdict is None:
+        return
+    for lookup in verdict.lookups:
+        answer = lookup.status.value + (" (cache)" if lookup.cached else "") + (f": {lookup.detail}" if lookup.detail else "")
+        step.chain.append((f"recipient_source:{lookup.source}", answer))
+    step.rule = verdict.rule
+    if verdict.reply is not None:
+        step.reply, step.permitted = str(verdict.reply), False
