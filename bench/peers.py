@@ -81,6 +81,38 @@ def signing_config(workdir: Path, domain: str) -> str:
     return text
 
 
+# `--recipients`: the hosted domain validates recipients at RCPT (docs/operations.md). `file`: a
+# map of a million addresses; `ldap`: a private slapd, answers cached (warm after the first);
+# `ldap-cold`: the same with no positive cache, so every RCPT searches the directory.
+RECIPIENTS = {"mode": "none"}
+MAP_ENTRIES = 1_000_000
+
+
+def recipients_config(workdir: Path, mode: str) -> tuple[str, Callable[[], None]]:
+    """The [[recipient_source]] text for `mode` and how to stop what it started."""
+    from bench.clients import RECIPIENT
+
+    if mode == "file":
+        path = workdir / "recipients"
+        if not path.exists():
+            with path.open("w") as handle:
+                handle.write(f"{RECIPIENT}\n")
+                handle.writelines(f"user{index}@{HOSTED_DOMAIN}\n" for index in range(MAP_ENTRIES - 1))
+        return f'\n[[recipient_source]]\nname = "users"\ntype = "file"\npath = "{path}"\n', lambda: None
+    from tests.support import slapd
+
+    local = RECIPIENT.partition("@")[0]
+    directory = slapd.start_slapd("/usr/sbin/slapd", [slapd.person(local, RECIPIENT)])
+    password = workdir / "ldap-password"
+    password.write_text(slapd.ADMIN_PASSWORD)
+    text = (
+        f'\n[[recipient_source]]\nname = "users"\ntype = "ldap"\nservers = ["{directory.uri}"]\n'
+        f'bind_dn = "{slapd.ADMIN_DN}"\nbind_password_file = "{password}"\nsearch_base = "{slapd.BASE_DN}"\n'
+        + ('positive_ttl = "0s"\n' if mode == "ldap-cold" else "")
+    )
+    return text, directory.cleanup
+
+
 class PeerError(RuntimeError):
     """A server under test or the sink could not be started."""
 
@@ -101,6 +133,9 @@ def start_mailgate(
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "mailgate.toml"
     signing = SIGNING["enabled"]
+    validation, stop_validation = ("", lambda: None)
+    if RECIPIENTS["mode"] != "none":
+        validation, stop_validation = recipients_config(workdir, RECIPIENTS["mode"])
     config.write_text(
         MAILGATE_CONFIG_TEMPLATE.format(
             spool_dir=workdir / "spool",
@@ -110,7 +145,12 @@ def start_mailgate(
             trusted_networks='["127.0.0.1/32"]' if signing else "[]",
         )
         + (signing_config(workdir, SENDER_DOMAIN) if signing else "")
+        + validation
     )
+    if validation:
+        text = config.read_text().replace(
+            f'name = "{HOSTED_DOMAIN}"\n', f'name = "{HOSTED_DOMAIN}"\nrecipient_sources = ["users"]\n', 1)
+        config.write_text(text)
     log_path = workdir / "mailgate.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -129,6 +169,7 @@ def start_mailgate(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(STOP_TIMEOUT_S)
+        stop_validation()
 
     try:
         wait_for_banner(listen_port, START_TIMEOUT_S, alive=lambda: process.poll() is None)

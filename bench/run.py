@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-workdir", action="store_true", help="keep spools and logs")
     parser.add_argument("--dkim", action="store_true",
                         help="mailgate DKIM-signs every message (RSA + Ed25519); the load is then trusted")
+    parser.add_argument("--recipients", choices=("none", "file", "ldap", "ldap-cold"), default="none",
+                        help="mailgate validates recipients at RCPT: a million-entry map file, LDAP with "
+                             "its cache (warm), or LDAP asked for every RCPT (cold)")
     parser.add_argument("--show", type=Path, metavar="JSON",
                         help="print the table of a saved run and exit (nothing is measured)")
     args = parser.parse_args(argv)
@@ -71,6 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.connections = args.connections or (1000 if quick else 5000)
     args.servers = args.only or ["mailgate", "postfix"]
     peers.SIGNING["enabled"] = args.dkim
+    peers.RECIPIENTS["mode"] = args.recipients
     return args
 
 
@@ -347,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_description(workdir),
         "parameters": {
             "messages": args.messages, "reps": args.reps, "sizes": args.sizes,
-            "sessions": args.sessions, "servers": args.servers, "dkim": args.dkim,
+            "sessions": args.sessions, "servers": args.servers, "dkim": args.dkim, "recipients": args.recipients,
             "latency_rate_per_s": LATENCY_RATE, "latency_count": args.latency_count,
             "connections": args.connections, "connection_deadline_s": args.connection_deadline,
             "open_file_limit": limit,
