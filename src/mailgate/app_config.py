@@ -149,6 +149,7 @@ def listener_settings(listener: SimpleNamespace, profile: ListenerProfile) -> Li
         max_connections_per_client=listener.max_connections_per_client,
         proxy_from=listener.proxy_from if listener.proxy_protocol else None,
         proxy_timeout=listener.proxy_timeout,
+        handshake_timeout=listener.tls_handshake_timeout,
     )
 
 def listener_profiles(config: Config) -> list[ListenerProfile]:
@@ -172,6 +173,8 @@ def listener_profiles(config: Config) -> list[ListenerProfile]:
                 max_message_size=listener.max_message_size or config.server.max_message_size,
                 command_timeout=listener.command_timeout,
                 data_timeout=listener.data_timeout,
+                data_deadline=listener.data_deadline,
+                handshake_timeout=listener.tls_handshake_timeout,
                 error_budget=listener.error_budget,
             )
         )

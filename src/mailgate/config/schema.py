@@ -114,6 +114,13 @@ LISTENER = Section(
             "Idle time allowed between commands (RFC 5321 §4.5.3.2.7: at least 5 minutes)."),
         Key("data_timeout", Duration(minimum=1, maximum=3600), 300,
             "Time allowed between two reads of message data (RFC 5321 §4.5.3.2.7)."),
+        Key("data_deadline", Duration(minimum=1, maximum=86400), 1800,
+            "Time allowed for the whole data of one message, however steadily it trickles in "
+            "(a slowloris sender gets 421 4.4.2); RFC 5321 §4.5.3.2.6 has the client wait 10 minutes "
+            "for our answer after the data, this bounds the data itself."),
+        Key("tls_handshake_timeout", Duration(minimum=1, maximum=300), 20,
+            "Time allowed for the TLS handshake of an implicit-TLS (smtps) or STARTTLS connection.",
+            restart=True),
         Key("error_budget", Integer(minimum=1, maximum=1000), 10,
             "Bad commands allowed before 421 and disconnect."),
         Key("proxy_protocol", Boolean(), False,

@@ -29,6 +29,8 @@ class ListenerProfile:
     max_message_size: int
     command_timeout: float = 300.0
     data_timeout: float = 300.0
+    data_deadline: float = 1800.0  # the whole data of one message (session.py)
+    handshake_timeout: float = 20.0  # STARTTLS handshake
     error_budget: int = 10
 
     def reload(self, new: "ListenerProfile") -> None:

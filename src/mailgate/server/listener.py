@@ -47,6 +47,7 @@ class ListenerSettings:
     max_connections_per_client: int
     proxy_from: tuple | None = None  # load balancer networks when the PROXY protocol is on
     proxy_timeout: float = 10.0
+    handshake_timeout: float = 20.0  # implicit TLS: time allowed for the whole handshake
 
 
 SessionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Listener", str], Awaitable[None]]
@@ -88,12 +89,15 @@ class Listener:
         assert self._socket is not None
         settings = self.settings
         # With PROXY the header comes before any TLS: the handshake starts after it (_accept).
+        # A handshake that stalls is cut after `handshake_timeout` (asyncio's default is 60 s).
+        # It is not counted against the limits until it completes: doing the handshake in
+        # _accept (StreamWriter.start_tls) loses a ClientHello that arrived first under uvloop.
         tls = settings.implicit_tls if settings.proxy_from is None else None
         self._server = await asyncio.start_server(
             self._accept,
             sock=self._socket.dup(),  # a copy: pause() closes the server, never our bound socket
             ssl=tls,
-            ssl_handshake_timeout=30 if tls else None,
+            ssl_handshake_timeout=settings.handshake_timeout if tls else None,
             limit=READ_LIMIT,
             backlog=4096,
         )
@@ -175,7 +179,7 @@ class Listener:
         try:
             header = await read_proxy_header(reader, settings.proxy_timeout)
             if settings.implicit_tls is not None:
-                await writer.start_tls(settings.implicit_tls, ssl_handshake_timeout=30)
+                await writer.start_tls(settings.implicit_tls, ssl_handshake_timeout=settings.handshake_timeout)
         except (ProxyProtocolError, TimeoutError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as exc:
             log.info("listener %s: bad PROXY header from %s: %s", settings.name, peer, exc)
             return None

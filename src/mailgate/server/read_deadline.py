@@ -23,6 +23,9 @@ class ReadDeadline:
     async def read(self, reader: asyncio.StreamReader, size: int, timeout: float) -> bytes:
         """`reader.read(size)`, raising TimeoutError when nothing arrives within `timeout`."""
         self._deadline = self._loop.time() + timeout
+        if self._handle is not None and self._handle.when() > self._deadline:
+            self._handle.cancel()  # a shorter time-out than the timer's (the end of a DATA deadline)
+            self._handle = None
         if self._handle is None:
             self._handle = self._loop.call_at(self._deadline, self._fire)
         self._reading = True

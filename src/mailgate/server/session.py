@@ -58,6 +58,7 @@ class _Transaction:
         self.head: HeadBuilder | None = None
         self.rule = ""  # the relay rule that permitted the first recipient, for the logs
         self.rewritten = False  # the screener replaced the message (strip, tag, added headers)
+        self.data_deadline = 0.0  # time.monotonic() by which the data must be complete
 
 
 class Session:
@@ -162,9 +163,8 @@ class Session:
             event = protocol.next_event()
             if isinstance(event, ev.NeedData):
                 await self._flush()
-                timeout = self.profile.data_timeout if self.transaction and self.transaction.head else self.profile.command_timeout
                 try:
-                    data = await deadline.read(self.reader, READ_SIZE, timeout)
+                    data = await deadline.read(self.reader, READ_SIZE, self._read_timeout())
                 except TimeoutError:
                     self.out += TIMEOUT.encode()
                     await self._flush()
@@ -191,10 +191,18 @@ class Session:
                 return
             if isinstance(event, ev.StartTls) and reply.code == SERVICE_READY:
                 await self._flush()
-                await self.writer.start_tls(self.profile.tls_context)
+                await self.writer.start_tls(self.profile.tls_context, ssl_handshake_timeout=self.profile.handshake_timeout)
                 self.tls = describe(self.writer.get_extra_info("ssl_object"))
                 self.helo, self.auth_user = "", None
                 protocol.start_tls_done()
+
+    def _read_timeout(self) -> float:
+        """command_timeout between commands; within a message's data, data_timeout per read and
+        data_deadline for all of it (a sender trickling a byte per data_timeout is cut too)."""
+        transaction = self.transaction
+        if transaction is None or transaction.head is None:
+            return self.profile.command_timeout
+        return max(0.0, min(self.profile.data_timeout, transaction.data_deadline - time.monotonic()))
 
     def _log_command(self, event: ev.Event, reply: Reply, bytes_out: int, started: float, queue_id: str) -> None:
         described = command_log.describe(event, queue_id if reply.code == 250 else "")
@@ -328,6 +336,7 @@ class Session:
         if transaction is None or transaction.writer is not None:
             return
         transaction.writer = self.reception.store.begin()
+        transaction.data_deadline = time.monotonic() + self.profile.data_deadline
         transaction.head = HeadBuilder(
             add_message_id_and_date=self.profile.profile != "mx",
             hostname=self.reception.hostname,
