@@ -77,6 +77,9 @@ class MailgateProcess:
         self.log_path = self.workdir / "mailgate.log"
 
     def start(self, wait: tuple[str, int] | None = None) -> "MailgateProcess":
+        """With `wait`: return once the port answers AND a worker said "mailgate ready" (until its
+        self-audit has passed, every client gets 421 4.3.2)."""
+        ready_before = self.log().count("mailgate ready")
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mailgate", "serve", "--config", str(self.config_path)],
@@ -86,10 +89,18 @@ class MailgateProcess:
         if wait:
             try:
                 wait_for_port(*wait)
+                self._wait_ready(ready_before)
             except TimeoutError:
                 self.stop()
                 raise RuntimeError("mailgate did not start:\n" + self.log_path.read_text()) from None
         return self
+
+    def _wait_ready(self, ready_before: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.log().count("mailgate ready") <= ready_before:
+            if time.monotonic() > deadline or (self.process is not None and self.process.poll() is not None):
+                raise TimeoutError("mailgate never said ready")
+            time.sleep(0.05)
 
     def kill(self) -> None:
         """A crash: SIGKILL to the supervisor and every worker at once, no chance to clean up."""
