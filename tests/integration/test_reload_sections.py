@@ -21,6 +21,7 @@ SECTIONS = {
     "listener": '[[listener]]\nname = "mx"\naddress = "127.0.0.1:2525"\ntls = "none"\n',
     "relay": '[relay]\ntrusted_networks = ["127.0.0.1/32"]\n',
     "domain": '[[domain]]\nname = "hosted.test"\nnext_hop = ["127.0.0.1:2600"]\n',
+    "recipient_source": "",
     "delivery": "[delivery]\n",
     "dns": "[dns]\n",
     "screen": "[screen]\n",
@@ -49,6 +50,10 @@ LIVE = {
                '[[domain]]\nname = "second.test"\nnext_hop = ["maildir:{spool}/box"]\n',
                lambda app: "second.test" in app.reception.policy.settings.hosted_domains
                and "second.test" in app.router._settings.hosted),
+    "recipient_source": ('[[recipient_source]]\nname = "users"\ntype = "file"\npath = "{spool}.recipients"\n'
+                         '[[domain]]\nname = "users.test"\nnext_hop = ["127.0.0.1:2601"]\nrecipient_sources = ["users"]\n',
+                         lambda app: app.reception.recipients is not None
+                         and app.reception.recipients.chain_for("users.test") is not None),
     "delivery": ('[delivery]\nsmart_host = "127.0.0.1:2700"\nhelo_name = "out.test"\n',
                  lambda app: app.router._settings.helo_name == "out.test"
                  and app.router._settings.smart_host.port == 2700),
@@ -105,6 +110,7 @@ def write(path: Path, spool: Path, replaced: dict[str, str]) -> None:
 def built(tmp_path: Path):  # type: ignore[no-untyped-def]
     path, spool = tmp_path / "mailgate.toml", tmp_path / "spool"
     write_private_key(f"{spool}.dkim.key", generate_private_key("ed25519"))
+    Path(f"{spool}.recipients").write_text("someone@users.test\n")
     write(path, spool, {})
     app = Application(load_file(path))
     yield app, path, spool

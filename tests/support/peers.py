@@ -42,6 +42,7 @@ CAPABILITIES = (
     Capability("opendkim-testmsg", "opendkim-tools", binary="/usr/sbin/opendkim-testmsg"),
     Capability("slapd", "slapd", binary="/usr/sbin/slapd"),
     Capability("slapadd", "slapd", binary="/usr/sbin/slapadd"),
+    Capability("mount (the tmpfs of the disk-full tests)", "mount", binary="/usr/bin/mount"),
 )
 
 
