@@ -22,14 +22,23 @@ from mailgate.config.loader import load_text
 
 
 def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
+    """Until the port greets with 220: a server that listens but still holds clients with
+    `421 4.3.2` (its start-up self-audit is running) is not ready yet. A listener that sends
+    nothing at once (implicit TLS waits for the client's hello) counts as ready."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
+            with socket.create_connection((host, port), timeout=0.5) as sock:
+                try:
+                    banner = sock.recv(3)
+                except TimeoutError:
+                    return
+                if banner == b"220":
+                    return
         except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing greets with 220 on {host}:{port} after {timeout}s")
 
 
 class InProcessMailgate:
