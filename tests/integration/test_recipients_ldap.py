@@ -163,6 +163,11 @@ def test_rcpt_is_checked_against_the_directory_and_fails_closed_when_it_stops(tm
             assert mg.call(rcpt_replies(port, [f"alice@{HOSTED}"]))[0].startswith("250")
             slapd.start()
             assert mg.call(rcpt_replies(port, [f"carol@{HOSTED}"]))[0].startswith("550 5.1.1")
+            exposed = mg.app.metrics.render().decode()
+            for labels, count in (('cache="miss",result="found"', 1), ('cache="hit",result="found"', 1),
+                                  ('cache="miss",result="not_found"', 3), ('cache="miss",result="unavailable"', 2)):
+                line = f'mailgate_recipient_lookups_total{{{labels},source="directory"}} {count}.0'
+                assert line in exposed, exposed
     finally:
         slapd.cleanup()
 
