@@ -203,7 +203,8 @@ class Application:
             self.log.connection_refused(client, port, listener.name, reason, reply)
 
         return Listener(settings, handle, on_refused=refused, 
-                        sock=listen_sockets.inherited().take_listener(settings.host, settings.port))
+                        sock=listen_sockets.inherited().take_listener(settings.host, settings.port),
+                        counts=listen_sockets.inherited().counts.get((settings.host, settings.port)))
 
     async def start(self) -> None:
         try:

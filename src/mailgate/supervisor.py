@@ -3,8 +3,10 @@
 Owns: deciding the number of workers (`server.workers`, 0 = one per CPU core), taking the spool
 lock for the life of the server (queue/spool_lock.py: one server per spool), binding every
 listening socket once (server/listen_sockets.py: an address another process holds stops the start
-with exit 1), recovering the store once before any worker starts, forking the workers (each
-inherits its own sockets, and runs its own delivery runner on the shared SQLite queue), forwarding SIGTERM/SIGINT/SIGHUP to them, and stopping all of them when one dies
+with exit 1), making each listener's connection counts shared by all workers
+(server/connection_counts.py), recovering the store once before any worker starts, forking the
+workers (each inherits its own sockets, and runs its own delivery runner on the shared SQLite
+queue), forwarding SIGTERM/SIGINT/SIGHUP to them, and stopping all of them when one dies
 unexpectedly so that a service manager restarts a clean set (a restart recovers every lease).
 Must not: build components (app.py) or parse the command line (cli/serve_cmd.py).
 
@@ -26,6 +28,7 @@ from mailgate.config.loader import Config
 from mailgate.config.types import parse_host_port
 from mailgate.queue.spool_lock import SpoolInUse, SpoolLock
 from mailgate.server import listen_sockets
+from mailgate.server.connection_counts import SharedCounts
 from mailgate.server.listen_sockets import ListenError
 
 log = logging.getLogger("mailgate.supervisor")
@@ -44,6 +47,11 @@ def run(config: Config, run_loop: Callable, start_worker: Callable[[int, int], "
     try:
         _lock_spool(config, lock)
         bound = listen_sockets.bind_all(*_addresses(config), count)
+        if count > 1:  # the connection limits hold for the whole server, not per worker
+            for listener in config.listener:
+                shared = SharedCounts(listener.max_connections, listener.max_connections_per_client)
+                for sockets in bound:
+                    sockets.counts[tuple(listener.address)] = shared
     except (SpoolInUse, ListenError) as exc:
         # Exit 1, not 2: the other process may go away, so a service manager should retry.
         print(f"mailgate: cannot start: {exc}", file=sys.stderr)

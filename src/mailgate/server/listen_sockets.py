@@ -22,6 +22,7 @@ import errno
 import socket
 from dataclasses import dataclass, field
 
+from mailgate.server.connection_counts import SharedCounts
 from mailgate.server.privileges import bind_listener_socket
 
 # The Linux default of net.core.somaxconn caps what listen() gets anyway.
@@ -37,6 +38,8 @@ class WorkerSockets:
     """One worker's sockets: by (host, port) as configured."""
     listeners: dict[tuple[str, int], socket.socket] = field(default_factory=dict)
     metrics: socket.socket | None = None
+    # Connection counts shared by every worker, per listener address (connection_counts.py).
+    counts: dict[tuple[str, int], SharedCounts] = field(default_factory=dict)
 
     def take_listener(self, host: str, port: int) -> socket.socket | None:
         return self.listeners.pop((host, port), None)

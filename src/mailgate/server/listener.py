@@ -15,12 +15,12 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mailgate.auth.lockout import client_key
 from mailgate.core.reply import TOO_MANY_CONNECTIONS, Reply
+from mailgate.server.connection_counts import LocalCounts, SharedCounts
 from mailgate.server.listen_sockets import bind_address
 from mailgate.server.proxy_protocol import ProxyProtocolError, proxy_peer_allowed, read_proxy_header
 
@@ -58,6 +58,7 @@ class Listener:
         self, settings: ListenerSettings, handler: SessionHandler,
         on_refused: Callable[[str, int, str, Reply | None], None] = lambda client, port, reason, reply: None,
         sock: socket.socket | None = None,
+        counts: LocalCounts | SharedCounts | None = None,
     ) -> None:
         self.settings = settings
         self._handler = handler
@@ -65,7 +66,8 @@ class Listener:
         # Bound by the supervisor (listen_sockets.py) when it runs us; else bound by bind().
         self._socket: socket.socket | None = sock
         self._server: asyncio.base_events.Server | None = None
-        self._per_client: Counter[str] = Counter()
+        # Shared by all workers when the supervisor made them (connection_counts.py).
+        self._counts = counts or LocalCounts(settings.max_connections, settings.max_connections_per_client)
         self._sessions: set[asyncio.Task] = set()
         self.bound_port: int = sock.getsockname()[1] if sock is not None else settings.port
         self.paused = False
@@ -142,23 +144,17 @@ class Listener:
             client = proxied
         # An IPv6 client is counted by its /64 (one host usually holds the whole prefix).
         key = client_key(client)
-        if (
-            len(self._sessions) >= self.settings.max_connections
-            or self._per_client[key] >= self.settings.max_connections_per_client
-        ):
+        if not self._counts.try_add(key):
             await self._refuse(writer, client, int(peer[1]), "limit", TOO_MANY_CONNECTIONS)
             return
         task = asyncio.current_task()
         assert task is not None
         self._sessions.add(task)
-        self._per_client[key] += 1
         try:
             await self._handler(reader, writer, self, client)
         finally:
             self._sessions.discard(task)
-            self._per_client[key] -= 1
-            if self._per_client[key] <= 0:
-                del self._per_client[key]
+            self._counts.remove(key)
             if not writer.is_closing():
                 writer.close()
 
