@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import free_port, require_binary
 from tests.support.mailgate_server import InProcessMailgate
 from tests.support.postfix import start_receiver
-from tests.support.receiving import HOSTED, UNTRUSTED_SOURCE, RawSmtp, config_text
+from tests.support.receiving import HOSTED, config_text, rcpt_replies
 
 pytestmark = pytest.mark.e2e
 
@@ -32,17 +32,6 @@ def settle(postfix, expected: int, timeout: float = 15.0) -> int:
         time.sleep(0.1)
     time.sleep(0.3)  # and nothing more arrives
     return connections(postfix)
-
-
-async def rcpt(port: int, recipients: list[str]) -> list[str]:
-    client = await RawSmtp.connect(port, source=UNTRUSTED_SOURCE)
-    try:
-        await client.reply()
-        await client.command("EHLO client.example")
-        assert (await client.command("MAIL FROM:<sender@external.test>")).code == 250
-        return [str(await client.command(f"RCPT TO:<{address}>")) for address in recipients]
-    finally:
-        await client.close()
 
 
 def callahead_config(tmp_path, postfix_port: int) -> str:
@@ -68,19 +57,19 @@ def test_call_ahead_against_real_postfix(tmp_path) -> None:
         base = settle(postfix, 1)  # the harness's own banner check
         with InProcessMailgate(callahead_config(tmp_path, port)) as mg:
             mx = mg.port("mx")
-            first = mg.call(rcpt(mx, [f"alice@{HOSTED}", f"nobody@{HOSTED}"]))
+            first = mg.call(rcpt_replies(mx, [f"alice@{HOSTED}", f"nobody@{HOSTED}"]))
             assert first[0].startswith("250"), first
             assert first[1] == f"550 5.1.1 <nobody@{HOSTED}>: Recipient address rejected: User unknown"
             assert settle(postfix, base + 2) == base + 2
 
             # The cache answers both, positive and negative: no new connection.
-            again = mg.call(rcpt(mx, [f"ALICE@{HOSTED}", f"nobody@{HOSTED}"]))
+            again = mg.call(rcpt_replies(mx, [f"ALICE@{HOSTED}", f"nobody@{HOSTED}"]))
             assert again[0].startswith("250") and again[1].startswith("550 5.1.1")
             assert settle(postfix, base + 3, timeout=2) == base + 2
 
             # Twenty sessions asking for one new address at once: one probe.
             async def crowd() -> list[list[str]]:
-                return await asyncio.gather(*(rcpt(mx, [f"bob@{HOSTED}"]) for _ in range(20)))
+                return await asyncio.gather(*(rcpt_replies(mx, [f"bob@{HOSTED}"]) for _ in range(20)))
             replies = mg.call(crowd())
             assert all(reply[0].startswith("250") for reply in replies), replies
             assert settle(postfix, base + 3) == base + 3
@@ -90,7 +79,7 @@ def test_call_ahead_against_real_postfix(tmp_path) -> None:
             assert " DATA" not in postfix.maillog()
 
             postfix.stop()
-            down = mg.call(rcpt(mx, [f"carol@{HOSTED}", f"alice@{HOSTED}"]))
+            down = mg.call(rcpt_replies(mx, [f"carol@{HOSTED}", f"alice@{HOSTED}"]))
             assert down[0].startswith("451 4.4.3"), down  # unknown to the cache: ask later
             assert down[1].startswith("250")  # known from the cache
     finally:

@@ -11,18 +11,11 @@ import time
 from mailgate.recipients.mapfile import MapFileSource
 from mailgate.recipients.source import LookupStatus
 from tests.support.mailgate_server import MailgateProcess
-from tests.support.receiving import HOSTED, UNTRUSTED_SOURCE, RawSmtp, config_text
+from tests.support.receiving import HOSTED, config_text, rcpt_replies
 
 
 async def rcpt(port: int, address: str) -> str:
-    client = await RawSmtp.connect(port, source=UNTRUSTED_SOURCE)
-    try:
-        await client.reply()
-        await client.command("EHLO client.example")
-        await client.command("MAIL FROM:<sender@external.test>")
-        return str(await client.command(f"RCPT TO:<{address}>"))
-    finally:
-        await client.close()
+    return (await rcpt_replies(port, [address]))[0]
 
 
 def eventually(port: int, address: str, prefix: str, timeout: float = 15.0) -> str:

@@ -19,7 +19,7 @@ from mailgate.recipients.ldap_source import LdapSettings, LdapSource
 from mailgate.recipients.source import LookupStatus
 from tests.conftest import free_port, require_binary
 from tests.support.mailgate_server import InProcessMailgate
-from tests.support.receiving import HOSTED, UNTRUSTED_SOURCE, RawSmtp, config_text
+from tests.support.receiving import HOSTED, config_text, rcpt_replies
 from tests.support.slapd import ADMIN_DN, ADMIN_PASSWORD, BASE_DN, person, start_slapd
 
 pytestmark = pytest.mark.e2e
@@ -129,17 +129,6 @@ search_base = "{BASE_DN}"
 timeout = "2s"
 negative_ttl = "0s"
 """
-
-
-async def rcpt_replies(port: int, recipients: list[str]) -> list[str]:
-    client = await RawSmtp.connect(port, source=UNTRUSTED_SOURCE)
-    try:
-        await client.reply()
-        await client.command("EHLO client.example")
-        assert (await client.command("MAIL FROM:<sender@external.test>")).code == 250
-        return [str(await client.command(f"RCPT TO:<{address}>")) for address in recipients]
-    finally:
-        await client.close()
 
 
 def test_rcpt_is_checked_against_the_directory_and_fails_closed_when_it_stops(tmp_path, password_file, tls_files) -> None:

@@ -180,3 +180,16 @@ class RawSmtp:
 
 def client_context(ca_file: str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_file)
+
+
+async def rcpt_replies(port: int, recipients: list[str], sender: str = "sender@external.test") -> list[str]:
+    """One session from the untrusted address: EHLO, MAIL, then each RCPT's reply as text."""
+    client = await RawSmtp.connect(port, source=UNTRUSTED_SOURCE)
+    try:
+        await client.reply()
+        await client.command("EHLO client.example")
+        mail = await client.command(f"MAIL FROM:<{sender}>")
+        assert mail.code == 250, mail
+        return [str(await client.command(f"RCPT TO:<{address}>")) for address in recipients]
+    finally:
+        await client.close()
