@@ -61,6 +61,12 @@ tls = "none"
 # Postfix checks no SPF, DKIM or DMARC here; neither does mailgate (bench/auth_bench.py measures them).
 [authentication]
 inbound_checks = false
+
+# The logs a production relay has on (Postfix writes its maillog in the same run): the JSON
+# transaction log and the W3C log, besides the diagnostic log on stdout.
+[log]
+json_file = "{log_dir}/transactions.jsonl"
+w3c_dir = "{log_dir}/w3c"
 """
 
 # `--dkim`: the load comes from a trusted network and every message is signed for its From:
@@ -139,6 +145,7 @@ def start_mailgate(
     config.write_text(
         MAILGATE_CONFIG_TEMPLATE.format(
             spool_dir=workdir / "spool",
+            log_dir=workdir / "logs",
             listen_port=listen_port,
             sink_port=sink_port,
             hosted_domain=HOSTED_DOMAIN,
