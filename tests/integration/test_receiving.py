@@ -198,6 +198,29 @@ def test_bdat_chunk_over_the_size_limit_fails_the_transaction(mailgate: InProces
     assert queued(mailgate) == []
 
 
+async def _bdat_with_unreadable_size(port: int) -> tuple[list, bool]:
+    client = await RawSmtp.connect(port)
+    await client.reply()
+    await client.command("EHLO client.test")
+    # The "chunk" hides a whole transaction; with framing lost it must never be executed.
+    hidden = f"RSET\r\nMAIL FROM:<hidden@external.test>\r\nRCPT TO:<user@{HOSTED}>\r\nDATA\r\n"
+    dialogue = b"MAIL FROM:<sender@external.test>\r\n" + f"RCPT TO:<user@{HOSTED}>\r\n".encode()
+    await client.send(dialogue + b"BDAT 0x40 LAST\r\n" + hidden.encode() + b"hidden\r\n.\r\n")
+    replies = await client.replies(3)
+    closed = await client.at_eof()
+    await client.close()
+    return replies, closed
+
+
+def test_bdat_size_that_does_not_parse_closes_the_connection_with_421(mailgate: InProcessMailgate) -> None:
+    replies, closed = asyncio.run(_bdat_with_unreadable_size(mailgate.port("mx")))
+
+    assert [r.code for r in replies] == [250, 250, 421]  # RFC 3030 §2: framing cannot be recovered
+    assert replies[-1].lines[0].startswith("4.5.2 ")
+    assert closed
+    assert queued(mailgate) == []
+
+
 async def _data_then_small_message(port: int, big: bytes) -> list:
     client = await RawSmtp.connect(port)
     await client.reply()

@@ -63,7 +63,7 @@ class Driver:
     def answer(self, event: object) -> Reply:
         if type(event) in self.overrides:
             return self.overrides[type(event)]
-        if isinstance(event, (ev.ProtocolError, ev.TooManyErrors)):
+        if isinstance(event, (ev.ProtocolError, ev.TooManyErrors, ev.FramingLost)):
             return event.reply
         if isinstance(event, ev.MessageEnd):
             self.messages.append((bytes(self._body), event))

@@ -167,7 +167,6 @@ ERROR_CASES = [
     (EHLO + MAIL + RCPT, b"DATA now\r\n", b"501 5.5.4 Syntax error in parameters or arguments"),
     (EHLO, b"AUTH PLAIN\r\n", b"538 5.7.11 Encryption required for requested authentication mechanism"),
     (EHLO, b"STARTTLS now\r\n", b"501 5.5.4 Syntax error in parameters or arguments"),
-    (EHLO, b"BDAT ten\r\n", b"501 5.5.4 Syntax error in parameters or arguments"),
     (EHLO, b"NOOP \x00\r\n", b"500 5.5.2 Syntax error, command unrecognized"),
     (EHLO, b"NOOP \xff\xfe\r\n", b"500 5.5.2 Syntax error, command unrecognized"),
 ]
@@ -183,6 +182,17 @@ def test_error_replies(before: bytes, command: bytes, expected: bytes) -> None:
     assert isinstance(driver.events[-1], ev.ProtocolError)
     counted = 0 if expected.startswith(b"552") else 1  # a SIZE refusal is not a client mistake
     assert driver.protocol.errors == errors + counted
+
+
+@pytest.mark.parametrize("size", [b"ten", b"-5", b"1e3", b"9" * 19, b"10 LAST MORE", b"", b"0x10"])
+def test_bdat_size_that_does_not_parse_closes_the_session(size: bytes) -> None:
+    # RFC 3030 §2: the chunk's octets cannot be found, so they must never be read as commands.
+    driver = Driver()
+    driver.feed(EHLO + MAIL + RCPT)
+    out = driver.feed(b"BDAT " + size + b"\r\nRSET\r\nMAIL FROM:<smuggled@b.test>\r\n")
+    assert out == b"421 4.5.2 BDAT chunk size unreadable, framing lost, closing connection\r\n"
+    assert isinstance(driver.events[-2], ev.FramingLost) and driver.closed
+    assert driver.protocol.mode is Mode.CLOSED and driver.protocol.buffered == b""
 
 
 def test_starttls_refusals() -> None:

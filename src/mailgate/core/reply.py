@@ -77,6 +77,8 @@ SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
+# RFC 3030 §2: a BDAT whose chunk size cannot be read leaves no way to find the next command.
+FRAMING_LOST = Reply(421, "4.5.2", "BDAT chunk size unreadable, framing lost, closing connection")
 
 # --- Positive ------------------------------------------------------------------------------------
 OK = Reply(250, "2.0.0", "OK")

@@ -129,7 +129,8 @@ class TransactionLog:
         ))
 
     def connection_closed(self, session_id: str, reason: str = "quit") -> None:
-        """reason: quit, timeout, errors, refused, dropped (peer went away), shutdown."""
+        """reason: quit, timeout, errors, framing (BDAT size unreadable), refused, dropped (peer
+        went away), shutdown."""
         now = self._clock.now()
         self._audit_sessions.discard(session_id)
         connection = self._connections.pop(session_id, None)

@@ -28,7 +28,7 @@ def describe(event: ev.Event, queue_id: str = "") -> tuple[str, str, int] | None
         return "AUTH", event.mechanism, len(event.mechanism) + 7
     if isinstance(event, ev.Verify):
         return "VRFY", event.argument, len(event.argument) + 7
-    if isinstance(event, (ev.ProtocolError, ev.TooManyErrors)):
+    if isinstance(event, (ev.ProtocolError, ev.TooManyErrors, ev.FramingLost)):
         return "ERROR", "", 0
     simple = {ev.Reset: "RSET", ev.Noop: "NOOP", ev.Quit: "QUIT", ev.Help: "HELP", ev.StartTls: "STARTTLS"}
     verb = simple.get(type(event))

@@ -49,6 +49,8 @@ READ_SIZE = 256 * 1024
 BARE_LINE_ENDING_IN_MESSAGE = Reply(550, "5.5.2", "Message refused: bare CR or LF in message data")
 # RFC 5322 §2.1.1: lines are limited to 998 characters plus CRLF.
 LONG_LINE_IN_MESSAGE = Reply(550, "5.6.0", "Message refused: a line exceeds 998 characters")
+# Why a session ended, for the events that end it (the transaction log's close reason).
+_CLOSE_REASONS = {ev.Quit: "quit", ev.TooManyErrors: "errors", ev.FramingLost: "framing"}
 
 
 class _Transaction:
@@ -185,9 +187,9 @@ class Session:
             encoded = protocol.send(reply)
             self.out += encoded
             self._log_command(event, reply, len(encoded), started, queue_id)
-            if isinstance(event, (ev.Quit, ev.TooManyErrors)):
+            if isinstance(event, (ev.Quit, ev.TooManyErrors, ev.FramingLost)):
                 await self._flush()
-                self.close_reason = "quit" if isinstance(event, ev.Quit) else "errors"
+                self.close_reason = _CLOSE_REASONS[type(event)]
                 return
             if isinstance(event, ev.StartTls) and reply.code == SERVICE_READY:
                 await self._flush()
@@ -219,7 +221,7 @@ class Session:
 
     async def _answer(self, event: ev.Event) -> Reply:
         """The reply to one event; the protocol encodes it and moves its state."""
-        if isinstance(event, (ev.ProtocolError, ev.TooManyErrors)):
+        if isinstance(event, (ev.ProtocolError, ev.TooManyErrors, ev.FramingLost)):
             return event.reply
         if isinstance(event, ev.Hello):
             self.helo = event.name

@@ -145,6 +145,14 @@ class TooManyErrors:
 
 
 @dataclass(frozen=True, slots=True)
+class FramingLost:
+    """A BDAT line whose chunk size cannot be read (RFC 3030 §2): the octets that follow cannot
+    be told apart from commands, so send the 421 and close the connection."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
 class Closed:
     """The peer closed the connection, or the session is over. Needs no reply."""
 
@@ -157,7 +165,7 @@ class NeedData:
 Event = (
     Hello | MailFrom | RcptTo | DataStart | BodyChunk | MessageEnd | BdatChunkEnd | Reset | Noop
     | Quit | Verify | Help | StartTls | AuthStart | AuthLine | ProtocolError | TooManyErrors
-    | Closed
+    | FramingLost | Closed
 )
 
 

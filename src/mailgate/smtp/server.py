@@ -31,7 +31,7 @@ State table: what a reply to an event does (anything not listed changes nothing)
     Reset          2xx         transaction cleared
     StartTls       220         wait for start_tls_done(): then before-EHLO, TLS active
     AuthStart/Line 334 / 235   AUTH line mode / authenticated; anything else ends AUTH
-    Quit, TooManyErrors  any   closed: next_event() says Closed
+    Quit, TooManyErrors, FramingLost  any   closed: next_event() says Closed
 
 Replies carry enhanced status codes (RFC 2034 §3) except the greeting and the EHLO/HELO reply.
 A positive reply to Hello supplies only the greeting text; the hostname and extensions are added.
@@ -45,13 +45,14 @@ from enum import Enum
 
 from mailgate.core.reply import (
     ALREADY_AUTHENTICATED, AUTH_CANCELLED, BAD_SEQUENCE, BARE_LINE_ENDING, ENCRYPTION_REQUIRED,
-    LINE_TOO_LONG, NEED_HELO, NEED_MAIL, NEED_RCPT, NESTED_MAIL, NOT_IMPLEMENTED, PARAM_SYNTAX,
+    FRAMING_LOST, LINE_TOO_LONG, NEED_HELO, NEED_MAIL, NEED_RCPT, NESTED_MAIL, NOT_IMPLEMENTED, PARAM_SYNTAX,
     PIPELINED_STARTTLS, SYNTAX_ERROR, TOO_MANY_ERRORS, UNKNOWN_AUTH_MECHANISM, Reply,
 )
 from mailgate.smtp.commands import CommandError, parse_mail, parse_rcpt
 from mailgate.smtp.data import BodyInspector, DotBodyScanner
 from mailgate.smtp.events import (
-    AuthLine, AuthStart, BdatChunkEnd, BodyChunk, Closed, DataStart, Event, Hello, Help, MailFrom,
+    AuthLine, AuthStart, BdatChunkEnd, BodyChunk, Closed, DataStart, Event, FramingLost, Hello, Help,
+    MailFrom,
     MessageEnd, NeedData, Noop, ProtocolError, Quit, RcptTo, Reset, ServerUsageError, StartTls,
     TooManyErrors, Verify, needs_reply,
 )
@@ -178,7 +179,7 @@ class ServerProtocol:
         elif isinstance(event, (AuthStart, AuthLine)):
             self.authenticated = reply.code == 235
             self.mode = Mode.AUTH if reply.code == 334 else Mode.COMMAND
-        elif isinstance(event, (Quit, TooManyErrors)):
+        elif isinstance(event, (Quit, TooManyErrors, FramingLost)):
             self.mode = Mode.CLOSED
             self._buffer.clear()
         return reply.encode()
@@ -345,7 +346,9 @@ class ServerProtocol:
     def _bdat(self, argument: str, verb: str) -> Event | NeedData:
         match = _BDAT.fullmatch(argument)
         if match is None:
-            return self._error(PARAM_SYNTAX)
+            # RFC 3030 §2: without the size the chunk's octets would be read as commands.
+            self._buffer.clear()
+            return FramingLost(FRAMING_LOST)
         size = int(match[1])
         refusal = self._body_refusal() if self.settings.chunking else NOT_IMPLEMENTED
         if refusal is None and self._transaction is not None:
