@@ -38,7 +38,7 @@ def test_keygen_then_check_against_published_missing_and_wrong_records(tmp_path:
     assert key_file.stat().st_mode & 0o777 == 0o600
     record = _published(output)
     assert record.startswith(f"v=DKIM1; k={kind}; p=")
-    assert f'selector = "s2026"' in output and str(key_file) in output
+    assert 'selector = "s2026"' in output and str(key_file) in output
 
     other = key_from_bytes(generate_private_key(kind), "example.com", "s2026").txt_record()
     zone = {"s2026._domainkey.example.com": {"TXT": [record]},

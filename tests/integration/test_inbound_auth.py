@@ -56,7 +56,7 @@ ZONE = {
     "voids.test": {"TXT": ["v=spf1 a:x1.voids.test a:x2.voids.test a:x3.voids.test ?all"]},
     "slow.test": "TIMEOUT",
     "_dmarc.slow.test": "TIMEOUT",
-    "slowkey.test": {"TXT": [f"v=spf1 ip4:192.0.2.1 -all"]},
+    "slowkey.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
     "_dmarc.slowkey.test": {"TXT": ["v=DMARC1; p=reject"]},
     "s1._domainkey.slowkey.test": "TIMEOUT",
     LIST_KEY.record_name: {"TXT": [LIST_KEY.txt_record()]},

@@ -4,7 +4,9 @@ Owns: a minimal, self-contained configuration under one temporary directory, sta
 the foreground with one "normal" worker on a loopback port, waiting for /ping, and stopping it by
 its PID. The minimal configuration that works with Debian 12's rspamd 3.4 and no redis:
   * none of /etc/rspamd is included, so no module needs redis or the network (no RBL/SURBL,
-    DNS points at a closed loopback port), and the stock Lua rules are not loaded;
+    DNS points at a closed loopback port unless a test names its LoopbackDnsServer), and the
+    stock Lua rules are not loaded; C modules only when asked (`filters="dkim"`: rspamd as an
+    independent DKIM verifier of mailgate's signatures);
   * `url_tld` names a three-line file instead of the 9,600-suffix list (start-up 25 s -> ~3 s);
   * `enable_test_patterns` turns on the GTUBE family: `XJS*...` reject, `YJS*...` add header,
     `ZJS*...` rewrite subject (rspamd libmime, "gtube");
@@ -50,13 +52,13 @@ rspamd_config:register_symbol({
 """
 
 
-def _config(root: Path, port: int) -> str:
+def _config(root: Path, port: int, dns_port: int = 1, filters: str = "") -> str:
     return f"""
 lua = "{root}/test.lua";
 options {{
   pidfile = "{root}/rspamd.pid";
-  filters = "";
-  dns {{ nameserver = ["127.0.0.1:1"]; timeout = 0.2s; retransmits = 1; }}
+  filters = "{filters}";
+  dns {{ nameserver = ["127.0.0.1:{dns_port}"]; timeout = 0.2s; retransmits = 1; }}
   enable_test_patterns = true;
   hs_cache_dir = "{root}";
   cache_file = "{root}/symbols.cache";
@@ -111,12 +113,14 @@ def _ping(port: int) -> bool:
         connection.close()
 
 
-def start_rspamd(binary: str, port: int) -> RspamdInstance:
+def start_rspamd(binary: str, port: int, *, dns_port: int = 1, filters: str = "") -> RspamdInstance:
+    """`dns_port`: a loopback DNS server (a LoopbackDnsServer) for modules that look things up;
+    `filters`: rspamd's C modules to load, e.g. "dkim" (DKIM verification)."""
     root = Path(tempfile.mkdtemp(prefix="mailgate-rspamd-"))
     (root / "test.lua").write_text(_TEST_RULE)
     (root / "tld.dat").write_text("com\nexample\ntest\n")
     config = root / "rspamd.conf"
-    config.write_text(_config(root, port))
+    config.write_text(_config(root, port, dns_port, filters))
     variables = [f"--var={name}={root}" for name in ("DBDIR", "RUNDIR", "LOGDIR")]
     process = subprocess.Popen([binary, "-f", "-i", "-c", str(config), *variables],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -21,7 +21,7 @@ from publicsuffixlist import PublicSuffixList
 
 from mailgate.auth.dkim_verify import DkimResult
 from mailgate.auth.spf import SpfResult
-from mailgate.dns.resolver import DnsNoSuchDomain, DnsTemporaryError, Resolver
+from mailgate.dns.resolver import DnsNoSuchDomain, Resolver
 
 POLICIES = ("none", "quarantine", "reject")
 

@@ -31,7 +31,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from mailgate.auth import results as ar
-from mailgate.auth.arc import ArcResult, seal, verify_chain
+from mailgate.auth.arc import seal, verify_chain
 from mailgate.auth.dkim_keys import DkimKey
 from mailgate.auth.dkim_verify import DEFAULT_MAX_SIGNATURES, DkimResult, verify_all
 from mailgate.auth.dmarc import DmarcResult, OrganizationalDomains, evaluate, find_record

@@ -1,4 +1,5 @@
-"""DKIM signing end to end, judged by an independent verifier: OpenDKIM's `opendkim-testmsg`.
+"""DKIM signing end to end, judged by two independent verifiers: OpenDKIM's `opendkim-testmsg`
+and rspamd's dkim module.
 
 mailgate runs in-process; messages go in over SMTP from a trusted client (signed) and from an
 untrusted one (never signed); the stored message is handed to opendkim-testmsg with the keys'
@@ -9,6 +10,9 @@ signed one (oversigning), and a message the screener stripped and mailgate then 
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
 import smtplib
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -16,12 +20,15 @@ from pathlib import Path
 
 import pytest
 
+from mailgate.app import Application
 from mailgate.app_config import StartupError
 from mailgate.auth.dkim_keys import generate_private_key, key_from_bytes, write_private_key
-from mailgate.app import Application
 from mailgate.config.loader import load_text
+from tests.conftest import free_port, require_binary
 from tests.support import opendkim
+from tests.support.dns_server import LoopbackDnsServer
 from tests.support.mailgate_server import InProcessMailgate
+from tests.support.rspamd import start_rspamd
 from tests.support.receiving import EXTERNAL, HOSTED, UNTRUSTED_SOURCE, config_text, only_message, queued
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -71,7 +78,6 @@ def mailgate(tmp_path: Path, keys: dict) -> Iterator[InProcessMailgate]:
 
 
 def _in_ci() -> bool:
-    import os
     return bool(os.environ.get("CI"))
 
 
@@ -130,7 +136,10 @@ def test_tampered_body_and_added_from_fail_in_opendkim(mailgate, keys, tmp_path:
     _, stored = only_message(mailgate)
     tampered = stored.replace(b"The figures are attached.", b"Pay invoice 4711 today!!", 1)
     assert not opendkim.verify(tampered, _zone(keys), tmp_path).passed
-    # A forged From: put above the signed one: the oversigned From makes every signature fail.
+    # A forged From: put above the signed one fails. (Our From is oversigned, h=from:from, so a
+    # verifier that follows RFC 6376 §5.4.2 to the letter fails it too; OpenDKIM and rspamd also
+    # refuse a second From: on their own, so this line alone does not prove the oversigning: the
+    # h= count in the test above does.)
     forged = b"From: CEO <ceo@" + SIGNED.encode() + b">\r\n" + stored
     assert not opendkim.verify(forged, _zone(keys), tmp_path).passed
     assert opendkim.verify(stored, _zone(keys), tmp_path).passed
@@ -157,3 +166,37 @@ def test_mail_from_a_domain_without_key_is_relayed_unsigned(mailgate) -> None:
     assert len(queued(mailgate)) == 1
     _, stored = only_message(mailgate)
     assert b"DKIM-Signature:" not in stored
+
+
+def _rspamd_dkim(rspamd_port: int, message: bytes) -> dict:
+    """rspamd's DKIM symbols for `message` (checkv2, RFC-free JSON)."""
+    connection = http.client.HTTPConnection("127.0.0.1", rspamd_port, timeout=30)
+    try:
+        connection.request("POST", "/checkv2", body=message, headers={"IP": "192.0.2.1"})
+        symbols = json.loads(connection.getresponse().read()).get("symbols", {})
+    finally:
+        connection.close()
+    return {name: value.get("options") for name, value in symbols.items() if name.startswith("R_DKIM")}
+
+
+def test_both_signatures_verify_with_rspamd(mailgate, keys) -> None:
+    binary = require_binary("rspamd")
+    _send(mailgate, _message(), f"partner@{EXTERNAL}")
+    _, stored = only_message(mailgate)
+    with LoopbackDnsServer(_zone(keys)) as dns, start_rspamd(binary, free_port(), dns_port=dns.port,
+                                                            filters="dkim") as rspamd:
+        for algorithm, key in (("rsa-sha256", keys["rsa"]), ("ed25519-sha256", keys["ed25519"])):
+            single = _only_signature(stored, algorithm)
+            assert _rspamd_dkim(rspamd.port, single) == {"R_DKIM_ALLOW": [f"{SIGNED}:s={key.selector}"]}
+            tampered = single.replace(b"The figures are attached.", b"Pay invoice 4711 today!!", 1)
+            assert _rspamd_dkim(rspamd.port, tampered) == {"R_DKIM_REJECT": [f"{SIGNED}:s={key.selector}"]}
+
+
+def test_a_key_file_others_can_read_stops_the_start(tmp_path: Path, keys) -> None:
+    loose = tmp_path / "loose.key"
+    write_private_key(loose, generate_private_key("rsa"))
+    loose.chmod(0o644)
+    text = config_text(tmp_path, server_extra="self_audit = false") + (
+        f'\n[[dkim_key]]\ndomain = "{SIGNED}"\nselector = "loose"\nkey_file = "{loose}"\n')
+    with pytest.raises(StartupError, match=r"dkim_key\[0\]\.key_file: .*mode 0644"):
+        Application(load_text(text))
