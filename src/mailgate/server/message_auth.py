@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from mailgate.auth.message import InboundVerdict, MessageAuthenticator, Origin, TEMPFAIL
+from mailgate.auth.message import NOT_CHECKED, TEMPFAIL, InboundVerdict, MessageAuthenticator, Origin
 from mailgate.core.reply import LOCAL_ERROR
 from mailgate.queue.store import MessageWriter, QueueStore
 
@@ -29,7 +29,9 @@ def _read(writer: MessageWriter) -> bytes:
 
 
 async def check_inbound(authenticator: MessageAuthenticator, origin: Origin, writer: MessageWriter) -> InboundVerdict:
-    """The inbound verdict (before the screener); internal mail is not checked."""
+    """The inbound verdict (before the screener); internal mail is not checked (nor read)."""
+    if origin.internal:
+        return NOT_CHECKED
     try:
         return await authenticator.check(await asyncio.to_thread(_read, writer), origin)
     except Exception:
