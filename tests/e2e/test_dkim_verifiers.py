@@ -10,6 +10,7 @@ signed one (oversigning), and a message the screener stripped and mailgate then 
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -23,7 +24,10 @@ import pytest
 from mailgate.app import Application
 from mailgate.app_config import StartupError
 from mailgate.auth.dkim_keys import generate_private_key, key_from_bytes, write_private_key
+from mailgate.auth.dkim_verify import verify_all
+from mailgate.auth.dns_cache import ThreadLookups
 from mailgate.config.loader import load_text
+from mailgate.dns.resolver import StaticResolver
 from tests.conftest import free_port, require_binary
 from tests.support import opendkim
 from tests.support.dns_server import LoopbackDnsServer
@@ -200,3 +204,25 @@ def test_a_key_file_others_can_read_stops_the_start(tmp_path: Path, keys) -> Non
         f'\n[[dkim_key]]\ndomain = "{SIGNED}"\nselector = "loose"\nkey_file = "{loose}"\n')
     with pytest.raises(StartupError, match=r"dkim_key\[0\]\.key_file: .*mode 0644"):
         Application(load_text(text))
+
+
+def test_mailgate_verifies_opendkims_signature(tmp_path: Path, keys) -> None:
+    """OpenDKIM signs (rsa-sha1, its fixed default): mailgate's verifier finds the signature valid
+    and refuses it only for its hash (RFC 8301 §3.1); the same message changed is a plain fail."""
+    reason = opendkim.available()
+    if reason:
+        pytest.skip(reason) if not _in_ci() else pytest.fail(reason)
+    raw = bytes(_message()).replace(b"\n", b"\r\n")
+    signed = opendkim.sign(raw, SIGNED, keys["rsa"].selector, Path(keys["rsa"].path))
+    assert signed.startswith(b"DKIM-Signature: v=1; a=rsa-sha1;")
+
+    async def verified(message: bytes) -> list:
+        loop = asyncio.get_running_loop()
+        lookups = ThreadLookups(StaticResolver(_zone(keys)), loop, 5)
+        return await loop.run_in_executor(None, verify_all, message, lookups)
+
+    [result] = asyncio.run(verified(signed))
+    assert (result.result, result.domain, result.reason) == (
+        "permerror", SIGNED, "rsa-sha1 is not accepted (RFC 8301 §3.1)")
+    [tampered] = asyncio.run(verified(signed.replace(b"The figures", b"Our figures", 1)))
+    assert tampered.result == "fail"

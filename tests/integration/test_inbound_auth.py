@@ -51,6 +51,7 @@ ZONE = {
     "_dmarc.quarantine.test": {"TXT": ["v=DMARC1; p=quarantine"]},
     "nopolicy.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
     "soft.test": {"TXT": ["v=spf1 ~all"]},
+    "neutral.test": {"TXT": ["v=spf1 ?all"]},
     "many.test": {"TXT": ["v=spf1 " + " ".join(f"include:i{i}.many.test" for i in range(11)) + " -all"]},
     **{f"i{i}.many.test": {"TXT": ["v=spf1 ip4:192.0.2.1"]} for i in range(11)},
     "voids.test": {"TXT": ["v=spf1 a:x1.voids.test a:x2.voids.test a:x3.voids.test ?all"]},
@@ -194,9 +195,20 @@ def test_spf_fail_is_tagged_by_default_and_softfail_recorded(mailgate) -> None:
     assert b"X-Mailgate-Tag: spf=fail smtp.mailfrom=x@nopolicy.test\r\n" in stored
 
 
-def test_softfail(mailgate) -> None:
-    assert send(mailgate, message("x <x@soft.test>"), "x@soft.test")[0] == 250
-    assert results(mailgate)["spf"][0].startswith("spf=softfail")
+@pytest.mark.parametrize("domain, expected", [("soft.test", "softfail"), ("neutral.test", "neutral"),
+                                               ("unpublished.test", "none")])
+def test_softfail_neutral_none(mailgate, domain: str, expected: str) -> None:
+    assert send(mailgate, message(f"x <x@{domain}>"), f"x@{domain}")[0] == 250
+    assert results(mailgate)["spf"][0].startswith(f"spf={expected} ")
+
+
+def test_signatures_past_the_limit_are_not_checked(tmp_path: Path, dns) -> None:
+    raw = signed(message("Alice <alice@sender.test>"), KEY, ED_KEY)
+    with InProcessMailgate(_config(tmp_path, dns, "max_signatures = 1")) as mg:
+        assert send(mg, raw, "alice@sender.test")[0] == 250
+        found = results(mg)
+    assert found["dkim"][0].startswith("dkim=pass header.d=sender.test")
+    assert found["dkim"][1] == "dkim=neutral (not checked: more than 1 signatures)"
 
 
 def test_spf_fail_rejected_when_configured(tmp_path: Path, dns) -> None:

@@ -1,6 +1,7 @@
 """OpenDKIM's verifier (`opendkim-testmsg`, Debian's opendkim-tools) against a loopback zone.
 
-Owns: running `opendkim-testmsg` on a message with its DNS answered by a `LoopbackDnsServer`.
+Owns: running `opendkim-testmsg` on a message with its DNS answered by a `LoopbackDnsServer`,
+and signing with it (it signs rsa-sha1 and relaxed/simple, its fixed defaults; it needs a Date:).
 libopendkim asks the system resolver, which only speaks to port 53 of the addresses in
 /etc/resolv.conf; so the verifier and the DNS server run together in a private network and
 mount namespace (`unshare -n -m`, root only) where 127.0.0.1:53 is ours and /etc/resolv.conf is
@@ -70,6 +71,16 @@ def _inside(zone_file: str, message_file: str) -> int:
         done = subprocess.run([binary], stdin=message, capture_output=True, text=True, timeout=TIMEOUT_S)
     sys.stdout.write(done.stdout + done.stderr)
     return done.returncode
+
+
+def sign(message: bytes, domain: str, selector: str, key_file: Path) -> bytes:
+    """`message` with OpenDKIM's DKIM-Signature on top (no DNS needed to sign)."""
+    binary = shutil.which("opendkim-testmsg") or "/usr/sbin/opendkim-testmsg"
+    done = subprocess.run([binary, "-C", "-d", domain, "-s", selector, "-k", str(key_file)], input=message,
+                          capture_output=True, timeout=TIMEOUT_S)
+    if done.returncode != 0:
+        raise RuntimeError(f"opendkim-testmsg could not sign: {done.stderr.decode(errors='replace')}")
+    return done.stdout
 
 
 if __name__ == "__main__":
