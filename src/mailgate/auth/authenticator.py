@@ -17,8 +17,11 @@ from mailgate.auth.message import NOT_CHECKED, InboundVerdict, Origin
 
 log = logging.getLogger("mailgate.auth")
 
-# Threads for signatures and verification; the DNS they wait for is answered by the event loop.
-THREADS = 4
+# Threads for signatures and verification. Most of their time is spent waiting for DNS answered
+# by the event loop (an SPF check may wait up to spf_time_limit on a sender's slow servers), and
+# one message takes four of them at once (SPF twice, DKIM, ARC): a small pool would let one
+# sender's slow DNS stall every inbound message of the worker. CPU work is bounded by the GIL.
+THREADS = 32
 
 
 class Authenticator:
