@@ -318,8 +318,8 @@ class Application:
         if config.limits != previous.limits:  # a new limiter forgets what it counted
             reception.rate_limits = rate_limits(config, self.workers)
         reception.screener = screener
-        if reception.authenticator is not None:
-            reception.authenticator.close()
+        # The old authenticator is not closed: sessions between its check and its signing still
+        # use it; its idle threads end when it is collected.
         reception.authenticator = authenticator
         for profile, new, listener in zip(self.profiles, profiles, config.listener):
             if profile.tls_context is not None and new.tls_context is not None:
