@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from mailgate.cli.config_option import add_config_argument, load_config_or_report
@@ -97,6 +99,10 @@ def queue_command(args: argparse.Namespace) -> int:
     if args.action in SELECTING and not query and not args.all:
         print(f"mailgate queue {args.action}: give a queue id or a filter (or --all)", file=sys.stderr)
         return 2
+    problem = spool_problem(config.server.spool_dir)
+    if problem is not None:
+        print(f"mailgate queue: server.spool_dir {config.server.spool_dir}: {problem}", file=sys.stderr)
+        return 2
     result = asyncio.run(_run(config, args.action, query, args.reason))
     if "error" in result:
         print(f"mailgate queue {args.action}: {result['error']}", file=sys.stderr)
@@ -105,6 +111,25 @@ def queue_command(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, default=str))
         return 0
     return _print(args.action, result)
+
+
+def spool_problem(spool_dir: str) -> str | None:
+    """Why the queue commands cannot use this spool, in one line with the fix; None when they can.
+    They never create a spool (issue 20 item 6): an admin who ran them in the wrong folder or with
+    the wrong --config learns it instead of seeing an empty queue."""
+    from mailgate.queue.sqlite_store import DATABASE_NAME
+
+    path = Path(spool_dir)
+    if not path.exists():
+        return "no such directory (nothing was created); give the server's --config"
+    if not path.is_dir():
+        return "not a directory; set server.spool_dir to the server's spool directory"
+    if not os.access(path, os.R_OK | os.X_OK) or (
+            (path / DATABASE_NAME).exists() and not os.access(path / DATABASE_NAME, os.R_OK)):
+        return "permission denied; run as root or as the service user (server.user)"
+    if not (path / DATABASE_NAME).exists():
+        return f"holds no queue ({DATABASE_NAME}); the server has never run on it, or --config names another server"
+    return None
 
 
 async def _run(config, action: str, query: dict, reason: str) -> dict:
