@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mailgate.app_config import (
     StartupError, build_authenticator, build_screener, control_socket_path, listener_profiles, listener_settings,
-    policy_settings, rate_limits, recipient_validation, retry_schedule, routing_settings, runner_settings,
+    policy_settings, postmaster_domain, rate_limits, recipient_validation, retry_schedule, routing_settings, runner_settings,
 )
 from mailgate.auth.lockout import AuthFailureTracker
 from mailgate.auth.store import FileUserStore
@@ -157,6 +157,7 @@ class Application:
             screener=build_screener(config),
             authenticator=build_authenticator(config, self.resolver, self._is_hosted),
             recipients=recipient_validation(config),
+            postmaster_domain=postmaster_domain(config, self.policy),
         )
         self.listeners = [self._listener(listener, profile) for listener, profile in zip(config.listener, self.profiles)]
         self.control = ControlServer(
@@ -311,6 +312,7 @@ class Application:
         self.resolver.configure(list(dns.nameservers) or None, dns.port, dns.timeout)
         reception = self.reception
         reception.policy = RelayPolicy(policy_settings(config), allowed_senders=self.users.allowed_senders)
+        reception.postmaster_domain = postmaster_domain(config, reception.policy)
         reception.max_recipients = config.server.max_recipients
         reception.received_limit = config.server.received_limit
         reception.received_shows_user = config.server.received_shows_user

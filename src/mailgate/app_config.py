@@ -29,7 +29,7 @@ from mailgate.delivery.routing import HopSpec, HostedRoute, RoutingSettings
 from mailgate.delivery.runner import RunnerSettings
 from mailgate.dns.resolver import Resolver
 from mailgate.policy.limits import MessageRateLimits, RateLimiter
-from mailgate.policy.relay import HostedDomain, PolicySettings
+from mailgate.policy.relay import HostedDomain, PolicySettings, RelayPolicy
 from mailgate.queue.backoff import RetrySchedule
 from mailgate.recipients.cache import LookupCache
 from mailgate.recipients.callahead import CallAheadSource, ProbeTarget
@@ -321,3 +321,13 @@ def _recipient_source(source, routing: RoutingSettings) -> RecipientSource:
         for name, route in routing.hosted.items()
     }
     return CallAheadSource(source.name, targets, routing.helo_name, source.timeout, cache)
+
+
+def postmaster_domain(config: Config, policy: RelayPolicy) -> str:
+    """Where `RCPT TO:<Postmaster>` (no domain, RFC 5321 §4.5.1) goes: the server's hostname when
+    it is hosted, else the first hosted domain (never a wildcard), else the hostname (then only
+    clients that may relay reach it)."""
+    hostname = config.server.hostname
+    if policy.is_hosted(hostname):
+        return hostname
+    return next((domain.name.strip() for domain in config.domain if not domain.name.strip().startswith(".")), hostname)

@@ -182,3 +182,14 @@ def test_key_not_matching_the_certificate_is_named(tmp_path: Path, tls_files: di
         Application(load_text(_base_config(tmp_path, "", listener_tls=tls)))
     assert str(refused.value).startswith("listener[0].key_file: ")
     assert "does not match" in str(refused.value)
+
+
+def test_postmaster_without_a_domain_is_accepted_from_anyone(tmp_path) -> None:
+    """RFC 5321 §4.5.1: `RCPT TO:<Postmaster>` must be accepted; the hostname (mx.test) is not
+    hosted, so it goes to the postmaster of the hosted domain."""
+    from tests.support.mailgate_server import InProcessMailgate
+    from tests.support.receiving import config_text, rcpt_replies
+
+    with InProcessMailgate(config_text(tmp_path)) as mg:
+        replies = mg.call(rcpt_replies(mg.port("mx"), ["Postmaster", "postmaster"]))
+        assert all(reply.startswith("250") for reply in replies), replies

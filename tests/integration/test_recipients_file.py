@@ -66,3 +66,4 @@ def test_a_million_entries(tmp_path) -> None:
         )]
 
     assert asyncio.run(statuses()) == [LookupStatus.FOUND] * 3 + [LookupStatus.NOT_FOUND] * 2
+

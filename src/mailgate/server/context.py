@@ -61,4 +61,5 @@ class Reception:
     clock: Any = None
     screener: Screener | None = None
     authenticator: Any = None  # auth.message.MessageAuthenticator: DKIM signing, inbound checks
+    postmaster_domain: str = ""  # where RCPT TO:<Postmaster> goes (app_config.postmaster_domain)
     recipients: Any = None  # recipients.source.RecipientValidation: asked at RCPT for hosted domains

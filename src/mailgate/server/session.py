@@ -98,6 +98,7 @@ class Session:
             tls_active=tls_active,
             auth_mechanisms=("PLAIN", "LOGIN") if profile.auth != "none" else (),
             error_budget=profile.error_budget,
+            postmaster_domain=self.reception.postmaster_domain,
         )
 
     @property

@@ -289,7 +289,7 @@ class ServerProtocol:
         try:
             return RcptTo(parse_rcpt(
                 argument[3:], esmtp=self.extended, smtputf8=self._transaction.smtputf8,
-                dsn=self.settings.dsn, postmaster_domain=self.settings.hostname,
+                dsn=self.settings.dsn, postmaster_domain=self.settings.postmaster_domain or self.settings.hostname,
             ))
         except CommandError as error:
             return self._error(error.reply, counts=error.counts_as_error)

@@ -25,6 +25,9 @@ class ServerSettings:
     max_command_line: int = 512  # RFC 5321 §4.5.3.1.4, including CRLF
     max_text_line: int = 1000  # RFC 5321 §4.5.3.1.6, including CRLF
     error_budget: int = 10  # protocol errors before 421 4.7.0
+    # RFC 5321 §4.5.1: `RCPT TO:<Postmaster>` must be accepted; it names postmaster@this domain
+    # ("" = hostname; the server sets a hosted domain when its hostname is not one).
+    postmaster_domain: str = ""
 
     @property
     def auth_offered(self) -> bool:
