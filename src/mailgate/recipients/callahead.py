@@ -45,7 +45,6 @@ class CallAheadSource:
         self.helo_name = helo_name
         self.timeout = timeout
         self.cache = cache
-        self.probes = 0  # connections opened, for tests and metrics
 
     async def lookup(self, address: str) -> Lookup:
         return await self.cache.get(address.lower(), lambda: self._probe(address))
@@ -84,7 +83,6 @@ class CallAheadSource:
             start_tls=None if target.tls == "may" else target.tls in ("encrypt", "verify"),
             validate_certs=target.tls == "verify", cert_bundle=target.ca_file,
         )
-        self.probes += 1
         await client.connect()
         try:
             await client.mail("")
