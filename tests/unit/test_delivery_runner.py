@@ -177,6 +177,27 @@ def test_deferred_past_the_maximum_lifetime_expires_with_a_dsn():
     run(scenario())
 
 
+@pytest.mark.parametrize("last", [Reply(421, "4.4.2", "Timeout, closing"), Reply(450, "", "Mailbox busy")])
+def test_expiry_fails_with_554_5_4_7_and_keeps_the_last_reply_as_diagnostic(last):
+    """RFC 7504 reserves 521 (a 421 plus 100 is not an expiry code); RFC 3463 X.4.7."""
+    async def scenario():
+        harness = Harness({"b@example.net": [last]})
+        queue_id = await harness.submit("a@sender.test", "b@example.net")
+        for _ in range(20):
+            if await harness.store.get(queue_id) is None:
+                break
+            await harness.attempt_due()
+            harness.clock.advance(RETRY_AFTER)
+        (dsn,) = await harness.dsns()
+        text = dsn.as_string().replace("\n ", " ")  # RFC 5322 §2.2.3: unfold
+        last_text = " ".join(part for part in (str(last.code), last.enhanced, last.text) if part)
+        assert f"Diagnostic-Code: smtp; 554 5.4.7 Delivery time expired; last error: {last_text}" in text
+        assert "Status: 5.4.7" in text
+        assert "521" not in text
+
+    run(scenario())
+
+
 def test_a_delay_warning_goes_out_once():
     async def scenario():
         harness = Harness({"b@example.net": [LATER]}, delay_warning=RETRY_AFTER * 2)

@@ -35,8 +35,11 @@ from mailgate.queue.store import (
 
 log = logging.getLogger("mailgate.delivery")
 
-# RFC 3463 §3.5: 4.4.7 "Delivery time expired" replaces the last transient reply on expiry.
-EXPIRED = "5.4.7"
+# On expiry the recipient fails with its own permanent reply: RFC 5321 §4.2.3 554 "Transaction
+# failed" with RFC 3463 §3.5 X.4.7 "Delivery time expired"; the last transient reply (remote or
+# local) stays in the text as the diagnostic. Never the last code plus 100: a 421 would become 521,
+# which RFC 7504 reserves for "this host does not accept mail".
+EXPIRED_CODE, EXPIRED = 554, "5.4.7"
 
 
 @dataclass(frozen=True)
@@ -219,8 +222,8 @@ class DeliveryRunner:
         if state is RecipientState.QUEUED:
             if now - message.created >= self._settings.max_lifetime:
                 state = RecipientState.FAILED
-                reply = Reply(reply.code + 100 if reply.code < 500 else reply.code, EXPIRED,
-                              f"Delivery time expired; last error: {reply.code} {reply.enhanced} {reply.text}")
+                last = " ".join(part for part in (str(reply.code), reply.enhanced, reply.text) if part)
+                reply = Reply(EXPIRED_CODE, EXPIRED, f"Delivery time expired; last error: {last}")
             else:
                 next_attempt = now + self._schedule.next_delay(attempts, self._rng)
         return RecipientUpdate(index, state, reply, next_attempt, outcome.remote_mta)
