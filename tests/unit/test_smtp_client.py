@@ -80,6 +80,20 @@ def test_bare_lf_reply_tolerated():
     assert ReplyParser().feed(b"220 mx.test ready\n") == [Reply(220, "", "mx.test ready")]
 
 
+@pytest.mark.parametrize(
+    "wire, text",
+    [
+        (b"550 5.1.1 gone\r\r\n", "gone"),
+        (b"550 5.1.1 half\rway\r\n", "half way"),
+        (b"451-4.3.0 first\r\r\n451 4.3.0 second\r\n", "first\nsecond"),
+        (b"250 ok\r\r\r\n", "ok"),
+    ],
+)
+def test_no_carriage_return_stays_in_reply_text(wire, text):
+    (reply,) = ReplyParser().feed(wire)
+    assert reply.text == text and "\r" not in reply.text
+
+
 def test_size_zero_means_no_limit():
     assert parse_ehlo(Reply(250, "", "mx\nSIZE 0")).size_limit is None
     assert parse_ehlo(Reply(250, "", "mx\nSIZE")).size_limit is None

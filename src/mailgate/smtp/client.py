@@ -220,7 +220,10 @@ class ReplyParser:
         code = int(match.group(1))
         if self._lines and self._lines[0][0] != code:
             raise PeerProtocolError("reply code changed inside a multi-line reply")
-        self._lines.append((code, match.group(3).decode("utf-8", "replace")))
+        # RFC 5321 §4.2: a reply line ends with CRLF; a CR left inside the text ("250 a\r\r\n", or
+        # a bare CR) would reach logs and DSNs, so a trailing one is dropped and any other is a space.
+        text = match.group(3).decode("utf-8", "replace").rstrip("\r").replace("\r", " ")
+        self._lines.append((code, text))
         if len(self._lines) > MAX_REPLY_LINES:
             raise PeerProtocolError("too many lines in one reply")
         if match.group(2) == b"-":
