@@ -248,14 +248,7 @@ class SmtpTransport:
         key = ("verify" if verify else "encrypt", ca_file if verify else None)
         context = self._tls_contexts.get(key)
         if context is None:
-            context = ssl.create_default_context()
-            context.minimum_version = ssl.TLSVersion.TLSv1_2  # SPEC §5: TLS 1.2 and newer
-            if verify and ca_file:
-                context.load_verify_locations(cafile=ca_file)
-            if not verify:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            self._tls_contexts[key] = context
+            context = self._tls_contexts[key] = outbound_tls_context(verify, ca_file)
         return context
 
     async def _authenticate(self, connection: SmtpConnection, candidate: Candidate, auth: tuple[str, str]) -> None:
@@ -373,6 +366,28 @@ class SmtpTransport:
     def _fail_all(message: _Message, reply: Reply, remote: str) -> None:
         for index, _ in message.request.recipients:
             message.outcomes[index] = classify(reply, remote)
+
+
+# TLS 1.2 suites offered to next hops, in this order: forward-secret AEAD first; then forward-secret
+# CBC with SHA-2 for old receivers. Outbound TLS is mostly opportunistic (RFC 7435, tls = "may"): a
+# handshake that fails for want of a common suite leaves the mail in clear text or deferred, both
+# worse than CBC with ECDHE. Static RSA, SHA-1 MACs, 3DES and RC4 are never offered (RFC 9325 §4.1).
+OUTBOUND_TLS12_SUITES = (
+    "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:ECDHE+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
+)
+
+
+def outbound_tls_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
+    """The client context for STARTTLS to a next hop; `verify` checks the certificate and name."""
+    context = ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2  # SPEC §5: TLS 1.2 and newer
+    context.set_ciphers(OUTBOUND_TLS12_SUITES)
+    if verify and ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _as_rcpt_refusal(reply: Reply) -> Reply:

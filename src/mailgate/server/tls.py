@@ -1,6 +1,7 @@
 """TLS for the listeners: server contexts from certificate files, with clear start-up errors.
 
-Owns: building an `ssl.SSLContext` per listener (TLS 1.2 and newer, SPEC §5), checking that the
+Owns: building an `ssl.SSLContext` per listener (TLS 1.2 and newer, SPEC §5; under TLS 1.2 only
+forward-secret AEAD suites, `INBOUND_TLS12_SUITES`), checking that the
 files exist and that the key matches the certificate (a readable error, not a traceback), and
 reloading them on SIGHUP (a new context for new connections; sessions in progress keep theirs).
 Must not: accept connections or speak SMTP.
@@ -10,6 +11,13 @@ from __future__ import annotations
 
 import os
 import ssl
+
+
+# TLS 1.2 suites a listener accepts: ECDHE key exchange (forward secrecy) with an AEAD cipher only,
+# as RFC 9325 §4.2 recommends; no CBC (Lucky13-style padding oracles, RFC 9325 §4.1), no static RSA
+# and no finite-field DHE. Every client of the last decade offers one of these (they are the
+# "intermediate" profile of Mozilla's guidelines); TLS 1.3 suites are all AEAD and not set here.
+INBOUND_TLS12_SUITES = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1:!AESCCM"
 
 
 class TlsConfigError(Exception):
@@ -35,6 +43,7 @@ def server_context(cert_file: str, key_file: str, key_path: str) -> ssl.SSLConte
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2  # SPEC §5: TLS 1.2 and newer
     context.options |= ssl.OP_NO_COMPRESSION
+    context.set_ciphers(INBOUND_TLS12_SUITES)
     try:
         context.load_cert_chain(cert_file, key_file)
     except ssl.SSLError as exc:
