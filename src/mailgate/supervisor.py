@@ -47,11 +47,6 @@ def run(config: Config, run_loop: Callable, start_worker: Callable[[int, int], "
     try:
         _lock_spool(config, lock)
         bound = listen_sockets.bind_all(*_addresses(config), count)
-        if count > 1:  # the connection limits hold for the whole server, not per worker
-            for listener in config.listener:
-                shared = SharedCounts(listener.max_connections, listener.max_connections_per_client)
-                for sockets in bound:
-                    sockets.counts[tuple(listener.address)] = shared
     except (SpoolInUse, ListenError) as exc:
         # Exit 1, not 2: the other process may go away, so a service manager should retry.
         print(f"mailgate: cannot start: {exc}", file=sys.stderr)
@@ -60,6 +55,16 @@ def run(config: Config, run_loop: Callable, start_worker: Callable[[int, int], "
         print(f"mailgate: cannot start: server.spool_dir: {config.server.spool_dir}: {exc.strerror or exc}",
               file=sys.stderr)
         return 2
+    if count > 1:  # the connection limits hold for the whole server, not per worker
+        try:
+            for listener in config.listener:
+                shared = SharedCounts(listener.max_connections, listener.max_connections_per_client)
+                for sockets in bound:
+                    sockets.counts[tuple(listener.address)] = shared
+        except OSError as exc:  # POSIX shared memory (/dev/shm) missing or not writable
+            print(f"mailgate: cannot start: the workers' shared counters need a writable /dev/shm "
+                  f"({exc.strerror or exc}); or set server.workers = 1", file=sys.stderr)
+            return 1
     if count == 1:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop installs the reload handler
         listen_sockets.adopt(bound[0])

@@ -139,3 +139,13 @@ def test_cli_show_refuses_what_is_not_a_certificate(tmp_path: Path, capsys: pyte
     assert run(["cert", "show", str(junk)]) == 2
     assert "not a PEM or DER certificate" in capsys.readouterr().err
     assert run(["cert", "show", str(tmp_path / "missing.pem")]) == 2
+
+
+def test_cli_selfsigned_prints_the_listener_keys_to_paste(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Walk-through of docs/operations.md on a clean root: the files are named after the CN, not
+    as in docs/example.toml, so the command says which keys to set and how the service reads the key."""
+    assert run(["cert", "selfsigned", "--cn", "mx1.example.com", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f'cert_file = "{tmp_path.resolve() / "mx1.example.com.pem"}"' in out
+    assert f'key_file = "{tmp_path.resolve() / "mx1.example.com.key"}"' in out
+    assert f"chmod 0640 {tmp_path.resolve() / 'mx1.example.com.key'}" in out

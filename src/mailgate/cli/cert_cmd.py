@@ -99,6 +99,12 @@ def make_command(args: argparse.Namespace) -> int:
     print(f"{'certificate' if selfsigned else 'CSR'}: {out_path}")
     if not selfsigned:
         print("send the CSR to your CA; install its certificate as cert_file and the key as key_file")
+        return 0
+    print("for each [[listener]] that offers TLS:")
+    print(f'  cert_file = "{out_path.resolve()}"')
+    print(f'  key_file = "{key_path.resolve()}"')
+    print("the server reads the key again on reload, as its service user: "
+          f"chgrp mailgate {key_path.resolve()} && chmod 0640 {key_path.resolve()}")
     return 0
 
 
