@@ -45,6 +45,7 @@ from mailgate.observe.readiness import readiness_problems
 from mailgate.observe.translog import open_transaction_log
 from mailgate.preflight import startup_problems
 from mailgate.policy.relay import RelayPolicy
+from mailgate.policy.shared_limits import RateTables
 from mailgate.queue.sqlite_store import SqliteQueueStore
 from mailgate.server.control import ControlServer
 from mailgate.server.diskguard import DiskGuard, DiskState
@@ -88,10 +89,12 @@ async def recover_offline(config: Config) -> None:
 class Application:
     def __init__(
         self, config: Config, *, clock: Clock | None = None, worker_index: int = 0, workers: int = 1,
-        start_gate: StartGate | None = None,
+        start_gate: StartGate | None = None, rate_tables: RateTables | None = None,
     ) -> None:
         self.config = config
         self._start_gate = start_gate
+        # With several workers: the shared memory all of them count message rates in.
+        self._rate_tables = rate_tables
         self.clock = clock or SystemClock()
         self.worker_index = worker_index
         self.workers = workers
@@ -151,7 +154,7 @@ class Application:
             resolver=self.resolver,
             dnsbl_zones=tuple(dns.dnsbl_zones),
             events=self.log,
-            rate_limits=rate_limits(config, workers),
+            rate_limits=rate_limits(config, rate_tables),
             disk=self.disk,
             clock=self.clock,
             screener=build_screener(config),
@@ -317,8 +320,8 @@ class Application:
         reception.received_limit = config.server.received_limit
         reception.received_shows_user = config.server.received_shows_user
         reception.dnsbl_zones = tuple(dns.dnsbl_zones)
-        if config.limits != previous.limits:  # a new limiter forgets what it counted
-            reception.rate_limits = rate_limits(config, self.workers)
+        if config.limits != previous.limits:  # a new local limiter forgets what it counted; shared tables keep it
+            reception.rate_limits = rate_limits(config, self._rate_tables)
         reception.screener = screener
         # The old authenticator is not closed: sessions between its check and its signing still
         # use it; its idle threads end when it is collected.

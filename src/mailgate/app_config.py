@@ -11,7 +11,6 @@ host password).
 from __future__ import annotations
 
 import ipaddress
-import math
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,6 +28,7 @@ from mailgate.delivery.routing import HopSpec, HostedRoute, RoutingSettings
 from mailgate.delivery.runner import RunnerSettings
 from mailgate.dns.resolver import Resolver
 from mailgate.policy.limits import MessageRateLimits, RateLimiter
+from mailgate.policy.shared_limits import RateTable, RateTables, SharedRateLimiter
 from mailgate.policy.relay import HostedDomain, PolicySettings, RelayPolicy
 from mailgate.queue.backoff import RetrySchedule
 from mailgate.recipients.cache import LookupCache
@@ -125,15 +125,18 @@ def runner_settings(config: Config) -> RunnerSettings:
     return RunnerSettings(delivery.workers, delivery.max_lifetime, delivery.delay_warning)
 
 
-def rate_limits(config: Config, workers: int) -> MessageRateLimits | None:
-    """The per-worker message rate limits, or None when both are off."""
+def rate_limits(config: Config, tables: RateTables | None = None) -> MessageRateLimits | None:
+    """The message rate limits, or None when both are off. With `tables` (shared memory made
+    before the workers fork) they count for the whole server; without, for this process."""
     limits = config.limits
 
-    def limiter(limit: int) -> RateLimiter | None:
-        # Each worker counts its own share; connections are spread evenly by the kernel.
-        return RateLimiter(math.ceil(limit / workers), limits.window) if limit else None
+    def limiter(limit: int, table: RateTable | None) -> RateLimiter | SharedRateLimiter | None:
+        if not limit:
+            return None
+        return SharedRateLimiter(table, limit, limits.window) if table is not None else RateLimiter(limit, limits.window)
 
-    per_client, per_user = limiter(limits.messages_per_client), limiter(limits.messages_per_user)
+    per_client = limiter(limits.messages_per_client, tables.per_client if tables else None)
+    per_user = limiter(limits.messages_per_user, tables.per_user if tables else None)
     # `is not None`: a RateLimiter has __len__, so one tracking no key yet is falsy.
     return MessageRateLimits(per_client, per_user) if per_client is not None or per_user is not None else None
 

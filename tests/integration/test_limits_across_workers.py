@@ -1,20 +1,29 @@
-"""Connection limits hold for the whole server, not per worker (issue 13 item 4).
+"""Connection and message rate limits hold for the whole server, not per worker (issue 13 item 4).
 
 Before: `max_connections_per_client = 50` with 2 workers let 100 connections in from one
 address (each worker counted its own). A real `mailgate serve` with two workers; 40
 connections from one address are held open at once: exactly the limit get a greeting.
+Message rates: each worker used to allow ceil(limit / workers), so 3 workers let 6 messages in
+under a limit of 4. A real `mailgate serve` with three workers; one client sends one message per
+connection (the kernel spreads them over the workers): exactly the limit get 250, then MAIL
+gets 450 4.7.1 (RFC 5321 §4.2.5, RFC 3463 §3.8), per client address and per AUTH user.
 """
 
 from __future__ import annotations
 
+import re
+import smtplib
 import socket
+import ssl
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port
+from mailgate.auth.store import FileUserStore
 from tests.support.mailgate_server import MailgateProcess
+from tests.support.receiving import HOSTED, config_text
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,5 +73,49 @@ def test_connection_limits_hold_across_two_workers(tmp_path: Path, per_client: i
             time.sleep(0.05)
         time.sleep(0.5)  # the start-up probe connection has ended
         assert _greeted(port, 40) == min(per_client, total)
+    finally:
+        mailgate.stop()
+
+
+def _wait_workers_ready(mailgate: MailgateProcess, workers: int) -> None:
+    deadline = time.monotonic() + 30
+    while mailgate.log().count("mailgate ready") < workers:
+        assert time.monotonic() < deadline, mailgate.log()
+        time.sleep(0.05)
+
+
+def _one_message(port: int, source: str, login: tuple[str, str] | None = None, ca: str = "") -> str:
+    """One connection, one message: the reply that ended it, as "code enhanced-code"."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(source, 0)) as smtp:
+        smtp.ehlo("client.test")
+        if login is not None:
+            smtp.starttls(context=ssl.create_default_context(cafile=ca))
+            smtp.ehlo("client.test")
+            smtp.login(*login)
+        code, text = smtp.mail("sender@outside.test")
+        if code == 250:
+            code, text = smtp.rcpt(f"user@{HOSTED}")
+            assert code == 250, text
+            code, text = smtp.data(b"Subject: rate\r\n\r\nhello\r\n")
+        return f"{code} {text.decode().split()[0]}"
+
+
+def test_message_rate_limits_hold_across_three_workers(tmp_path: Path, tls_files: dict[str, str]) -> None:
+    FileUserStore(tmp_path / "users").add("carol", "rate test password")
+    text = config_text(tmp_path, tls_files, server_extra="workers = 3\nself_audit = false")
+    text += '\n[limits]\nmessages_per_client = 4\nmessages_per_user = 5\nwindow = "1h"\n'
+    mailgate = MailgateProcess(tmp_path, text)
+    mx, submission = (int(port) for port in re.findall(r'name = "(?:mx|submission)"\naddress = "127.0.0.1:(\d+)"', text))
+    mailgate.start(wait=("127.0.0.1", mx))
+    try:
+        _wait_workers_ready(mailgate, 3)
+        # An untrusted client (127.0.0.1/32 is the trusted network), a new connection each time.
+        replies = [_one_message(mx, "127.0.0.4") for _ in range(12)]
+        assert replies == ["250 2.0.0"] * 4 + ["450 4.7.1"] * 8, replies
+        assert _one_message(mx, "127.0.0.5") == "250 2.0.0"  # another client has its own budget
+        # A user from the trusted network: exempt per address, limited per user.
+        login = ("carol", "rate test password")
+        replies = [_one_message(submission, "127.0.0.1", login, tls_files["ca"]) for _ in range(12)]
+        assert replies == ["250 2.0.0"] * 5 + ["450 4.7.1"] * 7, replies
     finally:
         mailgate.stop()

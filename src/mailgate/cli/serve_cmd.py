@@ -36,6 +36,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     from mailgate.app import Application
     from mailgate.app_config import StartupError
+    from mailgate.policy.shared_limits import RateTables
     from mailgate.start_gate import StartGate
 
     config = load_config_or_report(args.config, "serve")
@@ -58,7 +59,7 @@ def serve_command(args: argparse.Namespace) -> int:
         stop_logging = diagnostics.off_the_loop()
         try:
             try:
-                app = Application(config, worker_index=index, workers=count, start_gate=gate)
+                app = Application(config, worker_index=index, workers=count, start_gate=gate, rate_tables=rate_tables)
                 await app.start()
             except StartupError as exc:  # the configuration: retrying cannot help
                 for line in str(exc).splitlines():
@@ -74,5 +75,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
     workers = supervisor.worker_count(config)
     gate = StartGate(workers - 1) if workers > 1 else None
+    # Made before the fork: every worker counts message rates in the same memory (issue 13 item 4).
+    rate_tables = RateTables.create() if workers > 1 else None
     run_loop = uvloop.run if uvloop is not None else asyncio.run
     return supervisor.run(config, run_loop, worker)

@@ -7,8 +7,9 @@ limit is hit the session answers `RATE_LIMITED` (450 4.7.1, RFC 5321 §4.2.5 / R
 Must not: read the clock itself (callers pass `now`), send replies, sleep, or decide which
 clients are exempt (the caller passes no client key for those, e.g. trusted networks).
 
-Each MAIL FROM counts as one message, as Postfix's anvil counts `smtpd_client_message_rate_limit`:
-a refused transaction still cost the server work.
+A message counts when it is accepted (250 after DATA); MAIL FROM only asks whether one more
+would stay within the limits, so sessions that never send (the start-up self-audit, a client
+refused at RCPT) use up no budget.
 
 Algorithm: the sliding-window counter (two fixed buckets per key, the previous one weighted by how
 much of it the sliding window still covers). An exact log of timestamps would cost `limit`
@@ -18,6 +19,10 @@ seconds ever holds more than `limit` allowed events, so no sliding window holds 
 2 x `limit`; and a key silent for 2 x `window` is always allowed again. Memory: at most
 `max_keys` keys, least recently used evicted first (an evicted key starts afresh, which errs
 towards allowing, never towards refusing a client that did nothing).
+
+`RateLimiter` counts in one process; with several workers policy/shared_limits.py keeps the same
+buckets in memory all workers share, so each limit holds for the whole server (issue 13 item 4).
+Both use `slide` and `weighted_count` below.
 """
 
 from __future__ import annotations
@@ -26,16 +31,39 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import islice
+from typing import Protocol
 
 # Keys looked at for expiry on each call: keeps the cost of one call small and bounded.
 _EXPIRE_PER_CALL = 8
 
 
 @dataclass(slots=True)
-class _Buckets:
+class Buckets:
     start: float  # start of the current fixed bucket, a multiple of `window`
     current: int
     previous: int
+
+
+def bucket_start(now: float, window: float) -> float:
+    return math.floor(now / window) * window
+
+
+def slide(buckets: Buckets, now: float, window: float) -> Buckets:
+    """The buckets as seen at `now`; a clock going backwards is treated as no time passing."""
+    start = bucket_start(now, window)
+    if start <= buckets.start:
+        return buckets
+    if start - buckets.start < window * 1.5:  # exactly one bucket later (float-safe)
+        return Buckets(start, 0, buckets.current)
+    return Buckets(start, 0, 0)
+
+
+def weighted_count(buckets: Buckets, now: float, window: float) -> float:
+    """Events in the sliding window ending at `now`: the current bucket, and the previous one
+    weighted by the share of it the window still covers."""
+    buckets = slide(buckets, now, window)
+    elapsed = min(max(now - buckets.start, 0.0), window)
+    return buckets.previous * (1.0 - elapsed / window) + buckets.current
 
 
 class RateLimiter:
@@ -47,7 +75,7 @@ class RateLimiter:
         self.limit = limit
         self.window = window
         self.max_keys = max_keys
-        self._keys: OrderedDict[str, _Buckets] = OrderedDict()
+        self._keys: OrderedDict[str, Buckets] = OrderedDict()
 
     def allow(self, key: str, now: float) -> bool:
         """Count one event for `key` at `now` if it is within the limit; True when counted."""
@@ -64,7 +92,7 @@ class RateLimiter:
     def record(self, key: str, now: float) -> None:
         """Count one event for `key` at `now`, allowed or not by the caller's other limits."""
         buckets = self._keys.pop(key, None)
-        buckets = self._advance(buckets, now) if buckets else _Buckets(self._bucket_start(now), 0, 0)
+        buckets = slide(buckets, now, self.window) if buckets else Buckets(bucket_start(now, self.window), 0, 0)
         buckets.current += 1
         self._keys[key] = buckets  # most recently used at the end
         self._expire(now)
@@ -72,35 +100,26 @@ class RateLimiter:
     def estimate(self, key: str, now: float) -> float:
         """Events of `key` in the sliding window ending at `now` (previous bucket weighted)."""
         buckets = self._keys.get(key)
-        if buckets is None:
-            return 0.0
-        buckets = self._advance(buckets, now)
-        elapsed = min(max(now - buckets.start, 0.0), self.window)
-        covered = 1.0 - elapsed / self.window  # share of the previous bucket still in the window
-        return buckets.previous * covered + buckets.current
+        return 0.0 if buckets is None else weighted_count(buckets, now, self.window)
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def _bucket_start(self, now: float) -> float:
-        return math.floor(now / self.window) * self.window
-
-    def _advance(self, buckets: _Buckets, now: float) -> _Buckets:
-        """The buckets as seen at `now`; a clock going backwards is treated as no time passing."""
-        start = self._bucket_start(now)
-        if start <= buckets.start:
-            return buckets
-        if start - buckets.start < self.window * 1.5:  # exactly one bucket later (float-safe)
-            return _Buckets(start, 0, buckets.current)
-        return _Buckets(start, 0, 0)
-
     def _expire(self, now: float) -> None:
-        horizon = self._bucket_start(now) - self.window  # older buckets weigh nothing any more
+        horizon = bucket_start(now, self.window) - self.window  # older buckets weigh nothing any more
         for key in list(islice(self._keys, _EXPIRE_PER_CALL)):
             if self._keys[key].start < horizon:
                 del self._keys[key]
         while len(self._keys) > self.max_keys:
             self._keys.popitem(last=False)
+
+
+class Limiter(Protocol):
+    """A RateLimiter, or the shared one of policy/shared_limits.py."""
+
+    def would_allow(self, key: str, now: float) -> bool: ...
+
+    def record(self, key: str, now: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +131,7 @@ class RateDecision:
 class MessageRateLimits:
     """Messages per client address and per authenticated user; either limiter may be off (None)."""
 
-    def __init__(self, per_client: RateLimiter | None, per_user: RateLimiter | None) -> None:
+    def __init__(self, per_client: Limiter | None, per_user: Limiter | None) -> None:
         self.per_client = per_client
         self.per_user = per_user
 
