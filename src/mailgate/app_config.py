@@ -39,6 +39,7 @@ from mailgate.recipients.source import RecipientChain, RecipientSource, Recipien
 from mailgate.recipients.static import StaticSource
 from mailgate.screen import Screener, ScreenConfigError
 from mailgate.server.context import ListenerProfile
+from mailgate.server.interfaces import IPAddress, interface_addresses
 from mailgate.server.listener import ListenerSettings
 from mailgate.server.tls import TlsConfigError, server_context
 
@@ -51,18 +52,15 @@ def control_socket_path(config: Config) -> Path:
     return Path(config.server.control_socket or Path(config.server.spool_dir) / "control.sock")
 
 
-def policy_settings(config: Config) -> PolicySettings:
+def policy_settings(
+    config: Config, host_addresses: Callable[[], tuple[IPAddress, ...]] = interface_addresses
+) -> PolicySettings:
     hosted = {}
     for domain in config.domain:
         name = domain.name.strip()
         # With recipient_sources, local_parts is the `static` source, asked in its turn.
         parts = frozenset(domain.local_parts) if domain.local_parts and not domain.recipient_sources else None
         hosted[name] = HostedDomain(name, parts)
-    own = tuple(
-        ipaddress.ip_address(listener.address[0])
-        for listener in config.listener
-        if listener.address[0] not in ("0.0.0.0", "::")
-    )
     relay = config.relay
     return PolicySettings(
         hosted_domains=hosted,
@@ -73,8 +71,21 @@ def policy_settings(config: Config) -> PolicySettings:
         recipient_blocklist=relay.recipient_blocklist,
         client_blocklist=relay.client_blocklist,
         allow_routing_local_parts=relay.allow_routing_local_parts,
-        own_addresses=own,
+        own_addresses=own_addresses(config, host_addresses),
     )
+
+
+def own_addresses(config: Config, host_addresses: Callable[[], tuple[IPAddress, ...]]) -> tuple[IPAddress, ...]:
+    """The addresses that name this relay in a domain literal: each listener's, and every
+    interface's when a listener is bound to 0.0.0.0 or :: (it answers on all of them)."""
+    own: dict[IPAddress, None] = {}
+    for listener in config.listener:
+        address = ipaddress.ip_address(listener.address[0])
+        if address.is_unspecified:
+            own.update(dict.fromkeys(host_addresses()))
+        else:
+            own[address] = None
+    return tuple(own)
 
 
 def routing_settings(config: Config) -> RoutingSettings:
