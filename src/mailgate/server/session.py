@@ -18,6 +18,8 @@ import ipaddress
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from mailgate.auth.lockout import client_key
 from mailgate.auth.message import QUARANTINE, Origin
@@ -25,7 +27,7 @@ from mailgate.core.envelope import Envelope
 from mailgate.core.reply import (
     AUTH_FAILED, AUTH_REQUIRED, CANNOT_VRFY, CLOSING, HELP, INSUFFICIENT_STORAGE, LOCAL_ERROR,
     LOOP_DETECTED, MESSAGE_TOO_BIG, NOOP_OK, RATE_LIMITED, READY_TLS, RESET_OK, SCANNER_UNAVAILABLE,
-    SENDER_OK, SERVICE_READY, START_DATA, TIMEOUT, TOO_MANY_RECIPIENTS, Reply, bdat_chunk_ok, queued,
+    SENDER_OK, START_DATA, TIMEOUT, TOO_MANY_RECIPIENTS, Reply, bdat_chunk_ok, queued,
 )
 from mailgate.dns.dnsbl import dnsbl_listed
 from mailgate.observe.translog import new_session_id
@@ -40,7 +42,7 @@ from mailgate.server.read_deadline import ReadDeadline
 from mailgate.server.screening import Screened, screen_message
 from mailgate.server.tls import describe
 from mailgate.smtp import events as ev
-from mailgate.smtp.server import ServerProtocol, ServerSettings
+from mailgate.smtp.server import Mode, ServerProtocol, ServerSettings
 
 log = logging.getLogger("mailgate.smtp")
 
@@ -188,11 +190,11 @@ class Session:
             encoded = protocol.send(reply)
             self.out += encoded
             self._log_command(event, reply, len(encoded), started, queue_id)
-            if isinstance(event, (ev.Quit, ev.TooManyErrors, ev.FramingLost)):
+            if protocol.mode is Mode.CLOSED:  # Quit, TooManyErrors, FramingLost
                 await self._flush()
                 self.close_reason = _CLOSE_REASONS[type(event)]
                 return
-            if isinstance(event, ev.StartTls) and reply.code == SERVICE_READY:
+            if protocol.mode is Mode.TLS_PENDING:  # 220 to STARTTLS
                 await self._flush()
                 await self.writer.start_tls(self.profile.tls_context, ssl_handshake_timeout=self.profile.handshake_timeout)
                 self.tls = describe(self.writer.get_extra_info("ssl_object"))
@@ -221,51 +223,37 @@ class Session:
             await self.writer.drain()
 
     async def _answer(self, event: ev.Event) -> Reply:
-        """The reply to one event; the protocol encodes it and moves its state."""
-        if isinstance(event, (ev.ProtocolError, ev.TooManyErrors, ev.FramingLost)):
-            return event.reply
-        if isinstance(event, ev.Hello):
-            self.helo = event.name
+        """The reply to one event (`ANSWERS`); the protocol encodes it and moves its state."""
+        answer = ANSWERS[type(event)]
+        return answer if isinstance(answer, Reply) else await answer(self, event)
+
+    async def _protocol_decided(self, event: ev.ProtocolError | ev.TooManyErrors | ev.FramingLost) -> Reply:
+        return event.reply
+
+    async def _hello(self, event: ev.Hello) -> Reply:
+        self.helo = event.name
+        self._discard()
+        return Reply(250, "", "at your service")
+
+    async def _data_start(self, event: ev.DataStart) -> Reply:
+        if self.reception.disk is not None and not self.reception.disk.accepting_mail:
+            return INSUFFICIENT_STORAGE  # 452 4.3.1: the spool filled up since MAIL
+        self._open_message()
+        return START_DATA
+
+    async def _bdat_chunk(self, event: ev.BdatChunkEnd) -> Reply:
+        if event.oversize:
             self._discard()
-            return Reply(250, "", "at your service")
-        if isinstance(event, ev.MailFrom):
-            return self._mail(event)
-        if isinstance(event, ev.RcptTo):
-            return await self._rcpt(event)
-        if isinstance(event, ev.DataStart):
-            if self.reception.disk is not None and not self.reception.disk.accepting_mail:
-                return INSUFFICIENT_STORAGE  # 452 4.3.1: the spool filled up since MAIL
-            self._open_message()
-            return START_DATA
-        if isinstance(event, ev.BdatChunkEnd):
-            if event.oversize:
-                self._discard()
-                return MESSAGE_TOO_BIG
-            self._open_message()
-            return bdat_chunk_ok(event.size)
-        if isinstance(event, ev.MessageEnd):
-            return await self._end_of_message(event)
-        if isinstance(event, ev.Reset):
-            self._discard()
-            return RESET_OK
-        if isinstance(event, ev.Noop):
-            return NOOP_OK
-        if isinstance(event, ev.Quit):
-            return CLOSING
-        if isinstance(event, ev.Verify):
-            return CANNOT_VRFY  # RFC 5321 §3.5.3: never a user list
-        if isinstance(event, ev.Help):
-            return HELP
-        if isinstance(event, ev.StartTls):
-            return READY_TLS
-        if isinstance(event, ev.AuthStart):
-            return await self._auth_start(event)
-        if isinstance(event, ev.AuthLine):
-            return await self._auth_line(event.text)
-        raise AssertionError(f"unhandled event {event!r}")
+            return MESSAGE_TOO_BIG
+        self._open_message()
+        return bdat_chunk_ok(event.size)
+
+    async def _reset(self, event: ev.Reset) -> Reply:
+        self._discard()
+        return RESET_OK
 
     # --- transaction ---------------------------------------------------------------------------
-    def _mail(self, event: ev.MailFrom) -> Reply:
+    async def _mail(self, event: ev.MailFrom) -> Reply:
         if self.profile.auth == "required" and self.auth_user is None:
             return AUTH_REQUIRED  # RFC 4954 §6: 530 5.7.0
         refusal = self._limits_refusal(event.size or 0)
@@ -546,10 +534,10 @@ class Session:
         self.authentication = Authentication(self.reception.users, self.reception.lockout, str(self.client_address))
         return await self._auth_result(await self.authentication.start(event.mechanism, event.initial_response))
 
-    async def _auth_line(self, text: str) -> Reply:
+    async def _auth_line(self, event: ev.AuthLine) -> Reply:
         if self.authentication is None:
             return AUTH_FAILED
-        return await self._auth_result(await self.authentication.step(text))
+        return await self._auth_result(await self.authentication.step(event.text))
 
     async def _auth_result(self, reply: Reply) -> Reply:
         if self.authentication is not None and self.authentication.user is not None:
@@ -557,6 +545,28 @@ class Session:
         if reply.code != 334:
             self.authentication = None
         return reply
+
+
+# The answer to every event that needs one: a fixed reply, or the method that decides it.
+ANSWERS: dict[type, Reply | Callable[[Session, Any], Awaitable[Reply]]] = {
+    ev.ProtocolError: Session._protocol_decided,
+    ev.TooManyErrors: Session._protocol_decided,
+    ev.FramingLost: Session._protocol_decided,
+    ev.Hello: Session._hello,
+    ev.MailFrom: Session._mail,
+    ev.RcptTo: Session._rcpt,
+    ev.DataStart: Session._data_start,
+    ev.BdatChunkEnd: Session._bdat_chunk,
+    ev.MessageEnd: Session._end_of_message,
+    ev.Reset: Session._reset,
+    ev.Noop: NOOP_OK,
+    ev.Quit: CLOSING,
+    ev.Verify: CANNOT_VRFY,  # RFC 5321 §3.5.3: never a user list
+    ev.Help: HELP,
+    ev.StartTls: READY_TLS,
+    ev.AuthStart: Session._auth_start,
+    ev.AuthLine: Session._auth_line,
+}
 
 
 def _text(address) -> str:

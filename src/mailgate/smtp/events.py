@@ -2,13 +2,18 @@
 
 Owns: one small frozen dataclass per thing a client can do (RFC 5321 §4.1 commands, the DATA and
 BDAT body of RFC 5321 §4.1.1.4 / RFC 3030, the AUTH exchange of RFC 4954 §4), plus `NeedData`
-and `Closed`. Which events need a reply is stated here once (`needs_reply`).
+and `Closed`; each event's `verb`, the command it answers to ("ERROR" for a reply the protocol
+decided, "" for what is not a command), and which events need a reply, stated here once
+(`needs_reply`). Consumers dispatch on the event's type from one table each (smtp/server.py,
+server/session.py, server/command_log.py); tests/unit/test_event_tables.py checks they cover
+every event.
 Must not: parse bytes, hold state or decide anything; `smtp/server.py` produces these values.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, get_args
 
 from mailgate.core.address import Address
 from mailgate.core.envelope import BodyType, Recipient, Ret
@@ -26,10 +31,16 @@ class Hello:
     name: str
     extended: bool
 
+    @property
+    def verb(self) -> str:
+        return "EHLO" if self.extended else "HELO"
+
 
 @dataclass(frozen=True, slots=True)
 class MailFrom:
     """MAIL FROM with its ESMTP parameters already checked. `sender` None is `<>`."""
+
+    verb: ClassVar[str] = "MAIL"
 
     sender: Address | None
     size: int | None = None  # RFC 1870 SIZE=, as declared
@@ -44,6 +55,8 @@ class MailFrom:
 class RcptTo:
     """RCPT TO with NOTIFY and ORCPT parsed (RFC 3461 §4.1, §4.2)."""
 
+    verb: ClassVar[str] = "RCPT"
+
     recipient: Recipient
 
 
@@ -51,10 +64,14 @@ class RcptTo:
 class DataStart:
     """DATA was valid in sequence: reply 354 to receive the body, or refuse it."""
 
+    verb: ClassVar[str] = "DATA"
+
 
 @dataclass(frozen=True, slots=True)
 class BodyChunk:
     """Message bytes (dot-unstuffed for DATA), in large pieces. Needs no reply."""
+
+    verb: ClassVar[str] = ""
 
     data: bytes
 
@@ -67,6 +84,8 @@ class MessageEnd:
     (a bare CR or LF inside the message: SMTP smuggling, CVE-2023-51764 family).
     """
 
+    verb: ClassVar[str] = "DATA"
+
     size: int
     oversize: bool
     bare_line_ending: bool
@@ -77,6 +96,8 @@ class MessageEnd:
 class BdatChunkEnd:
     """A non-LAST BDAT chunk was read (RFC 3030 §2); reply `bdat_chunk_ok(size)` or refuse."""
 
+    verb: ClassVar[str] = "BDAT"
+
     size: int
     oversize: bool
 
@@ -85,20 +106,28 @@ class BdatChunkEnd:
 class Reset:
     """RSET, RFC 5321 §4.1.1.5."""
 
+    verb: ClassVar[str] = "RSET"
+
 
 @dataclass(frozen=True, slots=True)
 class Noop:
     """NOOP, RFC 5321 §4.1.1.9 (its argument is ignored)."""
+
+    verb: ClassVar[str] = "NOOP"
 
 
 @dataclass(frozen=True, slots=True)
 class Quit:
     """QUIT, RFC 5321 §4.1.1.10: reply 221, then close."""
 
+    verb: ClassVar[str] = "QUIT"
+
 
 @dataclass(frozen=True, slots=True)
 class Verify:
     """VRFY, RFC 5321 §4.1.1.6. Reply `CANNOT_VRFY` (252): never reveal a user list."""
+
+    verb: ClassVar[str] = "VRFY"
 
     argument: str
 
@@ -107,6 +136,8 @@ class Verify:
 class Help:
     """HELP, RFC 5321 §4.1.1.8."""
 
+    verb: ClassVar[str] = "HELP"
+
     argument: str
 
 
@@ -114,10 +145,14 @@ class Help:
 class StartTls:
     """STARTTLS with nothing pipelined behind it (RFC 3207 §4). Reply 220, then handshake."""
 
+    verb: ClassVar[str] = "STARTTLS"
+
 
 @dataclass(frozen=True, slots=True)
 class AuthStart:
     """AUTH with an offered mechanism, RFC 4954 §4; `initial_response` as sent ("=" = empty)."""
+
+    verb: ClassVar[str] = "AUTH"
 
     mechanism: str
     initial_response: str | None
@@ -127,6 +162,8 @@ class AuthStart:
 class AuthLine:
     """A client line answering a 334 challenge (RFC 4954 §4); "*" never arrives here."""
 
+    verb: ClassVar[str] = "AUTH"
+
     text: str
 
 
@@ -134,12 +171,16 @@ class AuthLine:
 class ProtocolError:
     """A reply the protocol already decided (sequence, syntax, ...): send it as it is."""
 
+    verb: ClassVar[str] = "ERROR"
+
     reply: Reply
 
 
 @dataclass(frozen=True, slots=True)
 class TooManyErrors:
     """The client used up its error budget: send the 421 and close the connection."""
+
+    verb: ClassVar[str] = "ERROR"
 
     reply: Reply
 
@@ -149,6 +190,8 @@ class FramingLost:
     """A BDAT line whose chunk size cannot be read (RFC 3030 §2): the octets that follow cannot
     be told apart from commands, so send the 421 and close the connection."""
 
+    verb: ClassVar[str] = "ERROR"
+
     reply: Reply
 
 
@@ -156,10 +199,14 @@ class FramingLost:
 class Closed:
     """The peer closed the connection, or the session is over. Needs no reply."""
 
+    verb: ClassVar[str] = ""
+
 
 @dataclass(frozen=True, slots=True)
 class NeedData:
     """Nothing more can be decided until more bytes arrive (or `b""` says the peer closed)."""
+
+    verb: ClassVar[str] = ""
 
 
 Event = (
@@ -167,6 +214,9 @@ Event = (
     | Quit | Verify | Help | StartTls | AuthStart | AuthLine | ProtocolError | TooManyErrors
     | FramingLost | Closed
 )
+
+
+EVENT_TYPES: tuple[type, ...] = get_args(Event)
 
 
 def needs_reply(event: Event | NeedData) -> bool:

@@ -19,7 +19,11 @@ Exactly one `send` answers each event that needs a reply, in order, so PIPELININ
 needs nothing special. Protocol-decided errors arrive as `ProtocolError(reply)`; each one
 counts against `error_budget`, after which the next event is `TooManyErrors` (421).
 
-State table: what a reply to an event does (anything not listed changes nothing).
+Two tables in code drive the state machine (h11's transition table is the model;
+tests/unit/test_event_tables.py checks they cover every event and every stage):
+- `SEQUENCE`: per `Stage` of RFC 5321 §4.1.4's command order, the commands that are out of
+  sequence there and the 503 each gets; a command not listed is allowed.
+- `EFFECTS`: what a reply to each event does (no row: nothing).
 
     event          reply       effect
     Hello          2xx         greeted, transaction cleared; EHLO lists the extensions
@@ -40,8 +44,10 @@ A positive reply to Hello supplies only the greeting text; the hostname and exte
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Any
 
 from mailgate.core.reply import (
     ALREADY_AUTHENTICATED, AUTH_CANCELLED, BAD_SEQUENCE, BARE_LINE_ENDING, ENCRYPTION_REQUIRED,
@@ -58,7 +64,10 @@ from mailgate.smtp.events import (
 )
 from mailgate.smtp.settings import ServerSettings, ehlo_keywords
 
-__all__ = ["AUTH_LINE_LIMIT", "TLS_ALREADY_ACTIVE", "Mode", "ServerProtocol", "ServerSettings"]
+__all__ = [
+    "AUTH_LINE_LIMIT", "EFFECTS", "NO_EFFECT", "SEQUENCE", "TLS_ALREADY_ACTIVE", "Effect", "Mode", "ServerProtocol",
+    "ServerSettings", "Stage",
+]
 
 AUTH_LINE_LIMIT = 12288  # RFC 4954 §4: AUTH command and responses may be up to 12288 octets
 TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")  # RFC 3207 §4
@@ -77,6 +86,27 @@ class Mode(Enum):
     BDAT = "bdat"  # reading the octets of one chunk
     TLS_PENDING = "tls-pending"  # 220 sent to STARTTLS, handshake not done
     CLOSED = "closed"
+
+
+class Stage(Enum):
+    """Where the session stands in the command order of RFC 5321 §4.1.4."""
+
+    NEED_HELLO = "need hello"  # no EHLO/HELO yet, or none since STARTTLS (RFC 3207 §4.2)
+    READY = "ready"  # greeted, no transaction
+    IN_MAIL = "in mail"  # MAIL accepted, no recipient yet
+    IN_RCPT = "in rcpt"  # at least one recipient accepted
+    IN_BDAT = "in bdat"  # a BDAT chunk was taken: no DATA in this transaction (RFC 3030 §2)
+
+
+# Per stage, the commands out of sequence there and their 503 (RFC 5321 §4.1.4, RFC 4954 §4:
+# no AUTH during a mail transaction; RFC 3030 §2: no DATA after BDAT). Not listed: allowed.
+SEQUENCE: dict[Stage, dict[str, Reply]] = {
+    Stage.NEED_HELLO: {"MAIL": NEED_HELO, "RCPT": NEED_HELO, "DATA": NEED_HELO, "BDAT": NEED_HELO, "AUTH": NEED_HELO},
+    Stage.READY: {"RCPT": NEED_MAIL, "DATA": NEED_MAIL, "BDAT": NEED_MAIL},
+    Stage.IN_MAIL: {"MAIL": NESTED_MAIL, "DATA": NEED_RCPT, "BDAT": NEED_RCPT, "AUTH": BAD_SEQUENCE},
+    Stage.IN_RCPT: {"MAIL": NESTED_MAIL, "AUTH": BAD_SEQUENCE},
+    Stage.IN_BDAT: {"MAIL": NESTED_MAIL, "DATA": BAD_SEQUENCE, "AUTH": BAD_SEQUENCE},
+}
 
 
 @dataclass
@@ -123,6 +153,21 @@ class ServerProtocol:
     def in_transaction(self) -> bool:
         return self._transaction is not None
 
+    @property
+    def stage(self) -> Stage:
+        transaction = self._transaction
+        if not self.greeted:
+            return Stage.NEED_HELLO
+        if transaction is None:
+            return Stage.READY
+        if transaction.bdat_used:
+            return Stage.IN_BDAT
+        return Stage.IN_RCPT if transaction.recipients else Stage.IN_MAIL
+
+    def _out_of_sequence(self, verb: str) -> Reply | None:
+        """The 503 for `verb` in the current stage (`SEQUENCE`), or None when it is allowed."""
+        return SEQUENCE[self.stage].get(verb)
+
     def receive_data(self, data: bytes) -> None:
         if not data:
             self._eof = True
@@ -143,14 +188,7 @@ class ServerProtocol:
             return Closed()
         if self.errors >= self.settings.error_budget:
             return TooManyErrors(TOO_MANY_ERRORS)
-        if self.mode is Mode.DATA:
-            event = self._data_event()
-        elif self.mode is Mode.BDAT:
-            event = self._bdat_event()
-        elif self.mode is Mode.TLS_PENDING:
-            event = NeedData()
-        else:
-            event = self._line_event()
+        event = _READERS[self.mode](self)
         if isinstance(event, NeedData) and self._eof:
             return Closed()
         return event
@@ -160,28 +198,11 @@ class ServerProtocol:
         event, self._pending = self._pending, None
         if event is None:
             raise ServerUsageError("no event is waiting for a reply")
-        positive = 200 <= reply.code < 300
-        if isinstance(event, Hello) and positive:
-            self.greeted, self.extended, self._transaction = True, event.extended, None
-            return self._hello_reply(reply, event.extended)
-        if isinstance(event, MailFrom) and positive:
-            self._transaction = _Transaction(smtputf8=event.smtputf8)
-        elif isinstance(event, RcptTo) and positive and self._transaction is not None:
-            self._transaction.recipients += 1
-        elif isinstance(event, DataStart) and reply.code == 354:
-            self._start_data()
-        elif isinstance(event, MessageEnd) or (isinstance(event, BdatChunkEnd) and not positive):
-            self._transaction = None
-        elif isinstance(event, Reset) and positive:
-            self._transaction = None
-        elif isinstance(event, StartTls) and reply.code == 220:
-            self.mode = Mode.TLS_PENDING
-        elif isinstance(event, (AuthStart, AuthLine)):
-            self.authenticated = reply.code == 235
-            self.mode = Mode.AUTH if reply.code == 334 else Mode.COMMAND
-        elif isinstance(event, (Quit, TooManyErrors, FramingLost)):
-            self.mode = Mode.CLOSED
-            self._buffer.clear()
+        effect = EFFECTS.get(type(event))
+        if effect is not None and effect.applies(reply.code):
+            encoded = effect.apply(self, event, reply)
+            if encoded is not None:
+                return encoded
         return reply.encode()
 
     def start_tls_done(self) -> None:
@@ -193,6 +214,33 @@ class ServerProtocol:
         self.greeted = self.extended = self.authenticated = False
         self._transaction = None
         self.mode = Mode.COMMAND
+
+    # --- the effects of replies (EFFECTS) -----------------------------------------------------
+
+    def _greeted(self, event: Hello, reply: Reply) -> bytes:
+        self.greeted, self.extended, self._transaction = True, event.extended, None
+        return self._hello_reply(reply, event.extended)
+
+    def _open_transaction(self, event: MailFrom, reply: Reply) -> None:
+        self._transaction = _Transaction(smtputf8=event.smtputf8)
+
+    def _count_recipient(self, event: RcptTo, reply: Reply) -> None:
+        if self._transaction is not None:
+            self._transaction.recipients += 1
+
+    def _clear_transaction(self, event: Event, reply: Reply) -> None:
+        self._transaction = None
+
+    def _await_handshake(self, event: StartTls, reply: Reply) -> None:
+        self.mode = Mode.TLS_PENDING
+
+    def _auth_answered(self, event: AuthStart | AuthLine, reply: Reply) -> None:
+        self.authenticated = reply.code == 235
+        self.mode = Mode.AUTH if reply.code == 334 else Mode.COMMAND
+
+    def _close(self, event: Event, reply: Reply) -> None:
+        self.mode = Mode.CLOSED
+        self._buffer.clear()
 
     # --- replies the protocol builds ---------------------------------------------------------
 
@@ -265,10 +313,9 @@ class ServerProtocol:
         return Hello(argument, extended=verb == "EHLO")
 
     def _mail(self, argument: str, verb: str) -> Event:
-        if not self.greeted:
-            return self._error(NEED_HELO)
-        if self._transaction is not None:
-            return self._error(NESTED_MAIL)
+        refusal = self._out_of_sequence(verb)
+        if refusal is not None:
+            return self._error(refusal)
         if argument[:5].upper() != "FROM:":
             return self._error(PARAM_SYNTAX)
         settings = self.settings
@@ -282,8 +329,10 @@ class ServerProtocol:
             return self._error(error.reply, counts=error.counts_as_error)
 
     def _rcpt(self, argument: str, verb: str) -> Event:
-        if self._transaction is None:
-            return self._error(NEED_MAIL if self.greeted else NEED_HELO)
+        refusal = self._out_of_sequence(verb)
+        if refusal is not None:
+            return self._error(refusal)
+        assert self._transaction is not None
         if argument[:3].upper() != "TO:":
             return self._error(PARAM_SYNTAX)
         try:
@@ -294,25 +343,13 @@ class ServerProtocol:
         except CommandError as error:
             return self._error(error.reply, counts=error.counts_as_error)
 
-    def _body_refusal(self) -> Reply | None:
-        """Why DATA/BDAT cannot start now (RFC 5321 §4.1.4), or None."""
-        if not self.greeted:
-            return NEED_HELO
-        if self._transaction is None:
-            return NEED_MAIL
-        if self._transaction.recipients == 0:
-            return NEED_RCPT
-        return None
-
     def _data(self, argument: str, verb: str) -> Event:
         if argument:
             return self._error(PARAM_SYNTAX)
-        refusal = self._body_refusal()
-        if refusal is None and self._transaction is not None and self._transaction.bdat_used:
-            refusal = BAD_SEQUENCE  # RFC 3030 §2: DATA may not follow BDAT
+        refusal = self._out_of_sequence(verb)
         return self._error(refusal) if refusal else DataStart()
 
-    def _start_data(self) -> None:
+    def _start_data(self, event: DataStart, reply: Reply) -> None:
         assert self._transaction is not None
         self._transaction.inspector = self._new_inspector()
         self._scanner = DotBodyScanner()
@@ -350,7 +387,7 @@ class ServerProtocol:
             self._buffer.clear()
             return FramingLost(FRAMING_LOST)
         size = int(match[1])
-        refusal = self._body_refusal() if self.settings.chunking else NOT_IMPLEMENTED
+        refusal = self._out_of_sequence(verb) if self.settings.chunking else NOT_IMPLEMENTED
         if refusal is None and self._transaction is not None:
             self._transaction.bdat_used = True
             if self._transaction.inspector is None:
@@ -399,12 +436,11 @@ class ServerProtocol:
             return self._error(ENCRYPTION_REQUIRED)  # RFC 4954 §4, SPEC R4: 538 5.7.11
         if not self.settings.auth_mechanisms:
             return self._error(NOT_IMPLEMENTED)
-        if not self.greeted:
-            return self._error(NEED_HELO)
-        if self.authenticated:
+        if self.authenticated:  # only after EHLO, so NEED_HELO still comes first
             return self._error(ALREADY_AUTHENTICATED)  # RFC 4954 §4: 503
-        if self._transaction is not None:
-            return self._error(BAD_SEQUENCE)  # RFC 4954 §4: not during a mail transaction
+        refusal = self._out_of_sequence(verb)
+        if refusal is not None:
+            return self._error(refusal)
         parts = argument.split(" ")
         if not parts[0] or len(parts) > 2:
             return self._error(PARAM_SYNTAX)
@@ -440,3 +476,54 @@ _HANDLERS = {
     "STARTTLS": ServerProtocol._starttls,
     "AUTH": ServerProtocol._auth,
 }
+
+
+def _awaiting_handshake(protocol: ServerProtocol) -> NeedData:
+    return NeedData()  # after our 220 to STARTTLS only the handshake may come
+
+
+# How the next event is read in each mode (CLOSED is answered before: always Closed).
+_READERS: dict[Mode, Callable[[ServerProtocol], Event | NeedData]] = {
+    Mode.COMMAND: ServerProtocol._line_event,
+    Mode.AUTH: ServerProtocol._line_event,
+    Mode.DATA: ServerProtocol._data_event,
+    Mode.BDAT: ServerProtocol._bdat_event,
+    Mode.TLS_PENDING: _awaiting_handshake,
+}
+
+
+@dataclass(frozen=True)
+class Effect:
+    """What a reply to one event type does, when its code fits (the table in the docstring)."""
+
+    applies: Callable[[int], bool]
+    apply: Callable[[ServerProtocol, Any, Reply], bytes | None]  # bytes: the protocol built the reply
+
+
+def _positive(code: int) -> bool:
+    return 200 <= code < 300
+
+
+def _any(code: int) -> bool:
+    return True
+
+
+# Every event that needs a reply and changes something; the rest (Noop, Verify, Help,
+# ProtocolError) change nothing.
+EFFECTS: dict[type, Effect] = {
+    Hello: Effect(_positive, ServerProtocol._greeted),
+    MailFrom: Effect(_positive, ServerProtocol._open_transaction),
+    RcptTo: Effect(_positive, ServerProtocol._count_recipient),
+    DataStart: Effect(lambda code: code == 354, ServerProtocol._start_data),
+    BdatChunkEnd: Effect(lambda code: not _positive(code), ServerProtocol._clear_transaction),  # RFC 3030 §2
+    MessageEnd: Effect(_any, ServerProtocol._clear_transaction),
+    Reset: Effect(_positive, ServerProtocol._clear_transaction),
+    StartTls: Effect(lambda code: code == 220, ServerProtocol._await_handshake),  # RFC 3207 §4
+    AuthStart: Effect(_any, ServerProtocol._auth_answered),  # RFC 4954 §4: 334 / 235
+    AuthLine: Effect(_any, ServerProtocol._auth_answered),
+    Quit: Effect(_any, ServerProtocol._close),
+    TooManyErrors: Effect(_any, ServerProtocol._close),
+    FramingLost: Effect(_any, ServerProtocol._close),
+}
+# The events whose reply changes nothing (tests/unit/test_event_tables.py: with EFFECTS, all).
+NO_EFFECT = frozenset({Noop, Verify, Help, ProtocolError})
