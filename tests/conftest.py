@@ -84,3 +84,16 @@ def no_host_configuration(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyt
     from mailgate.cli import config_option
 
     monkeypatch.setattr(config_option, "DEFAULT_CONFIG", str(tmp_path_factory.getbasetemp() / "no-such-mailgate.toml"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server():  # type: ignore[no-untyped-def]
+    """One private PostgreSQL for the session (tests/support/postgres.py); tests take a fresh
+    database each with `postgres_server.new_database()`. Skips locally, fails in CI, if absent."""
+    from tests.support.postgres import bin_dir, start_postgres
+
+    if bin_dir() is None:
+        unavailable("PostgreSQL is not installed (Debian package postgresql; .ci/run installs it)")
+    server = start_postgres()
+    yield server
+    server.cleanup()

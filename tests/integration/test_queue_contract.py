@@ -1,5 +1,6 @@
-"""The queue-store contract the runner relies on, run against the SQLite store and the memory store
-alike, so the memory store used by the runner's unit tests behaves as the real one does."""
+"""The queue-store contract the runner relies on, run against the SQLite store, the PostgreSQL store
+(a real, private PostgreSQL) and the memory store alike, so the memory store used by the runner's
+unit tests behaves as the real ones do."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from mailgate.core.envelope import Envelope, Recipient
 from mailgate.core.reply import Reply
 from mailgate.core.status import RecipientState
 from mailgate.queue.memory_store import MemoryQueueStore
+from mailgate.queue.postgres_store import PostgresQueueStore
 from mailgate.queue.sqlite_store import SqliteQueueStore
 from mailgate.queue.store import MessageMeta, MessageState, QueueFilter, RecipientUpdate
 
@@ -22,12 +24,32 @@ pytestmark = pytest.mark.timeout(60)
 BODY = b"Subject: t\r\n\r\n" + b"line\r\n" * 20000  # several body chunks
 
 
-async def open_store(kind: str, spool: Path, clock: FakeClock):
-    if kind == "memory":
-        return MemoryQueueStore(clock)
-    store = SqliteQueueStore(spool, clock=clock)
-    await store.open()
-    return store
+PASSWORD = "queue-secret"  # tests/support/postgres.py's role
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store_factory(kind: str, tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """An async function (clock) -> an open store of `kind`, empty."""
+    dsn = None
+    if kind == "postgresql":
+        dsn = request.getfixturevalue("postgres_server").new_database()
+
+    async def open_store(clock: FakeClock):  # type: ignore[no-untyped-def]
+        if kind == "memory":
+            return MemoryQueueStore(clock)
+        if kind == "postgresql":
+            store = PostgresQueueStore(dsn, tmp_path, password=PASSWORD, node="n1", clock=clock)
+        else:
+            store = SqliteQueueStore(tmp_path, clock=clock)
+        await store.open()
+        return store
+
+    return open_store
 
 
 async def enqueue(store, *recipients: str, hold: str = "") -> str:
@@ -37,11 +59,10 @@ async def enqueue(store, *recipients: str, hold: str = "") -> str:
     return await store.commit(writer, envelope, MessageMeta(hold_reason=hold))
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "memory"])
-def test_the_store_contract_the_runner_uses(kind: str, tmp_path: Path) -> None:
+def test_the_store_contract_the_runner_uses(store_factory) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
         clock = FakeClock()
-        store = await open_store(kind, tmp_path, clock)
+        store = await store_factory(clock)
         try:
             first = await enqueue(store, "b@example.net", "c@example.net")
             held = await enqueue(store, "d@example.net", hold="quarantine")

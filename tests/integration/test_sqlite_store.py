@@ -1,5 +1,6 @@
-"""The embedded queue store on a real SQLite file: round trips, leases, admin filters, spill files,
-group commit."""
+"""The durable queue stores: round trips, leases, admin filters, spill files, group commit. The
+tests taking `any_store` run against the embedded store on a real SQLite file and against the
+cluster store on a real, private PostgreSQL; the others are about SQLite's own mechanics."""
 
 from __future__ import annotations
 
@@ -21,21 +22,39 @@ from mailgate.core.envelope import BodyType, Envelope, Notify, Recipient, Ret
 from mailgate.core.reply import Reply
 from mailgate.core.status import RecipientState
 from mailgate.queue import sqlite_schema
-from mailgate.queue.sqlite_store import MessageNotFoundError, SqliteQueueStore
-from mailgate.queue.store import MessageMeta, MessageState, QueueFilter, RecipientUpdate
+from mailgate.queue.postgres_store import PostgresQueueStore
+from mailgate.queue.sqlite_store import SqliteQueueStore
+from mailgate.queue.store import MessageMeta, MessageNotFoundError, MessageState, QueueFilter, RecipientUpdate
 
 pytestmark = pytest.mark.timeout(60)
 
 START = 1_800_000_000.0
 
 
-StoreTest = Callable[[SqliteQueueStore, FakeClock], Awaitable[None]]
+StoreTest = Callable[[Any, FakeClock], Awaitable[None]]
+StoreFactory = Callable[..., Any]  # (clock, **options) -> an unopened store
+PASSWORD = "queue-secret"  # the role's password in tests/support/postgres.py
 
 
-def run(spool: Path, test: StoreTest, **kwargs: Any) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """The tests taking this run against both durable stores: the same contract, the same checks."""
+    if request.param == "sqlite":
+        return lambda clock, **options: SqliteQueueStore(tmp_path, clock=clock, **options)
+    dsn = request.getfixturevalue("postgres_server").new_database()
+    return lambda clock, **options: PostgresQueueStore(
+        dsn, tmp_path, password=PASSWORD, node="n1", clock=clock, **options
+    )
+
+
+def run(target: Path | StoreFactory, test: StoreTest, **kwargs: Any) -> None:
+    """Run `test` on a store opened on `target`: a spool directory (SQLite) or a factory."""
     async def main() -> None:
         clock = FakeClock(START)
-        store = SqliteQueueStore(spool, clock=clock, **kwargs)
+        if isinstance(target, Path):
+            store = SqliteQueueStore(target, clock=clock, **kwargs)
+        else:
+            store = target(clock, **kwargs)
         await store.open()
         try:
             await test(store, clock)
@@ -63,7 +82,7 @@ async def body_of(store: SqliteQueueStore, queue_id: str, chunk_size: int = 6553
     return b"".join([chunk async for chunk in store.body_chunks(queue_id, chunk_size)])
 
 
-def test_envelope_meta_and_body_round_trip_exactly(tmp_path: Path) -> None:
+def test_envelope_meta_and_body_round_trip_exactly(any_store: StoreFactory) -> None:
     rich = Envelope(
         sender=Address('"odd@local"', "xn--bcher-kva.example", had_source_route=True),
         recipients=[
@@ -98,20 +117,20 @@ def test_envelope_meta_and_body_round_trip_exactly(tmp_path: Path) -> None:
         with pytest.raises(MessageNotFoundError):
             await body_of(store, "NOSUCHID")
 
-    run(tmp_path, test)
+    run(any_store, test)
 
 
-def test_null_sender_round_trips_as_none(tmp_path: Path) -> None:
+def test_null_sender_round_trips_as_none(any_store: StoreFactory) -> None:
     async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
         queue_id = await enqueue(store, envelope(None, "a@example.com"))
         message = await store.get(queue_id)
         assert message is not None and message.envelope.sender is None
         assert (await store.list(QueueFilter()))[0].sender == ""
 
-    run(tmp_path, test)
+    run(any_store, test)
 
 
-def test_claim_record_finish_cycle(tmp_path: Path) -> None:
+def test_claim_record_finish_cycle(any_store: StoreFactory) -> None:
     async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
         queue_id = await enqueue(store, envelope("s@example.com", "a@one.example", "b@two.example"))
         assert await store.next_due() == START
@@ -158,10 +177,10 @@ def test_claim_record_finish_cycle(tmp_path: Path) -> None:
         await store.record(queue_id, failed)
         assert await store.finish(queue_id) is True
 
-    run(tmp_path, test)
+    run(any_store, test)
 
 
-def test_commit_claimed_is_leased_to_the_committer_and_matches_what_a_claim_would_load(tmp_path: Path) -> None:
+def test_commit_claimed_is_leased_to_the_committer_and_matches_what_a_claim_would_load(any_store: StoreFactory) -> None:
     async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
         env = envelope("s@example.com", "a@one.example", "b@two.example")
         writer = store.begin()
@@ -193,7 +212,7 @@ def test_commit_claimed_is_leased_to_the_committer_and_matches_what_a_claim_woul
         with pytest.raises(ValueError):  # a quarantined message is never handed to delivery
             await store.commit_claimed(writer, envelope(None, "d@one.example"), MessageMeta(hold_reason="rule x"))
 
-    run(tmp_path, test, lease_seconds=60.0)
+    run(any_store, test, lease_seconds=60.0)
 
 
 def test_commits_wait_for_the_writer_lock_another_process_holds(tmp_path: Path) -> None:
@@ -233,7 +252,7 @@ def test_a_new_spool_uses_small_pages_and_an_old_one_keeps_its_own(tmp_path: Pat
         assert connection.execute("PRAGMA page_size").fetchone()[0] == 4096
 
 
-def test_claim_order_limit_and_expired_lease(tmp_path: Path) -> None:
+def test_claim_order_limit_and_expired_lease(any_store: StoreFactory) -> None:
     async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
         ids = []
         for n in range(5):
@@ -248,10 +267,10 @@ def test_claim_order_limit_and_expired_lease(tmp_path: Path) -> None:
         assert await store.claim_due(START + 159, 10) == []
         assert len(await store.claim_due(START + 161, 10)) == 5
 
-    run(tmp_path, test, lease_seconds=60.0)
+    run(any_store, test, lease_seconds=60.0)
 
 
-def test_recover_returns_leases_and_removes_stale_spill_files(tmp_path: Path) -> None:
+def test_recover_returns_leases_and_removes_stale_spill_files(any_store: StoreFactory) -> None:
     async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
         queue_id = await enqueue(store, envelope("s@example.com", "a@example.com"))
         assert len(await store.claim_due(START, 10)) == 1
@@ -261,10 +280,10 @@ def test_recover_returns_leases_and_removes_stale_spill_files(tmp_path: Path) ->
         assert not stale.exists()
         assert [m.queue_id for m in await store.claim_due(START, 10)] == [queue_id]
 
-    run(tmp_path, test)
+    run(any_store, test)
 
 
-def test_messages_survive_close_and_reopen(tmp_path: Path) -> None:
+def test_messages_survive_close_and_reopen(any_store: StoreFactory) -> None:
     ids: list[str] = []
 
     async def first(store: SqliteQueueStore, clock: FakeClock) -> None:
@@ -275,11 +294,11 @@ def test_messages_survive_close_and_reopen(tmp_path: Path) -> None:
         assert await store.recover() == 1
         assert await body_of(store, ids[0]) == b"persisted"
 
-    run(tmp_path, first)
-    run(tmp_path, second)
+    run(any_store, first)
+    run(any_store, second)
 
 
-def test_hold_at_commit_is_quarantine_and_release_makes_due(tmp_path: Path) -> None:
+def test_hold_at_commit_is_quarantine_and_release_makes_due(any_store: StoreFactory) -> None:
     async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
         queue_id = await enqueue(store, envelope("s@example.com", "a@example.com"),
                                  meta=MessageMeta(hold_reason="attachment rule exe"))
@@ -299,10 +318,10 @@ def test_hold_at_commit_is_quarantine_and_release_makes_due(tmp_path: Path) -> N
         assert released.recipients[0].next_attempt == START + 50
         assert [m.queue_id for m in await store.claim_due(START + 50, 10)] == [queue_id]
 
-    run(tmp_path, test)
+    run(any_store, test)
 
 
-def test_admin_filters_hold_reschedule_delete(tmp_path: Path) -> None:
+def test_admin_filters_hold_reschedule_delete(any_store: StoreFactory) -> None:
     async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
         old_envelope = envelope("Alice@Sender.example", "x@one.example", "y@two.example")
         old = await enqueue(store, old_envelope)
@@ -362,10 +381,10 @@ def test_admin_filters_hold_reschedule_delete(tmp_path: Path) -> None:
                           MessageState.DEFERRED: 0, MessageState.HELD: 0}
         assert await store.oldest_created() == START + 3660
 
-    run(tmp_path, test)
+    run(any_store, test)
 
 
-def test_large_message_spills_to_disk_and_comes_back_identical(tmp_path: Path) -> None:
+def test_large_message_spills_to_disk_and_comes_back_identical(any_store: StoreFactory) -> None:
     body = random.Random(5).randbytes(5 * 1024 * 1024 + 17)
 
     async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
@@ -394,10 +413,10 @@ def test_large_message_spills_to_disk_and_comes_back_identical(tmp_path: Path) -
         assert all(len(chunk) == 65536 for chunk in chunks[:-1])
         assert hashlib.sha256(b"".join(chunks)).digest() == hashlib.sha256(body).digest()
 
-    run(tmp_path, test, memory_threshold=64 * 1024)
+    run(any_store, test, memory_threshold=64 * 1024)
 
 
-def test_small_message_stays_in_memory_and_discard_cleans_up(tmp_path: Path) -> None:
+def test_small_message_stays_in_memory_and_discard_cleans_up(any_store: StoreFactory) -> None:
     async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
         small = store.begin()
         small.write(b"x" * 1000)
@@ -410,10 +429,10 @@ def test_small_message_stays_in_memory_and_discard_cleans_up(tmp_path: Path) -> 
         assert os.listdir(store.incoming_dir) == []
         assert await store.list(QueueFilter()) == []
 
-    run(tmp_path, test, memory_threshold=4096)
+    run(any_store, test, memory_threshold=4096)
 
 
-def test_empty_recipient_list_is_refused_and_nothing_is_stored(tmp_path: Path) -> None:
+def test_empty_recipient_list_is_refused_and_nothing_is_stored(any_store: StoreFactory) -> None:
     async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
         writer = store.begin()
         writer.write(b"data")
@@ -422,10 +441,10 @@ def test_empty_recipient_list_is_refused_and_nothing_is_stored(tmp_path: Path) -
         writer.discard()
         assert await store.list(QueueFilter()) == []
 
-    run(tmp_path, test)
+    run(any_store, test)
 
 
-def test_a_failing_commit_does_not_spoil_its_group(tmp_path: Path) -> None:
+def test_a_failing_commit_does_not_spoil_its_group(any_store: StoreFactory) -> None:
     async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
         doomed = store.begin()
         doomed.write(b"z" * 10_000)  # spills (threshold 1024)
@@ -444,7 +463,7 @@ def test_a_failing_commit_does_not_spoil_its_group(tmp_path: Path) -> None:
         assert sorted(s.queue_id for s in await store.list(QueueFilter())) == sorted(results[1:])
         assert store.stats.failed_operations == 1
 
-    run(tmp_path, test, memory_threshold=1024)
+    run(any_store, test, memory_threshold=1024)
 
 
 def test_a_lone_failing_commit_leaves_no_partial_rows_and_the_writer_goes_on(tmp_path: Path) -> None:
@@ -464,7 +483,7 @@ def test_a_lone_failing_commit_leaves_no_partial_rows_and_the_writer_goes_on(tmp
     run(tmp_path, test, memory_threshold=1024)
 
 
-def test_concurrent_enqueues_share_commits(tmp_path: Path) -> None:
+def test_concurrent_enqueues_share_commits(any_store: StoreFactory) -> None:
     async def test(store: SqliteQueueStore, clock: FakeClock) -> None:
         commits_before = store.stats.commits
         bodies = [os.urandom(random.randint(1, 4096)) for _ in range(200)]
@@ -477,4 +496,4 @@ def test_concurrent_enqueues_share_commits(tmp_path: Path) -> None:
         for queue_id, body in zip(ids, bodies):
             assert await body_of(store, queue_id) == body
 
-    run(tmp_path, test)
+    run(any_store, test)

@@ -7,9 +7,13 @@ Must NOT: install anything (install-peers does, as root) or start a peer.
 
 from __future__ import annotations
 
+import glob
 import os
 import subprocess
 from dataclasses import dataclass
+
+# Debian 12 ships PostgreSQL 15; a newer Debian another major version in its own directory.
+POSTGRES_INITDB = (sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or ["/usr/lib/postgresql/15/bin/initdb"])[-1]
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ CAPABILITIES = (
     Capability("slapd", "slapd", binary="/usr/sbin/slapd"),
     Capability("slapadd", "slapd", binary="/usr/sbin/slapadd"),
     Capability("mount (the tmpfs of the disk-full tests)", "mount", binary="/usr/bin/mount"),
+    Capability("PostgreSQL initdb (the cluster queue store's tests)", "postgresql", binary=POSTGRES_INITDB),
 )
 
 

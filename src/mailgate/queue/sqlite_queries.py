@@ -18,10 +18,11 @@ from typing import Any
 from mailgate.core.envelope import Envelope
 from mailgate.core.reply import Reply
 from mailgate.core.status import RecipientState
-from mailgate.queue import segments
+from mailgate.queue import records, segments
 from mailgate.queue import sqlite_schema as schema
 from mailgate.queue.segments import StagedBody
 from mailgate.queue.store import (
+    MessageNotFoundError,
     MessageState,
     QueuedMessage,
     QueueFilter,
@@ -33,10 +34,6 @@ BLOB_COPY_CHUNK = 1024 * 1024
 BODY_READ_BATCH = 1024 * 1024  # bytes read from the database per reader round trip
 
 Matches = list[tuple[int, str]]  # (row id, queue id) of the messages an admin filter matched
-
-
-class MessageNotFoundError(KeyError):
-    """No message with that queue id (never queued, or delivered and deleted)."""
 
 
 # --- writes (writer thread, inside a savepoint) ---------------------------------------------------
@@ -60,7 +57,7 @@ def insert_message(
     message_id = cursor.lastrowid
     assert message_id is not None
     for index, recipient in enumerate(envelope.recipients):
-        recipient_row = schema.recipient_row(message_id, index, recipient, row["created"])
+        recipient_row = records.recipient_row(message_id, index, recipient, row["created"])
         connection.execute(_insert_sql("recipients", recipient_row), recipient_row)
     if isinstance(body, bytes):
         connection.execute(

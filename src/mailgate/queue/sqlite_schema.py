@@ -1,24 +1,21 @@
 """The SQLite schema of the embedded queue and the mapping between its rows and queue records.
 
 Owns: the tables (messages, recipients, bodies, segments), the connection settings that make a
-commit durable (WAL, `synchronous=FULL`), the encoding of envelopes, replies and metadata into
-columns and back, the SQL form of a `QueueFilter`, and the derived `MessageState`.
+commit durable (WAL, `synchronous=FULL`), loading rows into queue records (whose column encoding
+is queue/records.py, shared with the PostgreSQL store), the SQL form of a `QueueFilter`, and the
+derived `MessageState`.
 Must not: decide when to write or run threads (`group_commit.py`, `sqlite_store.py` do that).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
-from mailgate.core.address import Address, AddressError, normalise_domain
-from mailgate.core.envelope import BodyType, Envelope, Notify, Recipient, Ret
-from mailgate.core.reply import Reply
-from mailgate.core.status import RecipientState
-from mailgate.queue.store import MessageMeta, QueuedMessage, QueuedRecipient, QueueFilter
+from mailgate.core.address import AddressError, normalise_domain
+from mailgate.queue import records
+from mailgate.queue.store import QueuedMessage, QueueFilter
 
 # 2: large bodies in segment files (queue/segments.py): messages.body_segment and body_offset,
 # the segments table. 3: messages.body_crc, the CRC-32 of a segment body (NULL for inline bodies
@@ -100,15 +97,8 @@ UPGRADES = {  # from version N to N + 1
     2: ("ALTER TABLE messages ADD COLUMN body_crc INTEGER",),
 }
 
-MESSAGE_COLUMNS = (
-    "id, queue_id, sender_local, sender_domain, sender_literal, sender_route, body_type, smtputf8,"
-    " size_declared, ret, envid, meta, size, created, held, hold_reason, delay_notified,"
-    " first_attempt"
-)
-RECIPIENT_COLUMNS = (
-    "message_id, idx, local, domain, literal, had_source_route, notify, orcpt, state, attempts,"
-    " next_attempt, reply_code, reply_enhanced, reply_text, remote_mta"
-)
+MESSAGE_COLUMNS = f"id, {records.MESSAGE_COLUMNS}"
+RECIPIENT_COLUMNS = records.RECIPIENT_COLUMNS
 
 # The state shown by `queue list` (store.MessageState), derived from the columns; `:now` bound.
 STATE_SQL = """CASE
@@ -166,76 +156,7 @@ def _create_schema(connection: sqlite3.Connection) -> None:
     connection.execute("COMMIT")
 
 
-# --- records to rows -----------------------------------------------------------------------------
-# MessageMeta holds only scalars; dataclasses.asdict() would deep-copy each one on the commit path.
-META_FIELDS = tuple(item.name for item in dataclasses.fields(MessageMeta))
-
-
-def message_row(
-    queue_id: str, envelope: Envelope, meta: MessageMeta, size: int, created: float
-) -> dict[str, Any]:
-    sender = envelope.sender
-    return {
-        "queue_id": queue_id,
-        "sender_local": None if sender is None else sender.local,
-        "sender_domain": None if sender is None else sender.domain,
-        "sender_literal": int(sender is not None and sender.literal),
-        "sender_route": int(sender is not None and sender.had_source_route),
-        "sender_text": envelope.sender_text,
-        "body_type": envelope.body.value,
-        "smtputf8": int(envelope.smtputf8),
-        "size_declared": envelope.size_declared,
-        "ret": None if envelope.ret is None else envelope.ret.value,
-        "envid": envelope.envid,
-        "meta": json.dumps({name: getattr(meta, name) for name in META_FIELDS}),
-        "size": size,
-        "created": created,
-        "held": int(bool(meta.hold_reason)),
-        "hold_reason": meta.hold_reason,
-    }
-
-
-def recipient_row(message_id: int, index: int, recipient: Recipient, due: float) -> dict[str, Any]:
-    address = recipient.address
-    return {
-        "message_id": message_id,
-        "idx": index,
-        "local": address.local,
-        "domain": address.domain,
-        "literal": int(address.literal),
-        "had_source_route": int(address.had_source_route),
-        "address_text": str(address),
-        "notify": ",".join(value.value for value in recipient.notify),
-        "orcpt": recipient.orcpt,
-        "state": RecipientState.QUEUED.value,
-        "next_attempt": due,
-    }
-
-
 # --- rows to records -----------------------------------------------------------------------------
-def _meta_from_json(text: str, hold_reason: str) -> MessageMeta:
-    values = {key: value for key, value in json.loads(text).items() if key in META_FIELDS}
-    meta = MessageMeta(**values)
-    meta.hold_reason = hold_reason  # the current reason: an admin hold or release changes it
-    return meta
-
-
-def _recipient_from_row(row: sqlite3.Row | tuple[Any, ...]) -> QueuedRecipient:
-    (_, index, local, domain, literal, route, notify, orcpt, state, attempts, next_attempt,
-     code, enhanced, text, remote_mta) = row  # fmt: skip
-    address = Address(local, domain, bool(literal), bool(route))
-    notify_values = tuple(Notify(value) for value in notify.split(",") if value)
-    return QueuedRecipient(
-        index=index,
-        recipient=Recipient(address, notify_values, orcpt),
-        state=RecipientState(state),
-        attempts=attempts,
-        next_attempt=next_attempt,
-        last_reply=None if code is None else Reply(code, enhanced, text),
-        remote_mta=remote_mta,
-    )
-
-
 def load_messages(
     connection: sqlite3.Connection, where: str, params: dict[str, Any]
 ) -> list[QueuedMessage]:
@@ -244,40 +165,13 @@ def load_messages(
         f"SELECT {MESSAGE_COLUMNS} FROM messages m WHERE {where} ORDER BY m.created, m.id", params
     ).fetchall()
     messages = []
-    for row in rows:
-        (message_id, queue_id, s_local, s_domain, s_literal, s_route, body_type, smtputf8,
-         size_declared, ret, envid, meta, size, created, held, hold_reason, delay_notified,
-         first_attempt) = row  # fmt: skip
+    for message_id, *columns in rows:
         recipient_rows = connection.execute(
             f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ? ORDER BY idx",
             (message_id,),
         ).fetchall()
-        recipients = [_recipient_from_row(item) for item in recipient_rows]
-        sender = (
-            None if s_local is None else Address(s_local, s_domain, bool(s_literal), bool(s_route))
-        )
-        envelope = Envelope(
-            sender=sender,
-            recipients=[item.recipient for item in recipients],
-            body=BodyType(body_type),
-            smtputf8=bool(smtputf8),
-            size_declared=size_declared,
-            ret=None if ret is None else Ret(ret),
-            envid=envid,
-        )
-        messages.append(
-            QueuedMessage(
-                queue_id=queue_id,
-                envelope=envelope,
-                recipients=recipients,
-                meta=_meta_from_json(meta, hold_reason),
-                size=size,
-                created=created,
-                held=bool(held),
-                delay_notified=bool(delay_notified),
-                first_attempt=first_attempt,
-            )
-        )
+        recipients = [records.recipient_from_row(item) for item in recipient_rows]
+        messages.append(records.message_from_row(columns, recipients))
     return messages
 
 

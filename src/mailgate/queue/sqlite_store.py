@@ -31,7 +31,6 @@ import socket
 import sqlite3
 import threading
 import zlib
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -42,9 +41,11 @@ from mailgate.core.clock import Clock, SystemClock
 from mailgate.core.envelope import Envelope
 from mailgate.queue import segments
 from mailgate.queue import sqlite_queries as queries
+from mailgate.queue import records
 from mailgate.queue import sqlite_schema as schema
 from mailgate.queue.checkpointer import Checkpointer
 from mailgate.queue.group_commit import GroupCommitWriter, WriterStats
+from mailgate.queue.hot_bodies import HOT_BODY_BYTES, HotBodies
 from mailgate.queue.ids import new_queue_id
 from mailgate.queue.segments import (
     SEGMENT_THRESHOLD,
@@ -79,7 +80,6 @@ DEFAULT_MEMORY_THRESHOLD = 256 * 1024
 # become claimable again after this long. It must exceed one delivery attempt: the RFC 5321
 # §4.5.3.2 time-outs of one transaction add up to well under an hour.
 DEFAULT_LEASE_SECONDS = 3600.0
-HOT_BODY_BYTES = 64 * 1024 * 1024  # bodies kept in memory between commit and delivery
 READER_THREADS = 2
 
 T = TypeVar("T")
@@ -209,7 +209,7 @@ class SqliteQueueStore(QueueStore):
             raise ValueError("a held message cannot be claimed for delivery")
         body = writer.seal()
         created = self._clock.now()
-        row = schema.message_row(writer.queue_id, envelope, meta, writer.size, created)
+        row = records.message_row(writer.queue_id, envelope, meta, writer.size, created)
         if leased:
             row.update(lease_owner=self._lease_owner, lease_expires=created + self._lease_seconds)
         stored: bytes | Path | StagedBody = body
@@ -391,36 +391,6 @@ class SqliteQueueStore(QueueStore):
             return function(connection, *args)
         finally:
             connection.execute("COMMIT")
-
-
-class HotBodies:
-    """Bodies this process committed, kept (bounded, oldest out first) until delivered.
-
-    The runner usually delivers a message moments after its commit; reading it back from SQLite
-    through a reader thread would cost a round trip for bytes we still hold.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._bytes = 0
-        self._bodies: OrderedDict[str, bytes] = OrderedDict()
-
-    def put(self, queue_id: str, body: bytes) -> None:
-        if len(body) > self._limit // 16:
-            return
-        self._bodies[queue_id] = body
-        self._bytes += len(body)
-        while self._bytes > self._limit:
-            _, oldest = self._bodies.popitem(last=False)
-            self._bytes -= len(oldest)
-
-    def get(self, queue_id: str) -> bytes | None:
-        return self._bodies.get(queue_id)
-
-    def pop(self, queue_id: str) -> None:
-        body = self._bodies.pop(queue_id, None)
-        if body is not None:
-            self._bytes -= len(body)
 
 
 def _fsync_directory(path: Path) -> None:

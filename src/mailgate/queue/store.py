@@ -56,6 +56,10 @@ class MessageMeta:
     crlf_clean: bool = False  # reception verified: no bare CR or LF anywhere in the message
 
 
+class MessageNotFoundError(KeyError):
+    """No message with that queue id (never queued, or delivered and deleted)."""
+
+
 class CorruptBodyError(Exception):
     """A stored body does not match the checksum taken when it was written: torn by a power loss
     before its message was acknowledged, or damaged on disk since. Not an OSError on purpose: it

@@ -1,0 +1,484 @@
+"""The statements of the cluster queue: each store operation as SQL for PostgreSQL.
+
+Owns: what each operation does to the tables of pg_schema.py. Writes that finish a message's
+reception or an attempt (insert, record, finish) are built as `PgOperation`s for the group-commit
+writer (pg_group_commit.py), fenced by the lease token: an outcome is written only if the
+message's latest claim is the caller's, else `LeaseLostError`. Claims (`FOR UPDATE SKIP LOCKED`,
+so nodes claiming at once never wait for each other nor take the same message), reads, the
+admin operations, recovery and heartbeats are coroutines run on a pooled connection inside one
+transaction the caller opened.
+Must not: hold connections, open transactions, or touch the event loop's scheduling
+(`postgres_store.py` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from mailgate.core.address import AddressError, normalise_domain
+from mailgate.core.envelope import Envelope
+from mailgate.core.reply import Reply
+from mailgate.core.status import RecipientState
+from mailgate.queue import records
+from mailgate.queue.pg_group_commit import PgOperation, Rows, Statement
+from mailgate.queue.pg_schema import BODY_ROW_BYTES
+from mailgate.queue.store import (
+    MessageNotFoundError,
+    MessageState,
+    QueuedMessage,
+    QueueFilter,
+    QueueSummary,
+    RecipientUpdate,
+)
+
+BODY_ROWS_PER_READ = 4  # rows of BODY_ROW_BYTES fetched per round trip: about a megabyte
+
+STATE_SQL = """CASE
+    WHEN m.held = 1 THEN 'held'
+    WHEN m.lease_owner IS NOT NULL AND m.lease_expires > %(now)s THEN 'active'
+    WHEN m.first_attempt IS NOT NULL THEN 'deferred'
+    ELSE 'queued' END"""
+UNLEASED_SQL = "(m.lease_owner IS NULL OR m.lease_expires <= %(now)s)"
+MESSAGE_COLUMNS = ", ".join(f"m.{name.strip()}" for name in records.MESSAGE_COLUMNS.split(","))
+# The caller's claim is the latest one, or the caller claimed nothing (an admin tool).
+FENCE_SQL = "(%(token)s::bigint IS NULL OR lease_token = %(token)s::bigint)"
+
+
+class LeaseLostError(RuntimeError):
+    """The message was claimed again since this node's claim (its lease lapsed, say while the
+    node was cut off from the database): the outcome is not recorded, the newer claim's is."""
+
+
+# --- writes for the group-commit writer ----------------------------------------------------------
+class BodyRows:
+    """The (queue_id, seq, data) rows of one body, from bytes or a spill file, BODY_ROW_BYTES
+    at a time; iterable again (a group that failed is retried operation by operation)."""
+
+    def __init__(self, queue_id: str, source: bytes | Path, size: int) -> None:
+        self.queue_id, self.source, self.size = queue_id, source, size
+
+    def __iter__(self) -> Iterator[tuple[str, int, bytes]]:
+        if isinstance(self.source, bytes):
+            for seq, start in enumerate(range(0, len(self.source), BODY_ROW_BYTES)):
+                yield self.queue_id, seq, self.source[start : start + BODY_ROW_BYTES]
+            return
+        with open(self.source, "rb") as spill:
+            seq = read = 0
+            while chunk := spill.read(BODY_ROW_BYTES):
+                yield self.queue_id, seq, chunk
+                seq += 1
+                read += len(chunk)
+        if read != self.size:
+            raise OSError(f"spill file {self.source} does not hold the {self.size} bytes written")
+
+
+def insert_message(
+    row: dict[str, Any], envelope: Envelope, body: BodyRows, lease: dict[str, Any] | None
+) -> PgOperation:
+    """The message, its recipients and its body; with `lease`, claimed at once: the operation's
+    result is then the claim's fencing token."""
+    columns = dict(row)
+    if lease is not None:
+        columns.update(lease)
+    names = ", ".join(columns)
+    values = ", ".join(f"%({name})s" for name in columns)
+    token_sql = ", lease_token" if lease is not None else ""
+    token_value = ", nextval('mailgate_lease_token')" if lease is not None else ""
+    statements = [
+        Statement(
+            f"INSERT INTO messages ({names}{token_sql}) VALUES ({values}{token_value})"
+            + (" RETURNING lease_token" if lease is not None else ""),
+            columns,
+            returns=lease is not None,
+        )
+    ]
+    recipient_rows = []
+    for index, recipient in enumerate(envelope.recipients):
+        recipient_row = records.recipient_row(row["queue_id"], index, recipient, row["created"])
+        recipient_row["queue_id"] = recipient_row.pop("message_id")
+        recipient_rows.append(recipient_row)
+    names = ", ".join(recipient_rows[0])
+    values = ", ".join(f"%({name})s" for name in recipient_rows[0])
+    statements.append(Statement(f"INSERT INTO recipients ({names}) VALUES ({values})", recipient_rows, many=True))
+    if body.size:
+        statements.append(
+            Statement("INSERT INTO bodies (queue_id, seq, data) VALUES (%s, %s, %s)", body, many=True)
+        )
+
+    def decide(rows: list[Rows]) -> int | None:
+        return int(rows[0][0][0]) if lease is not None else None
+
+    return PgOperation(statements, decide)
+
+
+def _updates_params(queue_id: str, token: int | None, updates: list[RecipientUpdate], now: float) -> dict[str, Any]:
+    queued = RecipientState.QUEUED
+    return {
+        "queue_id": queue_id,
+        "token": token,
+        "now": now,
+        "idx": [update.index for update in updates],
+        "state": [update.state.value for update in updates],
+        "next_attempt": [update.next_attempt if update.state is queued else 0.0 for update in updates],
+        "code": [update.reply.code for update in updates],
+        "enhanced": [update.reply.enhanced for update in updates],
+        "text": [update.reply.text for update in updates],
+        "mta": [update.remote_mta for update in updates],
+    }
+
+
+LOCK_SQL = "SELECT lease_token FROM messages WHERE queue_id = %(queue_id)s FOR UPDATE"
+RECORD_SQL = (
+    "UPDATE recipients r SET state = u.state, attempts = r.attempts + 1,"
+    " next_attempt = u.next_attempt, reply_code = u.code, reply_enhanced = u.enhanced,"
+    " reply_text = u.text, remote_mta = u.mta"
+    " FROM unnest(%(idx)s::int[], %(state)s::text[], %(next_attempt)s::float8[], %(code)s::int[],"
+    " %(enhanced)s::text[], %(text)s::text[], %(mta)s::text[])"
+    " AS u(idx, state, next_attempt, code, enhanced, text, mta)"
+    " WHERE r.queue_id = %(queue_id)s AND r.idx = u.idx"
+    f" AND EXISTS (SELECT 1 FROM messages WHERE queue_id = %(queue_id)s AND {FENCE_SQL})"
+)
+FIRST_ATTEMPT_SQL = (
+    "UPDATE messages SET first_attempt = coalesce(first_attempt, %(now)s)"
+    f" WHERE queue_id = %(queue_id)s AND {FENCE_SQL}"
+)
+RELEASE_SQL = (
+    "UPDATE messages SET lease_node = NULL, lease_owner = NULL, lease_expires = NULL,"
+    " delay_notified = CASE WHEN %(delay_notified)s THEN 1 ELSE delay_notified END"
+    f" WHERE queue_id = %(queue_id)s AND {FENCE_SQL}"
+)
+DELETE_IF_DONE_SQL = (
+    f"DELETE FROM messages m WHERE queue_id = %(queue_id)s AND {FENCE_SQL} AND lease_owner IS NULL"
+    " AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.queue_id = m.queue_id AND r.state = 'queued')"
+    " RETURNING 1"
+)
+
+
+def _record_statements(params: dict[str, Any], updates: list[RecipientUpdate]) -> list[Statement]:
+    if not updates:
+        return []
+    return [Statement(RECORD_SQL, params), Statement(FIRST_ATTEMPT_SQL, params)]
+
+
+def _fenced(queue_id: str, token: int | None, locked: Rows) -> bool:
+    """False if the message is gone; raises LeaseLostError if it was claimed again since."""
+    if not locked:
+        return False
+    if token is not None and locked[0][0] != token:
+        raise LeaseLostError(f"{queue_id} was claimed again (token {locked[0][0]}, ours {token})")
+    return True
+
+
+def record(queue_id: str, token: int | None, updates: list[RecipientUpdate], now: float) -> PgOperation:
+    params = _updates_params(queue_id, token, updates, now)
+    statements = [Statement(LOCK_SQL, params, returns=True), *_record_statements(params, updates)]
+    return PgOperation(statements, lambda rows: _fenced(queue_id, token, rows[0]) and None)
+
+
+def finish(
+    queue_id: str, token: int | None, updates: list[RecipientUpdate], delay_notified: bool, now: float
+) -> PgOperation:
+    """Result: True if the message is gone (deleted now, or before)."""
+    params = _updates_params(queue_id, token, updates, now)
+    params["delay_notified"] = delay_notified
+    statements = [
+        Statement(LOCK_SQL, params, returns=True),
+        *_record_statements(params, updates),
+        Statement(RELEASE_SQL, params),
+        Statement(DELETE_IF_DONE_SQL, params, returns=True),
+    ]
+
+    def decide(rows: list[Rows]) -> bool:
+        if not _fenced(queue_id, token, rows[0]):
+            return True
+        return bool(rows[1])
+
+    return PgOperation(statements, decide)
+
+
+# --- claims, recovery, heartbeats (pooled connection, caller's transaction) ----------------------
+Connection = psycopg.AsyncConnection[Any]
+
+CLAIM_SQL = f"""
+WITH due AS (
+    SELECT r.queue_id, min(r.next_attempt) AS due FROM recipients r JOIN messages m USING (queue_id)
+    WHERE r.state = 'queued' AND r.next_attempt <= %(now)s AND m.held = 0 AND {UNLEASED_SQL}
+    GROUP BY r.queue_id ORDER BY due, r.queue_id LIMIT %(limit)s
+), locked AS (
+    SELECT m.queue_id, due.due FROM messages m JOIN due USING (queue_id)
+    WHERE m.held = 0 AND {UNLEASED_SQL}
+    FOR UPDATE OF m SKIP LOCKED
+)
+UPDATE messages m SET lease_node = %(node)s, lease_owner = %(owner)s, lease_expires = %(until)s,
+    lease_token = nextval('mailgate_lease_token')
+FROM locked WHERE m.queue_id = locked.queue_id
+RETURNING m.queue_id, m.lease_token, locked.due
+"""
+
+
+async def claim_due(
+    connection: Connection, now: float, limit: int, node: str, owner: str, until: float
+) -> list[tuple[QueuedMessage, int]]:
+    """Lease up to `limit` due messages no other claimer holds; (message, fencing token) in due
+    order. Rows another node is claiming this instant are skipped, not waited for."""
+    params = {"now": now, "limit": limit, "node": node, "owner": owner, "until": until}
+    claimed = await (await connection.execute(CLAIM_SQL, params)).fetchall()
+    if not claimed:
+        return []
+    claimed.sort(key=lambda row: (row[2], row[0]))
+    loaded = await load_messages(connection, [row[0] for row in claimed])
+    return [(loaded[queue_id], int(token)) for queue_id, token, _ in claimed if queue_id in loaded]
+
+
+async def load_messages(connection: Connection, queue_ids: list[str]) -> dict[str, QueuedMessage]:
+    messages = await (await connection.execute(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.queue_id = ANY(%s)", (queue_ids,)
+    )).fetchall()
+    recipients: dict[str, list[Any]] = {}
+    rows = await (await connection.execute(
+        f"SELECT queue_id, {records.RECIPIENT_COLUMNS} FROM recipients WHERE queue_id = ANY(%s)"
+        " ORDER BY queue_id, idx",
+        (queue_ids,),
+    )).fetchall()
+    for queue_id, *columns in rows:
+        recipients.setdefault(queue_id, []).append(records.recipient_from_row(columns))
+    return {row[0]: records.message_from_row(row, recipients.get(row[0], [])) for row in messages}
+
+
+async def clear_leases(connection: Connection, node: str) -> int:
+    """Return every lease this node's name holds (at its start: a crash left them)."""
+    cursor = await connection.execute(
+        "UPDATE messages SET lease_node = NULL, lease_owner = NULL, lease_expires = NULL"
+        " WHERE lease_node = %s",
+        (node,),
+    )
+    return cursor.rowcount
+
+
+async def heartbeat(
+    connection: Connection, node: str, instance: str, started: float, owner: str, now: float, until: float
+) -> int:
+    """Say this node is alive and extend its leases to `until`; returns the leases extended."""
+    await connection.execute(
+        "INSERT INTO nodes (name, instance, started, heartbeat) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (name) DO UPDATE SET instance = EXCLUDED.instance,"
+        " started = EXCLUDED.started, heartbeat = EXCLUDED.heartbeat",
+        (node, instance, started, now),
+    )
+    cursor = await connection.execute(
+        "UPDATE messages SET lease_expires = %s WHERE lease_owner = %s", (until, owner)
+    )
+    return cursor.rowcount
+
+
+async def nodes(connection: Connection) -> list[tuple[str, float, float]]:
+    """(name, started, last heartbeat) of every node that ever served this queue."""
+    rows = await (await connection.execute(
+        "SELECT name, started, heartbeat FROM nodes ORDER BY name"
+    )).fetchall()
+    return [(name, float(started), float(beat)) for name, started, beat in rows]
+
+
+async def leases_by_node(connection: Connection, now: float) -> dict[str, int]:
+    rows = await (await connection.execute(
+        "SELECT lease_node, count(*) FROM messages WHERE lease_owner IS NOT NULL"
+        " AND lease_expires > %s GROUP BY lease_node",
+        (now,),
+    )).fetchall()
+    return {node: int(count) for node, count in rows}
+
+
+# --- reads ---------------------------------------------------------------------------------------
+async def get(connection: Connection, queue_id: str) -> QueuedMessage | None:
+    return (await load_messages(connection, [queue_id])).get(queue_id)
+
+
+async def next_due(connection: Connection, now: float) -> float | None:
+    row = await (await connection.execute(
+        "SELECT min(r.next_attempt) FROM recipients r JOIN messages m USING (queue_id)"
+        f" WHERE r.state = 'queued' AND m.held = 0 AND {UNLEASED_SQL}",
+        {"now": now},
+    )).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+async def count_by_state(connection: Connection, now: float) -> dict[MessageState, int]:
+    counts = {state: 0 for state in MessageState}
+    rows = await (await connection.execute(
+        f"SELECT {STATE_SQL} AS state, count(*) FROM messages m GROUP BY 1", {"now": now}
+    )).fetchall()
+    for state, count in rows:
+        counts[MessageState(state)] = int(count)
+    return counts
+
+
+async def oldest_created(connection: Connection) -> float | None:
+    row = await (await connection.execute("SELECT min(created) FROM messages")).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+async def read_body(connection: Connection, queue_id: str, seq: int) -> tuple[int, list[bytes]]:
+    """(body size, the rows from `seq` on, at most BODY_ROWS_PER_READ of them)."""
+    found = await (await connection.execute(
+        "SELECT size FROM messages WHERE queue_id = %s", (queue_id,)
+    )).fetchone()
+    if found is None:
+        raise MessageNotFoundError(queue_id)
+    rows = await (await connection.execute(
+        "SELECT data FROM bodies WHERE queue_id = %s AND seq >= %s ORDER BY seq LIMIT %s",
+        (queue_id, seq, BODY_ROWS_PER_READ),
+    )).fetchall()
+    return int(found[0]), [bytes(row[0]) for row in rows]
+
+
+def _normalised_domain(text: str) -> str:
+    try:
+        return normalise_domain(text)
+    except AddressError:
+        return text  # an address literal or a typo: compared as given, case-insensitively
+
+
+def filter_sql(query: QueueFilter, now: float) -> tuple[str, dict[str, Any]]:
+    """A WHERE clause over `messages m` matching every given field (callers apply `limit`).
+    Substrings compare with lower(), which folds what the database's locale knows."""
+    clauses = ["true"]
+    params: dict[str, Any] = {"now": now}
+    if query.queue_id is not None:
+        clauses.append("m.queue_id = %(queue_id)s")
+        params["queue_id"] = query.queue_id
+    if query.sender is not None:
+        clauses.append("strpos(lower(m.sender_text), lower(%(sender)s)) > 0")
+        params["sender"] = query.sender
+    if query.recipient is not None:
+        clauses.append(
+            "EXISTS (SELECT 1 FROM recipients r WHERE r.queue_id = m.queue_id"
+            " AND strpos(lower(r.address_text), lower(%(recipient)s)) > 0)"
+        )
+        params["recipient"] = query.recipient
+    if query.domain is not None:
+        clauses.append(
+            "EXISTS (SELECT 1 FROM recipients r WHERE r.queue_id = m.queue_id AND r.state = 'queued'"
+            " AND lower(r.domain) = lower(%(domain)s))"
+        )
+        params["domain"] = _normalised_domain(query.domain)
+    if query.state is not None:
+        clauses.append(f"({STATE_SQL}) = %(state)s")
+        params["state"] = query.state.value
+    if query.older_than is not None:
+        clauses.append("m.created <= %(now)s - %(older_than)s")
+        params["older_than"] = query.older_than
+    if query.younger_than is not None:
+        clauses.append("m.created > %(now)s - %(younger_than)s")
+        params["younger_than"] = query.younger_than
+    return " AND ".join(clauses), params
+
+
+def _limited(sql: str, query: QueueFilter, params: dict[str, Any]) -> str:
+    if query.limit is not None:
+        params["limit"] = query.limit
+        return sql + " LIMIT %(limit)s"
+    return sql
+
+
+async def list_summaries(connection: Connection, query: QueueFilter, now: float) -> list[QueueSummary]:
+    where, params = filter_sql(query, now)
+    sql = _limited(
+        f"SELECT m.queue_id, m.sender_text, m.size, m.created, {STATE_SQL}, m.hold_reason"
+        f" FROM messages m WHERE {where} ORDER BY m.created, m.queue_id",
+        query, params,
+    )
+    messages = await (await connection.execute(sql, params)).fetchall()
+    recipients: dict[str, list[Any]] = {}
+    rows = await (await connection.execute(
+        "SELECT queue_id, address_text, state, next_attempt, reply_code, reply_enhanced, reply_text"
+        " FROM recipients WHERE queue_id = ANY(%s) ORDER BY queue_id, idx",
+        ([row[0] for row in messages],),
+    )).fetchall()
+    for queue_id, *columns in rows:
+        recipients.setdefault(queue_id, []).append(columns)
+    summaries = []
+    for queue_id, sender, size, created, state, hold_reason in messages:
+        mine = recipients.get(queue_id, [])
+        pending = [float(row[2]) for row in mine if row[1] == RecipientState.QUEUED.value]
+        summaries.append(
+            QueueSummary(
+                queue_id=queue_id,
+                sender=sender,
+                recipients=[
+                    (address, RecipientState(r_state), _reply_text(code, enhanced, text))
+                    for address, r_state, _, code, enhanced, text in mine
+                ],
+                size=int(size),
+                created=float(created),
+                state=MessageState(state),
+                hold_reason=hold_reason,
+                next_attempt=min(pending) if pending else None,
+            )
+        )
+    return summaries
+
+
+def _reply_text(code: int | None, enhanced: str | None, text: str | None) -> str:
+    """The last reply as `queue list` shows it, '' before the first attempt."""
+    return "" if code is None else str(Reply(code, enhanced or "", text or ""))
+
+
+# --- admin operations (caller's transaction) -----------------------------------------------------
+async def matching_ids(connection: Connection, query: QueueFilter, now: float) -> list[str]:
+    """The matching messages' ids, oldest first, locked until the caller's transaction ends."""
+    where, params = filter_sql(query, now)
+    sql = _limited(
+        f"SELECT m.queue_id FROM messages m WHERE {where} ORDER BY m.created, m.queue_id FOR UPDATE",
+        query, params,
+    )
+    return [row[0] for row in await (await connection.execute(sql, params)).fetchall()]
+
+
+def _in_order(matches: list[str], changed: list[tuple[Any, ...]]) -> list[str]:
+    done = {row[0] for row in changed}
+    return [queue_id for queue_id in matches if queue_id in done]
+
+
+async def hold(connection: Connection, matches: list[str], now: float, reason: str) -> list[str]:
+    changed = await (await connection.execute(
+        "UPDATE messages SET held = 1, hold_reason = %s WHERE queue_id = ANY(%s) AND held = 0"
+        " RETURNING queue_id",
+        (reason, matches),
+    )).fetchall()
+    return _in_order(matches, changed)
+
+
+async def release(connection: Connection, matches: list[str], now: float) -> list[str]:
+    changed = await (await connection.execute(
+        "UPDATE messages SET held = 0, hold_reason = '' WHERE queue_id = ANY(%s) AND held = 1"
+        " RETURNING queue_id",
+        (matches,),
+    )).fetchall()
+    released = _in_order(matches, changed)
+    await _make_due(connection, released, now)
+    return released
+
+
+async def reschedule(connection: Connection, matches: list[str], now: float, when: float) -> list[str]:
+    return await _make_due(connection, matches, when)
+
+
+async def _make_due(connection: Connection, queue_ids: list[str], when: float) -> list[str]:
+    """Move every queued recipient of those messages to `when`; the ids that had one."""
+    changed = await (await connection.execute(
+        "UPDATE recipients SET next_attempt = %s WHERE queue_id = ANY(%s) AND state = 'queued'"
+        " RETURNING queue_id",
+        (when, queue_ids),
+    )).fetchall()
+    return _in_order(queue_ids, changed)
+
+
+async def delete(connection: Connection, matches: list[str], now: float) -> list[str]:
+    changed = await (await connection.execute(
+        "DELETE FROM messages WHERE queue_id = ANY(%s) RETURNING queue_id", (matches,)
+    )).fetchall()
+    return _in_order(matches, changed)

@@ -1,0 +1,203 @@
+"""The cluster queue store's own guarantees on a real, private PostgreSQL: fencing tokens, claims
+that never overlap, heartbeats that keep leases and their lapse that hands them over, the
+refusals at start (synchronous_commit off, a schema of another version), migrations, and
+reconnecting by itself after the database came back. The shared contract is in
+test_sqlite_store.py and test_queue_contract.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from mailgate.core.address import parse_mailbox
+from mailgate.core.clock import FakeClock, SystemClock
+from mailgate.core.envelope import Envelope, Recipient
+from mailgate.core.reply import Reply
+from mailgate.core.status import RecipientState
+from mailgate.queue import pg_schema
+from mailgate.queue.postgres_store import LeaseLostError, PostgresQueueStore
+from mailgate.queue.store import MessageMeta, QueueFilter, RecipientUpdate
+from tests.support.postgres import PASSWORD, start_postgres
+
+pytestmark = pytest.mark.timeout(120)
+
+START = 1_800_000_000.0
+DELIVERED = Reply(250, "2.0.0", "ok")
+
+
+def store_on(dsn: str, spool: Path, node: str, clock=None, **options) -> PostgresQueueStore:  # type: ignore[no-untyped-def]
+    return PostgresQueueStore(dsn, spool / node, password=PASSWORD, node=node, clock=clock, **options)
+
+
+async def enqueue(store: PostgresQueueStore, body: bytes = b"Subject: t\r\n\r\nhi\r\n") -> str:
+    writer = store.begin()
+    writer.write(body)
+    envelope = Envelope(parse_mailbox("s@example.com"), [Recipient(parse_mailbox("r@example.net"))])
+    return await store.commit(writer, envelope, MessageMeta())
+
+
+def test_a_node_whose_lease_lapsed_cannot_record_over_the_newer_claim(postgres_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dsn = postgres_server.new_database()
+
+    async def scenario() -> None:
+        clock = FakeClock(START)
+        first, second = store_on(dsn, tmp_path, "n1", clock), store_on(dsn, tmp_path, "n2", clock)
+        await first.open()
+        await second.open()
+        try:
+            queue_id = await enqueue(first)
+            assert [m.queue_id for m in await first.claim_due(START, 10)] == [queue_id]
+            assert await second.claim_due(START, 10) == []  # leased to n1
+            clock.advance(61)  # n1 was cut off: its lease (60 s) lapsed and n2 claims
+            assert [m.queue_id for m in await second.claim_due(clock.now(), 10)] == [queue_id]
+            failed = [RecipientUpdate(0, RecipientState.FAILED, Reply(550, "5.1.1", "stale"))]
+            with pytest.raises(LeaseLostError):
+                await first.record(queue_id, failed)
+            with pytest.raises(LeaseLostError):
+                await first.finish(queue_id, updates=failed)
+            message = await second.get(queue_id)
+            assert message is not None and message.recipients[0].state is RecipientState.QUEUED
+            assert message.recipients[0].attempts == 0 and message.first_attempt is None
+            assert await second.finish(queue_id, updates=[RecipientUpdate(0, RecipientState.DELIVERED, DELIVERED)])
+            assert await first.get(queue_id) is None
+        finally:
+            await first.close()
+            await second.close()
+
+    asyncio.run(scenario())
+
+
+def test_nodes_claiming_at_once_never_take_the_same_message(postgres_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dsn = postgres_server.new_database()
+
+    async def scenario() -> None:
+        clock = FakeClock(START)
+        stores = [store_on(dsn, tmp_path, f"n{n}", clock) for n in range(3)]
+        for store in stores:
+            await store.open()
+        try:
+            ids = set(await asyncio.gather(*(enqueue(stores[0]) for _ in range(300))))
+            taken: list[list[str]] = [[] for _ in stores]
+
+            async def drain(index: int) -> None:
+                for _ in range(100):
+                    claimed = await stores[index].claim_due(START, 7)
+                    if not claimed and not await stores[index].next_due():
+                        return
+                    taken[index] += [m.queue_id for m in claimed]
+
+            await asyncio.gather(*(drain(n) for n in range(len(stores))))
+            every = [queue_id for mine in taken for queue_id in mine]
+            assert len(every) == len(set(every)) == len(ids) and set(every) == ids
+            assert all(taken), "every node got a share"
+        finally:
+            for store in stores:
+                await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_heartbeats_keep_a_live_nodes_leases_and_a_dead_nodes_are_taken_over(postgres_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dsn = postgres_server.new_database()
+    lease = 1.0
+
+    async def scenario() -> None:
+        clock = SystemClock()
+        alive, other = (store_on(dsn, tmp_path, name, clock, lease_seconds=lease) for name in ("n1", "n2"))
+        await alive.open()
+        await other.open()
+        try:
+            queue_id = await enqueue(alive)
+            assert [m.queue_id for m in await alive.claim_due(clock.now(), 10)] == [queue_id]
+            await asyncio.sleep(lease * 2.5)  # the heartbeat renewed the lease meanwhile
+            assert await other.claim_due(clock.now(), 10) == []
+            assert alive._heartbeat_task is not None
+            alive._heartbeat_task.cancel()  # the node hangs: no more heartbeats
+            died = time.monotonic()
+            taken: list[str] = []
+            while not taken and time.monotonic() - died < lease * 10:
+                taken = [m.queue_id for m in await other.claim_due(clock.now(), 10)]
+                await asyncio.sleep(0.05)
+            assert taken == [queue_id]
+            assert time.monotonic() - died <= lease * 10
+            nodes = {name for name, _, _ in await other.nodes()}
+            assert nodes == {"n1", "n2"}
+        finally:
+            await alive.close()
+            await other.close()
+
+    asyncio.run(scenario())
+
+
+def test_synchronous_commit_off_is_refused_at_start(postgres_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dsn = postgres_server.new_database()
+    database = dsn.rsplit("dbname=", 1)[1]
+    postgres_server.psql(f"ALTER DATABASE {database} SET synchronous_commit = off", database="postgres")
+
+    async def scenario() -> None:
+        store = store_on(dsn, tmp_path, "n1")
+        with pytest.raises(pg_schema.UnsafeDatabaseError, match="synchronous_commit = off"):
+            await store.open()
+
+    asyncio.run(scenario())
+
+
+def test_schema_versions_newer_refused_older_needs_migrate(postgres_server, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    dsn = postgres_server.new_database()
+
+    async def scenario() -> None:
+        store = store_on(dsn, tmp_path, "n1")
+        await store.open()  # an empty database gets the schema at the first start
+        queue_id = await enqueue(store)
+        await store.close()
+        # A later mailgate adds a column: this node's database is now one version behind.
+        monkeypatch.setattr(pg_schema, "SCHEMA_VERSION", 2)
+        monkeypatch.setattr(pg_schema, "MIGRATIONS", (*pg_schema.MIGRATIONS, ("ALTER TABLE messages ADD COLUMN extra text",)))
+        with pytest.raises(pg_schema.SchemaError, match="run `mailgate queue migrate`"):
+            await store_on(dsn, tmp_path, "n1").open()
+        async with await psycopg.AsyncConnection.connect(dsn, password=PASSWORD, autocommit=True) as connection:
+            assert await pg_schema.migrate(connection) == (1, 2)
+            assert await pg_schema.migrate(connection) == (2, 2)  # idempotent
+        upgraded = store_on(dsn, tmp_path, "n1")
+        await upgraded.open()
+        assert await upgraded.get(queue_id) is not None  # the migration kept the mail
+        await upgraded.close()
+        monkeypatch.setattr(pg_schema, "SCHEMA_VERSION", 1)  # the old node again
+        with pytest.raises(pg_schema.SchemaError, match="newer than this mailgate"):
+            await store_on(dsn, tmp_path, "n1").open()
+
+    asyncio.run(scenario())
+
+
+def test_commits_fail_while_the_database_is_down_and_work_again_after(tmp_path: Path) -> None:
+    """No 250 without a commit: while PostgreSQL is down commit() raises (the session says 451);
+    once it is back the same store commits again without being reopened."""
+    server = start_postgres()
+    try:
+        dsn = server.new_database()
+
+        async def scenario() -> None:
+            store = store_on(dsn, tmp_path, "n1")
+            await store.open()
+            try:
+                before = await enqueue(store)
+                server.stop()
+                with pytest.raises(psycopg.OperationalError):
+                    await enqueue(store)
+                with pytest.raises(psycopg.OperationalError):
+                    await store.claim_due(time.time(), 10)
+                server.start()
+                after = await enqueue(store)
+                listed = {summary.queue_id for summary in await store.list(QueueFilter())}
+                assert listed == {before, after}
+            finally:
+                await store.close()
+
+        asyncio.run(scenario())
+    finally:
+        server.cleanup()
