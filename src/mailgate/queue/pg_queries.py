@@ -19,11 +19,10 @@ from typing import Any
 
 import psycopg
 
-from mailgate.core.address import AddressError, normalise_domain
 from mailgate.core.envelope import Envelope
 from mailgate.core.reply import Reply
 from mailgate.core.status import RecipientState
-from mailgate.queue import records
+from mailgate.queue import filters, records
 from mailgate.queue.pg_group_commit import PgOperation, Rows, Statement
 from mailgate.queue.pg_schema import BODY_ROW_BYTES
 from mailgate.queue.store import (
@@ -335,46 +334,18 @@ async def read_body(connection: Connection, queue_id: str, seq: int) -> tuple[in
     return int(found[0]), [bytes(row[0]) for row in rows]
 
 
-def _normalised_domain(text: str) -> str:
-    try:
-        return normalise_domain(text)
-    except AddressError:
-        return text  # an address literal or a typo: compared as given, case-insensitively
+PG_DIALECT = filters.Dialect(
+    mark=lambda name: f"%({name})s",
+    # lower() folds what the database's locale knows (all of Unicode in a UTF-8 locale)
+    contains=lambda column, mark: f"strpos(lower({column}), lower({mark})) > 0",
+    recipient_of_message="r.queue_id = m.queue_id",
+    state_sql=STATE_SQL,
+)
 
 
 def filter_sql(query: QueueFilter, now: float) -> tuple[str, dict[str, Any]]:
-    """A WHERE clause over `messages m` matching every given field (callers apply `limit`).
-    Substrings compare with lower(), which folds what the database's locale knows."""
-    clauses = ["true"]
-    params: dict[str, Any] = {"now": now}
-    if query.queue_id is not None:
-        clauses.append("m.queue_id = %(queue_id)s")
-        params["queue_id"] = query.queue_id
-    if query.sender is not None:
-        clauses.append("strpos(lower(m.sender_text), lower(%(sender)s)) > 0")
-        params["sender"] = query.sender
-    if query.recipient is not None:
-        clauses.append(
-            "EXISTS (SELECT 1 FROM recipients r WHERE r.queue_id = m.queue_id"
-            " AND strpos(lower(r.address_text), lower(%(recipient)s)) > 0)"
-        )
-        params["recipient"] = query.recipient
-    if query.domain is not None:
-        clauses.append(
-            "EXISTS (SELECT 1 FROM recipients r WHERE r.queue_id = m.queue_id AND r.state = 'queued'"
-            " AND lower(r.domain) = lower(%(domain)s))"
-        )
-        params["domain"] = _normalised_domain(query.domain)
-    if query.state is not None:
-        clauses.append(f"({STATE_SQL}) = %(state)s")
-        params["state"] = query.state.value
-    if query.older_than is not None:
-        clauses.append("m.created <= %(now)s - %(older_than)s")
-        params["older_than"] = query.older_than
-    if query.younger_than is not None:
-        clauses.append("m.created > %(now)s - %(younger_than)s")
-        params["younger_than"] = query.younger_than
-    return " AND ".join(clauses), params
+    """A WHERE clause over `messages m` matching every given field (callers apply `limit`)."""
+    return filters.filter_sql(query, now, PG_DIALECT)
 
 
 def _limited(sql: str, query: QueueFilter, params: dict[str, Any]) -> str:

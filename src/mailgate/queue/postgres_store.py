@@ -44,20 +44,17 @@ from mailgate.queue import pg_queries as queries
 from mailgate.queue import pg_schema as schema
 from mailgate.queue import records
 from mailgate.queue.hot_bodies import HOT_BODY_BYTES, HotBodies
-from mailgate.queue.ids import new_queue_id
 from mailgate.queue.pg_group_commit import PgGroupWriter
 from mailgate.queue.pg_queries import LeaseLostError, MessageNotFoundError
-from mailgate.queue.spool_writer import INCOMING_DIRECTORY, SpoolWriter, remove_quietly
+from mailgate.queue.spooled_store import SpooledQueueStore
+from mailgate.queue.spool_writer import INCOMING_DIRECTORY, SpoolWriter, remove_quietly, seal_for_commit
 from mailgate.queue.store import (
     MessageMeta,
     MessageState,
     MessageWriter,
     QueuedMessage,
-    QueuedRecipient,
     QueueFilter,
-    QueueStore,
     QueueSummary,
-    RecipientState,
     RecipientUpdate,
 )
 
@@ -75,7 +72,7 @@ HEARTBEATS_PER_LEASE = 4  # a lease is renewed this many times before it could l
 T = TypeVar("T")
 
 
-class PostgresQueueStore(QueueStore):
+class PostgresQueueStore(SpooledQueueStore):
     def __init__(
         self,
         dsn: str,
@@ -195,32 +192,11 @@ class PostgresQueueStore(QueueStore):
                 self._heartbeat_failing = False
 
     # --- reception -------------------------------------------------------------------------------
-    def begin(self, queue_id: str | None = None) -> MessageWriter:
-        queue_id = queue_id or new_queue_id(self._clock.now())
-        return SpoolWriter(queue_id, self.incoming_dir, self._memory_threshold)
-
-    async def commit(self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta) -> str:
-        queue_id, _ = await self._commit(writer, envelope, meta, leased=False)
-        return queue_id
-
-    async def commit_claimed(self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta) -> QueuedMessage:
-        queue_id, created = await self._commit(writer, envelope, meta, leased=True)
-        recipients = [
-            QueuedRecipient(index, recipient, RecipientState.QUEUED, next_attempt=created)
-            for index, recipient in enumerate(envelope.recipients)
-        ]
-        return QueuedMessage(queue_id, envelope, recipients, meta, writer.size, created)
-
     async def _commit(
         self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta, *, leased: bool
     ) -> tuple[str, float]:
-        if not isinstance(writer, SpoolWriter):
-            raise TypeError("commit() takes a writer made by this store's begin()")
-        if not envelope.recipients:
-            raise ValueError("a message needs at least one recipient")
-        if leased and meta.hold_reason:
-            raise ValueError("a held message cannot be claimed for delivery")
-        body = writer.seal()
+        body = seal_for_commit(writer, envelope, meta, leased=leased)
+        assert isinstance(writer, SpoolWriter)
         created = self._clock.now()
         row = records.message_row(writer.queue_id, envelope, meta, writer.size, created)
         row["accepted_by"] = self.node

@@ -126,3 +126,12 @@ def message_from_row(row: Sequence[Any], recipients: list[QueuedRecipient]) -> Q
         delay_notified=bool(delay_notified),
         first_attempt=first_attempt,
     )
+
+
+def fresh_message(queue_id: str, envelope: Envelope, meta: MessageMeta, size: int, created: float) -> QueuedMessage:
+    """A message as a claim would load it right after its commit (commit_claimed's result)."""
+    recipients = [
+        QueuedRecipient(index, recipient, RecipientState.QUEUED, next_attempt=created)
+        for index, recipient in enumerate(envelope.recipients)
+    ]
+    return QueuedMessage(queue_id, envelope, recipients, meta, size, created)

@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-from mailgate.queue.store import MessageWriter
+from mailgate.core.envelope import Envelope
+from mailgate.queue.store import MessageMeta, MessageWriter
 
 INCOMING_DIRECTORY = "incoming"
 FILE_BUFFER_SIZE = 256 * 1024
@@ -109,3 +110,14 @@ def remove_quietly(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def seal_for_commit(writer: MessageWriter, envelope: Envelope, meta: MessageMeta, *, leased: bool) -> bytes | Path:
+    """The checks every store's commit makes, then `writer.seal()`: the body to store."""
+    if not isinstance(writer, SpoolWriter):
+        raise TypeError("commit() takes a writer made by this store's begin()")
+    if not envelope.recipients:
+        raise ValueError("a message needs at least one recipient")
+    if leased and meta.hold_reason:
+        raise ValueError("a held message cannot be claimed for delivery")
+    return writer.seal()

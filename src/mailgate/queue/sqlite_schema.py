@@ -13,8 +13,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from mailgate.core.address import AddressError, normalise_domain
-from mailgate.queue import records
+from mailgate.queue import filters, records
 from mailgate.queue.store import QueuedMessage, QueueFilter
 
 # 2: large bodies in segment files (queue/segments.py): messages.body_segment and body_offset,
@@ -176,46 +175,17 @@ def load_messages(
 
 
 # --- filters -------------------------------------------------------------------------------------
-def _normalised_domain(text: str) -> str:
-    try:
-        return normalise_domain(text)
-    except AddressError:
-        return text  # an address literal or a typo: compared as given, case-insensitively
+SQLITE_DIALECT = filters.Dialect(
+    mark=lambda name: f":{name}",
+    contains=lambda column, mark: f"mg_icontains({column}, {mark})",
+    recipient_of_message="r.message_id = m.id",
+    state_sql=STATE_SQL,
+)
 
 
 def filter_sql(query: QueueFilter, now: float) -> tuple[str, dict[str, Any]]:
     """A WHERE clause over `messages m` matching every given field (callers apply `limit`)."""
-    clauses = ["1"]
-    params: dict[str, Any] = {"now": now}
-    if query.queue_id is not None:
-        clauses.append("m.queue_id = :queue_id")
-        params["queue_id"] = query.queue_id
-    if query.sender is not None:
-        clauses.append("mg_icontains(m.sender_text, :sender)")
-        params["sender"] = query.sender
-    if query.recipient is not None:
-        clauses.append(
-            "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id"
-            " AND mg_icontains(r.address_text, :recipient))"
-        )
-        params["recipient"] = query.recipient
-    if query.domain is not None:
-        clauses.append(
-            "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.state = 'queued'"
-            " AND lower(r.domain) = lower(:domain))"
-        )
-        params["domain"] = _normalised_domain(query.domain)
-    if query.state is not None:
-        clauses.append(f"({STATE_SQL}) = :state")
-        params["state"] = query.state.value
-    if query.older_than is not None:
-        clauses.append("m.created <= :now - :older_than")
-        params["older_than"] = query.older_than
-    if query.younger_than is not None:
-        clauses.append("m.created > :now - :younger_than")
-        params["younger_than"] = query.younger_than
-    where = " AND ".join(clauses)
-    return where, params
+    return filters.filter_sql(query, now, SQLITE_DIALECT)
 
 
 def matching_ids(

@@ -46,14 +46,14 @@ from mailgate.queue import sqlite_schema as schema
 from mailgate.queue.checkpointer import Checkpointer
 from mailgate.queue.group_commit import GroupCommitWriter, WriterStats
 from mailgate.queue.hot_bodies import HOT_BODY_BYTES, HotBodies
-from mailgate.queue.ids import new_queue_id
 from mailgate.queue.segments import (
     SEGMENT_THRESHOLD,
     SEGMENTS_DIRECTORY,
     SegmentAppender,
     StagedBody,
 )
-from mailgate.queue.spool_writer import INCOMING_DIRECTORY, SpoolWriter, remove_quietly
+from mailgate.queue.spooled_store import SpooledQueueStore
+from mailgate.queue.spool_writer import INCOMING_DIRECTORY, SpoolWriter, remove_quietly, seal_for_commit
 from mailgate.queue.sqlite_queries import MessageNotFoundError
 from mailgate.queue.store import (
     CorruptBodyError,
@@ -62,10 +62,7 @@ from mailgate.queue.store import (
     MessageWriter,
     QueuedMessage,
     QueueFilter,
-    QueueStore,
-    QueuedRecipient,
     QueueSummary,
-    RecipientState,
     RecipientUpdate,
 )
 
@@ -85,7 +82,7 @@ READER_THREADS = 2
 T = TypeVar("T")
 
 
-class SqliteQueueStore(QueueStore):
+class SqliteQueueStore(SpooledQueueStore):
     def __init__(
         self,
         spool_dir: str | Path,
@@ -182,32 +179,11 @@ class SqliteQueueStore(QueueStore):
             remove_quietly(entry)
 
     # --- reception -------------------------------------------------------------------------------
-    def begin(self, queue_id: str | None = None) -> MessageWriter:
-        queue_id = queue_id or new_queue_id(self._clock.now())
-        return SpoolWriter(queue_id, self.incoming_dir, self._memory_threshold)
-
-    async def commit(self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta) -> str:
-        queue_id, _ = await self._commit(writer, envelope, meta, leased=False)
-        return queue_id
-
-    async def commit_claimed(self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta) -> QueuedMessage:
-        queue_id, created = await self._commit(writer, envelope, meta, leased=True)
-        recipients = [
-            QueuedRecipient(index, recipient, RecipientState.QUEUED, next_attempt=created)
-            for index, recipient in enumerate(envelope.recipients)
-        ]
-        return QueuedMessage(queue_id, envelope, recipients, meta, writer.size, created)
-
     async def _commit(
         self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta, *, leased: bool
     ) -> tuple[str, float]:
-        if not isinstance(writer, SpoolWriter):
-            raise TypeError("commit() takes a writer made by this store's begin()")
-        if not envelope.recipients:
-            raise ValueError("a message needs at least one recipient")
-        if leased and meta.hold_reason:
-            raise ValueError("a held message cannot be claimed for delivery")
-        body = writer.seal()
+        body = seal_for_commit(writer, envelope, meta, leased=leased)
+        assert isinstance(writer, SpoolWriter)
         created = self._clock.now()
         row = records.message_row(writer.queue_id, envelope, meta, writer.size, created)
         if leased:

@@ -1,0 +1,43 @@
+"""What the two durable stores share at reception: incoming bytes go through a `SpoolWriter`
+(memory, then a spill file on the node's disk) and a commit turns them into a queued message.
+
+Owns: `SpooledQueueStore`, the `QueueStore` base whose begin(), commit() and commit_claimed()
+both durable stores use; each store supplies `_commit` (how its database takes the message).
+Must not: write to any database, or hold state beyond what its subclass sets.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+
+from mailgate.core.clock import Clock
+from mailgate.core.envelope import Envelope
+from mailgate.queue import records
+from mailgate.queue.ids import new_queue_id
+from mailgate.queue.spool_writer import SpoolWriter
+from mailgate.queue.store import MessageMeta, MessageWriter, QueuedMessage, QueueStore
+
+
+class SpooledQueueStore(QueueStore):
+    incoming_dir: Path
+    _memory_threshold: int
+    _clock: Clock
+
+    def begin(self, queue_id: str | None = None) -> MessageWriter:
+        queue_id = queue_id or new_queue_id(self._clock.now())
+        return SpoolWriter(queue_id, self.incoming_dir, self._memory_threshold)
+
+    async def commit(self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta) -> str:
+        queue_id, _ = await self._commit(writer, envelope, meta, leased=False)
+        return queue_id
+
+    async def commit_claimed(self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta) -> QueuedMessage:
+        queue_id, created = await self._commit(writer, envelope, meta, leased=True)
+        return records.fresh_message(queue_id, envelope, meta, writer.size, created)
+
+    @abc.abstractmethod
+    async def _commit(
+        self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta, *, leased: bool
+    ) -> tuple[str, float]:
+        """Make the message durable (leased to this store if `leased`); (queue id, created)."""
