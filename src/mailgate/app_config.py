@@ -1,19 +1,23 @@
 """From the validated configuration to each component's settings.
 
 Owns: translating `Config` into the settings objects of the relay policy, routing, listeners,
-delivery runner and retry schedule, rate limits, screener and authenticator, and the start-up
-error that names the configuration key at fault. app.py composes the
-components from these; `mailgate explain` and the queue commands use the same translations.
+delivery runner and retry schedule, rate limits, screener and authenticator, the settings every
+session shares (`reception_settings`, applied again on reload), the delivery transport, bouncer,
+disk guard, resolver and observation settings, and the start-up error that names the
+configuration key at fault. app.py composes the components from these; `mailgate explain` and
+the queue commands use the same translations.
 Must not: start anything (no sockets, threads or files beyond reading a certificate or the smart
 host password).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from mailgate.auth.authenticator import Authenticator
 from mailgate.auth.dkim_keys import RSA, DkimKey, DkimKeyError, load_key
@@ -24,13 +28,20 @@ from mailgate.auth.inbound import InboundChecker, InboundSettings
 from mailgate.config.loader import Config, effective_auth, effective_tls
 from mailgate.config.types import parse_host_port
 from mailgate.core.address import AddressError, normalise_domain
+from mailgate.delivery.bouncer import Bouncer
+from mailgate.delivery.maildir import MaildirTransport
+from mailgate.delivery.request import RoutedTransport
 from mailgate.delivery.routing import HopSpec, HostedRoute, RoutingSettings
 from mailgate.delivery.runner import RunnerSettings
+from mailgate.delivery.transport import SmtpTransport
 from mailgate.dns.resolver import Resolver
+from mailgate.observe.observation import ObservationSettings
 from mailgate.policy.limits import MessageRateLimits, RateLimiter
 from mailgate.policy.shared_limits import RateTable, RateTables, SharedRateLimiter
 from mailgate.policy.relay import HostedDomain, PolicySettings, RelayPolicy
+from mailgate.core.clock import Clock
 from mailgate.queue.backoff import RetrySchedule
+from mailgate.queue.sqlite_store import SqliteQueueStore
 from mailgate.recipients.cache import LookupCache
 from mailgate.recipients.callahead import CallAheadSource, ProbeTarget
 from mailgate.recipients.ldap_source import LdapSettings, LdapSource
@@ -39,6 +50,7 @@ from mailgate.recipients.source import RecipientChain, RecipientSource, Recipien
 from mailgate.recipients.static import StaticSource
 from mailgate.screen import Screener, ScreenConfigError
 from mailgate.server.context import ListenerProfile
+from mailgate.server.diskguard import DiskGuard
 from mailgate.server.interfaces import IPAddress, interface_addresses
 from mailgate.server.listener import ListenerSettings
 from mailgate.server.tls import TlsConfigError, server_context
@@ -345,3 +357,97 @@ def postmaster_domain(config: Config, policy: RelayPolicy) -> str:
     if policy.is_hosted(hostname):
         return hostname
     return next((domain.name.strip() for domain in config.domain if not domain.name.strip().startswith(".")), hostname)
+
+
+def reception_settings(config: Config, users: Any, resolver: Resolver, is_hosted: Callable[[str], bool]) -> dict[str, Any]:
+    """The `Reception` fields that come from the configuration: app.py builds the Reception with
+    them and a reload applies them again (`Reception.reload`). StartupError names a bad key.
+    `users`: the user store (auth.store), whose allowed senders the relay policy checks."""
+    policy = RelayPolicy(policy_settings(config), allowed_senders=users.allowed_senders)
+    server = config.server
+    return {
+        "policy": policy,
+        "postmaster_domain": postmaster_domain(config, policy),
+        "max_recipients": server.max_recipients,
+        "received_limit": server.received_limit,
+        "received_shows_user": server.received_shows_user,
+        "dnsbl_zones": tuple(config.dns.dnsbl_zones),
+        "screener": build_screener(config),
+        # Built anew on each reload: new DKIM keys rotate without a restart.
+        "authenticator": build_authenticator(config, resolver, is_hosted),
+    }
+
+
+def queue_store(config: Config, clock: Clock | None = None) -> SqliteQueueStore:
+    """The queue store of `server.spool_dir` (not opened)."""
+    return SqliteQueueStore(config.server.spool_dir, clock=clock)
+
+
+def resolver_settings(config: Config) -> tuple[list[str] | None, int, float]:
+    """(nameservers or None for the system's, port, timeout) for dns.resolver.DnsPythonResolver."""
+    dns = config.dns
+    return list(dns.nameservers) or None, dns.port, dns.timeout
+
+
+def delivery_transport(config: Config) -> RoutedTransport:
+    delivery = config.delivery
+    smtp = SmtpTransport(
+        connect_timeout=delivery.connect_timeout, idle_timeout=delivery.connection_idle,
+        max_connections=delivery.max_connections, max_per_destination=delivery.max_per_destination,
+    )
+    return RoutedTransport(smtp, MaildirTransport())
+
+
+def bouncer(config: Config, store: Any, **observers: Any) -> Bouncer:
+    """`store`: the queue store; `observers`: on_queued and on_dsn (delivery/bouncer.py)."""
+    delivery = config.delivery
+    return Bouncer(store, config.server.hostname, delivery.delay_warning, delivery.max_lifetime, **observers)
+
+
+def disk_guard(config: Config) -> DiskGuard:
+    server = config.server
+    return DiskGuard(
+        server.spool_dir, server.disk_soft_free, server.disk_hard_free, server.disk_soft_free_inodes,
+        server.disk_hard_free_inodes, server.disk_check_interval,
+    )
+
+
+def observation_settings(config: Config, worker_index: int = 0) -> ObservationSettings:
+    """Each worker serves /metrics on the configured port plus its index."""
+    endpoint = None
+    if config.metrics.address:
+        host, port = parse_host_port(config.metrics.address)
+        endpoint = (host, port + worker_index)
+    log = config.log
+    return ObservationSettings(
+        hostname=config.server.hostname, w3c_dir=log.w3c_dir, json_file=log.json_file,
+        retention_days=log.retention_days, max_pending=log.queue_limit, endpoint=endpoint,
+    )
+
+
+def audit_domain(config: Config) -> str | None:
+    """The hosted domain the self-audit sends to: the first that is not a subdomain wildcard."""
+    return next((normalise_domain(d.name.strip()) for d in config.domain if not d.name.strip().startswith(".")), None)
+
+
+def reloaded_recipients(config: Config, running: Config, current: RecipientValidation | None) -> RecipientValidation | None:
+    """Unchanged recipient settings keep their sources (and warm caches), which re-read their
+    map files and forget cached directory answers; changed ones are built anew."""
+    def settings(c: Config) -> tuple:
+        return (repr(c.recipient_source), [(d.name, d.recipient_sources, d.local_parts, d.next_hop) for d in c.domain])
+    if current is not None and settings(config) == settings(running):
+        current.reload()
+        return current
+    return recipient_validation(config)
+
+
+def reload_profiles(running: list[ListenerProfile], new: list[ListenerProfile], config: Config) -> None:
+    """Each running profile takes its new settings in place (listeners keep their sockets and
+    sessions read profiles anew). A TLS context stays the same object, with the certificate read
+    again: implicit-TLS listeners were started with it, so the renewed certificate reaches their
+    new handshakes too (SPEC §5)."""
+    for profile, renewed, listener in zip(running, new, config.listener):
+        if profile.tls_context is not None and renewed.tls_context is not None:
+            profile.tls_context.load_cert_chain(listener.cert_file, listener.key_file)
+            renewed = dataclasses.replace(renewed, tls_context=profile.tls_context)
+        profile.reload(renewed)

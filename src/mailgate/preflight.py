@@ -30,7 +30,7 @@ def startup_problems(config: Config) -> list[str]:
     """Every problem, one line each naming the configuration key; empty when `serve` may start."""
     problems: list[str] = []
     for check in (_certificates, _open_relay, _screening, _message_authentication, _users_file, _smart_host_password,
-                  _server_user, _bind_addresses):
+                  server_user_problems, _bind_addresses):
         problems.extend(check(config))
     return problems
 
@@ -90,7 +90,9 @@ def _smart_host_password(config: Config) -> list[str]:
     return []
 
 
-def _server_user(config: Config) -> list[str]:
+def server_user_problems(config: Config) -> list[str]:
+    """server.user and server.group exist and, as root, the spool is usable by them (app.py asks
+    again right before it drops privileges)."""
     server = config.server
     if not server.user:
         return []

@@ -69,7 +69,7 @@ def run(config: Config, run_loop: Callable, start_worker: Callable[[int, int], "
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop installs the reload handler
         listen_sockets.adopt(bound[0])
         return run_loop(start_worker(0, 1))
-    from mailgate.app import recover_offline
+    from mailgate.offline_queue import recover_offline
 
     run_loop(recover_offline(config))  # before any fork: no thread of ours is running
     children: dict[int, int] = {}

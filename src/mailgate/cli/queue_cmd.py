@@ -133,7 +133,7 @@ def spool_problem(spool_dir: str) -> str | None:
 
 
 async def _run(config, action: str, query: dict, reason: str) -> dict:
-    from mailgate.app import open_offline_admin
+    from mailgate.offline_queue import open_offline_admin
     from mailgate.app_config import control_socket_path
     from mailgate.queue.spool_lock import spool_holder
 

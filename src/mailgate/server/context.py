@@ -1,12 +1,13 @@
 """What every session of a listener shares: the listener's profile and the reception services.
 
-Owns: the two plain records app.py fills and sessions read (`ListenerProfile`, reloaded in place
-on SIGHUP, and `Reception`). Must not: hold behaviour.
+Owns: the two plain records app.py fills and sessions read (`ListenerProfile` and `Reception`,
+both reloaded in place on SIGHUP by an explicit method). Must not: hold behaviour.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -63,3 +64,13 @@ class Reception:
     authenticator: Any = None  # auth.message.MessageAuthenticator: DKIM signing, inbound checks
     postmaster_domain: str = ""  # where RCPT TO:<Postmaster> goes (app_config.postmaster_domain)
     recipients: Any = None  # recipients.source.RecipientValidation: asked at RCPT for hosted domains
+
+    def reload(self, settings: Mapping[str, Any]) -> None:
+        """Take the settings a reload changes (SIGHUP; app_config.reception_settings): each
+        session reads them at its next use. A name that is no field is a bug, not a setting."""
+        names = {setting.name for setting in fields(self)}
+        unknown = set(settings) - names
+        if unknown:
+            raise TypeError(f"Reception has no field {sorted(unknown)}")
+        for name, value in settings.items():
+            setattr(self, name, value)

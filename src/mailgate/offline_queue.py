@@ -1,0 +1,45 @@
+"""The queue of a server that is not running: recovered before the workers start, administered
+by `mailgate queue` when there is no control socket to ask.
+
+Owns: opening the configured store outside a running server and closing it again.
+Must not: run while a server uses the spool (the supervisor holds the spool lock; the queue
+commands ask the control socket first) or deliver anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from mailgate.app_config import bouncer, queue_store
+from mailgate.config.loader import Config
+from mailgate.core.clock import SystemClock
+from mailgate.delivery.admin import QueueAdmin
+from mailgate.queue.store import QueueStore
+
+log = logging.getLogger("mailgate")
+
+
+async def open_offline_admin(config: Config) -> tuple[QueueAdmin, Callable[[], Awaitable[None]]]:
+    """A QueueAdmin on the store of a stopped server, and the function that closes it."""
+    clock = SystemClock()
+    store = queue_store(config, clock)
+    await store.open()
+    return QueueAdmin(store, bouncer(config, store), clock, lambda: None), store.close
+
+
+async def recover_store(store: QueueStore) -> None:
+    """Messages a previous run left leased go back to the queue."""
+    recovered = await store.recover()
+    if recovered:
+        log.info("recovered %d message(s) left in delivery by a previous run", recovered)
+
+
+async def recover_offline(config: Config) -> None:
+    """Recover the store of a stopped server (the supervisor, before it starts its workers)."""
+    store = queue_store(config)
+    await store.open()
+    try:
+        await recover_store(store)
+    finally:
+        await store.close()
