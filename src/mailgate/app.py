@@ -17,7 +17,7 @@ import signal
 from pathlib import Path
 
 from mailgate.app_config import (
-    StartupError, audit_domain, bouncer, control_socket_path, delivery_transport, disk_guard, listener_profiles,
+    StartupError, audit_domain, bouncer, console_settings, control_socket_path, delivery_transport, disk_guard, listener_profiles,
     listener_settings, observation_settings, queue_store, rate_limits, reception_settings, recipient_validation,
     reload_profiles, reloaded_recipients, resolver_settings, retry_schedule, routing_settings, runner_settings,
 )
@@ -84,9 +84,22 @@ class Application:
         self.control = ControlServer(
             control_socket_path(config), QueueAdmin(self.store, self.bouncer, self.clock, self._wake_runner)
         )
+        self.console = self._console() if config.console.enabled and worker_index == 0 else None
         self._disk_task: asyncio.Task | None = None
         self._runner_task: asyncio.Task | None = None
         self._stopped = asyncio.Event()
+
+    def _console(self):
+        """The web console, in worker 0 only (console/server.py says why); imported here so a
+        server without it never loads the web stack."""
+        from mailgate.console.context import ConsoleServices
+        from mailgate.console.server import ConsoleServer
+
+        services = ConsoleServices(
+            config=lambda: self.config, store=self.store, admin=self.control.admin, users=self.users,
+            log=self.log, clock=self.clock, disk=self.disk,
+        )
+        return ConsoleServer(console_settings(self.config), services, sock=listen_sockets.inherited().console)
 
     def _is_hosted(self, domain: str) -> bool:
         return self.reception.policy.is_hosted(domain)
@@ -155,6 +168,8 @@ class Application:
             self._start_gate.open()
         if self.worker_index == 0:
             await self.control.start()
+        if self.console is not None:
+            await self.console.start()
         await self.observation.start(self.store, self.config.server.spool_dir, self._probe_screener)
         self._runner_task = asyncio.create_task(self.runner.run())
         log.info("mailgate ready: %s", ", ".join(
@@ -196,6 +211,8 @@ class Application:
             return
         for line in waiting:
             log.warning("reload: %s", line)
+        if self.console is not None:
+            self.console.reload(console_settings(config))
         if reception["recipients"] is not self.reception.recipients and self.reception.recipients is not None:
             self.reception.recipients.close()
         if config.limits != self.config.limits:  # a new local limiter forgets what it counted; shared tables keep it
@@ -229,6 +246,8 @@ class Application:
         await self.runner.stop(grace)
         if self._runner_task is not None:
             self._runner_task.cancel()
+        if self.console is not None:
+            await self.console.stop()
         if self.worker_index == 0:
             await self.control.stop()
         await self.observation.stop()

@@ -27,6 +27,7 @@ from mailgate.auth.dns_cache import CachingResolver
 from mailgate.auth.inbound import InboundChecker, InboundSettings
 from mailgate.config.loader import Config, effective_auth, effective_tls
 from mailgate.config.types import parse_host_port
+from mailgate.console.settings import ConsoleSettings
 from mailgate.core.address import AddressError, normalise_domain
 from mailgate.delivery.bouncer import Bouncer
 from mailgate.delivery.maildir import MaildirTransport
@@ -62,6 +63,19 @@ class StartupError(Exception):
 
 def control_socket_path(config: Config) -> Path:
     return Path(config.server.control_socket or Path(config.server.spool_dir) / "control.sock")
+
+
+def console_settings(config: Config) -> ConsoleSettings:
+    """`[console]` -> the console's settings, with its HTTPS context when cert_file is set."""
+    console = config.console
+    host, port = parse_host_port(console.address)
+    tls_context = None
+    if console.cert_file:
+        try:
+            tls_context = server_context(console.cert_file, console.key_file, "console")
+        except TlsConfigError as exc:
+            raise StartupError(str(exc)) from None
+    return ConsoleSettings(host, port, tls_context, console.session_lifetime, console.login_failures)
 
 
 def policy_settings(

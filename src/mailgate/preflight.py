@@ -17,7 +17,7 @@ import os
 import socket
 
 from mailgate.app_config import (
-    StartupError, arc_seal_key, build_screener, build_signer, listener_profiles, organizational_domains, policy_settings,
+    StartupError, arc_seal_key, build_screener, build_signer, console_settings, listener_profiles, organizational_domains, policy_settings,
     routing_settings,
 )
 from mailgate.auth.store import FileUserStore, UserStoreError
@@ -30,7 +30,7 @@ def startup_problems(config: Config) -> list[str]:
     """Every problem, one line each naming the configuration key; empty when `serve` may start."""
     problems: list[str] = []
     for check in (_certificates, _open_relay, _screening, _message_authentication, _users_file, _smart_host_password,
-                  server_user_problems, _bind_addresses):
+                  server_user_problems, _bind_addresses, _console):
         problems.extend(check(config))
     return problems
 
@@ -45,6 +45,11 @@ def _errors_of(build) -> list[str]:
 
 def _certificates(config: Config) -> list[str]:
     return _errors_of(lambda: listener_profiles(config))
+
+
+def _console(config: Config) -> list[str]:
+    """The console's certificate and key, when it serves HTTPS."""
+    return _errors_of(lambda: console_settings(config)) if config.console.enabled else []
 
 
 def _screening(config: Config) -> list[str]:

@@ -46,7 +46,7 @@ def run(config: Config, run_loop: Callable, start_worker: Callable[[int, int], "
     lock = SpoolLock(config.server.spool_dir)
     try:
         _lock_spool(config, lock)
-        bound = listen_sockets.bind_all(*_addresses(config), count)
+        bound = listen_sockets.bind_all(*_addresses(config), count, console=_console_address(config))
     except (SpoolInUse, ListenError) as exc:
         # Exit 1, not 2: the other process may go away, so a service manager should retry.
         print(f"mailgate: cannot start: {exc}", file=sys.stderr)
@@ -114,6 +114,11 @@ def _addresses(config: Config) -> tuple[list[tuple[str, str, int]], tuple[str, i
     listeners = [(f"listener[{i}].address", *listener.address) for i, listener in enumerate(config.listener)]
     metrics = parse_host_port(config.metrics.address) if config.metrics.address else None
     return listeners, metrics
+
+
+def _console_address(config: Config) -> tuple[str, int] | None:
+    """The web console's address when it is on: served by worker 0 alone (console/server.py)."""
+    return parse_host_port(config.console.address) if config.console.enabled else None
 
 
 def _stop_with_parent(parent: int) -> None:

@@ -485,3 +485,28 @@ def test_concurrent_auth_attempts_cannot_pass_the_lockout() -> None:
     assert replies.count(AUTH_FAILED) == 5
     assert replies.count(TEMP_AUTH_FAILURE) == 195
     assert tracker.is_locked("2001:db8::1")
+
+
+def test_cli_add_admin_gives_the_console_role_and_old_lines_read_as_before(
+        cli, users_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    """`mailgate user add --admin` (issue 17): the fourth field holds the role; a three-field
+    line (every file written before roles existed) is a plain AUTH user."""
+    assert cli("add", "root@example.org", "--admin", stdin="pw\n") == 0
+    assert cli("add", "bob", stdin="pw\n") == 0
+    store = FileUserStore(users_path, hasher=cheap_hasher())
+    assert store.has_role("root@example.org", "admin") and not store.has_role("bob", "admin")
+    assert store.verify("root@example.org", "pw")
+    lines = [line for line in users_path.read_text().splitlines() if not line.startswith("#")]
+    assert lines[0].startswith("bob:$argon2") and lines[0].count(":") == 2
+    assert lines[1].endswith(":admin")
+    capsys.readouterr()
+    assert cli("list") == 0
+    assert capsys.readouterr().out == "bob\t(login name only)\nroot@example.org\t(login name only)\tadmin\n"
+
+
+@pytest.mark.parametrize("line", ["eve:$argon2id$v=19$m=64,t=1,p=1$c2FsdA$aGFzaA::root",
+                                  "eve:$argon2id$v=19$m=64,t=1,p=1$c2FsdA$aGFzaA:a@b.example:admin:x"])
+def test_an_unknown_role_is_a_file_error_naming_the_line(users_path: Path, line: str) -> None:
+    users_path.write_text(f"# users\n{line}\n")
+    with pytest.raises(UserFileError, match=r":2: .*role"):
+        FileUserStore(users_path, hasher=cheap_hasher())

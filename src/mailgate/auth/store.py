@@ -9,9 +9,12 @@ Must not: speak SASL (smtp/ does), decide relaying (policy/ does), or count fail
 
 File format, one user a line; `#` comments and blank lines are ignored:
     name:$argon2id$v=19$m=65536,t=3,p=4$salt$hash:alice@example.org,@example.org
+    admin:$argon2id$...:admin@example.org:admin
 The third field lists the sender addresses the user owns: full addresses, "@domain" for a whole
 domain, "<>" for the null sender. What owning means (and what an empty list owns) is documented
-once, at the `relay.restrict_auth_senders` key. Domains are stored IDNA-normalised.
+once, at the `relay.restrict_auth_senders` key. Domains are stored IDNA-normalised. An optional
+fourth field lists roles: `admin` may log in to the web console (console/); a line without it
+is a plain AUTH user, so files written before roles existed read as before.
 
 User names are compared case-insensitively (stored in lower case): names are usually mail
 addresses, whose domain part is case-insensitive and whose users type them in any case.
@@ -50,6 +53,8 @@ FILE_MODE = 0o600
 _HEADER = "# mailgate users: name:argon2id-hash:allowed-senders (comma-separated; see relay.restrict_auth_senders)\n"
 NULL_SENDER_ENTRY = "<>"  # an allowed-senders entry owning the null reverse-path (RFC 5321 §4.5.5)
 GROUP_READ_MODE = 0o640  # the most any users file may allow: never readable by others
+ADMIN_ROLE = "admin"  # may log in to the web console
+ROLES = frozenset({ADMIN_ROLE})
 
 
 class UserStoreError(Exception):
@@ -90,6 +95,7 @@ class UserRecord:
     name: str
     password_hash: str
     allowed_senders: tuple[str, ...]
+    roles: tuple[str, ...] = ()
 
 
 def normalise_user_name(name: str) -> str:
@@ -114,8 +120,8 @@ def normalise_sender_entry(entry: str) -> str:
         mailbox = str(parse_mailbox(entry, smtputf8=True))
     except AddressError as exc:
         raise ValueError(f"bad allowed sender {entry!r}: {exc}") from None
-    if "," in mailbox or any(char.isspace() for char in mailbox):
-        raise ValueError(f"allowed sender {entry!r} cannot be stored (comma or space)")
+    if "," in mailbox or ":" in mailbox or any(char.isspace() for char in mailbox):
+        raise ValueError(f"allowed sender {entry!r} cannot be stored (comma, colon or space)")
     return mailbox
 
 
@@ -161,14 +167,22 @@ class FileUserStore:
 
     # --- Administration (mailgate user ...) ------------------------------------------------------
 
-    def add(self, user: str, password: str, allowed_senders: tuple[str, ...] | list[str] = ()) -> None:
+    def add(
+        self, user: str, password: str, allowed_senders: tuple[str, ...] | list[str] = (),
+        roles: tuple[str, ...] = (),
+    ) -> None:
         name = normalise_user_name(user)
         senders = tuple(normalise_sender_entry(entry) for entry in allowed_senders)
+        roles = _checked_roles(roles)
         password_hash = self._hash(password)
         with self._mutating() as users:
             if name in users:
                 raise UserExistsError(f"user {name} already exists")
-            users[name] = UserRecord(name, password_hash, senders)
+            users[name] = UserRecord(name, password_hash, senders, roles)
+
+    def has_role(self, user: str, role: str) -> bool:
+        record = self._lookup(user)
+        return record is not None and role in record.roles
 
     def set_password(self, user: str, password: str) -> None:
         name = normalise_user_name(user)
@@ -271,20 +285,31 @@ def _parse(text: str, path: Path) -> dict[str, UserRecord]:
             continue
         fields = line.split(":", 2)
         if len(fields) != 3 or not fields[1].startswith("$argon2"):
-            raise UserFileError(f"{path}:{number}: expected name:argon2-hash:allowed-senders")
+            raise UserFileError(f"{path}:{number}: expected name:argon2-hash:allowed-senders[:roles]")
+        senders_field, _, roles_field = fields[2].partition(":")
         try:
             name = normalise_user_name(fields[0])
-            senders = tuple(normalise_sender_entry(item) for item in fields[2].split(",") if item.strip())
+            senders = tuple(normalise_sender_entry(item) for item in senders_field.split(",") if item.strip())
+            roles = _checked_roles(item.strip() for item in roles_field.split(",") if item.strip())
         except ValueError as exc:
             raise UserFileError(f"{path}:{number}: {exc}") from None
         if name in users:
             raise UserFileError(f"{path}:{number}: user {name} is listed twice")
-        users[name] = UserRecord(name, fields[1], senders)
+        users[name] = UserRecord(name, fields[1], senders, roles)
     return users
 
 
+def _checked_roles(roles) -> tuple[str, ...]:
+    checked = tuple(sorted(set(roles)))
+    unknown = [role for role in checked if role not in ROLES]
+    if unknown:
+        raise ValueError(f"unknown role {unknown[0]!r} (known: {', '.join(sorted(ROLES))})")
+    return checked
+
+
 def _render(users: dict[str, UserRecord]) -> str:
-    lines = [f"{name}:{users[name].password_hash}:{','.join(users[name].allowed_senders)}\n"
+    lines = [f"{name}:{users[name].password_hash}:{','.join(users[name].allowed_senders)}"
+             + (f":{','.join(users[name].roles)}" if users[name].roles else "") + "\n"
              for name in sorted(users)]
     return _HEADER + "".join(lines)
 

@@ -11,8 +11,7 @@ import sys
 from mailgate.cli.config_option import DEFAULT_CONFIG, add_config_argument, load_config, load_config_or_report
 from mailgate.config.loader import ConfigError
 from mailgate.config.reference import render_reference
-from mailgate.config.schema import REQUIRED, SECTIONS, Key
-from mailgate.config.types import format_host_port
+from mailgate.config.show import config_text
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -20,7 +19,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub = config.add_subparsers(dest="config_command", metavar="ACTION")
     check = sub.add_parser("check", help="validate FILE and run every start-up check that needs no "
                            "socket; print each problem with its key path, exit 2 if any")
-    show = sub.add_parser("show", help="print the effective configuration (defaults filled in)")
+    show = sub.add_parser("show", help="print the effective configuration (defaults filled in, "
+                          "credentials in URLs masked)")
     for parser in (check, show):
         parser.add_argument("file", nargs="?", help=f"the file (or --config FILE; default: {DEFAULT_CONFIG})")
         add_config_argument(parser)
@@ -63,29 +63,5 @@ def show_command(args: argparse.Namespace) -> int:
     config = load_config_or_report(args.file or args.config, "config show")
     if config is None:
         return 2
-    for section in SECTIONS:
-        tables = getattr(config, section.name)
-        for table in tables if section.array else [tables]:
-            keys = [key for key in section.keys if not (args.non_default and _is_default(key, getattr(table, key.name)))]
-            if not keys and not section.array:
-                continue  # --non-default: a section left at its defaults is not shown
-            print(f"[[{section.name}]]" if section.array else f"[{section.name}]")
-            for key in keys:
-                print(f"{key.name} = {_render(key, getattr(table, key.name))}")
-            print()
+    sys.stdout.write(config_text(config, non_default=args.non_default))
     return 0
-
-
-def _is_default(key: Key, value) -> bool:
-    if key.default is REQUIRED:
-        return False
-    default = list(key.default) if isinstance(key.default, tuple) else key.default
-    return key.kind.convert(default) == value
-
-
-def _render(key, value) -> str:
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int) and isinstance(value[0], str):
-        return f'"{format_host_port(value)}"'
-    if isinstance(value, tuple):
-        return "[" + ", ".join(f'"{v}"' for v in value) + "]"
-    return key.kind.render(value)

@@ -57,26 +57,50 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=explain_command)
 
 
+class ExplainUsageError(Exception):
+    """One line for the operator (a listener, users file or --client that does not work)."""
+
+
 def explain_command(args: argparse.Namespace) -> int:
+    config = load_config_or_report(args.config, "explain")
+    if config is None:
+        return 2
+    request = Hypothetical(
+        client_ip=args.client, mail_from=args.mail_from.strip("<>"),
+        recipients=tuple(r.strip("<>") for r in args.recipients), helo=args.helo, user=args.user,
+        size=args.size,
+    )
+    try:
+        result = asyncio.run(explain_with_config(config, request, args.listener, dnsbl=not args.no_dnsbl,
+                                                 recipient_sources=not args.no_recipient_sources))
+    except ExplainUsageError as exc:
+        print(f"mailgate explain: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(render(result))
+    return 0 if result.all_accepted else 1
+
+
+async def explain_with_config(config, request: Hypothetical, listener_name: str | None = None, *, dnsbl: bool = True,
+                        recipient_sources: bool = True) -> Explanation:
+    """The explanation `mailgate explain` prints (the web console's form calls it too);
+    ExplainUsageError for a listener, users file, recipient source or client that does not work."""
     from mailgate.app_config import StartupError, policy_settings, recipient_validation
     from mailgate.auth.store import FileUserStore, UserStoreError
     from mailgate.dns.resolver import DnsPythonResolver
     from mailgate.policy.relay import RelayPolicy
 
-    config = load_config_or_report(args.config, "explain")
-    if config is None:
-        return 2
-    listeners = [l for l in config.listener if args.listener in (None, l.name)]
+    listeners = [l for l in config.listener if listener_name in (None, l.name)]
     if not listeners:
         names = ", ".join(l.name for l in config.listener)
-        print(f"mailgate explain: no listener named {args.listener!r} (have: {names})", file=sys.stderr)
-        return 2
+        raise ExplainUsageError(f"no listener named {listener_name!r} (have: {names})")
     listener = listeners[0]
     try:
         users = FileUserStore(config.server.users_file)
     except UserStoreError as exc:
-        print(f"mailgate explain: server.users_file: {exc}", file=sys.stderr)
-        return 2
+        raise ExplainUsageError(f"server.users_file: {exc}") from None
     policy = RelayPolicy(policy_settings(config), allowed_senders=users.allowed_senders)
     limits = SessionLimits(
         hostname=config.server.hostname,
@@ -84,36 +108,24 @@ def explain_command(args: argparse.Namespace) -> int:
         max_message_size=listener.max_message_size or config.server.max_message_size,
         max_recipients=config.server.max_recipients,
     )
-    request = Hypothetical(
-        client_ip=args.client, mail_from=args.mail_from.strip("<>"),
-        recipients=tuple(r.strip("<>") for r in args.recipients), helo=args.helo, user=args.user,
-        size=args.size,
-    )
-    zones = () if args.no_dnsbl else tuple(config.dns.dnsbl_zones)
+    zones = tuple(config.dns.dnsbl_zones) if dnsbl else ()
     resolver = DnsPythonResolver(list(config.dns.nameservers) or None, config.dns.port, config.dns.timeout) if zones else None
     try:
-        sources = None if args.no_recipient_sources else recipient_validation(config)
+        sources = recipient_validation(config) if recipient_sources else None
     except StartupError as exc:
-        print(f"mailgate explain: {exc}", file=sys.stderr)
-        return 2
+        raise ExplainUsageError(str(exc)) from None
     try:
-        result = asyncio.run(explain(policy, request, limits, resolver=resolver, dnsbl_zones=zones,
-                                     recipient_sources=sources))
+        result = await explain(policy, request, limits, resolver=resolver, dnsbl_zones=zones,
+                               recipient_sources=sources)
     except ValueError as exc:
-        print(f"mailgate explain: --client {args.client}: {exc}", file=sys.stderr)
-        return 2
+        raise ExplainUsageError(f"--client {request.client_ip}: {exc}") from None
     finally:
         if sources is not None:
             sources.close()
-    if args.user:
-        if args.user.lower() not in {name for name, _ in users.list()}:
-            result.notes.append(f"user {args.user!r} is not in {config.server.users_file}: AUTH would fail (535 5.7.8)")
+    if request.user and request.user.lower() not in {name for name, _ in users.list()}:
+        result.notes.append(f"user {request.user!r} is not in {config.server.users_file}: AUTH would fail (535 5.7.8)")
     result.notes.insert(0, f"configuration: {config.source}; listener {listener.name} ({listener.profile})")
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
-    else:
-        print(render(result))
-    return 0 if result.all_accepted else 1
+    return result
 
 
 def _chain(step: Step) -> str:

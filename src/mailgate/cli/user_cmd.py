@@ -1,4 +1,4 @@
-"""`mailgate user add|passwd|delete|list`: manage the AUTH users file.
+"""`mailgate user add|passwd|delete|list`: manage the AUTH users file (and console admins).
 
 Owns: the argparse sub-commands and their handlers, each `(args) -> int` exit code: 0 done,
 1 the user exists / does not exist / the file is unusable, 2 usage or configuration error (bad
@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mailgate.auth.store import FILE_MODE, GROUP_READ_MODE, FileOwner, FileUserStore, UserStoreError
+from mailgate.auth.store import ADMIN_ROLE, FILE_MODE, GROUP_READ_MODE, FileOwner, FileUserStore, UserStoreError
 from mailgate.cli.config_option import add_config_argument, load_config_or_report
 from mailgate.server.privileges import PrivilegeError, resolve_identity
 
@@ -53,6 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                      help="a sender address, whole domain or <> the user owns besides its login "
                           "name; repeatable, comma-separated lists allowed; enforced under "
                           "relay.restrict_auth_senders")
+    add.add_argument("--admin", action="store_true",
+                     help="the user may also log in to the web console (docs/console.md)")
     add.set_defaults(handler=handle_add)
 
     passwd = actions.add_parser("passwd", parents=[common], help="set a user's password")
@@ -71,8 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def handle_add(args: argparse.Namespace) -> int:
     def action(store: FileUserStore) -> None:
         senders = [item for entry in args.allow_sender for item in entry.split(",") if item.strip()]
-        store.add(args.name, read_password(confirm=True), senders)
-        _say(f"user {args.name.lower()} added")
+        store.add(args.name, read_password(confirm=True), senders, roles=(ADMIN_ROLE,) if args.admin else ())
+        _say(f"{'admin' if args.admin else 'user'} {args.name.lower()} added")
 
     return _run(args, action)
 
@@ -96,7 +98,8 @@ def handle_delete(args: argparse.Namespace) -> int:
 def handle_list(args: argparse.Namespace) -> int:
     def action(store: FileUserStore) -> None:
         for name, senders in store.list():
-            print(f"{name}\t{','.join(senders) if senders else '(login name only)'}", file=sys.stdout)
+            role = "\tadmin" if store.has_role(name, ADMIN_ROLE) else ""
+            print(f"{name}\t{','.join(senders) if senders else '(login name only)'}{role}", file=sys.stdout)
 
     return _run(args, action)
 

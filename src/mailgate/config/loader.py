@@ -9,6 +9,7 @@ Must not: build runtime objects (that is app.py) or decide relay policy.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ class Config:
     authentication: SimpleNamespace
     log: SimpleNamespace
     metrics: SimpleNamespace
+    console: SimpleNamespace
 
 
 def load_file(path: str | Path) -> Config:
@@ -199,12 +201,40 @@ def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
             parse_host_port(values["metrics"].address)
         except ValueError as exc:
             errors.append(f"metrics.address: {exc}")
+    _console_checks(values["console"], errors)
     if values["delivery"].smart_host:
         try:
             parse_host_port(values["delivery"].smart_host, 25)
         except ValueError as exc:
             errors.append(f"delivery.smart_host: {exc}")
     _recipient_source_checks(values, errors)
+
+
+def _console_checks(console: SimpleNamespace, errors: list[str]) -> None:
+    """Plain HTTP only on loopback: elsewhere a password and the session cookie would cross the
+    network in clear text (the issue: "refused over plain HTTP except on loopback")."""
+    if console.address is None:
+        return
+    try:
+        host, _port = parse_host_port(console.address)
+    except ValueError as exc:
+        errors.append(f"console.address: {exc}")
+        return
+    if bool(console.cert_file) != bool(console.key_file):
+        errors.append("console.cert_file: HTTPS needs both cert_file and key_file")
+    elif console.enabled and not console.cert_file and not is_loopback_host(host):
+        errors.append(f"console.address: {console.address} is not a loopback address; "
+                      "plain HTTP is refused there: set console.cert_file and console.key_file (HTTPS)")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for a loopback IP literal (127.0.0.0/8, ::1) or `localhost`; a wildcard is not."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _recipient_source_checks(values: dict[str, Any], errors: list[str]) -> None:

@@ -483,9 +483,30 @@ METRICS = Section(
     ),
 )
 
+CONSOLE = Section(
+    "console",
+    "The admin web console (docs/console.md): dashboard, queue, message trace and tools, served by "
+    "worker 0. Who may log in: users of `server.users_file` with the admin role "
+    "(`mailgate user add --admin NAME`). Plain HTTP is refused except on a loopback address.",
+    (
+        Key("enabled", Boolean(), False, "Serve the console.", restart=True),
+        Key("address", Text(allow_empty=False), "127.0.0.1:8025",
+            "host:port of the console. Any address other than loopback needs `cert_file` and `key_file` "
+            "(HTTPS): passwords and session cookies never cross a network in clear text.", restart=True),
+        Key("cert_file", Text(), "", "PEM certificate chain for HTTPS; empty: plain HTTP (loopback only).",
+            restart=True),
+        Key("key_file", Text(), "", "PEM private key matching `cert_file`.", restart=True),
+        Key("session_lifetime", Duration(minimum=60, maximum=7 * 86400), "8h",
+            "How long a log-in lasts; a session idle for a quarter of it (at least 15 minutes) ends sooner."),
+        Key("login_failures", Integer(minimum=1, maximum=100), 5,
+            "Failed log-ins from one client address (an IPv6 /64) within 15 minutes before its "
+            "log-ins are refused for 15 minutes (auth/lockout.py)."),
+    ),
+)
+
 SECTIONS: tuple[Section, ...] = (
     SERVER, LISTENER, RELAY, DOMAIN, RECIPIENT_SOURCE, DELIVERY, DNS, SCREEN, SCREEN_RULE, ANTIVIRUS, SPAM, LIMITS, DKIM, DKIM_KEY,
-    AUTHENTICATION, LOG, METRICS,
+    AUTHENTICATION, LOG, METRICS, CONSOLE,
 )
 
 

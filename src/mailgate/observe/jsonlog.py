@@ -3,7 +3,7 @@
 Owns: the record shape, its rendering, the event names, the daily file names derived from the
 configured `log.json_file` (`/var/log/mailgate/transactions.jsonl` is written as
 `transactions-YYYYMMDD.jsonl` beside it; point a log shipper at `transactions-*.jsonl`), and
-reading the files back for `mailgate stats`.
+reading the files back for `mailgate stats` and the web console (whole, or what was appended).
 Must not: write files or rotate (writer.py) or decide what is logged (translog.py).
 
 Shape (what Filebeat, Vector, Fluent Bit, Promtail and Logstash take without a parser rule):
@@ -36,9 +36,10 @@ DELIVERY_ATTEMPT = "delivery.attempt"
 BOUNCE = "bounce"
 SELF_AUDIT = "self_audit"  # one per listener at start-up; its own connections are not logged
 RECIPIENT_LOOKUP = "recipient.lookup"
+ADMIN_ACTION = "admin.action"  # the web console changed the queue (console/)
 EVENTS = (
     CONNECTION_OPENED, CONNECTION_CLOSED, CONNECTION_REFUSED, TRANSACTION_ACCEPTED,
-    TRANSACTION_REFUSED, DELIVERY_ATTEMPT, BOUNCE, RECIPIENT_LOOKUP,
+    TRANSACTION_REFUSED, DELIVERY_ATTEMPT, BOUNCE, RECIPIENT_LOOKUP, ADMIN_ACTION,
 )
 
 
@@ -90,11 +91,32 @@ def read_records(paths: Iterable[Path], since: float | None = None) -> Iterator[
             continue
         with handle:
             for line in handle:
-                try:
-                    item = json.loads(line)
-                    when = parse_timestamp(item["@timestamp"])
-                except (ValueError, KeyError, TypeError):
-                    continue
-                if since is None or when >= since:
-                    item["_when"] = when
+                item = parse_line(line)
+                if item is not None and (since is None or item["_when"] >= since):
                     yield item
+
+
+def parse_line(line: str) -> dict[str, Any] | None:
+    """One record with `_when` added, or None for a line that is not one (cut by a crash)."""
+    try:
+        item = json.loads(line)
+        item["_when"] = parse_timestamp(item["@timestamp"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return item
+
+
+def read_new_records(path: Path, offset: int, max_bytes: int = 64 << 20) -> tuple[list[dict[str, Any]], int]:
+    """The complete lines of `path` from byte `offset` (at most `max_bytes` of them) as records,
+    and the offset after the last complete line: a line still being written is read next time."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read(max_bytes)
+    except OSError as exc:
+        log.warning("cannot read %s: %s", path, exc)
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    records = [item for line in data[:end].decode("utf-8", "replace").splitlines()
+               if (item := parse_line(line)) is not None]
+    return records, offset + end

@@ -203,11 +203,12 @@ class TransactionLog:
     def transaction_accepted(
         self, session_id: str, queue_id: str, sender: str, recipients: Sequence[str], size: int, rule: str,
         *, tls: str = "", auth_user: str = "", direction: str = "inbound", helo: str = "",
-        elapsed: float | None = None,
+        elapsed: float | None = None, message_id: str = "",
     ) -> None:
         """The 250 after DATA. sender "" is the null sender; rule: the relay rule that permitted
         the (first) recipient; tls: e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384" or ""; elapsed:
-        seconds from end of data to the 250."""
+        seconds from end of data to the 250; message_id: the Message-ID field's value (the
+        console's message trace finds a message by it)."""
         if session_id in self._audit_sessions:
             return
         connection = self._connections.get(session_id)
@@ -221,7 +222,7 @@ class TransactionLog:
             client_ip=connection.client_ip if connection else None,
             listener=connection.listener if connection else None, helo=helo or None,
             rule=rule, tls=tls or None, auth_user=auth_user or None, direction=direction,
-            elapsed=round(elapsed, 6) if elapsed is not None else None,
+            elapsed=round(elapsed, 6) if elapsed is not None else None, message_id=message_id or None,
         ))
 
     def transaction_refused(
@@ -275,6 +276,16 @@ class TransactionLog:
         self._emit_json(lambda: jsonlog.record(
             jsonlog.BOUNCE, self._clock.now(), queue_id=queue_id, dsn_queue_id=dsn_queue_id, kind=kind,
             sender=sender, recipients=list(recipients),
+        ))
+
+    # --- administration --------------------------------------------------------------------
+    def admin_action(self, admin: str, action: str, queue_ids: Sequence[str], *, client_ip: str = "",
+                     reason: str = "") -> None:
+        """An administrator changed the queue from the web console (hold, release, retry,
+        delete, bounce): who, what, on which messages, from where."""
+        self._emit_json(lambda: jsonlog.record(
+            jsonlog.ADMIN_ACTION, self._clock.now(), admin=admin, action=action, queue_ids=list(queue_ids),
+            client_ip=client_ip or None, reason=reason or None,
         ))
 
     # --- life cycle --------------------------------------------------------------------------

@@ -59,4 +59,9 @@ def filter_sql(query: QueueFilter, now: float, dialect: Dialect) -> tuple[str, d
     if query.younger_than is not None:
         clauses.append(f"m.created > {mark('now')} - {mark('younger_than')}")
         params["younger_than"] = query.younger_than
+    if query.after is not None:
+        # Keyset paging; spelled out (not a row value) so that the index on `created` bounds the scan.
+        after_created, after_id = mark("after_created"), mark("after_id")
+        clauses.append(f"m.created >= {after_created} AND (m.created > {after_created} OR m.queue_id > {after_id})")
+        params["after_created"], params["after_id"] = query.after
     return " AND ".join(clauses), params

@@ -198,7 +198,7 @@ class MemoryQueueStore(QueueStore):
         now = self._clock.now()
         found = [
             message
-            for message in sorted(self._messages.values(), key=lambda message: message.created)
+            for message in sorted(self._messages.values(), key=lambda message: (message.created, message.queue_id))
             if (query.queue_id is None or message.queue_id == query.queue_id)
             and (query.sender is None or query.sender.lower() in message.envelope.sender_text.lower())
             and (query.recipient is None or any(
@@ -207,6 +207,7 @@ class MemoryQueueStore(QueueStore):
             and (query.state is None or self._state(message) is query.state)
             and (query.older_than is None or now - message.created >= query.older_than)
             and (query.younger_than is None or now - message.created < query.younger_than)
+            and (query.after is None or (message.created, message.queue_id) > query.after)
         ]
         return found[: query.limit] if query.limit is not None else found
 

@@ -357,7 +357,7 @@ def list_summaries(
     sql = (
         "SELECT m.id, m.queue_id, m.sender_text, m.size, m.created,"
         f" {schema.STATE_SQL}, m.hold_reason FROM messages m WHERE {where}"
-        " ORDER BY m.created, m.id"
+        " ORDER BY m.created, m.queue_id"
     )
     if query.limit is not None:
         sql += " LIMIT :limit"

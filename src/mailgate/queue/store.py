@@ -117,6 +117,9 @@ class QueueFilter:
     older_than: float | None = None  # seconds of age
     younger_than: float | None = None
     limit: int | None = None
+    # Keyset paging (the console's queue list): only messages after this (created, queue_id),
+    # in that order, so a page costs the same at the 100,000th message as at the first.
+    after: tuple[float, str] | None = None
 
 
 @dataclass(slots=True)

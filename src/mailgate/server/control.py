@@ -23,7 +23,7 @@ MAX_REQUEST = 64 * 1024
 class ControlServer:
     def __init__(self, path: str | Path, admin: QueueAdmin) -> None:
         self._path = Path(path)
-        self._admin = admin
+        self.admin = admin
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
@@ -43,7 +43,7 @@ class ControlServer:
         try:
             line = await reader.readline()
             request = json.loads(line)
-            result = await self._admin.run(request["op"], request.get("filter") or {}, request.get("reason", ""))
+            result = await self.admin.run(request["op"], request.get("filter") or {}, request.get("reason", ""))
         except (ValueError, KeyError, TypeError) as exc:
             result = {"error": str(exc)}
         except Exception as exc:  # report, never crash the server

@@ -1,6 +1,7 @@
 """The listening sockets of one server, bound once by the supervisor and inherited by its workers.
 
-Owns: binding every listener address and the metrics address before any worker is forked (and
+Owns: binding every listener address, the metrics address and the web console's address (worker
+0's only: console/server.py says why it runs once) before any worker is forked (and
 before privileges are dropped), so that an address another process already holds stops the start
 with one line naming the configured key and address (issue 20 item 1: a second instance with the
 same addresses started and took half the connections). With several workers each gets its own
@@ -38,6 +39,7 @@ class WorkerSockets:
     """One worker's sockets: by (host, port) as configured."""
     listeners: dict[tuple[str, int], socket.socket] = field(default_factory=dict)
     metrics: socket.socket | None = None
+    console: socket.socket | None = None  # worker 0 only
     # Connection counts shared by every worker, per listener address (connection_counts.py).
     counts: dict[tuple[str, int], SharedCounts] = field(default_factory=dict)
 
@@ -48,9 +50,10 @@ class WorkerSockets:
         for sock in self.listeners.values():
             sock.close()
         self.listeners.clear()
-        if self.metrics is not None:
-            self.metrics.close()
-            self.metrics = None
+        for sock in (self.metrics, self.console):
+            if sock is not None:
+                sock.close()
+        self.metrics = self.console = None
 
 
 _inherited = WorkerSockets()
@@ -68,10 +71,12 @@ def adopt(sockets: WorkerSockets) -> None:
 
 
 def bind_all(
-    listeners: list[tuple[str, str, int]], metrics: tuple[str, int] | None, workers: int
+    listeners: list[tuple[str, str, int]], metrics: tuple[str, int] | None, workers: int,
+    console: tuple[str, int] | None = None,
 ) -> list[WorkerSockets]:
     """Per worker, a socket for each (key, host, port) listener and for metrics (port + worker
-    index, docs/operations.md). Raises ListenError naming the first address that fails."""
+    index, docs/operations.md), and worker 0's console socket. Raises ListenError naming the
+    first address that fails."""
     bound = [WorkerSockets() for _ in range(workers)]
     try:
         for key, host, port in listeners:
@@ -82,6 +87,9 @@ def bind_all(
             for index in range(workers):
                 where = f"metrics.address {host}:{port}" + (f" (worker {index} serves port {port + index})" if index else "")
                 bound[index].metrics = bind_address(where, host, port + index if port else 0)
+        if console is not None:
+            host, port = console
+            bound[0].console = bind_address(f"console.address {host}:{port}", host, port)
     except BaseException:
         for sockets in bound:
             sockets.close()

@@ -18,6 +18,9 @@ import uuid
 MAX_HEAD = 1024 * 1024
 _RECEIVED = re.compile(rb"(?im)^received:")
 _MESSAGE_ID = re.compile(rb"(?im)^message-id:")
+# Its value, folded lines joined (RFC 5322 §3.6.4, §2.2.3), for the transaction log and the trace.
+_MESSAGE_ID_VALUE = re.compile(rb"(?im)^message-id:[ \t]*((?:[^\r\n]|\r\n[ \t])*)")
+MAX_LOGGED_MESSAGE_ID = 256  # our bound: a Message-ID is a line, not a payload
 _DATE = re.compile(rb"(?im)^date:")
 _HELO_SAFE = re.compile(r"[^\x21-\x7e]")
 
@@ -51,6 +54,7 @@ class HeadBuilder:
         self._queue_id = queue_id
         self.done = False
         self.received_count = 0
+        self.message_id = ""  # as stored (ours when we added it), set by completed_head()
 
     def feed(self, data: bytes) -> bytes:
         """Take body bytes; once the header ends (or passes MAX_HEAD) return what follows it."""
@@ -85,4 +89,8 @@ class HeadBuilder:
                 extra += f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode()
         head = extra + bytes(self._buffer)
         self._buffer.clear()
+        found = _MESSAGE_ID_VALUE.search(head)
+        if found:
+            value = re.sub(rb"\r\n[ \t]", b" ", found.group(1)).strip()
+            self.message_id = value.decode("utf-8", "replace")[:MAX_LOGGED_MESSAGE_ID]
         return head

@@ -513,7 +513,7 @@ class Session:
         self.log.transaction_accepted(
             self.session_id, queue_id, _text(envelope.sender), [str(r.address) for r in envelope.recipients],
             transaction.writer.size, transaction.rule, tls=tls, auth_user=auth_user, direction=meta.direction,
-            helo=helo, elapsed=elapsed,
+            helo=helo, elapsed=elapsed, message_id=transaction.head.message_id if transaction.head else "",
         )
         log.info(
             "queued %s from <%s> for %d recipient(s) size=%d client=%s",
