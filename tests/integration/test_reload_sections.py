@@ -34,6 +34,7 @@ SECTIONS = {
     "authentication": "[authentication]\n",
     "log": "[log]\n",
     "metrics": "[metrics]\n",
+    "console": '[console]\nenabled = true\naddress = "127.0.0.1:8025"\n',
 }
 
 # section -> (its new text, the check that the running application uses it)
@@ -85,6 +86,9 @@ LIVE = {
              '[[dkim_key]]\ndomain = "hosted.test"\nselector = "s1"\nkey_file = "{spool}.dkim.key"\n',
              lambda app: app.reception.authenticator.signer is not None
              and b"x-campaign" in app.reception.authenticator.signer.header_list(b"From: a@hosted.test\r\n")),
+    "console": ('[console]\nenabled = true\naddress = "127.0.0.1:8025"\nsession_lifetime = "1h"\nlogin_failures = 3\n',
+                lambda app: app.console is not None and app.console.sessions.lifetime == 3600
+                and app.console.console.settings.login_failures == 3),
 }
 
 # section -> (new text, the key the warning names); the running value stays
@@ -98,6 +102,8 @@ RESTART = {
     "log": ('[log]\nlevel = "debug"\n', "log.level", lambda app: app.config.log.level == "info"),
     "metrics": ('[metrics]\naddress = "127.0.0.1:9100"\n', "metrics.address",
                 lambda app: app.config.metrics.address == ""),
+    "console": ('[console]\nenabled = true\naddress = "127.0.0.1:8026"\n', "console.address",
+                lambda app: app.config.console.address == "127.0.0.1:8025"),
 }
 
 

@@ -85,8 +85,9 @@ class ConsoleServer:
     def reload(self, settings: ConsoleSettings) -> None:
         """SIGHUP: the session lifetime and the log-in limit; address and TLS need a restart."""
         self.console.sessions.lifetime = settings.session_lifetime
-        self.lockout = AuthFailureTracker(self.console.services.clock, max_failures=settings.login_failures,
-                                          window=LOCKOUT_WINDOW, lockout=LOCKOUT_WINDOW)
+        if settings.login_failures != self.console.settings.login_failures:  # else keep what it counted
+            self.lockout = AuthFailureTracker(self.console.services.clock, max_failures=settings.login_failures,
+                                              window=LOCKOUT_WINDOW, lockout=LOCKOUT_WINDOW)
         self.console.settings = settings
 
     async def start(self) -> None:
