@@ -25,7 +25,7 @@ name = "mx"
 address = "127.0.0.1:2525"
 tls = "none"
 """)
-    monkeypatch.setattr(listen_sockets, "bind_all", lambda *_args: [listen_sockets.WorkerSockets() for _ in range(2)])
+    monkeypatch.setattr(listen_sockets, "bind_all", lambda *_args, **_kwargs: [listen_sockets.WorkerSockets() for _ in range(2)])
 
     def no_shared_memory(*_args: object) -> None:
         raise PermissionError(13, "Permission denied", "/dev/shm/pym-1-abc")
