@@ -98,13 +98,12 @@ def test_the_store_contract_the_runner_uses(store_factory) -> None:  # type: ign
     asyncio.run(scenario())
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "memory"])
-def test_keyset_paging_walks_every_message_once_in_order(kind: str, tmp_path: Path) -> None:
+def test_keyset_paging_walks_every_message_once_in_order(store_factory) -> None:  # type: ignore[no-untyped-def]
     """QueueFilter.after (the console's queue pages): pages of 3 over 10 messages, two of them
     arriving in the same instant, give each message exactly once, oldest first, filters kept."""
     async def scenario() -> None:
         clock = FakeClock()
-        store = await open_store(kind, tmp_path, clock)
+        store = await store_factory(clock)
         try:
             ids = []
             for number in range(10):
