@@ -54,6 +54,7 @@ from mailgate.server.context import ListenerProfile
 from mailgate.server.diskguard import DiskGuard
 from mailgate.server.interfaces import IPAddress, interface_addresses
 from mailgate.server.listener import ListenerSettings
+from mailgate.server.line_rules import LineRules
 from mailgate.server.tls import TlsConfigError, server_context
 
 
@@ -385,6 +386,7 @@ def reception_settings(config: Config, users: Any, resolver: Resolver, is_hosted
         "max_recipients": server.max_recipients,
         "received_limit": server.received_limit,
         "received_shows_user": server.received_shows_user,
+        "lines": LineRules.from_config(server),
         "dnsbl_zones": tuple(config.dns.dnsbl_zones),
         "screener": build_screener(config),
         # Built anew on each reload: new DKIM keys rotate without a restart.

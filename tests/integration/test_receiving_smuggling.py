@@ -1,8 +1,9 @@
 """SMTP smuggling and command injection over a raw socket (RFC 5321 §2.3.8, §4.1.1.4; RFC 3207 §4).
 
 A message whose data holds a fake end of data (`<LF>.<LF>` and friends) followed by a second
-transaction must never turn into two messages: the client gets exactly one reply to the whole
-data, a refusal, and the queue holds nothing. Commands with bare line endings are refused, and a
+transaction must never turn into two messages, in every `server.bare_newline` mode: the client
+gets exactly one reply to the whole data; under `reject` a refusal and nothing queued, otherwise
+one message that holds the fake transaction as text and ends at the real end of data. Commands with bare line endings are refused, and a
 command pipelined behind STARTTLS is never executed.
 """
 
@@ -16,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.mailgate_server import InProcessMailgate
-from tests.support.receiving import HOSTED, RawSmtp, SmtpReply, client_context, config_text, queued
+from tests.support.receiving import (
+    HOSTED, UNTRUSTED_SOURCE, RawSmtp, SmtpReply, client_context, config_text, queued, stored_message,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,8 +34,8 @@ def mailgate(tmp_path: Path, tls_files: dict[str, str]) -> Iterator[InProcessMai
         yield mg
 
 
-async def _smuggle(port: int, fake_end: bytes) -> tuple[list[SmtpReply], bool]:
-    client = await RawSmtp.connect(port)
+async def _smuggle(port: int, fake_end: bytes, source: str = UNTRUSTED_SOURCE) -> tuple[list[SmtpReply], bool]:
+    client = await RawSmtp.connect(port, source=source)
     replies = [await client.reply()]
     await client.send(
         b"EHLO attacker.test\r\nMAIL FROM:<a@attacker.test>\r\n"
@@ -47,14 +50,69 @@ async def _smuggle(port: int, fake_end: bytes) -> tuple[list[SmtpReply], bool]:
     return replies, closed
 
 
+@pytest.mark.parametrize("mode", ["normalize", "reject", "no"])
 @pytest.mark.parametrize("fake_end", FAKE_ENDS, ids=repr)
-def test_smuggled_transaction_is_refused_whole(mailgate: InProcessMailgate, fake_end: bytes) -> None:
-    replies, closed = asyncio.run(_smuggle(mailgate.port("mx"), fake_end))
+def test_smuggled_transaction_is_never_a_second_message(tmp_path: Path, mode: str, fake_end: bytes) -> None:
+    """Every server.bare_newline mode: one reply to the whole data, at most one message queued,
+    holding the fake transaction as text; `reject` refuses it whole (550 5.5.2)."""
+    with InProcessMailgate(config_text(tmp_path, server_extra=f'bare_newline = "{mode}"')) as mg:
+        replies, closed = asyncio.run(_smuggle(mg.port("mx"), fake_end))
+        messages = queued(mg)
+        stored = stored_message(mg, messages[0].queue_id) if messages else b""
 
-    assert [r.code for r in replies] == [220, 250, 250, 250, 354, 550, 221]
-    assert replies[5].lines[0].startswith("5.")
     assert closed
-    assert queued(mailgate) == []
+    if mode == "reject":
+        assert [r.code for r in replies] == [220, 250, 250, 250, 354, 550, 221]
+        assert replies[5].lines[0].startswith("5.5.2")
+        assert messages == []
+        return
+    assert [r.code for r in replies] == [220, 250, 250, 250, 354, 250, 221]
+    assert len(messages) == 1 and [r[0] for r in messages[0].recipients] == [f"user@{HOSTED}"]
+    body = stored.split(b"Subject: cover\r\n", 1)[1]
+    assert b"victim@" in body and body.endswith(b"smuggled\r\n")  # the real end, nothing past it
+    if mode == "normalize":
+        assert body.count(b"\r\n") == body.count(b"\n") == body.count(b"\r")
+
+
+@pytest.mark.parametrize(("source", "excluded"), [(UNTRUSTED_SOURCE, False), ("127.0.0.1", True)])
+def test_reject_spares_trusted_networks_and_normalizes_their_mail(tmp_path: Path, source: str, excluded: bool) -> None:
+    """Postfix's smtpd_forbid_bare_newline_exclusions = $mynetworks: a trusted client is never
+    refused for bare LF under `reject`; its mail is normalized."""
+    with InProcessMailgate(config_text(tmp_path, server_extra='bare_newline = "reject"')) as mg:
+        replies, _ = asyncio.run(_smuggle(mg.port("mx"), b"\n.\n", source))
+        messages = queued(mg)
+        stored = stored_message(mg, messages[0].queue_id) if messages else b""
+    assert replies[5].code == (250 if excluded else 550)
+    assert len(messages) == excluded
+    if excluded:
+        assert b"cover\r\n.\r\nMAIL FROM:<x@y.test>\r\n" in stored
+
+
+async def _send_long_lines(port: int, body: bytes) -> SmtpReply:
+    client = await RawSmtp.connect(port, source=UNTRUSTED_SOURCE)
+    await client.reply()
+    await client.command("EHLO sender.test")
+    await client.command("MAIL FROM:<news@sender.test>")
+    await client.command(f"RCPT TO:<user@{HOSTED}>")
+    await client.command("DATA")
+    await client.send(body + b".\r\n")
+    reply = await client.reply()
+    await client.close()
+    return reply
+
+
+@pytest.mark.parametrize(("long_lines", "code"), [("wrap", 250), ("refuse", 550)])
+def test_long_lines_are_accepted_unless_refused(tmp_path: Path, long_lines: str, code: int) -> None:
+    body = b"Subject: newsletter\r\n\r\n<html>" + b"x" * 5000 + b"</html>\r\n"
+    with InProcessMailgate(config_text(tmp_path, server_extra=f'long_lines = "{long_lines}"')) as mg:
+        reply = asyncio.run(_send_long_lines(mg.port("mx"), body))
+        messages = queued(mg)
+        stored = stored_message(mg, messages[0].queue_id) if messages else b""
+    assert reply.code == code
+    if code == 250:  # stored as received; broken on delivery (tests/e2e/test_line_endings_postfix.py)
+        assert stored.endswith(b"x" * 5000 + b"</html>\r\n")
+    else:
+        assert reply.lines[0].startswith("5.6.0") and messages == []
 
 
 async def _bare_line_endings(port: int) -> list[SmtpReply]:
@@ -130,3 +188,14 @@ def test_plaintext_sent_after_the_220_is_not_read_as_a_command(mailgate: InProce
 
     assert not answer.startswith((b"250", b"5", b"4"))  # at most a TLS alert, never an SMTP reply
     assert queued(mailgate) == []
+
+
+def test_by_default_lf_only_mail_with_long_lines_is_accepted_and_stored_normalized(tmp_path: Path) -> None:
+    """A cron script's LF-only mail with a long line: 250, stored with CRLF (it was 550 5.5.2)."""
+    body = b"Subject: cron\n\nline one\nline two\n" + b"z" * 1500 + b"\r\n"
+    with InProcessMailgate(config_text(tmp_path)) as mg:
+        reply = asyncio.run(_send_long_lines(mg.port("mx"), body))
+        messages = queued(mg)
+        stored = stored_message(mg, messages[0].queue_id) if messages else b""
+    assert reply.code == 250
+    assert stored.endswith(b"Subject: cron\r\n\r\nline one\r\nline two\r\n" + b"z" * 1500 + b"\r\n")

@@ -7,6 +7,7 @@ import pytest
 
 from mailgate.core.reply import Reply
 from mailgate.smtp import events as ev
+from mailgate.smtp.client import BodyEncoder
 from mailgate.smtp.data import BodyInspector, DotBodyScanner
 from tests.support.smtp_driver import Driver, make_settings
 
@@ -209,3 +210,90 @@ def test_inspector_measures_lines_across_chunks() -> None:
     assert not inspector.long_line
     inspector.inspect(b"6789\r\n")
     assert inspector.long_line
+
+
+# --- bare line endings under every server.bare_newline mode (issue 13 item 10) -----------------
+
+MODES = ["normalize", "reject", "no"]
+
+
+def _relayed(stored: bytes) -> bytes:
+    """What a next hop reads when mailgate relays `stored` with DATA: the delivery encoder's
+    bytes fed to a fresh server scanner, which must end the data exactly at the real end."""
+    encoder = BodyEncoder()
+    wire = encoder.encode(stored) + encoder.finish()
+    body, consumed, done = DotBodyScanner().scan(wire)
+    assert done and consumed == len(wire), "the next hop saw an end of data before the real one"
+    return body
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fake_end", SMUGGLING, ids=repr)
+def test_smuggling_gives_one_message_in_every_mode(mode: str, fake_end: bytes) -> None:
+    """End of data only at CRLF.CRLF whatever the mode; what is stored, relayed onwards with
+    DATA, is one message at the next hop too (its fake end is dot-stuffed or made harmless)."""
+    driver = Driver(make_settings(bare_line_endings=mode))
+    driver.feed(OPEN + b"DATA\r\n" + b"Subject: real\r\n\r\nhello" + fake_end + FAKE_TRANSACTION + b".\r\nQUIT\r\n")
+    assert len(driver.messages) == 1
+    stored, end = driver.messages[0]
+    assert b"ceo@bank.test" in stored and b"QUIT" not in stored
+    assert len(driver.of_type(ev.MailFrom)) == 1
+    assert isinstance(driver.events[-2], ev.Quit)
+    assert end.bare_line_ending is (fake_end != b"\r\n\x00.\r\n")
+    if mode == "normalize":  # every line ends in CRLF; nothing bare is left
+        assert stored.count(b"\r\n") == stored.count(b"\n") == stored.count(b"\r")
+    else:
+        assert fake_end.replace(b"\r\n.", b"\r\n") in stored  # kept as it came (unstuffed)
+    assert b"ceo@bank.test" in _relayed(stored)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fake_end", SMUGGLING, ids=repr)
+def test_bdat_smuggling_gives_one_message_in_every_mode(mode: str, fake_end: bytes) -> None:
+    """BDAT is framed by its size: a fake end of data inside a chunk is content, and a chunk
+    that claims less than what follows leaves the rest to be read as (refused) commands."""
+    content = b"Subject: real\r\n\r\nhello" + fake_end + FAKE_TRANSACTION + b".\r\n"
+    driver = Driver(make_settings(bare_line_endings=mode))
+    driver.feed(OPEN + b"BDAT %d LAST\r\n" % len(content) + content + b"QUIT\r\n")
+    [(stored, end)] = driver.messages
+    assert len(driver.of_type(ev.MailFrom)) == 1 and isinstance(driver.events[-2], ev.Quit)
+    assert end.bare_line_ending is (fake_end != b"\r\n\x00.\r\n")
+    if mode == "normalize":
+        assert stored.count(b"\r\n") == stored.count(b"\n") == stored.count(b"\r")
+    else:
+        assert stored == content
+    assert b"ceo@bank.test" in _relayed(stored)
+
+
+@pytest.mark.parametrize(
+    ("pieces", "stored", "bare"),
+    [
+        ([b"a\nb\rc\r\nd\r\n.\r\n"], b"a\r\nb\r\nc\r\nd\r\n", True),
+        ([b"a\r", b"\nb\r\n.\r\n"], b"a\r\nb\r\n", False),  # a CRLF split between reads stays one
+        ([b"a\r", b"b\r\n.\r\n"], b"a\r\nb\r\n", True),  # a CR at the end of a read, then no LF
+        # Dots are unstuffed only after CRLF (RFC 5321 §4.5.2): after a bare LF a dot is text.
+        ([b"a\n", b".\n", b"..x\r\n.\r\n"], b"a\r\n.\r\n..x\r\n", True),
+        ([b"\n\n\r\r\n.\r\n"], b"\r\n\r\n\r\n\r\n", True),
+    ],
+)
+def test_normalize_turns_every_bare_cr_or_lf_into_crlf(pieces: list[bytes], stored: bytes, bare: bool) -> None:
+    driver = Driver(make_settings(bare_line_endings="normalize"))
+    driver.feed(OPEN + b"DATA\r\n")
+    for piece in pieces:
+        driver.feed(piece)
+    [(body, end)] = driver.messages
+    assert body == stored and end.bare_line_ending is bare
+    assert _relayed(body) == stored
+
+
+def test_normalize_joins_a_crlf_split_between_bdat_chunks() -> None:
+    driver = Driver(make_settings(bare_line_endings="normalize"))
+    driver.feed(OPEN + b"BDAT 4\r\nab\nc" + b"BDAT 2\r\nd\r" + b"BDAT 3 LAST\r\n\nef")
+    [(body, end)] = driver.messages
+    assert body == b"ab\r\ncd\r\nef" and end.bare_line_ending
+
+
+def test_normalize_measures_lf_only_lines_as_lines() -> None:
+    """An LF-only message of short lines is not one long line once normalized."""
+    body = b"x" * 500 + b"\n"
+    assert not send_data(body * 4 + b"\r\n.\r\n", Driver(make_settings(bare_line_endings="normalize"))).messages[0][1].long_line

@@ -66,6 +66,30 @@ SERVER = Section(
             "Recipients per message; more get 452 4.5.3 (RFC 5321 §4.5.3.1.8 requires at least 100)."),
         Key("received_limit", Integer(minimum=5, maximum=1000), 50,
             "More Received headers than this is a mail loop: 554 5.4.6 (RFC 5321 §6.3)."),
+        Key("bare_newline", Choice(choices=("normalize", "reject", "no")), "normalize",
+            "A bare LF or bare CR in message data (RFC 5321 §2.3.8; Postfix 3.9's "
+            "`smtpd_forbid_bare_newline`). In every mode the data ends only at CRLF.CRLF "
+            "(RFC 5321 §4.1.1.4), so `LF.LF`, `CR.CR`, `LF.CRLF`, `CRLF.LF` and the other SMTP "
+            "smuggling forms stay message text and never start a second message. `normalize` "
+            "(default): accept and store every bare CR or LF as CRLF. `reject`: refuse the message "
+            "with 550 5.5.2. `no`: accept and store the bytes unchanged (delivery still sends them "
+            "as CRLF, as RFC 5321 requires). Why `normalize`: scripts that write LF-only mail are "
+            "common and harmless once the end of data is exact, Postfix 3.9 and Exchange accept "
+            "them, and normalizing at reception means the screener, DKIM and every next hop see "
+            "the same standard bytes; `reject` loses that mail, `no` stores bytes that each next "
+            "hop may read differently. Command lines must always end in CRLF."),
+        Key("bare_newline_exclusions", ListOf(item=Network()), (),
+            "Clients never refused for bare CR or LF: under `bare_newline = \"reject\"` their mail "
+            "is normalized instead (like Postfix's `smtpd_forbid_bare_newline_exclusions`)."),
+        Key("bare_newline_exclude_trusted", Boolean(), True,
+            "Count `relay.trusted_networks` among `bare_newline_exclusions` (Postfix's default "
+            "`$mynetworks`): internal applications that write LF-only are not refused."),
+        Key("long_lines", Choice(choices=("wrap", "refuse")), "wrap",
+            "A message line longer than 998 characters (RFC 5322 §2.1.1). `wrap` (default): "
+            "accept it and break it on delivery as RFC 5322 allows and Postfix's "
+            "`smtp_line_length_limit` does: a header field is folded at whitespace, a body line "
+            "is broken with CRLF SP. Internal mail that is DKIM-signed is broken before signing, "
+            "so the signature holds on the delivered bytes. `refuse`: 550 5.6.0 at end of data."),
         Key("received_shows_user", Boolean(), False,
             "Put the authenticated user name into the Received header."),
         Key("user", Text(), "",

@@ -34,6 +34,7 @@ from mailgate.core.status import Outcome, classify
 from mailgate.delivery.pool import ConnectionPool, SmtpConnection
 from mailgate.delivery.request import AttemptResult, Candidate, DeliveryRequest, HopPolicy
 from mailgate.smtp.client import Ending, PeerProtocolError, State, Verb, mail_command, parse_ehlo, rcpt_command
+from mailgate.smtp.line_wrap import LineWrapper
 
 # Replies made up here for failures that have no server reply. Enhanced codes: RFC 3463 §3.5
 # (X.4.1 no answer from host, X.4.2 bad connection incl. time-outs), §3.6 (X.5.0 protocol error),
@@ -354,10 +355,15 @@ class SmtpTransport:
         return accepted
 
     async def _send_body(self, connection: SmtpConnection, message: _Message) -> Reply:
+        # RFC 5322 §2.1.1 / RFC 5321 §4.5.3.1.6: lines over 998 octets, accepted at reception
+        # (server.long_lines = "wrap"), are broken here, before the line endings are made CRLF.
+        wrapper = LineWrapper()
+        crlf_clean = message.request.crlf_clean
         async for chunk in message.request.body():
-            connection.queue_bytes(connection.protocol.body(chunk, crlf_clean=message.request.crlf_clean))
+            connection.queue_bytes(connection.protocol.body(wrapper.feed(chunk), crlf_clean=crlf_clean))
             if len(chunk) >= BODY_FLUSH_SIZE:  # small messages go out with the final dot
                 await connection.flush(self._timeouts.data_block)
+        connection.queue_bytes(connection.protocol.body(wrapper.finish(), crlf_clean=crlf_clean))
         connection.queue_bytes(connection.protocol.end_of_data())
         await connection.flush(self._timeouts.data_block)
         return (await connection.next_reply(self._timeouts.data_termination)).reply

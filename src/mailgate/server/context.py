@@ -16,6 +16,7 @@ from mailgate.policy.limits import MessageRateLimits
 from mailgate.policy.relay import RelayPolicy
 from mailgate.queue.store import QueueStore
 from mailgate.screen import Screener
+from mailgate.server.line_rules import LineRules
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Reception:
     rate_limits: MessageRateLimits | None = None
     disk: Any = None  # server.diskguard.DiskGuard: 452 4.3.1 under soft back-pressure
     clock: Any = None
+    lines: LineRules = field(default_factory=LineRules)  # bare CR/LF and long lines
     screener: Screener | None = None
     authenticator: Any = None  # auth.message.MessageAuthenticator: DKIM signing, inbound checks
     postmaster_domain: str = ""  # where RCPT TO:<Postmaster> goes (app_config.postmaster_domain)

@@ -2,8 +2,9 @@
 
 Owns: reading the spooled message for the authenticator (in a thread, never on the event loop),
 the `Origin` of a message, and replacing the spooled message by the authenticator's result under
-the same queue id (DKIM-Signature fields for internal mail, Authentication-Results for mail from
-outside). Inbound checks run before the screener, on the bytes the sender signed; signing and
+the same queue id (DKIM-Signature fields for internal mail, over its wire form: long lines
+already broken and line endings CRLF, so delivery changes no signed byte; Authentication-Results
+for mail from outside). Inbound checks run before the screener, on the bytes the sender signed; signing and
 the results header come after it, on what will be stored (docs/flow.md). A failure of the
 authenticator is a 451 (the sender retries), never an unsigned or unchecked 250.
 Must not: decide anything (auth/ decides) or commit (the session does).
@@ -17,6 +18,7 @@ import logging
 from mailgate.auth.message import NOT_CHECKED, TEMPFAIL, InboundVerdict, MessageAuthenticator, Origin
 from mailgate.core.reply import LOCAL_ERROR
 from mailgate.queue.store import MessageWriter, QueueStore
+from mailgate.smtp.line_wrap import wire_form
 
 log = logging.getLogger("mailgate.auth")
 
@@ -45,9 +47,15 @@ async def finish(
 ) -> MessageWriter:
     """The writer to commit: `writer`, or a new one holding the signed or annotated message.
     Raises what the authenticator raised; the session answers 451 then."""
-    message = await authenticator.finish(await asyncio.to_thread(_read, writer), origin, verdict)
+    stored = await asyncio.to_thread(_read, writer)
+    # A signature must hold on the delivered bytes: internal mail is signed in its wire form
+    # (long lines broken, bare CR/LF made CRLF, as delivery would), and stored so.
+    unsigned = await asyncio.to_thread(wire_form, stored) if origin.internal else stored
+    message = await authenticator.finish(unsigned, origin, verdict)
     if message is None:
-        return writer
+        if unsigned == stored:
+            return writer
+        message = unsigned
     copy = store.begin(writer.queue_id)
     try:
         await asyncio.to_thread(copy.write, message)

@@ -37,6 +37,7 @@ from mailgate.screen import ScreenContext
 from mailgate.server import command_log, message_auth
 from mailgate.server.authentication import Authentication
 from mailgate.server.context import ListenerProfile, Reception
+from mailgate.server.line_rules import KEEP, REJECT
 from mailgate.server.message_head import HeadBuilder, received_header
 from mailgate.server.read_deadline import ReadDeadline
 from mailgate.server.screening import Screened, screen_message
@@ -47,9 +48,10 @@ from mailgate.smtp.server import Mode, ServerProtocol, ServerSettings
 log = logging.getLogger("mailgate.smtp")
 
 READ_SIZE = 256 * 1024
-# RFC 5321 §2.3.8 / SMTP smuggling: a message holding a bare CR or LF is refused whole.
+# RFC 5321 §2.3.8 / SMTP smuggling: under server.bare_newline = "reject", a message holding a
+# bare CR or LF is refused whole.
 BARE_LINE_ENDING_IN_MESSAGE = Reply(550, "5.5.2", "Message refused: bare CR or LF in message data")
-# RFC 5322 §2.1.1: lines are limited to 998 characters plus CRLF.
+# RFC 5322 §2.1.1: lines are limited to 998 characters plus CRLF (server.long_lines = "refuse").
 LONG_LINE_IN_MESSAGE = Reply(550, "5.6.0", "Message refused: a line exceeds 998 characters")
 # Why a session ended, for the events that end it (the transaction log's close reason).
 _CLOSE_REASONS = {ev.Quit: "quit", ev.TooManyErrors: "errors", ev.FramingLost: "framing"}
@@ -62,6 +64,7 @@ class _Transaction:
         self.head: HeadBuilder | None = None
         self.rule = ""  # the relay rule that permitted the first recipient, for the logs
         self.rewritten = False  # the screener replaced the message (strip, tag, added headers)
+        self.bare_kept = False  # bare CR or LF stored as received (server.bare_newline = "no")
         self.data_deadline = 0.0  # time.monotonic() by which the data must be complete
 
 
@@ -101,6 +104,9 @@ class Session:
             auth_mechanisms=("PLAIN", "LOGIN") if profile.auth != "none" else (),
             error_budget=profile.error_budget,
             postmaster_domain=self.reception.postmaster_domain,
+            bare_line_endings=self.reception.lines.bare_newline_for(
+                self.client_address, self.reception.policy.is_trusted(self.client)
+            ),
         )
 
     @property
@@ -377,11 +383,15 @@ class Session:
         refusal, reason = None, ""
         if event.oversize:
             refusal, reason = MESSAGE_TOO_BIG, "size"  # RFC 1870 §6 / RFC 5321 §4.5.3.1.7
-        elif event.bare_line_ending:
+        elif event.bare_line_ending and self.protocol.settings.bare_line_endings == REJECT:
             refusal, reason = BARE_LINE_ENDING_IN_MESSAGE, "bare_lf"
-        elif event.long_line:
+        elif event.long_line and self.reception.lines.refuse_long_lines:
             refusal, reason = LONG_LINE_IN_MESSAGE, "long_line"
         else:
+            if event.bare_line_ending:
+                mode = self.protocol.settings.bare_line_endings
+                transaction.bare_kept = mode == KEEP
+                log.info("bare CR or LF in message data from %s (bare_newline %s)", self.client_address, mode)
             assert transaction.head is not None and transaction.writer is not None
             if not transaction.head.done:
                 transaction.head.finish()
@@ -464,8 +474,9 @@ class Session:
             direction=self._direction(transaction),
             received_count=transaction.head.received_count if transaction.head else 0,
             hold_reason=hold_reason,
-            # Reception refuses bare CR/LF; a copy the screener rewrote is checked on delivery.
-            crlf_clean=not transaction.rewritten,
+            # Reception normalized or refused bare CR/LF, unless bare_newline = "no" kept them; a
+            # copy the screener rewrote is checked on delivery too.
+            crlf_clean=not (transaction.rewritten or transaction.bare_kept),
         )
         started = time.monotonic()
         delivery = self.reception.delivery

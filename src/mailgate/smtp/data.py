@@ -4,7 +4,9 @@ Owns: finding the end of a DATA body (RFC 5321 §4.1.1.4: only CRLF "." CRLF, or
 the very first line), dot-unstuffing (RFC 5321 §4.5.2), and the facts the caller needs about a
 body whether it came by DATA or by BDAT (RFC 3030): its size against the limit (RFC 1870),
 bare CR or LF anywhere (SMTP smuggling, CVE-2023-51764 family) and text lines over the limit
-(RFC 5321 §4.5.3.1.6).
+(RFC 5321 §4.5.3.1.6), and, when asked, turning every bare CR or LF into CRLF (`normalize`, the
+same rule the delivery side's `BodyEncoder` applies). Whatever the caller does with bare line
+endings, the end of data is only ever CRLF "." CRLF: a bare CR or LF never ends a message.
 Must not: know about commands, replies or state. Every scan uses bytes.find / count / replace /
 split so a body is never walked line by line in Python.
 """
@@ -54,8 +56,31 @@ class DotBodyScanner:
         return body, consumed, done
 
 
+class LineEndingNormalizer:
+    """Streams body bytes with every bare CR or LF turned into CRLF (RFC 5321 §2.3.8).
+
+    A CR at the end of a chunk is written as CRLF at once; if the next chunk starts with the LF
+    that made it a pair, that LF is dropped, so nothing is held back between chunks.
+    """
+
+    def __init__(self) -> None:
+        self._drop_lf = False
+
+    def normalize(self, chunk: bytes) -> bytes:
+        if self._drop_lf:
+            self._drop_lf = False
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]
+        if chunk.endswith(b"\r"):
+            self._drop_lf = True
+        elif chunk.count(b"\r\n") == chunk.count(b"\r") == chunk.count(b"\n"):
+            return chunk  # already CRLF-clean: no copy
+        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
 class BodyInspector:
-    """Counts a message's octets and flags what makes the caller refuse it.
+    """Counts a message's octets and flags what makes the caller refuse it; with `normalize`,
+    passes the body on with bare CR and LF turned into CRLF (`LineEndingNormalizer`).
 
     Bare line endings: with every CRLF pair taken out, no CR or LF may be left (a pair split
     between two chunks is joined up by `_pending_cr`). Long lines: a run of `max_line` octets
@@ -66,9 +91,10 @@ class BodyInspector:
     DATA to a next hop that does treat bare LF as a line end, so BDAT content is flagged too.
     """
 
-    def __init__(self, max_size: int, max_line: int) -> None:
+    def __init__(self, max_size: int, max_line: int, normalize: bool = False) -> None:
         self.max_size = max_size  # RFC 1870; 0 = unlimited
         self.max_line = max_line  # octets including CRLF, RFC 5321 §4.5.3.1.6
+        self._normalizer = LineEndingNormalizer() if normalize else None
         self.size = 0
         self.oversize = False
         self.long_line = False
@@ -82,17 +108,20 @@ class BodyInspector:
         return self._bare or self._pending_cr
 
     def inspect(self, chunk: bytes) -> bytes | None:
-        """Account for `chunk`; return it to pass on, or None (empty, or past the size limit)."""
+        """Account for `chunk` (the octets received); return what to pass on (normalized when
+        asked), or None (nothing to pass, or past the size limit)."""
         if not chunk:
             return None
         self.size += len(chunk)
         if not self._bare:
             self._find_bare_line_endings(chunk)
+        if self._normalizer is not None:
+            chunk = self._normalizer.normalize(chunk)  # lines are measured as they will be stored
         if not self.long_line:
             self._measure_lines(chunk)
         if self.max_size and self.size > self.max_size:
             self.oversize = True  # from here on, bytes are counted and dropped
-        return None if self.oversize else chunk
+        return None if self.oversize or not chunk else chunk
 
     def _find_bare_line_endings(self, chunk: bytes) -> None:
         start = 0

@@ -80,8 +80,10 @@ class BodyChunk:
 class MessageEnd:
     """End of DATA or of the LAST BDAT chunk. The caller replies 250 queued or refuses.
 
-    Refuse (RFC 5321 §4.5.3.1.7 552 5.3.4) when `oversize`; refuse when `bare_line_ending`
-    (a bare CR or LF inside the message: SMTP smuggling, CVE-2023-51764 family).
+    Refuse (RFC 5321 §4.5.3.1.7 552 5.3.4) when `oversize`. `bare_line_ending`: a bare CR or LF
+    was inside the message (SMTP smuggling, CVE-2023-51764 family; with `bare_line_endings =
+    "normalize"` the body chunks already carried it as CRLF). `long_line`: a line over the
+    limit (RFC 5321 §4.5.3.1.6). The caller decides whether either refuses the message.
     """
 
     verb: ClassVar[str] = "DATA"

@@ -356,7 +356,10 @@ class ServerProtocol:
         self.mode = Mode.DATA
 
     def _new_inspector(self) -> BodyInspector:
-        return BodyInspector(self.settings.max_message_size, self.settings.max_text_line)
+        return BodyInspector(
+            self.settings.max_message_size, self.settings.max_text_line,
+            normalize=self.settings.bare_line_endings == "normalize",
+        )
 
     def _data_event(self) -> Event | NeedData:
         transaction, scanner = self._transaction, self._scanner

@@ -24,6 +24,9 @@ class ServerSettings:
     pipelining: bool = True  # RFC 2920
     max_command_line: int = 512  # RFC 5321 §4.5.3.1.4, including CRLF
     max_text_line: int = 1000  # RFC 5321 §4.5.3.1.6, including CRLF
+    # A bare CR or LF in message data (RFC 5321 §2.3.8): "normalize" passes it on as CRLF,
+    # "reject" and "no" pass it on as it came (MessageEnd flags it). Never an end of data.
+    bare_line_endings: str = "reject"
     error_budget: int = 10  # protocol errors before 421 4.7.0
     # RFC 5321 §4.5.1: `RCPT TO:<Postmaster>` must be accepted; it names postmaster@this domain
     # ("" = hostname; the server sets a hosted domain when its hostname is not one).
