@@ -8,6 +8,7 @@ one, so DSNs are real RFC 3464 reports committed to the (memory) queue.
 from __future__ import annotations
 
 import asyncio
+import errno
 import email
 
 import pytest
@@ -252,3 +253,102 @@ def test_routed_transport_sends_maildir_routes_to_the_maildir_and_the_rest_to_sm
     (stored,) = (tmp_path / "new").iterdir()
     assert stored.read_bytes() == b"Return-Path: <a@sender.test>\r\nDelivered-To: b@example.net\r\n" + BODY
     assert [carried.route_key for carried in smtp.carried] == ["mx:example.net"] and smtp.closed
+
+
+# --- outcomes the store cannot save (issue 21 item 2: a full disk) --------------------------------
+class FullDiskStore(MemoryQueueStore):
+    """The memory store, whose record() and finish() fail with ENOSPC as often as `failures` says."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.failures = {"record": 0, "finish": 0}
+
+    def _maybe_fail(self, step: str) -> None:
+        if self.failures[step] > 0:
+            self.failures[step] -= 1
+            raise OSError(errno.ENOSPC, "database or disk is full")
+
+    async def record(self, queue_id, updates):
+        self._maybe_fail("record")
+        await super().record(queue_id, updates)
+
+    async def finish(self, queue_id, **kwargs):
+        self._maybe_fail("finish")
+        return await super().finish(queue_id, **kwargs)
+
+
+def full_disk_harness(scripts=None) -> Harness:
+    harness = Harness(scripts)
+    harness.store = FullDiskStore(harness.clock)
+    harness.runner._store = harness.store
+    harness.runner._bouncer = Bouncer(harness.store, "relay.test", 0.0, LIFETIME)
+    return harness
+
+
+async def attempt_due_as_the_runner_does(harness: Harness) -> int:
+    """Like Harness.attempt_due, but an exception is logged and swallowed as the runner's guard
+    does (the message then stays leased until its lease runs out or a restart returns it)."""
+    claimed = await harness.store.claim_due(harness.clock.now(), 100)
+    for message in claimed:
+        try:
+            await harness.runner.deliver(message)
+        except Exception:
+            pass
+    return len(claimed)
+
+
+def test_a_delivery_whose_outcome_cannot_be_saved_is_saved_later_and_never_sent_twice():
+    async def scenario():
+        harness = full_disk_harness()
+        queue_id = await harness.submit("a@sender.test", "b@example.net")
+        harness.store.failures["finish"] = 3  # the disk is full for three saves
+        assert await attempt_due_as_the_runner_does(harness) == 1
+        assert len(harness.transport.carried) == 1
+        # The lease runs out: the message is claimable again.
+        await harness.store.recover()
+        assert await attempt_due_as_the_runner_does(harness) == 1  # claimed, one save tried
+        assert len(harness.transport.carried) == 1  # ... but never sent again
+        assert harness.runner.unsaved == [queue_id]
+        assert await harness.runner.save_unsaved() == 1  # the third failure
+        assert await harness.store.get(queue_id) is not None
+        assert await harness.runner.save_unsaved() == 0  # space is back: it lands
+        assert await harness.store.get(queue_id) is None
+        assert await attempt_due_as_the_runner_does(harness) == 0
+        assert len(harness.transport.carried) == 1
+
+    run(scenario())
+
+
+def test_a_failed_recipient_whose_finish_fails_gets_exactly_one_dsn():
+    async def scenario():
+        harness = full_disk_harness({"b@example.net": [REFUSED]})
+        queue_id = await harness.submit("a@sender.test", "b@example.net")
+        harness.store.failures.update(record=1, finish=1)
+        await attempt_due_as_the_runner_does(harness)  # record fails
+        assert await harness.runner.save_unsaved() == 1  # record lands, DSN made, finish fails
+        assert await harness.runner.save_unsaved() == 0  # finish lands
+        assert await harness.store.get(queue_id) is None
+        for _ in range(3):
+            await attempt_due_as_the_runner_does(harness)  # the DSN is delivered
+        assert len(await harness.dsns()) == 1
+        recipients = [carried.recipients for carried in harness.transport.carried]
+        assert recipients.count(("b@example.net",)) == 1
+
+    run(scenario())
+
+
+def test_unsaved_outcomes_are_saved_by_the_runner_itself():
+    async def scenario():
+        harness = full_disk_harness()
+        harness.runner._settings = RunnerSettings(workers=4, max_lifetime=LIFETIME, save_retry=0.01)
+        queue_id = await harness.submit("a@sender.test", "b@example.net")
+        harness.store.failures["finish"] = 4
+        await attempt_due_as_the_runner_does(harness)
+        for _ in range(1000):  # bounded: the runner's own retries (0.01 s, doubling) land it
+            if await harness.store.get(queue_id) is None:
+                break
+            await asyncio.sleep(0.01)
+        assert await harness.store.get(queue_id) is None and harness.runner.unsaved == []
+        assert len(harness.transport.carried) == 1
+
+    run(scenario())

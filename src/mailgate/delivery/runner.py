@@ -4,6 +4,10 @@ Owns: the delivery loop (woken at once by new mail, otherwise sleeping until the
 retry), bounded concurrency, grouping a message's pending recipients by route (one transaction
 per next hop), turning outcomes into queue updates (retry with backoff, expiry after the
 maximum lifetime, ARCHITECTURE.md step 9) and handing failures and delays to the bouncer.
+An attempt's outcome that cannot be saved (the store fails: a full disk, a lost database) is kept
+in memory (`_Unsaved`) and saved again, with a growing pause, until it lands; meanwhile the
+message is never attempted again, even if its lease ran out and it is claimed anew: a recipient
+delivered but not yet recorded as delivered must not get the message twice (issue 21 item 2).
 Must not: carry messages itself (a `delivery.request.Transport` does: SMTP or Maildir), parse DNS (routing) or build DSN text (dsn/).
 """
 
@@ -42,11 +46,27 @@ log = logging.getLogger("mailgate.delivery")
 EXPIRED_CODE, EXPIRED = 554, "5.4.7"
 
 
+# Pauses between attempts to save an outcome the store refused: doubling from the first to the last.
+SAVE_RETRY_FIRST, SAVE_RETRY_LAST = 1.0, 60.0
+
+
 @dataclass(frozen=True)
 class RunnerSettings:
     workers: int = 200
     max_lifetime: float = 5 * 86400
     delay_warning: float = 4 * 3600  # 0: never
+    save_retry: float = SAVE_RETRY_FIRST  # first pause before saving an unsaved outcome again
+
+
+@dataclass
+class _Unsaved:
+    """One attempt's outcome not yet (fully) in the store, with the steps already done."""
+
+    message: QueuedMessage
+    updates: list[RecipientUpdate]
+    attempted_at: float
+    recorded: bool = False  # record() done (the bounce step follows it)
+    delay_notified: bool | None = None  # the bouncer ran (its DSN is committed): never again
 
 
 class DeliveryRunner:
@@ -77,6 +97,8 @@ class DeliveryRunner:
         self._full = False  # the last claim took every free slot: more may be due
         self._stopping = False
         self._rng = random.Random()
+        self._unsaved: dict[str, _Unsaved] = {}  # queue id -> outcome the store has not taken yet
+        self._saver: asyncio.Task | None = None
 
     def wake(self) -> None:
         """New mail was committed: look for due work now."""
@@ -151,6 +173,37 @@ class DeliveryRunner:
             await asyncio.wait(self._active, timeout=grace)
         for task in list(self._active):
             task.cancel()  # its lease is returned by recover() at the next start
+        if self._saver is not None:
+            self._saver.cancel()
+        await self.save_unsaved()  # a last try: what is still unsaved may be delivered again
+        if self._unsaved:
+            log.error("stopping with %d delivery outcome(s) unsaved: %s", len(self._unsaved), ", ".join(self._unsaved))
+
+    @property
+    def unsaved(self) -> list[str]:
+        """Queue ids of messages whose last outcome the store has not taken yet."""
+        return list(self._unsaved)
+
+    async def save_unsaved(self) -> int:
+        """Try once more to save every outcome the store refused; returns how many are left."""
+        for queue_id, unsaved in list(self._unsaved.items()):
+            try:
+                await self._save(unsaved)
+            except Exception as exc:
+                log.warning("outcome of %s still not saved: %s", queue_id, exc)
+                continue
+            del self._unsaved[queue_id]
+            log.info("outcome of %s saved after a failure", queue_id)
+        return len(self._unsaved)
+
+    async def _save_later(self) -> None:
+        """Until every unsaved outcome has landed: wait, try again, wait twice as long."""
+        pause = self._settings.save_retry
+        while self._unsaved and not self._stopping:
+            await asyncio.sleep(pause)
+            if await self.save_unsaved():
+                pause = min(pause * 2, max(SAVE_RETRY_LAST, self._settings.save_retry))
+        self._saver = None
 
     async def _deliver_guarded(self, message: QueuedMessage) -> None:
         try:
@@ -164,6 +217,9 @@ class DeliveryRunner:
 
     async def deliver(self, message: QueuedMessage) -> None:
         """One attempt for every pending recipient of one claimed message."""
+        if message.queue_id in self._unsaved:  # claimed again (its lease ran out): never resend
+            await self.save_unsaved()
+            return
         now = self._clock.now()
         groups: dict[str, list[QueuedRecipient]] = {}
         for recipient in message.pending:
@@ -184,13 +240,31 @@ class DeliveryRunner:
             outcomes.update(result)
         attempts = {r.index: r.attempts for r in message.recipients}
         updates = [self._update(message, index, outcome, attempts[index] + 1, now) for index, outcome in outcomes.items()]
-        if all(update.state is RecipientState.DELIVERED for update in updates):
-            await self._store.finish(message.queue_id, updates=updates)  # the common case: one step
+        unsaved = _Unsaved(message, updates, now)
+        try:
+            await self._save(unsaved)
+        except Exception:
+            log.exception("outcome of %s not saved; kept and saved again later", message.queue_id)
+            self._unsaved[message.queue_id] = unsaved
+            if self._saver is None and not self._stopping:
+                self._saver = asyncio.create_task(self._save_later())
             return
-        await self._store.record(message.queue_id, updates)
-        delay_notified = await self._bouncer.after_attempt(message, updates, now)
-        await self._store.finish(message.queue_id, delay_notified=delay_notified)
-        self._wakeup.set()  # a retry is due later: the runner's sleep must end by then
+        if not all(update.state is RecipientState.DELIVERED for update in updates):
+            self._wakeup.set()  # a retry is due later: the runner's sleep must end by then
+
+    async def _save(self, unsaved: _Unsaved) -> None:
+        """Record the outcome, bounce what failed, return the lease; each step done only once
+        (a DSN is never made twice), resumed where it stopped when the store failed."""
+        queue_id, updates = unsaved.message.queue_id, unsaved.updates
+        if all(update.state is RecipientState.DELIVERED for update in updates):
+            await self._store.finish(queue_id, updates=updates)  # the common case: one step
+            return
+        if not unsaved.recorded:
+            await self._store.record(queue_id, updates)
+            unsaved.recorded = True
+        if unsaved.delay_notified is None:
+            unsaved.delay_notified = await self._bouncer.after_attempt(unsaved.message, updates, unsaved.attempted_at)
+        await self._store.finish(queue_id, delay_notified=unsaved.delay_notified)
 
     async def _attempt(
         self, message: QueuedMessage, route: Route, recipients: list[QueuedRecipient]
