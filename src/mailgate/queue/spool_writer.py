@@ -94,14 +94,20 @@ class SpoolWriter(MessageWriter):
         self._discarded = True
 
     def discard(self) -> None:
+        """Drop the message; the spill file is always removed, even when closing it fails (on a
+        full disk the buffered tail cannot be flushed and close() raises ENOSPC)."""
         self._discarded = True
         self._buffer = bytearray()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._spill_path is not None:
-            remove_quietly(self._spill_path)
-            self._spill_path = None
+        try:
+            if self._file is not None:
+                file, self._file = self._file, None
+                file.close()
+        except OSError:
+            pass  # the bytes are being thrown away anyway
+        finally:
+            if self._spill_path is not None:
+                remove_quietly(self._spill_path)
+                self._spill_path = None
 
 
 def remove_quietly(path: Path) -> None:

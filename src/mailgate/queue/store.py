@@ -21,6 +21,7 @@ Contract every implementation keeps:
 from __future__ import annotations
 
 import abc
+import errno
 from collections.abc import AsyncIterator
 from typing import BinaryIO
 from dataclasses import dataclass, field
@@ -58,6 +59,16 @@ class MessageMeta:
 
 class MessageNotFoundError(KeyError):
     """No message with that queue id (never queued, or delivered and deleted)."""
+
+
+# ENOSPC: no space left on the device; EDQUOT: the spool user's disk quota is used up.
+_OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """Did storing fail for lack of space? (Stores raise OSError with ENOSPC for a full database.)
+    Reception answers 452 4.3.1 for it (RFC 3463 §3.4 "mail system full"), not 451."""
+    return isinstance(exc, OSError) and exc.errno in _OUT_OF_SPACE
 
 
 class CorruptBodyError(Exception):

@@ -8,6 +8,8 @@ subscribers when the state changes. The server's reaction, wired by the composit
   §3.4 X.3.1 "mail system full"), as Exchange's back pressure does; the queue keeps delivering,
   which frees space;
 - `hard` (below the hard threshold): the listeners stop accepting connections;
+- while a message streams in, the session asks `room_now()` (a fresh sample) about once per MiB
+  and refuses the message with 452 4.3.1 below the soft threshold;
 - back to `ok` by itself when space returns. A state is only left once free space is back above
   its threshold plus `recovery_margin` (hysteresis), so a spool hovering at a threshold does not
   make the listeners flap.
@@ -135,6 +137,18 @@ class DiskGuard:
         if self.last_sample is None or self.thresholds.hard_free_bytes == 0:
             return True
         return self.last_sample.free_bytes - size >= self.thresholds.hard_free_bytes
+
+    def room_now(self) -> bool:
+        """A fresh sample, for a message streaming in (checked about once per MiB, so a long
+        DATA cannot run past the soft threshold between two polls): False below it. It does not
+        change `state` (poll() does, with its subscribers); a failing statvfs answers True and
+        leaves the refusal to the write error it foretells."""
+        try:
+            sample = sample_of(self._statvfs(self.path))
+        except OSError:
+            return True
+        self.last_sample = sample
+        return _level(sample, self.thresholds, 1.0) is DiskState.OK
 
     async def poll(self) -> DiskState:
         """Sample once, update `state`, and await the subscribers if it changed.

@@ -32,7 +32,7 @@ from mailgate.core.reply import (
 from mailgate.dns.dnsbl import dnsbl_listed
 from mailgate.observe.translog import new_session_id
 from mailgate.policy.relay import Client
-from mailgate.queue.store import MessageMeta, MessageWriter, QueuedMessage
+from mailgate.queue.store import MessageMeta, MessageWriter, QueuedMessage, out_of_space
 from mailgate.screen import ScreenContext
 from mailgate.server import command_log, message_auth
 from mailgate.server.authentication import Authentication
@@ -53,6 +53,8 @@ READ_SIZE = 256 * 1024
 BARE_LINE_ENDING_IN_MESSAGE = Reply(550, "5.5.2", "Message refused: bare CR or LF in message data")
 # RFC 5322 §2.1.1: lines are limited to 998 characters plus CRLF (server.long_lines = "refuse").
 LONG_LINE_IN_MESSAGE = Reply(550, "5.6.0", "Message refused: a line exceeds 998 characters")
+# While a message streams in, free space is measured again after this many bytes (DiskGuard.room_now).
+DISK_CHECK_BYTES = 1024 * 1024
 # Why a session ended, for the events that end it (the transaction log's close reason).
 _CLOSE_REASONS = {ev.Quit: "quit", ev.TooManyErrors: "errors", ev.FramingLost: "framing"}
 
@@ -66,6 +68,10 @@ class _Transaction:
         self.rewritten = False  # the screener replaced the message (strip, tag, added headers)
         self.bare_kept = False  # bare CR or LF stored as received (server.bare_newline = "no")
         self.data_deadline = 0.0  # time.monotonic() by which the data must be complete
+        # Storing failed (write error, or the spool went below the soft threshold while the data
+        # streamed in): the rest of the data is read and dropped, then answered with this reply.
+        self.storage_refusal: Reply | None = None
+        self.unchecked_bytes = 0  # written since free space was last measured
 
 
 class Session:
@@ -251,6 +257,8 @@ class Session:
         if event.oversize:
             self._discard()
             return MESSAGE_TOO_BIG
+        if self.transaction is not None and self.transaction.storage_refusal is not None:
+            return self._refuse(self.transaction, self.transaction.storage_refusal, "disk")  # RFC 3030 §2
         self._open_message()
         return bdat_chunk_ok(event.size)
 
@@ -330,7 +338,7 @@ class Session:
 
     def _open_message(self) -> None:
         transaction = self.transaction
-        if transaction is None or transaction.writer is not None:
+        if transaction is None or transaction.writer is not None or transaction.storage_refusal:
             return
         transaction.writer = self.reception.store.begin()
         transaction.data_deadline = time.monotonic() + self.profile.data_deadline
@@ -346,13 +354,36 @@ class Session:
         if transaction is None or transaction.head is None or transaction.writer is None:
             return
         if transaction.head.done:
-            transaction.writer.write(data)
+            self._store(transaction, data)
             return
         rest = transaction.head.feed(data)
         if transaction.head.done:
-            transaction.writer.write(self._head_bytes(transaction))
-            if rest:
-                transaction.writer.write(rest)
+            self._store(transaction, self._head_bytes(transaction) + rest)
+
+    def _store(self, transaction: _Transaction, data: bytes) -> None:
+        """Spool bytes of the message; on a write error, or once the spool is below the soft
+        threshold (measured about once per MiB), the message is dropped (its spill file removed)
+        and the rest of its data read and thrown away, so the framing holds and the end of data
+        gets 452 4.3.1 (RFC 3463 §3.4 "mail system full"; RFC 5321 §4.2.2), not a dead session."""
+        assert transaction.writer is not None
+        try:
+            transaction.writer.write(data)
+        except OSError as exc:
+            self._storage_failed(transaction, f"write error: {exc}")
+            return
+        transaction.unchecked_bytes += len(data)
+        disk = self.reception.disk
+        if disk is not None and transaction.unchecked_bytes >= DISK_CHECK_BYTES:
+            transaction.unchecked_bytes = 0
+            if not disk.room_now():
+                self._storage_failed(transaction, "spool below the soft free-space threshold")
+
+    def _storage_failed(self, transaction: _Transaction, why: str) -> None:
+        log.warning("dropping message from %s while it streams in: %s", self.client_address, why)
+        if transaction.writer is not None:
+            transaction.writer.discard()
+            transaction.writer = None
+        transaction.storage_refusal = INSUFFICIENT_STORAGE
 
     def _head_bytes(self, transaction: _Transaction) -> bytes:
         assert transaction.head is not None and transaction.writer is not None
@@ -381,7 +412,9 @@ class Session:
             return LOCAL_ERROR
         self._open_message()
         refusal, reason = None, ""
-        if event.oversize:
+        if transaction.storage_refusal is not None:
+            refusal, reason = transaction.storage_refusal, "disk"
+        elif event.oversize:
             refusal, reason = MESSAGE_TOO_BIG, "size"  # RFC 1870 §6 / RFC 5321 §4.5.3.1.7
         elif event.bare_line_ending and self.protocol.settings.bare_line_endings == REJECT:
             refusal, reason = BARE_LINE_ENDING_IN_MESSAGE, "bare_lf"
@@ -395,8 +428,10 @@ class Session:
             assert transaction.head is not None and transaction.writer is not None
             if not transaction.head.done:
                 transaction.head.finish()
-                transaction.writer.write(self._head_bytes(transaction))
-            if transaction.head.received_count > self.reception.received_limit:
+                self._store(transaction, self._head_bytes(transaction))
+            if transaction.storage_refusal is not None:
+                refusal, reason = transaction.storage_refusal, "disk"
+            elif transaction.head.received_count > self.reception.received_limit:
                 refusal, reason = LOOP_DETECTED, "loop"  # RFC 5321 §6.3: 554 5.4.6
         if refusal is not None:
             log.info("refused message from %s: %s", self.client_address, refusal)
@@ -420,7 +455,9 @@ class Session:
                 transaction.writer = await message_auth.finish(
                     authenticator, self.reception.store, origin, verdict, transaction.writer
                 )
-            except Exception:
+            except Exception as exc:
+                if out_of_space(exc):  # the signed copy did not fit: 452 4.3.1, as for the data
+                    return self._refuse(transaction, INSUFFICIENT_STORAGE, "disk")
                 log.exception("message authentication failed")
                 return self._refuse(transaction, LOCAL_ERROR, "authentication")
             hold_reason = hold_reason or (verdict.reason if verdict.action == QUARANTINE else "")
@@ -495,8 +532,12 @@ class Session:
                 delivery.cancel()
             if not isinstance(exc, Exception):
                 raise
-            log.exception("commit failed")
             self._discard()
+            if out_of_space(exc):  # RFC 3463 §3.4 4.3.1 "mail system full": 452, not 451
+                log.warning("commit failed, spool full: %s", exc)
+                self.log.transaction_refused(self.session_id, "data", INSUFFICIENT_STORAGE, "disk", sender=_text(transaction.envelope.sender))
+                return INSUFFICIENT_STORAGE
+            log.exception("commit failed")
             self.log.transaction_refused(self.session_id, "data", LOCAL_ERROR, "commit", sender=_text(transaction.envelope.sender))
             return LOCAL_ERROR  # RFC 5321 §4.2.2: 451, the client keeps the message
         self.transaction = None
