@@ -396,7 +396,7 @@ def reception_settings(config: Config, users: Any, resolver: Resolver, is_hosted
 
 def queue_store(config: Config, clock: Clock | None = None) -> SqliteQueueStore:
     """The queue store of `server.spool_dir` (not opened)."""
-    return SqliteQueueStore(config.server.spool_dir, clock=clock)
+    return SqliteQueueStore(config.server.spool_dir, clock=clock, reserve_bytes=config.server.disk_reserve)
 
 
 def resolver_settings(config: Config) -> tuple[list[str] | None, int, float]:

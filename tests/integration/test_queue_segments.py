@@ -178,47 +178,53 @@ def test_deleting_the_last_live_body_of_a_closed_segment_unlinks_it(tmp_path: Pa
         assert segment_numbers(store.segments_dir) == [new]  # finish emptied it: gone
 
         assert await store.delete(QueueFilter(queue_id=third)) == [third]
-        assert segment_numbers(store.segments_dir) == [new]  # the current one stays
+        assert segment_numbers(store.segments_dir) == []  # the emptied current one is retired too
         fourth = await enqueue(store, body(100 * KIB, 4))
-        assert placement(tmp_path, fourth)[0] == new
+        assert placement(tmp_path, fourth)[0] > new
         assert await body_of(store, fourth) == body(100 * KIB, 4)
 
     run(tmp_path, test, segment_limit=150 * KIB)
 
 
-def test_an_emptied_current_segment_is_unlinked_when_it_is_retired(tmp_path: Path) -> None:
+def test_an_emptied_current_segment_is_retired_and_unlinked_at_once(tmp_path: Path) -> None:
+    """Its space comes back when its last body goes, not when it fills up (issue 21 item 2)."""
     async def test(store: SqliteQueueStore) -> None:
-        gone = await enqueue(store, body(200 * KIB, 1))
+        gone = await enqueue(store, body(100 * KIB, 1))
         old, _ = placement(tmp_path, gone)
-        await store.delete(QueueFilter(queue_id=gone))
-        assert segment_numbers(store.segments_dir) == [old]
-        kept = await enqueue(store, body(100 * KIB, 2))  # rotates: the empty old one goes
+        await store.claim_due(START, 10)
+        delivered = RecipientUpdate(0, RecipientState.DELIVERED, Reply(250, "2.0.0", "ok"))
+        assert await store.finish(gone, updates=[delivered])
+        assert segment_numbers(store.segments_dir) == []
+        kept = await enqueue(store, body(100 * KIB, 2))  # a new segment
         new, _ = placement(tmp_path, kept)
-        assert segment_numbers(store.segments_dir) == [new]
+        assert new > old and segment_numbers(store.segments_dir) == [new]
+        assert await body_of(store, kept) == body(100 * KIB, 2)
 
     run(tmp_path, test, segment_limit=150 * KIB)
 
 
 def test_recover_removes_orphan_segments_and_numbers_new_ones_above(tmp_path: Path) -> None:
     ids: list[str] = []
+    emptied: list[int] = []
 
     async def first(store: SqliteQueueStore) -> None:
         ids.append(await enqueue(store, body(50 * KIB, 1)))
         ids.append(await enqueue(store, body(50 * KIB, 2)))  # rotates: a second segment
-        await store.delete(QueueFilter(queue_id=ids[1]))  # the last segment is left empty
+        emptied.append(placement(tmp_path, ids[1])[0])
+        await store.delete(QueueFilter(queue_id=ids[1]))  # the current segment emptied: gone
 
     async def second(store: SqliteQueueStore) -> None:
-        kept, emptied = placement(tmp_path, ids[0])[0], max(segment_numbers(store.segments_dir))
-        orphan = segment_path(store.segments_dir, emptied + 5)  # debris without a row
+        kept = placement(tmp_path, ids[0])[0]
+        orphan = segment_path(store.segments_dir, emptied[0] + 5)  # debris without a row
         orphan.write_bytes(b"unreferenced bytes of a crashed group")
         (store.segments_dir / "notes.txt").write_text("not a segment")
-        assert segment_numbers(store.segments_dir) == [kept, emptied, emptied + 5]
+        assert segment_numbers(store.segments_dir) == [kept, emptied[0] + 5]
         await store.recover()
         assert segment_numbers(store.segments_dir) == [kept]
         assert (store.segments_dir / "notes.txt").exists()
         new = await enqueue(store, body(50 * KIB, 3))
         number = placement(tmp_path, new)[0]
-        assert number is not None and number > emptied
+        assert number is not None and number > emptied[0]
         assert await body_of(store, ids[0]) == body(50 * KIB, 1)
 
     run(tmp_path, first, segment_limit=40 * KIB)

@@ -101,6 +101,10 @@ SERVER = Section(
             "Below this, the listeners stop accepting connections until space returns.", restart=True),
         Key("disk_soft_free_inodes", Integer(minimum=0), 10000, "Free inodes for the soft threshold.", restart=True),
         Key("disk_hard_free_inodes", Integer(minimum=0), 1000, "Free inodes for the hard threshold.", restart=True),
+        Key("disk_reserve", Size(minimum=0), "16M",
+            "Space kept allocated in spool_dir/reserve and released when the queue database finds the "
+            "disk full, so that delivery outcomes are still recorded and delivered messages removed; "
+            "0 keeps none.", restart=True),
         Key("disk_check_interval", Duration(minimum=0.1, maximum=3600), 5, "How often free space is measured.", restart=True),
         Key("workers", Integer(minimum=0, maximum=64), 0,
             "Worker processes sharing the listening ports and the queue; 0 starts one per CPU core.", restart=True),

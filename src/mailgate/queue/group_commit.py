@@ -19,8 +19,14 @@ never reach the disk: each such operation's `undo` (required with a stage) runs 
 transaction and the operations fail. A power loss between the two leaves a row whose bytes may be
 missing, for a message that was never acknowledged: the CRC-32 recorded with each segment body
 finds that when it is read (CorruptBodyError). An operation whose stage failed fails alone and is
-not run in the transaction. `Staging.end_group()` follows every group that had stages, committed
-or not.
+not run in the transaction. `Staging.end_group()` follows every group, committed or not.
+A writer made with a `reserve` (queue/space_reserve.py) keeps room for bookkeeping: when an
+operation fails because the disk is full (SQLITE_FULL, ENOSPC), the reserve is released (once it
+is gone: the WAL is checkpointed, so that the next transaction writes over the WAL's old frames
+instead of growing it) and the operations that may use it (every one but a new message's commit, submitted with
+`reserve=False`: new mail gets 452, while recording outcomes and deleting delivered messages,
+which frees space, must go on) run once more, in a transaction of their own. After later commits
+the reserve is allocated again once there is room (`SpaceReserve.restore`).
 Several worker processes share one database. SQLite's own answer to a write lock held by another
 process is to sleep and retry (1, 2, 5, 10 ms ...), which under load cost more than the commits
 themselves; so a writer made with `lock_path` first takes an exclusive `flock` on that file, which
@@ -34,6 +40,7 @@ aiosqlite serialise one transaction per call, which costs one fsync per message.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import logging
 import os
@@ -53,6 +60,23 @@ AfterCommit = Callable[[], None]
 ConnectionFactory = Callable[[], sqlite3.Connection]
 
 
+class Reserve(Protocol):
+    """Room on the disk kept for bookkeeping (queue/space_reserve.py)."""
+
+    def release(self) -> bool:
+        """Free the room; True if there was any."""
+
+    def restore(self) -> bool:
+        """Take the room again if the disk has it (cheap when held or tried recently)."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """The write failed for lack of space: SQLite's SQLITE_FULL or an OSError ENOSPC/EDQUOT."""
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 class Staging(Protocol):
     """What the stages of a group write outside SQLite (the segment files of large bodies)."""
 
@@ -61,7 +85,7 @@ class Staging(Protocol):
         helper thread, alone: nothing else touches the staging until it returns)."""
 
     def end_group(self) -> None:
-        """Called after each group that had stages, once its commit succeeded or failed."""
+        """Called after each group, once its commit succeeded or failed."""
 
 
 # A group is bounded so that one transaction stays a reasonable size; what is left waits for the
@@ -94,6 +118,7 @@ class _Operation:
     durable: bool = True
     stage: StageFunction | None = None
     undo: WriteFunction | None = None  # removes what `function` committed (with a stage only)
+    may_use_reserve: bool = True  # retried with the space reserve released on a full disk
     result: Any = None
     error: BaseException | None = None
 
@@ -109,11 +134,13 @@ class GroupCommitWriter:
         *,
         staging: Staging | None = None,
         lock_path: os.PathLike[str] | str | None = None,
+        reserve: Reserve | None = None,
     ) -> None:
         self.stats = WriterStats()
         self._connect = connect
         self._lock_path = lock_path
         self._staging = staging
+        self._reserve = reserve
         self._inbox: queue.SimpleQueue[_Operation | object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = threading.Event()
@@ -137,6 +164,7 @@ class GroupCommitWriter:
         durable: bool = True,
         stage: StageFunction | None = None,
         undo: WriteFunction | None = None,
+        reserve: bool = True,
     ) -> Any:
         """Queue one write and return its result once the group holding it has committed.
 
@@ -144,6 +172,7 @@ class GroupCommitWriter:
         the writer thread after a successful commit (never if the operation or commit failed).
         `stage` runs in the writer thread before the group's transaction, and `undo` if the sync
         of what it staged failed after the transaction committed (see the module doc).
+        `reserve=False`: on a full disk this operation fails rather than use the space reserve.
         """
         if stage is not None and (self._staging is None or undo is None):
             raise ValueError("a stage needs a writer made with staging, and an undo")
@@ -151,7 +180,9 @@ class GroupCommitWriter:
             raise WriterStoppedError("the queue writer is not running")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._inbox.put(_Operation(function, future, loop, list(after_commit or ()), durable, stage, undo))
+        self._inbox.put(
+            _Operation(function, future, loop, list(after_commit or ()), durable, stage, undo, reserve)
+        )
         return await future
 
     async def close(self) -> None:
@@ -222,15 +253,40 @@ class GroupCommitWriter:
         sync = self._syncer.submit(self._sync_staging) if written and self._syncer else None
         try:
             self._transaction(connection, group)
+            self._retry_with_reserve(connection, group)
         finally:
             if sync is not None:
                 self._await_sync(connection, sync, written)
-            if staged and self._staging is not None:
+            if self._staging is not None:
                 try:
                     self._staging.end_group()
                 except OSError:
                     pass  # closing a finished segment; recover() cleans up after it
             self._settle(group)
+
+    def _retry_with_reserve(self, connection: sqlite3.Connection, group: list[_Operation]) -> None:
+        """Bookkeeping that failed for lack of space runs again with the reserve released; after
+        a group that needed none, a released reserve is taken back when there is room."""
+        if self._reserve is None:
+            return
+        starved = [
+            operation
+            for operation in group
+            if operation.may_use_reserve and operation.stage is None
+            and operation.error is not None and disk_full(operation.error)
+        ]
+        if not starved:
+            try:
+                self._reserve.restore()
+            except OSError as exc:
+                log.warning("space reserve not restored: %s", exc)
+            return
+        if not self._reserve.release() and not _checkpointed(connection):
+            return  # nothing left to give: they fail, and their callers save them again later
+        for operation in starved:
+            operation.error = None
+            operation.result = None
+        self._transaction(connection, starved)
 
     def _stage(self, connection: sqlite3.Connection, staged: list[_Operation]) -> list[_Operation]:
         """Run the stages; returns the operations whose data was written (failed ones get their
@@ -349,6 +405,16 @@ class GroupCommitWriter:
                 )
             except RuntimeError:
                 pass  # the caller's loop is closed: nobody is waiting any more
+
+
+def _checkpointed(connection: sqlite3.Connection) -> bool:
+    """Copy every WAL frame into the database file; True if all were (the WAL restarts then)."""
+    try:
+        busy, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    except sqlite3.Error as exc:
+        log.debug("checkpoint on a full disk failed: %s", exc)
+        return False
+    return busy == 0 and frames == copied
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

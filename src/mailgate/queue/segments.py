@@ -145,6 +145,8 @@ class SegmentAppender:
         self._current: _OpenSegment | None = None
         self._retiring: list[_OpenSegment] = []  # no more appends; closed after the commit
         self._retired: deque[int] = deque()  # thread-safe hand-over to the event loop
+        self._retire_requested: int | None = None  # the current segment, found without a live body
+        self._appended_in_group = False
         self.syncs = 0  # fdatasync calls made
 
     @property
@@ -182,6 +184,7 @@ class SegmentAppender:
         staged.segment, staged.offset, staged.crc = segment.number, segment.size, crc
         segment.size += staged.size
         segment.dirty = True
+        self._appended_in_group = True
 
     def sync(self) -> None:
         """fdatasync every segment written since the last sync: once per group and file."""
@@ -199,8 +202,20 @@ class SegmentAppender:
             segment.dirty = False
             self.syncs += 1
 
+    def request_retire(self, number: int) -> None:
+        """The current segment `number` holds no live body (a transaction of this group found
+        so): stop appending to it at the end of the group, unless a body went into it meanwhile,
+        so that it can be removed rather than keep its space until it fills up."""
+        if self._current is not None and self._current.number == number:
+            self._retire_requested = number
+
     def end_group(self) -> None:
-        """After the group's commit (or failure): release the segments retired during it."""
+        """After each group's commit (or failure): release the segments retired during it."""
+        current, requested = self._current, self._retire_requested
+        if current is not None and current.number == requested and not self._appended_in_group and not current.dirty:
+            self._retiring.append(current)
+            self._current = None
+        self._retire_requested, self._appended_in_group = None, False
         while self._retiring:
             segment = self._retiring.pop()
             os.close(segment.descriptor)  # drops the flock: the segment is finished

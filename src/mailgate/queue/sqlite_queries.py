@@ -272,6 +272,12 @@ def delete(
     return [queue_id for _, queue_id in matches]
 
 
+def segment_live(connection: sqlite3.Connection, number: int) -> int | None:
+    """How many live bodies the segment holds; None if it has no row."""
+    found = connection.execute("SELECT live FROM segments WHERE id = ?", (number,)).fetchone()
+    return None if found is None else found[0]
+
+
 def drop_unused_segments(connection: sqlite3.Connection, numbers: list[int]) -> list[int]:
     """Delete the rows of those segments with no live body; returns the numbers whose files
     may now be unlinked (rows already gone included). The caller checked that no writer still

@@ -8,7 +8,8 @@ Reads (get, list, counts, bodies) run on a small pool of reader threads with the
 connections, which WAL lets run beside the writer without blocking it or the event loop.
 Bodies of `SEGMENT_THRESHOLD` bytes or more are appended to segment files (queue/segments.py) by
 the commit's stage, synced once per group before the transaction that points at them; smaller
-ones stay inline in SQLite. When a segment no writer appends to any more has no live body left,
+ones stay inline in SQLite. When a segment no writer appends to any more has no live body left (the current one is retired
+as soon as it has none, so its space does not wait for it to fill up),
 a durable operation deletes its row and then unlinks the file (`_reap`): durable, because the
 deletions that emptied it may have been committed without an fsync, and a power loss must not
 bring back a message whose body file is gone.
@@ -25,6 +26,7 @@ closes but does not recover). An inline body is far below SQLite's maximum BLOB 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -44,7 +46,7 @@ from mailgate.queue import sqlite_queries as queries
 from mailgate.queue import records
 from mailgate.queue import sqlite_schema as schema
 from mailgate.queue.checkpointer import Checkpointer
-from mailgate.queue.group_commit import GroupCommitWriter, WriterStats
+from mailgate.queue.group_commit import GroupCommitWriter, WriterStats, disk_full
 from mailgate.queue.hot_bodies import HOT_BODY_BYTES, HotBodies
 from mailgate.queue.segments import (
     SEGMENT_THRESHOLD,
@@ -52,6 +54,7 @@ from mailgate.queue.segments import (
     SegmentAppender,
     StagedBody,
 )
+from mailgate.queue.space_reserve import SpaceReserve
 from mailgate.queue.spooled_store import SpooledQueueStore
 from mailgate.queue.spool_writer import INCOMING_DIRECTORY, SpoolWriter, remove_quietly, seal_for_commit
 from mailgate.queue.sqlite_queries import MessageNotFoundError
@@ -92,6 +95,7 @@ class SqliteQueueStore(SpooledQueueStore):
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         segment_threshold: int = SEGMENT_THRESHOLD,
         segment_limit: int = segments.SEGMENT_LIMIT,
+        reserve_bytes: int = 0,
     ) -> None:
         self.spool_dir = Path(spool_dir)
         self.database_path = self.spool_dir / DATABASE_NAME
@@ -103,10 +107,14 @@ class SqliteQueueStore(SpooledQueueStore):
         self._lease_seconds = lease_seconds
         self._lease_owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._segments = SegmentAppender(self.segments_dir, queries.allocate_segment, segment_limit)
+        # Room for bookkeeping on a full disk (queue/space_reserve.py); 0 allocates none, but a
+        # reserve left by an earlier run is still released when needed.
+        self.reserve = SpaceReserve(self.spool_dir, reserve_bytes)
         self._writer = GroupCommitWriter(
             partial(schema.connect, self.database_path, writer=True),
             staging=self._segments,
             lock_path=self.spool_dir / WRITER_LOCK_NAME,
+            reserve=self.reserve,
         )
         self._readers: ThreadPoolExecutor | None = None
         self._reader_connections: list[sqlite3.Connection] = []
@@ -125,6 +133,7 @@ class SqliteQueueStore(SpooledQueueStore):
     async def open(self) -> None:
         """Create the spool directories and the database if needed and start the writer thread."""
         await asyncio.to_thread(self._prepare_directories)
+        await asyncio.to_thread(self.reserve.restore)
         await self._writer.start()
         self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="mailgate-queue-read")
         self._checkpointer = Checkpointer(partial(schema.connect, self.database_path, writer=False))
@@ -199,7 +208,11 @@ class SqliteQueueStore(SpooledQueueStore):
         )
         remove_spill_file = [partial(remove_quietly, body)] if isinstance(body, Path) else []
         try:
-            await self._writer.run(insert, remove_spill_file, stage=stage, undo=undo)
+            await self._writer.run(insert, remove_spill_file, stage=stage, undo=undo, reserve=False)
+        except sqlite3.Error as exc:
+            if disk_full(exc):  # the caller answers 452 for lack of space, not 451
+                raise OSError(errno.ENOSPC, f"queue database full: {exc}") from exc
+            raise
         finally:
             retired = self._segments.take_retired()
             if retired:
@@ -324,10 +337,13 @@ class SqliteQueueStore(SpooledQueueStore):
         removable: list[int] = []
 
         def drop_rows(connection: sqlite3.Connection) -> None:
+            current = self._segments.current
+            if current in candidates and queries.segment_live(connection, current) == 0:
+                self._segments.request_retire(current)  # retired after this group, then reaped
             finished = [
                 number
                 for number in candidates
-                if number != self._segments.current and segments.released(self.segments_dir, number)
+                if number != current and segments.released(self.segments_dir, number)
             ]
             removable[:] = queries.drop_unused_segments(connection, finished)
 
@@ -339,6 +355,10 @@ class SqliteQueueStore(SpooledQueueStore):
             await self._writer.run(drop_rows, [unlink_files])
         except (OSError, sqlite3.Error) as exc:
             log.warning("segments %s not removed yet: %s", candidates, exc)
+            return
+        retired = self._segments.take_retired()  # the emptied current segment, retired just now
+        if retired:
+            await self._reap(retired)
 
     async def count_by_state(self) -> dict[MessageState, int]:
         return await self._read(queries.count_by_state, self._clock.now())
