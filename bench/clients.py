@@ -157,6 +157,12 @@ class IdleConnectionResult:
     greeted: int
     seconds_to_greet_all: float | None
     held_measurement: int
+    fresh_client_seconds: list[float]  # connect to the EHLO reply, one per probe, while held
+    fresh_client_errors: list[str]
+
+
+IDLE_SOURCES = 50  # the idle connections come from 127.0.0.2 .. 127.0.0.51, the probes from .1
+FRESH_PROBES = 5
 
 
 def idle_connections(
@@ -176,20 +182,29 @@ async def _idle_connections(
     writers: list[asyncio.StreamWriter] = []
     greeted_at: list[float] = []
 
-    async def open_one() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def open_one(number: int) -> None:
+        source = f"127.0.0.{2 + number % IDLE_SOURCES}"  # past one address's ephemeral ports
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
         writers.append(writer)
         line = await reader.readline()
         if line.startswith(b"220"):
             greeted_at.append(time.monotonic())
 
     started = time.monotonic()
-    tasks = [asyncio.create_task(open_one()) for _ in range(count)]
+    tasks = [asyncio.create_task(open_one(number)) for number in range(count)]
     await asyncio.wait(tasks, timeout=deadline)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     held = await asyncio.to_thread(measure_while_held)
+    fresh: list[float] = []
+    fresh_errors: list[str] = []
+    for _ in range(FRESH_PROBES):  # a new client while they are all held: greeted and served?
+        try:
+            fresh.append(await _greeting_and_ehlo(port))
+        except (OSError, LoadError, asyncio.TimeoutError) as error:
+            fresh_errors.append(f"{type(error).__name__}: {error}")
+        await asyncio.sleep(0.2)
     for writer in writers:
         writer.close()
     greeted = len(greeted_at)
@@ -199,4 +214,15 @@ async def _idle_connections(
         greeted=greeted,
         seconds_to_greet_all=max(greeted_at) - started if all_greeted else None,
         held_measurement=held,
+        fresh_client_seconds=fresh,
+        fresh_client_errors=fresh_errors,
     )
+
+
+async def _greeting_and_ehlo(port: int) -> float:
+    """Seconds from connecting to the end of the EHLO reply (RFC 5321 §4.3.2: 220, then 250)."""
+    started = time.perf_counter()
+    session = await _Session.open(port)
+    elapsed = time.perf_counter() - started
+    await session.close()
+    return elapsed

@@ -30,6 +30,8 @@ CONNECTION_METRICS = (
     ("seconds_to_greet_all", "time to greet them all", "s", False),
     ("held_pss_mib", "memory (PSS) with them all open", "MiB", False),
     ("kib_per_greeted_connection", "memory per greeted connection", "KiB", False),
+    ("fresh_client_ms", "a fresh client, connect to EHLO reply, while they are held (median of 5)",
+     "ms", False),
 )
 
 
@@ -103,7 +105,7 @@ def _case_text(case: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _number(value: float | None) -> str:
+def format_number(value: float | None) -> str:
     if value is None:
         return "-"
     if abs(value) >= 100:
@@ -113,7 +115,7 @@ def _number(value: float | None) -> str:
 
 def _cell(row: dict[str, Any], server: str) -> str:
     """The median, with "(k of n)" when some repetitions gave no figure (failed runs)."""
-    text = _number(row["medians"].get(server))
+    text = format_number(row["medians"].get(server))
     measured = row["runs_measured"].get(server, 0)
     attempted = row["runs_attempted"].get(server, 0)
     if text != "-" and measured < attempted:
@@ -133,18 +135,18 @@ def markdown_table(rows: Sequence[dict[str, Any]], extras: dict[str, Any]) -> st
         lines.append(
             f"| {row['label']}{unit}, {better} is better | {_case_text(row['case'])} "
             f"| {_cell(row, 'mailgate')} | {_cell(row, 'postfix')} "
-            f"| {_number(row['ratio_mailgate_to_postfix'])} |"
+            f"| {format_number(row['ratio_mailgate_to_postfix'])} |"
         )
     lines.append("")
     lines.append("| reference (no relay) | case | median |")
     lines.append("|---|---|---:|")
     for name, value in extras["fsync"].items():
-        lines.append(f"| disk: {name.replace('_', ' ')} | spool filesystem | {_number(value)} |")
+        lines.append(f"| disk: {name.replace('_', ' ')} | spool filesystem | {format_number(value)} |")
     baseline_cases = sorted({(run["size"], run["sessions"]) for run in extras["baseline"]})
     for size, sessions in baseline_cases:
         runs = [r for r in extras["baseline"] if (r["size"], r["sessions"]) == (size, sessions)]
         lines.append(
             f"| smtp-source into smtp-sink (msg/s) | {size // 1024} KiB, C={sessions} "
-            f"| {_number(median_of(runs, 'accept_msgs_per_s'))} |"
+            f"| {format_number(median_of(runs, 'accept_msgs_per_s'))} |"
         )
     return "\n".join(lines)

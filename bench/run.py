@@ -18,6 +18,7 @@ import platform
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import clients, peers, procstat, report
+from bench import backlog_runs, clients, peers, procstat, report
 from tests.support import postfix
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,6 +37,7 @@ SETTLE_SECONDS = 2.0  # after os.sync(), before each measured run
 LATENCY_RATE = 100.0  # messages per second, the steady rate
 FD_HEADROOM = 1024
 MIB = 1024 * 1024
+SCENARIOS = ("relay", "connections", "backlog")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,6 +66,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recipients", choices=("none", "file", "ldap", "ldap-cold"), default="none",
                         help="mailgate validates recipients at RCPT: a million-entry map file, LDAP with "
                              "its cache (warm), or LDAP asked for every RCPT (cold)")
+    parser.add_argument("--scenario", choices=SCENARIOS, action="append",
+                        help="run only this part (repeatable): relay (throughput and latency, "
+                             "with the disk and sink references), connections (idle connections), "
+                             "backlog (mailgate with a million deferred messages); default all")
+    parser.add_argument("--backlog", type=int,
+                        help="also run mailgate on a spool holding this many deferred messages against "
+                             "an empty one (default 1000000; --quick 100000; 0 skips it)")
     parser.add_argument("--show", type=Path, metavar="JSON",
                         help="print the table of a saved run and exit (nothing is measured)")
     args = parser.parse_args(argv)
@@ -71,8 +80,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.messages = args.messages or (500 if quick else 5000)
     args.reps = args.reps or (1 if quick else 3)
     args.latency_count = args.latency_count or (200 if quick else 1000)
-    args.connections = args.connections or (1000 if quick else 5000)
+    args.connections = args.connections or (1000 if quick else 10000)
+    if args.backlog is None:
+        args.backlog = 100_000 if quick else 1_000_000
     args.servers = args.only or ["mailgate", "postfix"]
+    args.scenarios = args.scenario or list(SCENARIOS)
     peers.SIGNING["enabled"] = args.dkim
     peers.RECIPIENTS["mode"] = args.recipients
     return args
@@ -191,7 +203,11 @@ def connection_run(server: str, count: int, deadline: float, workdir: Path) -> d
             listen_port, count, deadline,
             measure_while_held=lambda: procstat.tree_pss_bytes(handle.pids))
     added = result.held_measurement - pss_idle
+    fresh = result.fresh_client_seconds
     return {
+        "fresh_client_ms": statistics.median(fresh) * 1000 if fresh else None,
+        "fresh_client_max_ms": max(fresh) * 1000 if fresh else None,
+        "fresh_client_errors": result.fresh_client_errors,
         "server": server, "requested": count, "greeted": result.greeted,
         "seconds_to_greet_all": result.seconds_to_greet_all,
         "idle_pss_mib": pss_idle / MIB, "held_pss_mib": result.held_measurement / MIB,
@@ -226,6 +242,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {"throughput": [], "latency": [], "connections": [], "baseline": []}
     results["fsync"] = procstat.fsync_rates(workdir)
     _progress(f"disk fsync rates: {results['fsync']}")
+    relay = "relay" in args.scenarios
     run_number = 0
 
     def fresh_dir(label: str) -> Path:
@@ -248,7 +265,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         # run before it left (a latency run right after the other server pushed 500 MB through
         # it measured slower), so neither server may always follow the same one.
         servers = args.servers if rep % 2 else list(reversed(args.servers))
-        for size in args.sizes:
+        for size in args.sizes if relay else []:
             for sessions in args.sessions:
                 case = {"rep": rep, "size": size, "sessions": sessions}
                 baseline = attempt(case, lambda: baseline_run(size, sessions, args.messages))
@@ -275,7 +292,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 _progress(f"rep {rep} {server} latency size={size}: "
                           f"p50 {_fmt(run.get('p50_ms'))} ms, p99 {_fmt(run.get('p99_ms'))} ms, "
                           f"errors {run.get('error_count', '-')}")
-        for server in servers:
+        for server in servers if "connections" in args.scenarios else []:
             path = fresh_dir(f"{server}-connections")
             case = {"rep": rep, "requested": args.connections, "server": server}
             run = attempt(case, lambda: connection_run(
@@ -327,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(args.show.read_text())
         summary = report.summarise(saved["runs"], saved["parameters"]["servers"])
         print(report.markdown_table(summary, saved["runs"]))
+        if saved.get("backlog_summary"):
+            print("\n" + backlog_runs.markdown_table(saved["backlog_summary"], saved["parameters"]["backlog"]))
         return 0
     problem = preflight(args)
     if problem:
@@ -344,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         path.chmod(0o755)
     started = time.monotonic()
     results = run_all(args, workdir)
+    if args.backlog and "mailgate" in args.servers and "backlog" in args.scenarios:
+        results["backlog"] = backlog_runs.run_all(args, workdir, free_port, settle_disk, _progress)
     if not args.keep_workdir and not any(workdir.iterdir()):
         workdir.rmdir()  # kept only when a failed run left its logs in it
     summary = report.summarise(results, args.servers)
@@ -354,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             "sessions": args.sessions, "servers": args.servers, "dkim": args.dkim, "recipients": args.recipients,
             "latency_rate_per_s": LATENCY_RATE, "latency_count": args.latency_count,
             "connections": args.connections, "connection_deadline_s": args.connection_deadline,
-            "open_file_limit": limit,
+            "open_file_limit": limit, "backlog": args.backlog,
         },
         "elapsed_s": time.monotonic() - started,
         "summary": summary,
@@ -363,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=2) + "\n")
     print(report.markdown_table(summary, results))
+    if results.get("backlog"):
+        document["backlog_summary"] = backlog_runs.summarise(results["backlog"])
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+        print("\n" + backlog_runs.markdown_table(document["backlog_summary"], args.backlog))
     print(f"\nsaved {args.json} ({document['elapsed_s']:.0f} s)")
     return 0
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
+import textwrap
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,11 @@ EXAMPLES = """examples:
 exit codes: 0 success, 1 nothing matched or the operation failed, 2 usage error"""
 
 SELECTING = ("hold", "release", "delete", "bounce")
+# `queue list` asks for this many messages at a time and prints each page as it comes, so a queue
+# of a million is listed in constant memory (keyset pages: QueueFilter.after); the first page is
+# smaller, so the first lines come at once.
+LIST_PAGE = 1000
+LIST_FIRST_PAGE = 100
 READ_ONLY = ("list", "show")  # safe on a spool a live server writes (SQLite readers do not block it)
 
 
@@ -103,6 +111,8 @@ def queue_command(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"mailgate queue: server.spool_dir {config.server.spool_dir}: {problem}", file=sys.stderr)
         return 2
+    if args.action == "list":
+        return asyncio.run(_list(config, query, args.json))
     result = asyncio.run(_run(config, args.action, query, args.reason))
     if "error" in result:
         print(f"mailgate queue {args.action}: {result['error']}", file=sys.stderr)
@@ -133,44 +143,91 @@ def spool_problem(spool_dir: str) -> str | None:
 
 
 async def _run(config, action: str, query: dict, reason: str) -> dict:
+    async with _admin_channel(config, action) as run:
+        return await run(action, query, reason)
+
+
+@contextlib.asynccontextmanager
+async def _admin_channel(config, action: str):
+    """A function running one admin operation: through the live server's control socket, or on
+    the store itself when no server answers (opened once, for every call made through it)."""
     from mailgate.offline_queue import open_offline_admin
     from mailgate.app_config import control_socket_path
     from mailgate.queue.spool_lock import spool_holder
 
     socket_path = control_socket_path(config)
     try:
-        return await control.request(socket_path, action, query, reason)
+        await control.request(socket_path, "list", {"limit": 0})  # does a live server answer?
     except OSError:
         pass  # no live server answers: work on the store directly
+    else:
+        yield partial(control.request, socket_path)
+        return
     holder = spool_holder(config.server.spool_dir) if action not in READ_ONLY else None
     if holder is not None:
         # Issue 13 item 3: writing behind a live server's back would race its delivery.
-        return {"error": f"{holder} whose control socket {socket_path} does not answer; "
-                         "use that server's --config, or stop it first"}
+        async def refuse(*_: Any) -> dict:
+            return {"error": f"{holder} whose control socket {socket_path} does not answer; "
+                             "use that server's --config, or stop it first"}
+
+        yield refuse
+        return
     admin, close = await open_offline_admin(config)
     try:
-        return await admin.run(action, query, reason)
+        yield admin.run
     finally:
         await close()
 
 
+async def _list(config, query: dict, as_json: bool) -> int:
+    """Print the matching messages page by page as they come (LIST_PAGE at a time)."""
+    listed = 0
+    async with _admin_channel(config, "list") as run:
+        page_query = {**query, "limit": LIST_FIRST_PAGE}
+        while True:
+            result = await run("list", page_query, "")
+            if "error" in result:
+                if as_json and listed:
+                    print("\n  ]\n}")
+                print(f"mailgate queue list: {result['error']}", file=sys.stderr)
+                return 1
+            rows = result["messages"]
+            _print_list_page(rows, listed, as_json)
+            listed += len(rows)
+            if len(rows) < page_query["limit"]:
+                break
+            page_query["after"] = [rows[-1]["created"], rows[-1]["queue_id"]]
+            page_query["limit"] = LIST_PAGE
+    if as_json:
+        print("\n  ]\n}" if listed else '{\n  "messages": []\n}')
+    elif listed:
+        print(f"-- {listed} message(s)")
+    else:
+        print("Mail queue is empty")
+    return 0
+
+
+def _print_list_page(rows: list[dict], listed_before: int, as_json: bool) -> None:
+    """One page of `queue list`; the JSON is one document, {"messages": [...]}, written in parts."""
+    for number, row in enumerate(rows, start=listed_before):
+        if as_json:
+            start = '{\n  "messages": [\n' if number == 0 else ",\n"
+            item = textwrap.indent(json.dumps(row, indent=2, default=str), "    ")
+            print(start + item, end="")
+            continue
+        if number == 0:
+            print(f"{'Queue ID':<22} {'Size':>9} {'Arrived':<19} {'State':<9} Sender / Recipients")
+        arrived = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created"]))
+        print(f"{row['queue_id']:<22} {row['size']:>9} {arrived:<19} {row['state']:<9} <{row['sender']}>")
+        if row.get("hold_reason"):
+            print(f"{'':62}held: {row['hold_reason']}")
+        for recipient in row["recipients"]:
+            reply = f"  ({recipient['last_reply']})" if recipient["last_reply"] else ""
+            print(f"{'':62}{recipient['address']} [{recipient['state']}]{reply}")
+    sys.stdout.flush()
+
+
 def _print(action: str, result: dict) -> int:
-    if action == "list":
-        messages = result["messages"]
-        if not messages:
-            print("Mail queue is empty")
-            return 0
-        print(f"{'Queue ID':<22} {'Size':>9} {'Arrived':<19} {'State':<9} Sender / Recipients")
-        for row in messages:
-            arrived = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created"]))
-            print(f"{row['queue_id']:<22} {row['size']:>9} {arrived:<19} {row['state']:<9} <{row['sender']}>")
-            if row.get("hold_reason"):
-                print(f"{'':62}held: {row['hold_reason']}")
-            for recipient in row["recipients"]:
-                reply = f"  ({recipient['last_reply']})" if recipient["last_reply"] else ""
-                print(f"{'':62}{recipient['address']} [{recipient['state']}]{reply}")
-        print(f"-- {len(messages)} message(s)")
-        return 0
     if action == "show":
         message = result["message"]
         if message is None:

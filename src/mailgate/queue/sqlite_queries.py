@@ -53,12 +53,13 @@ def insert_message(
         ).rowcount
         if counted != 1:
             raise segments.SegmentError(f"segment {body.segment} has no row")
-    cursor = connection.execute(_insert_sql("messages", row), row)
+    row = {**row, "next_due": row["created"]}  # every recipient is due at once (below)
+    cursor = connection.execute(insert_sql("messages", row), row)
     message_id = cursor.lastrowid
     assert message_id is not None
     for index, recipient in enumerate(envelope.recipients):
         recipient_row = records.recipient_row(message_id, index, recipient, row["created"])
-        connection.execute(_insert_sql("recipients", recipient_row), recipient_row)
+        connection.execute(insert_sql("recipients", recipient_row), recipient_row)
     if isinstance(body, bytes):
         connection.execute(
             "INSERT INTO bodies (message_id, data) VALUES (?, ?)", (message_id, body)
@@ -75,7 +76,7 @@ def remove_message(connection: sqlite3.Connection, queue_id: str) -> None:
         _delete_rows(connection, [message_id], [])
 
 
-def _insert_sql(table: str, row: dict[str, Any]) -> str:
+def insert_sql(table: str, row: dict[str, Any]) -> str:
     names = ", ".join(row)
     values = ", ".join(f":{name}" for name in row)
     return f"INSERT INTO {table} ({names}) VALUES ({values})"
@@ -106,13 +107,12 @@ def allocate_segment(connection: sqlite3.Connection) -> int:
 def claim_due(
     connection: sqlite3.Connection, now: float, limit: int, owner: str, until: float
 ) -> list[QueuedMessage]:
-    """Lease the messages with the earliest due queued recipients; returns them in that order."""
+    """Lease the unleased, unheld messages due earliest; returns them in that order. It walks
+    messages_due from the earliest due time, so messages due later cost it nothing."""
     rows = connection.execute(
-        "SELECT r.message_id, m.queue_id, min(r.next_attempt) AS due FROM recipients r"
-        " JOIN messages m ON m.id = r.message_id"
-        " WHERE r.state = 'queued' AND r.next_attempt <= :now AND NOT m.held"
-        f" AND {schema.UNLEASED_SQL}"
-        " GROUP BY r.message_id ORDER BY due, r.message_id LIMIT :limit",
+        "SELECT m.id, m.queue_id FROM messages m"
+        f" WHERE m.held = 0 AND m.next_due <= :now AND {schema.UNLEASED_SQL}"
+        " ORDER BY m.next_due, m.id LIMIT :limit",
         {"now": now, "limit": limit},
     ).fetchall()
     if not rows:
@@ -158,8 +158,10 @@ def record(
             ),
         )
     connection.execute(
-        "UPDATE messages SET first_attempt = coalesce(first_attempt, ?) WHERE id = ?",
-        (now, message_id),
+        "UPDATE messages SET first_attempt = coalesce(first_attempt, :now), next_due = ("
+        "SELECT min(next_attempt) FROM recipients WHERE message_id = :id AND state = 'queued')"
+        " WHERE id = :id",
+        {"now": now, "id": message_id},
     )
 
 
@@ -259,10 +261,13 @@ def reschedule(
 
 def _make_due(connection: sqlite3.Connection, message_id: int, when: float) -> int:
     """Move every queued recipient of the message to `when`; returns how many there were."""
-    return connection.execute(
+    moved = connection.execute(
         "UPDATE recipients SET next_attempt = ? WHERE message_id = ? AND state = 'queued'",
         (when, message_id),
     ).rowcount
+    if moved:
+        connection.execute("UPDATE messages SET next_due = ? WHERE id = ?", (when, message_id))
+    return moved
 
 
 def delete(
@@ -298,11 +303,13 @@ def get(connection: sqlite3.Connection, queue_id: str) -> QueuedMessage | None:
 
 
 def next_due(connection: sqlite3.Connection, now: float) -> float | None:
-    return connection.execute(
-        "SELECT min(r.next_attempt) FROM recipients r JOIN messages m ON m.id = r.message_id"
-        f" WHERE r.state = 'queued' AND NOT m.held AND {schema.UNLEASED_SQL}",
+    found = connection.execute(
+        "SELECT m.next_due FROM messages m"
+        f" WHERE m.held = 0 AND m.next_due IS NOT NULL AND {schema.UNLEASED_SQL}"
+        " ORDER BY m.next_due LIMIT 1",
         {"now": now},
-    ).fetchone()[0]
+    ).fetchone()
+    return None if found is None else found[0]
 
 
 def count_by_state(connection: sqlite3.Connection, now: float) -> dict[MessageState, int]:
@@ -363,7 +370,7 @@ def list_summaries(
     sql = (
         "SELECT m.id, m.queue_id, m.sender_text, m.size, m.created,"
         f" {schema.STATE_SQL}, m.hold_reason FROM messages m WHERE {where}"
-        " ORDER BY m.created, m.queue_id"
+        f" ORDER BY {schema.AGE_ORDER}"
     )
     if query.limit is not None:
         sql += " LIMIT :limit"

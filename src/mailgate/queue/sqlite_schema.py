@@ -18,8 +18,11 @@ from mailgate.queue.store import QueuedMessage, QueueFilter
 
 # 2: large bodies in segment files (queue/segments.py): messages.body_segment and body_offset,
 # the segments table. 3: messages.body_crc, the CRC-32 of a segment body (NULL for inline bodies
-# and bodies written by version 2). Older spools are upgraded in place; a newer one is refused.
-SCHEMA_VERSION = 3
+# and bodies written by version 2). 4: messages.next_due, the earliest next attempt of a message's
+# queued recipients, indexed for the claim (it replaces the recipients_due index), and the
+# (created, queue_id) index that `queue list` pages through. Older spools are upgraded in place;
+# a newer one is refused.
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
 # The WAL is truncated back to this size after a checkpoint, so one large message does not leave
 # a large WAL file behind for ever.
@@ -60,9 +63,9 @@ CREATE TABLE IF NOT EXISTS messages (
     lease_expires REAL,
     body_segment INTEGER REFERENCES segments(id),  -- NULL: the body is inline in `bodies`
     body_offset INTEGER,
-    body_crc INTEGER                   -- CRC-32 of a segment body, checked when it is read
+    body_crc INTEGER,                  -- CRC-32 of a segment body, checked when it is read
+    next_due REAL                      -- the earliest next_attempt of its queued recipients
 );
-CREATE INDEX IF NOT EXISTS messages_created ON messages(created);
 CREATE TABLE IF NOT EXISTS recipients (
     message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
     idx INTEGER NOT NULL,
@@ -82,7 +85,6 @@ CREATE TABLE IF NOT EXISTS recipients (
     remote_mta TEXT,
     PRIMARY KEY (message_id, idx)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS recipients_due ON recipients(state, next_attempt);
 CREATE TABLE IF NOT EXISTS bodies (                -- bodies below segments.SEGMENT_THRESHOLD
     message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
     data BLOB NOT NULL
@@ -94,7 +96,23 @@ UPGRADES = {  # from version N to N + 1
         "ALTER TABLE messages ADD COLUMN body_offset INTEGER",
     ),
     2: ("ALTER TABLE messages ADD COLUMN body_crc INTEGER",),
+    3: (
+        "ALTER TABLE messages ADD COLUMN next_due REAL",
+        "UPDATE messages SET next_due = (SELECT min(r.next_attempt) FROM recipients r"
+        " WHERE r.message_id = messages.id AND r.state = 'queued')",
+        "DROP INDEX IF EXISTS recipients_due",
+        "DROP INDEX IF EXISTS messages_created",
+    ),
 }
+# Made after the upgrades, since they name columns an old spool gains only there. The claim and
+# next_due() walk messages_due from the earliest due time and stop after `limit` rows, so a backlog
+# of messages due later (a dead destination's) costs them nothing; a partial index on `held = 0`
+# (queries must say exactly that for SQLite to use it) leaves held messages out. messages_age
+# serves `queue list`'s order and its keyset pages (QueueFilter.after).
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS messages_due ON messages(next_due) WHERE held = 0",
+    "CREATE INDEX IF NOT EXISTS messages_age ON messages(created, queue_id)",
+)
 
 MESSAGE_COLUMNS = f"id, {records.MESSAGE_COLUMNS}"
 RECIPIENT_COLUMNS = records.RECIPIENT_COLUMNS
@@ -106,6 +124,7 @@ STATE_SQL = """CASE
     WHEN m.first_attempt IS NOT NULL THEN 'deferred'
     ELSE 'queued' END"""
 UNLEASED_SQL = "(m.lease_owner IS NULL OR m.lease_expires <= :now)"
+AGE_ORDER = "m.created, m.queue_id"  # oldest first, as messages_age holds them (QueueFilter.after)
 
 
 class SchemaVersionError(RuntimeError):
@@ -151,6 +170,8 @@ def _create_schema(connection: sqlite3.Connection) -> None:
         for step in range(version, SCHEMA_VERSION):
             for statement in UPGRADES[step]:
                 connection.execute(statement)
+    for statement in INDEXES:
+        connection.execute(statement)
     connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     connection.execute("COMMIT")
 
@@ -193,7 +214,7 @@ def matching_ids(
 ) -> list[tuple[int, str]]:
     """(row id, queue id) of the matching messages, oldest first, at most `query.limit`."""
     where, params = filter_sql(query, now)
-    sql = f"SELECT m.id, m.queue_id FROM messages m WHERE {where} ORDER BY m.created, m.id"
+    sql = f"SELECT m.id, m.queue_id FROM messages m WHERE {where} ORDER BY {AGE_ORDER}"
     if query.limit is not None:
         sql += " LIMIT :limit"
         params["limit"] = query.limit
