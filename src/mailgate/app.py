@@ -125,7 +125,7 @@ class Application:
         settings = listener_settings(listener, profile)
 
         async def handle(reader, writer, owner: Listener, client: str) -> None:
-            await Session(self.reception, profile, reader, writer, client).run()
+            await Session(self.reception, profile, reader, writer, client, owner.drain_signal).run()
 
         def refused(client: str, port: int, reason: str, reply) -> None:
             self.log.connection_refused(client, port, listener.name, reason, reply)

@@ -5,7 +5,8 @@ for `smtps`, the PROXY protocol header from configured load balancers (the clien
 carries replaces the peer's for limits, policy and logs), counting connections in all and per
 client address, an IPv6 one by its /64 (421 4.7.0 beyond either, RFC 5321 §4.2.3), pausing and
 resuming under disk back-pressure, holding outside clients (421 4.3.2) while the start-up
-self-audit runs, and draining: stop accepting, let sessions finish within a limit.
+self-audit runs, and draining: stop accepting, cut sessions between transactions at once and
+the others after a grace time (server/drain.py; each session says 421 4.3.2).
 Must not: speak SMTP beyond the one refusal line, or decide policy.
 """
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from mailgate.auth.lockout import client_key
 from mailgate.core.reply import TOO_MANY_CONNECTIONS, Reply
 from mailgate.server.connection_counts import LocalCounts, SharedCounts
+from mailgate.server.drain import Drain
 from mailgate.server.listen_sockets import bind_address
 from mailgate.server.proxy_protocol import ProxyProtocolError, proxy_peer_allowed, read_proxy_header
 
@@ -69,6 +71,7 @@ class Listener:
         # Shared by all workers when the supervisor made them (connection_counts.py).
         self._counts = counts or LocalCounts(settings.max_connections, settings.max_connections_per_client)
         self._sessions: set[asyncio.Task] = set()
+        self.drain_signal = Drain()  # handed to each session (the handler passes it on)
         self.bound_port: int = sock.getsockname()[1] if sock is not None else settings.port
         self.paused = False
         self._held_for: frozenset[str] | None = None  # while held: the audit's source addresses
@@ -152,6 +155,10 @@ class Listener:
         self._sessions.add(task)
         try:
             await self._handler(reader, writer, self, client)
+        except asyncio.CancelledError:
+            # drain() cut the session (it said 421 4.3.2). The connection task ends normally:
+            # Python 3.11's start_server callback logs a traceback for a cancelled one.
+            pass
         finally:
             self._sessions.discard(task)
             self._counts.remove(key)
@@ -188,8 +195,12 @@ class Listener:
             self._socket.close()  # nothing may queue in the kernel's backlog any more
 
     async def drain(self, grace: float) -> None:
-        """Let sessions in progress finish for up to `grace` seconds, then cut them."""
+        """Cut sessions between transactions at once; let transactions in progress finish for
+        up to `grace` seconds, then cut them too (each session says 421 4.3.2, drain.py)."""
+        self.drain_signal.stop()
         if self._sessions:
             await asyncio.wait(set(self._sessions), timeout=grace)
         for task in list(self._sessions):
             task.cancel()
+        if self._sessions:  # let the cut sessions say 421 and close before the loop ends
+            await asyncio.wait(set(self._sessions), timeout=1.0)

@@ -27,7 +27,7 @@ from mailgate.core.envelope import Envelope
 from mailgate.core.reply import (
     AUTH_FAILED, AUTH_REQUIRED, CANNOT_VRFY, CLOSING, HELP, INSUFFICIENT_STORAGE, LOCAL_ERROR,
     LOOP_DETECTED, MESSAGE_TOO_BIG, NOOP_OK, RATE_LIMITED, READY_TLS, RESET_OK, SCANNER_UNAVAILABLE,
-    SENDER_OK, START_DATA, TIMEOUT, TOO_MANY_RECIPIENTS, Reply, bdat_chunk_ok, queued,
+    SENDER_OK, SHUTTING_DOWN, START_DATA, TIMEOUT, TOO_MANY_RECIPIENTS, Reply, bdat_chunk_ok, queued,
 )
 from mailgate.dns.dnsbl import dnsbl_listed
 from mailgate.observe.translog import new_session_id
@@ -37,6 +37,7 @@ from mailgate.screen import ScreenContext
 from mailgate.server import command_log, message_auth
 from mailgate.server.authentication import Authentication
 from mailgate.server.context import ListenerProfile, Reception
+from mailgate.server.drain import Drain
 from mailgate.server.line_rules import KEEP, REJECT
 from mailgate.server.message_head import HeadBuilder, received_header
 from mailgate.server.read_deadline import ReadDeadline
@@ -76,9 +77,12 @@ class _Transaction:
 
 class Session:
     def __init__(
-        self, reception: Reception, profile: ListenerProfile, reader, writer, client_address: str | None = None
+        self, reception: Reception, profile: ListenerProfile, reader, writer, client_address: str | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.reception = reception
+        self.drain = drain or Drain()  # the listener's: a stop cuts this session when it is quiet
+        self._handshaking = False  # in the STARTTLS handshake: nothing can be said in clear text
         self.profile = profile
         self.reader = reader
         self.writer = writer
@@ -134,7 +138,10 @@ class Session:
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
             log.debug("session with %s ended: %s", self.client_address, exc)
         except asyncio.CancelledError:
+            # The listener stops (drain.py): say so where the connection can still carry it.
             self.close_reason = "shutdown"
+            if opened and not self._handshaking:
+                self.writer.write(bytes(self.out) + SHUTTING_DOWN.encode())
             raise
         finally:
             self._discard()
@@ -179,7 +186,16 @@ class Session:
         while True:
             event = protocol.next_event()
             if isinstance(event, ev.NeedData):
+                quiet = self.transaction is None  # between transactions: a stop may cut it now
+                if quiet and self.drain.stopping:
+                    self.out += SHUTTING_DOWN.encode()  # RFC 5321 §3.8: 421, then close
+                    await self._flush()
+                    self.close_reason = "shutdown"
+                    return
                 await self._flush()
+                task = asyncio.current_task()
+                if quiet:
+                    self.drain.quiet(task)
                 try:
                     data = await deadline.read(self.reader, READ_SIZE, self._read_timeout())
                 except TimeoutError:
@@ -187,6 +203,8 @@ class Session:
                     await self._flush()
                     self.close_reason = "timeout"
                     return
+                finally:
+                    self.drain.busy(task)
                 protocol.receive_data(data)
                 continue
             if isinstance(event, ev.Closed):
@@ -208,7 +226,14 @@ class Session:
                 return
             if protocol.mode is Mode.TLS_PENDING:  # 220 to STARTTLS
                 await self._flush()
-                await self.writer.start_tls(self.profile.tls_context, ssl_handshake_timeout=self.profile.handshake_timeout)
+                task = asyncio.current_task()
+                self._handshaking = True
+                self.drain.quiet(task)  # no transaction yet: a stop closes it at once
+                try:
+                    await self.writer.start_tls(self.profile.tls_context, ssl_handshake_timeout=self.profile.handshake_timeout)
+                finally:
+                    self.drain.busy(task)
+                self._handshaking = False
                 self.tls = describe(self.writer.get_extra_info("ssl_object"))
                 self.helo, self.auth_user = "", None
                 protocol.start_tls_done()
