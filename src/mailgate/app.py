@@ -32,7 +32,7 @@ from mailgate.delivery.runner import DeliveryRunner
 from mailgate.dns.resolver import DnsPythonResolver
 from mailgate.observe.observation import Observation
 from mailgate.observe.readiness import readiness_problems
-from mailgate.offline_queue import recover_store
+from mailgate.offline_queue import open_store, recover_store
 from mailgate.preflight import server_user_problems, startup_problems
 from mailgate.policy.shared_limits import RateTables
 from mailgate.server import listen_sockets
@@ -147,7 +147,7 @@ class Application:
         for listener in self.listeners:
             listener.bind()  # privileged ports first, then give up root
         self._drop_privileges()
-        await self.store.open()
+        await open_store(self.store)
         if self.workers == 1:  # with several workers the supervisor recovered before forking
             await recover_store(self.store)
         Path(self.config.server.spool_dir).mkdir(parents=True, exist_ok=True)

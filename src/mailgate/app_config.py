@@ -43,6 +43,7 @@ from mailgate.policy.relay import HostedDomain, PolicySettings, RelayPolicy
 from mailgate.core.clock import Clock
 from mailgate.queue.backoff import RetrySchedule
 from mailgate.queue.sqlite_store import SqliteQueueStore
+from mailgate.queue.store import QueueStore
 from mailgate.recipients.cache import LookupCache
 from mailgate.recipients.callahead import CallAheadSource, ProbeTarget
 from mailgate.recipients.ldap_source import LdapSettings, LdapSource
@@ -60,6 +61,39 @@ from mailgate.server.tls import TlsConfigError, server_context
 
 class StartupError(Exception):
     """mailgate cannot start; each line names the configuration key and the problem."""
+
+
+def queue_password(config: Config) -> str | None:
+    """The cluster queue's database password from `queue.password_file` (its first line)."""
+    path = config.queue.password_file
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise StartupError(f"queue.password_file: {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise StartupError(f"queue.password_file: {path}: not UTF-8 text") from None
+
+
+def queue_node_name(config: Config) -> str:
+    return config.queue.node_name or config.server.hostname
+
+
+def queue_problems(config: Config) -> list[str]:
+    """What keeps the configured queue backend from being used, one line per key."""
+    queue = config.queue
+    if queue.backend != "postgresql":
+        return []
+    problems = []
+    if not queue.dsn:
+        problems.append('queue.dsn: required with queue.backend = "postgresql"')
+    try:
+        queue_password(config)
+    except StartupError as exc:
+        problems.append(str(exc))
+    return problems
 
 
 def control_socket_path(config: Config) -> Path:
@@ -394,8 +428,17 @@ def reception_settings(config: Config, users: Any, resolver: Resolver, is_hosted
     }
 
 
-def queue_store(config: Config, clock: Clock | None = None) -> SqliteQueueStore:
-    """The queue store of `server.spool_dir` (not opened)."""
+def queue_store(config: Config, clock: Clock | None = None) -> QueueStore:
+    """The queue store `[queue] backend` names, not opened: SQLite in `server.spool_dir`, or
+    the cluster's PostgreSQL (StartupError: its password file cannot be read)."""
+    queue = config.queue
+    if queue.backend == "postgresql":
+        from mailgate.queue.postgres_store import PostgresQueueStore  # only a cluster needs psycopg
+
+        return PostgresQueueStore(
+            queue.dsn, config.server.spool_dir, password=queue_password(config), node=queue_node_name(config),
+            clock=clock, lease_seconds=queue.takeover_time,
+        )
     return SqliteQueueStore(config.server.spool_dir, clock=clock, reserve_bytes=config.server.disk_reserve)
 
 

@@ -1,7 +1,8 @@
 """The queue of a server that is not running: recovered before the workers start, administered
 by `mailgate queue` when there is no control socket to ask.
 
-Owns: opening the configured store outside a running server and closing it again.
+Owns: opening the configured store (also for a running server: `open_store`) and closing it.
+With the cluster queue "stopped" means this node: the shared database holds every node's mail.
 Must not: run while a server uses the spool (the supervisor holds the spool lock; the queue
 commands ask the control socket first) or deliver anything.
 """
@@ -11,11 +12,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from mailgate.app_config import bouncer, queue_store
+from mailgate.app_config import StartupError, bouncer, queue_store
 from mailgate.config.loader import Config
 from mailgate.core.clock import SystemClock
 from mailgate.delivery.admin import QueueAdmin
-from mailgate.queue.store import QueueStore
+from mailgate.queue.store import QueueStore, QueueUnavailableError
 
 log = logging.getLogger("mailgate")
 
@@ -24,8 +25,16 @@ async def open_offline_admin(config: Config) -> tuple[QueueAdmin, Callable[[], A
     """A QueueAdmin on the store of a stopped server, and the function that closes it."""
     clock = SystemClock()
     store = queue_store(config, clock)
-    await store.open()
+    await open_store(store)
     return QueueAdmin(store, bouncer(config, store), clock, lambda: None), store.close
+
+
+async def open_store(store: QueueStore) -> None:
+    """Open the store; a database that cannot be used is a StartupError naming `queue.dsn`."""
+    try:
+        await store.open()  # type: ignore[attr-defined]
+    except QueueUnavailableError as exc:
+        raise StartupError(f"queue.dsn: {exc}") from None
 
 
 async def recover_store(store: QueueStore) -> None:
@@ -38,7 +47,7 @@ async def recover_store(store: QueueStore) -> None:
 async def recover_offline(config: Config) -> None:
     """Recover the store of a stopped server (the supervisor, before it starts its workers)."""
     store = queue_store(config)
-    await store.open()
+    await open_store(store)
     try:
         await recover_store(store)
     finally:

@@ -2,9 +2,9 @@
 
 Owns: `startup_problems`, the list of every reason a validated configuration cannot run here:
 certificates that do not load, an open-relay configuration (SPEC R3), screening settings the
-screener refuses, DKIM keys that cannot sign, a users file or smart-host password file that cannot
-be read, a `server.user` that does not exist or cannot use the spool, an outbound source address
-(`bind_address`) that is not one of this host's. `serve`, a SIGHUP reload and `config check` (the
+screener refuses, DKIM keys that cannot sign, a users file, smart-host or queue password file that
+cannot be read, a cluster queue without a DSN, a `server.user` that does not exist or cannot use
+the spool, an outbound source address (`bind_address`) that is not one of this host's. `serve`, a SIGHUP reload and `config check` (the
 systemd unit's ExecStartPre) all run it, so the check never says OK to what `serve` refuses.
 Must not: listen, connect or write anything (a source address is only bound to a free port and
 let go); checks that need a listening socket stay in app.py.
@@ -18,7 +18,7 @@ import socket
 
 from mailgate.app_config import (
     StartupError, arc_seal_key, build_screener, build_signer, console_settings, listener_profiles, organizational_domains, policy_settings,
-    routing_settings,
+    queue_problems, routing_settings,
 )
 from mailgate.auth.store import FileUserStore, UserStoreError
 from mailgate.config.loader import Config
@@ -30,7 +30,7 @@ def startup_problems(config: Config) -> list[str]:
     """Every problem, one line each naming the configuration key; empty when `serve` may start."""
     problems: list[str] = []
     for check in (_certificates, _open_relay, _screening, _message_authentication, _users_file, _smart_host_password,
-                  server_user_problems, _bind_addresses, _console):
+                  server_user_problems, _bind_addresses, _console, queue_problems):
         problems.extend(check(config))
     return problems
 

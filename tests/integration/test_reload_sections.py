@@ -35,6 +35,7 @@ SECTIONS = {
     "log": "[log]\n",
     "metrics": "[metrics]\n",
     "console": '[console]\nenabled = true\naddress = "127.0.0.1:8025"\n',
+    "queue": "[queue]\n",
 }
 
 # section -> (its new text, the check that the running application uses it)
@@ -104,6 +105,8 @@ RESTART = {
                 lambda app: app.config.metrics.address == ""),
     "console": ('[console]\nenabled = true\naddress = "127.0.0.1:8026"\n', "console.address",
                 lambda app: app.config.console.address == "127.0.0.1:8025"),
+    "queue": ('[queue]\nnode_name = "mx-b"\ntakeover_time = "30s"\n', "queue.takeover_time",
+              lambda app: (app.config.queue.node_name, app.config.queue.takeover_time) == ("", 60)),
 }
 
 

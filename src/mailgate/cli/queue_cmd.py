@@ -1,8 +1,12 @@
-"""`mailgate queue list|show|flush|retry|hold|release|delete|bounce` (and `mailq`).
+"""`mailgate queue list|show|flush|retry|hold|release|delete|bounce|migrate` (and `mailq`).
 
 Owns: the arguments and output of the queue commands. They go to a live server through its
 control socket; when none answers, they open the store directly (the server is stopped), except
-that a command that writes refuses (exit 1) while a live server holds the spool lock.
+that a command that writes refuses (exit 1) while a live server holds the spool lock. With the
+cluster queue (`[queue] backend = "postgresql"`) the store is the shared database: the commands
+see and change every node's messages, need no local spool and no spool lock (every change is one
+transaction; a node finishing a message an admin changed meanwhile is fenced, docs/cluster.md).
+`migrate` brings the cluster queue's schema to this version (docs/cluster.md "Upgrades").
 Must not: implement the operations (delivery/admin.py).
 """
 
@@ -32,6 +36,7 @@ EXAMPLES = """examples:
   mailgate queue release 01HF3K9Q2X
   mailgate queue flush                         retry everything now
   mailgate queue bounce --older-than 2d        fail them now, with a DSN to each sender
+  mailgate queue migrate                       upgrade the cluster queue's database schema
 
 exit codes: 0 success, 1 nothing matched or the operation failed, 2 usage error"""
 
@@ -65,6 +70,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("queue_id", nargs="?", help="one message's queue id")
         _add_filters(parser)
         parser.set_defaults(handler=queue_command, action=name)
+    migrate = sub.add_parser("migrate", help="upgrade the cluster queue's database schema (backend postgresql)")
+    add_config_argument(migrate, also_on_parent=True)
+    migrate.set_defaults(handler=migrate_command)
     queue.set_defaults(handler=lambda args: queue.print_help() or 2)
 
 
@@ -107,13 +115,20 @@ def queue_command(args: argparse.Namespace) -> int:
     if args.action in SELECTING and not query and not args.all:
         print(f"mailgate queue {args.action}: give a queue id or a filter (or --all)", file=sys.stderr)
         return 2
-    problem = spool_problem(config.server.spool_dir)
+    shared = config.queue.backend == "postgresql"
+    problem = None if shared else spool_problem(config.server.spool_dir)
     if problem is not None:
         print(f"mailgate queue: server.spool_dir {config.server.spool_dir}: {problem}", file=sys.stderr)
         return 2
-    if args.action == "list":
-        return asyncio.run(_list(config, query, args.json))
-    result = asyncio.run(_run(config, args.action, query, args.reason))
+    from mailgate.app_config import StartupError
+
+    try:
+        if args.action == "list":
+            return asyncio.run(_list(config, query, args.json))
+        result = asyncio.run(_run(config, args.action, query, args.reason))
+    except StartupError as exc:  # the cluster queue's database: one line naming the key
+        print(f"mailgate queue: {exc}", file=sys.stderr)
+        return 2
     if "error" in result:
         print(f"mailgate queue {args.action}: {result['error']}", file=sys.stderr)
         return 1
@@ -121,6 +136,31 @@ def queue_command(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, default=str))
         return 0
     return _print(args.action, result)
+
+
+def migrate_command(args: argparse.Namespace) -> int:
+    config = load_config_or_report(args.config, "queue migrate")
+    if config is None:
+        return 2
+    if config.queue.backend != "postgresql":
+        print("mailgate queue migrate: the SQLite queue upgrades itself at start; nothing to do")
+        return 0
+    from mailgate.app_config import queue_password, queue_problems
+    from mailgate.queue.postgres_store import migrate_database
+    from mailgate.queue.store import QueueUnavailableError
+
+    problems = queue_problems(config)
+    if problems:
+        for line in problems:
+            print(f"mailgate queue migrate: {line}", file=sys.stderr)
+        return 2
+    try:
+        before, after = asyncio.run(migrate_database(config.queue.dsn, queue_password(config)))
+    except QueueUnavailableError as exc:
+        print(f"mailgate queue migrate: queue.dsn: {exc}", file=sys.stderr)
+        return 2
+    print(f"queue schema: version {before} -> {after}" if before != after else f"queue schema: version {after}, up to date")
+    return 0
 
 
 def spool_problem(spool_dir: str) -> str | None:
@@ -163,7 +203,8 @@ async def _admin_channel(config, action: str):
     else:
         yield partial(control.request, socket_path)
         return
-    holder = spool_holder(config.server.spool_dir) if action not in READ_ONLY else None
+    shared = config.queue.backend == "postgresql"  # transactions and fencing, no spool lock
+    holder = spool_holder(config.server.spool_dir) if action not in READ_ONLY and not shared else None
     if holder is not None:
         # Issue 13 item 3: writing behind a live server's back would race its delivery.
         async def refuse(*_: Any) -> dict:

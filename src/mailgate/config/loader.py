@@ -59,6 +59,7 @@ class Config:
     log: SimpleNamespace
     metrics: SimpleNamespace
     console: SimpleNamespace
+    queue: SimpleNamespace
 
 
 def load_file(path: str | Path) -> Config:

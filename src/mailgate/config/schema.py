@@ -532,9 +532,32 @@ CONSOLE = Section(
     ),
 )
 
+QUEUE = Section(
+    "queue",
+    "Where the queue lives: the embedded SQLite store in server.spool_dir (one node), or a "
+    "PostgreSQL database shared by several nodes (docs/cluster.md).",
+    (
+        Key("backend", Choice(choices=("sqlite", "postgresql")), "sqlite",
+            "`sqlite`: the embedded queue in server.spool_dir. `postgresql`: the cluster queue in "
+            "the database `dsn` names, shared by every node configured with it.", restart=True),
+        Key("dsn", Text(), "",
+            "libpq connection string of the cluster queue, e.g. `host=db.example port=5432 "
+            "user=mailgate dbname=mailgate sslmode=verify-full`; no password in it.", restart=True),
+        Key("password_file", Text(), "",
+            "File (mode 0600) whose first line is the database password; empty: none, or "
+            "~/.pgpass and PGPASSWORD as libpq reads them.", restart=True),
+        Key("node_name", Text(), "",
+            "This node's name in the cluster (leases, heartbeats, metrics); unique per node. "
+            "Empty: server.hostname.", restart=True),
+        Key("takeover_time", Duration(minimum=1, maximum=3600), 60,
+            "A node that stopped heartbeating for this long has its messages in delivery taken "
+            "over by the other nodes (a possible duplicate delivery, RFC 5321 §6.1).", restart=True),
+    ),
+)
+
 SECTIONS: tuple[Section, ...] = (
     SERVER, LISTENER, RELAY, DOMAIN, RECIPIENT_SOURCE, DELIVERY, DNS, SCREEN, SCREEN_RULE, ANTIVIRUS, SPAM, LIMITS, DKIM, DKIM_KEY,
-    AUTHENTICATION, LOG, METRICS, CONSOLE,
+    AUTHENTICATION, LOG, METRICS, CONSOLE, QUEUE,
 )
 
 

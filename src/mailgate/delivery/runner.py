@@ -30,6 +30,7 @@ from mailgate.delivery.routing import RouteError, Router
 from mailgate.queue.backoff import RetrySchedule
 from mailgate.queue.store import (
     CorruptBodyError,
+    LeaseLostError,
     QueuedMessage,
     QueuedRecipient,
     QueueFilter,
@@ -38,6 +39,8 @@ from mailgate.queue.store import (
 )
 
 log = logging.getLogger("mailgate.delivery")
+# A claim that failed (the cluster queue's database is down) is tried again after this long.
+STORE_RETRY_S = 1.0
 
 # On expiry the recipient fails with its own permanent reply: RFC 5321 §4.2.3 554 "Transaction
 # failed" with RFC 3463 §3.5 X.4.7 "Delivery time expired"; the last transient reply (remote or
@@ -142,7 +145,13 @@ class DeliveryRunner:
                 continue
             # Sessions may reserve slots while this claim is on its way, so the runner can end
             # up a few deliveries above `workers` for a moment.
-            claimed = await self._store.claim_due(self._clock.now(), free)
+            try:
+                claimed = await self._store.claim_due(self._clock.now(), free)
+                due = None if claimed else await self._store.next_due()
+            except Exception as exc:  # the queue's database is unreachable: try again soon
+                log.warning("cannot claim from the queue (retrying in %.0f s): %s", STORE_RETRY_S, exc)
+                await self._wait(self._clock.now() + STORE_RETRY_S)
+                continue
             for message in claimed:
                 self._start(message)
             if claimed and len(claimed) == free:
@@ -151,7 +160,7 @@ class DeliveryRunner:
                 continue
             if claimed:
                 continue  # more may be due
-            await self._wait(await self._store.next_due())
+            await self._wait(due)
 
     async def _wait(self, due: float | None) -> None:
         timeout = 60.0 if due is None else max(0.0, min(60.0, due - self._clock.now()))
@@ -208,6 +217,8 @@ class DeliveryRunner:
     async def _deliver_guarded(self, message: QueuedMessage) -> None:
         try:
             await self.deliver(message)
+        except LeaseLostError as exc:  # a cluster node took the message over: its outcome counts
+            log.warning("outcome of %s not recorded: %s", message.queue_id, exc)
         except CorruptBodyError as exc:  # no attempt can succeed: an admin has to look at it
             log.error("holding %s: %s", message.queue_id, exc)
             await self._store.hold(QueueFilter(queue_id=message.queue_id), f"damaged body: {exc}")

@@ -26,6 +26,7 @@ from mailgate.queue import filters, records
 from mailgate.queue.pg_group_commit import PgOperation, Rows, Statement
 from mailgate.queue.pg_schema import BODY_ROW_BYTES
 from mailgate.queue.store import (
+    LeaseLostError,
     MessageNotFoundError,
     MessageState,
     QueuedMessage,
@@ -45,11 +46,6 @@ UNLEASED_SQL = "(m.lease_owner IS NULL OR m.lease_expires <= %(now)s)"
 MESSAGE_COLUMNS = ", ".join(f"m.{name.strip()}" for name in records.MESSAGE_COLUMNS.split(","))
 # The caller's claim is the latest one, or the caller claimed nothing (an admin tool).
 FENCE_SQL = "(%(token)s::bigint IS NULL OR lease_token = %(token)s::bigint)"
-
-
-class LeaseLostError(RuntimeError):
-    """The message was claimed again since this node's claim (its lease lapsed, say while the
-    node was cut off from the database): the outcome is not recorded, the newer claim's is."""
 
 
 # --- writes for the group-commit writer ----------------------------------------------------------

@@ -45,20 +45,22 @@ from mailgate.queue import pg_schema as schema
 from mailgate.queue import records
 from mailgate.queue.hot_bodies import HOT_BODY_BYTES, HotBodies
 from mailgate.queue.pg_group_commit import PgGroupWriter
-from mailgate.queue.pg_queries import LeaseLostError, MessageNotFoundError
 from mailgate.queue.spooled_store import SpooledQueueStore
 from mailgate.queue.spool_writer import INCOMING_DIRECTORY, SpoolWriter, remove_quietly, seal_for_commit
 from mailgate.queue.store import (
+    LeaseLostError,
     MessageMeta,
+    MessageNotFoundError,
     MessageState,
     MessageWriter,
     QueuedMessage,
     QueueFilter,
     QueueSummary,
+    QueueUnavailableError,
     RecipientUpdate,
 )
 
-__all__ = ["LeaseLostError", "MessageNotFoundError", "PostgresQueueStore"]
+__all__ = ["LeaseLostError", "MessageNotFoundError", "PostgresQueueStore", "QueueUnavailableError"]
 
 log = logging.getLogger("mailgate.queue")
 
@@ -113,10 +115,14 @@ class PostgresQueueStore(SpooledQueueStore):
     # --- life cycle ------------------------------------------------------------------------------
     async def open(self) -> None:
         """Connect, check durability and the schema (creating it in an empty database), start the
-        writer, the pool and the heartbeat. Raises what a bad DSN, password or database raises."""
-        await asyncio.to_thread(self.incoming_dir.mkdir, parents=True, exist_ok=True)
-        async with await self._connect() as connection:
-            await schema.check_schema(connection, create=self._create_schema)
+        writer, the pool and the heartbeat. QueueUnavailableError (one line) if the database
+        cannot be used: a bad DSN or password, unreachable, unsafe, another schema version."""
+        try:
+            async with await self._connect() as connection:
+                await schema.check_schema(connection, create=self._create_schema)
+        except (psycopg.Error, schema.SchemaError, schema.UnsafeDatabaseError) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise QueueUnavailableError(f"PostgreSQL: {reason}") from None
         await self._writer.start()
         self._pool = AsyncConnectionPool(
             self._dsn, kwargs=self._connect_options, min_size=1, max_size=POOL_SIZE,
@@ -165,6 +171,9 @@ class PostgresQueueStore(SpooledQueueStore):
         return await self._transaction(queries.clear_leases, self.node)
 
     def _remove_spill_files(self) -> None:
+        """The folder is made by the first message that spills (spool_writer.py)."""
+        if not self.incoming_dir.is_dir():
+            return
         for entry in self.incoming_dir.iterdir():
             remove_quietly(entry)
 
@@ -336,3 +345,16 @@ class PostgresQueueStore(SpooledQueueStore):
         async with self._pool.connection() as connection:
             async with connection.transaction():
                 return await function(connection, *args)
+
+
+async def migrate_database(dsn: str, password: str | None) -> tuple[int, int]:
+    """`mailgate queue migrate`: bring the schema to this version; (from, to) versions.
+    QueueUnavailableError (one line) if the database cannot be reached or is newer."""
+    options: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, "autocommit": True}
+    if password is not None:
+        options["password"] = password
+    try:
+        async with await psycopg.AsyncConnection.connect(dsn, **options) as connection:
+            return await schema.migrate(connection)
+    except (psycopg.Error, schema.SchemaError) as exc:
+        raise QueueUnavailableError(f"PostgreSQL: {' '.join(str(exc).split())}") from None

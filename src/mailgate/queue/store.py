@@ -71,6 +71,17 @@ def out_of_space(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _OUT_OF_SPACE
 
 
+class LeaseLostError(RuntimeError):
+    """The message was claimed again since this store's claim (its lease lapsed, say while a
+    cluster node was cut off from the database): the outcome is not recorded, the newer claim's
+    is. Only a store shared by several nodes raises it."""
+
+
+class QueueUnavailableError(RuntimeError):
+    """The store cannot be opened: its database refused, is unreachable, unsafe or of another
+    schema version. One line saying why."""
+
+
 class CorruptBodyError(Exception):
     """A stored body does not match the checksum taken when it was written: torn by a power loss
     before its message was acknowledged, or damaged on disk since. Not an OSError on purpose: it
