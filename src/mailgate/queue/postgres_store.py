@@ -117,6 +117,7 @@ class PostgresQueueStore(SpooledQueueStore):
         """Connect, check durability and the schema (creating it in an empty database), start the
         writer, the pool and the heartbeat. QueueUnavailableError (one line) if the database
         cannot be used: a bad DSN or password, unreachable, unsafe, another schema version."""
+        await asyncio.to_thread(self.incoming_dir.mkdir, parents=True, exist_ok=True)
         try:
             async with await self._connect() as connection:
                 await schema.check_schema(connection, create=self._create_schema)
@@ -171,9 +172,6 @@ class PostgresQueueStore(SpooledQueueStore):
         return await self._transaction(queries.clear_leases, self.node)
 
     def _remove_spill_files(self) -> None:
-        """The folder is made by the first message that spills (spool_writer.py)."""
-        if not self.incoming_dir.is_dir():
-            return
         for entry in self.incoming_dir.iterdir():
             remove_quietly(entry)
 
