@@ -23,7 +23,7 @@ from typing import Any
 
 from mailgate.auth.lockout import client_key
 from mailgate.auth.message import QUARANTINE, Origin
-from mailgate.core.envelope import Envelope
+from mailgate.core.envelope import Envelope, Ret
 from mailgate.core.reply import (
     AUTH_FAILED, AUTH_REQUIRED, CANNOT_VRFY, CLOSING, HELP, INSUFFICIENT_STORAGE, LOCAL_ERROR,
     LOOP_DETECTED, MESSAGE_TOO_BIG, NOOP_OK, RATE_LIMITED, READY_TLS, RESET_OK, SCANNER_UNAVAILABLE,
@@ -307,10 +307,23 @@ class Session:
         self.transaction = _Transaction(
             Envelope(
                 sender=event.sender, body=event.body, smtputf8=event.smtputf8,
-                size_declared=event.size, ret=event.ret, envid=event.envid,
+                size_declared=event.size, ret=self._returned_content(event.ret), envid=event.envid,
             )
         )
         return SENDER_OK
+
+    def _returned_content(self, ret: Ret | None) -> Ret | None:
+        """RET (RFC 3461 §4.3) as kept: an outsider's RET=FULL becomes HDRS, so no DSN of ours, or
+        of a next hop it is passed on to, ever carries an outsider's content to the (possibly
+        forged) sender: backscatter returns headers at most (RFC 3461 §4.3 lets the MTA do so)."""
+        if ret is Ret.FULL and not self._internal():
+            log.info("RET=FULL from untrusted client %s kept as RET=HDRS", self.client_address)
+            return Ret.HDRS
+        return ret
+
+    def _internal(self) -> bool:
+        """A trusted network or an authenticated user (mail that is signed, keeps RET=FULL)."""
+        return self.auth_user is not None or self.reception.policy.is_trusted(self.client)
 
     def _limits_refusal(self, declared_size: int) -> Reply | None:
         """Disk back-pressure (452 4.3.1) and message rates (450 4.7.1) at MAIL."""
@@ -490,8 +503,7 @@ class Session:
 
     def _origin(self, transaction: _Transaction) -> Origin:
         """Mail from a trusted network or an authenticated user is signed; the rest is checked."""
-        internal = self.auth_user is not None or self.reception.policy.is_trusted(self.client)
-        return Origin(str(self.client_address), self.helo, _text(transaction.envelope.sender), internal)
+        return Origin(str(self.client_address), self.helo, _text(transaction.envelope.sender), self._internal())
 
     def _refuse(self, transaction: _Transaction, reply: Reply, rule: str) -> Reply:
         log.info("refused message from %s by %s: %s", self.client_address, rule, reply)

@@ -1,0 +1,72 @@
+"""RET=FULL from an untrusted client is kept as RET=HDRS (issue 21 item 5), and so it reaches the
+next hop: a DSN the internal server writes later carries no body either. Trusted and
+authenticated clients keep RET=FULL. The next hop is a capture server that records MAIL's
+parameters."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.support.capture_server import CaptureServer
+from tests.support.mailgate_server import InProcessMailgate
+from tests.support.receiving import EXTERNAL, HOSTED, UNTRUSTED_SOURCE, RawSmtp
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _config(tmp_path: Path, hop: int) -> str:
+    return f"""
+[server]
+hostname = "relay.test"
+spool_dir = "{tmp_path / 'spool'}"
+users_file = "{tmp_path / 'users'}"
+self_audit = false
+
+[[listener]]
+name = "mx"
+address = "127.0.0.1:{free_port()}"
+tls = "none"
+
+[relay]
+trusted_networks = ["127.0.0.1/32"]
+
+[[domain]]
+name = "{HOSTED}"
+next_hop = ["127.0.0.1:{hop}"]
+tls = "none"
+"""
+
+
+async def _relay(tmp_path: Path, source: str | None, ret: str) -> list[str]:
+    async with CaptureServer() as hop:
+        with InProcessMailgate(_config(tmp_path, hop.port)) as mg:
+            client = await RawSmtp.connect(mg.port("mx"), source=source)
+            await client.reply()
+            for line in ("EHLO sender.test", f"MAIL FROM:<someone@{EXTERNAL}> RET={ret}", f"RCPT TO:<user@{HOSTED}>", "DATA"):
+                await client.command(line)
+            await client.send(b"Subject: s\r\n\r\nbody\r\n.\r\n")
+            assert (await client.reply()).code == 250
+            await client.close()
+            for _ in range(300):  # bounded: until the capture server has the message
+                if hop.completed:
+                    break
+                await asyncio.sleep(0.1)
+            [transaction] = hop.completed
+            return transaction.mail_params
+
+
+@pytest.mark.parametrize(
+    ("source", "ret", "passed_on"),
+    [
+        (UNTRUSTED_SOURCE, "FULL", "RET=HDRS"),  # downgraded
+        (UNTRUSTED_SOURCE, "HDRS", "RET=HDRS"),
+        ("127.0.0.1", "FULL", "RET=FULL"),  # trusted network: kept
+    ],
+)
+def test_ret_full_from_an_untrusted_client_reaches_the_next_hop_as_hdrs(tmp_path: Path, source, ret, passed_on) -> None:
+    params = asyncio.run(_relay(tmp_path, source, ret))
+    assert passed_on in params, params
