@@ -1,6 +1,7 @@
 """Child process of tests/integration/test_queue_crash.py: enqueue for ever until SIGKILLed.
 
-Run as `python -m tests.support.crash_enqueuer SPOOL_DIR BASE_SEED PRODUCERS`. Opens the store,
+Run as `python -m tests.support.crash_enqueuer SPOOL_DIR BASE_SEED PRODUCERS [DSN]`. Opens the
+store (SQLite in SPOOL_DIR, or with a DSN the PostgreSQL cluster store, spilling to SPOOL_DIR),
 prints `READY`, then several producers enqueue random messages concurrently; after each commit
 returns the child prints `<queue_id> <sha256 hex>` and flushes. Every message is derived from a
 seed carried in its sender address (`expected_message`), so the parent can recompute what any
@@ -16,8 +17,10 @@ import sys
 
 from mailgate.core.address import Address
 from mailgate.core.envelope import BodyType, Envelope, Notify, Recipient, Ret
+from mailgate.queue.postgres_store import PostgresQueueStore
 from mailgate.queue.sqlite_store import SqliteQueueStore
-from mailgate.queue.store import MessageMeta
+from mailgate.queue.store import MessageMeta, QueueStore
+from tests.support.postgres import PASSWORD
 
 MAX_SIZE = 300 * 1024
 MEMORY_THRESHOLD = 32 * 1024  # low, so that many messages take the spill-file path
@@ -60,7 +63,7 @@ def expected_message(seed: int) -> tuple[Envelope, bytes]:
     return envelope, body
 
 
-async def _produce(store: SqliteQueueStore, rng: random.Random) -> None:
+async def _produce(store: QueueStore, rng: random.Random) -> None:
     while True:
         seed = rng.getrandbits(62)
         envelope, body = expected_message(seed)
@@ -76,9 +79,12 @@ async def _produce(store: SqliteQueueStore, rng: random.Random) -> None:
         sys.stdout.flush()
 
 
-async def _main(spool_dir: str, base_seed: int, producers: int) -> None:
-    store = SqliteQueueStore(spool_dir, memory_threshold=MEMORY_THRESHOLD)
-    await store.open()
+async def _main(spool_dir: str, base_seed: int, producers: int, dsn: str | None) -> None:
+    if dsn is None:
+        store: QueueStore = SqliteQueueStore(spool_dir, memory_threshold=MEMORY_THRESHOLD)
+    else:
+        store = PostgresQueueStore(dsn, spool_dir, password=PASSWORD, node="crash", memory_threshold=MEMORY_THRESHOLD)
+    await store.open()  # type: ignore[attr-defined]
     sys.stdout.write("READY\n")
     sys.stdout.flush()
     rngs = [random.Random(base_seed * 1000 + n) for n in range(producers)]
@@ -86,4 +92,4 @@ async def _main(spool_dir: str, base_seed: int, producers: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+    asyncio.run(_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None))
