@@ -37,6 +37,13 @@ SWAKS_TLS = (
     Capability("Perl module Net::SSLeay (swaks --tls)", "libnet-ssleay-perl", perl_module="Net::SSLeay"),
     Capability("Perl module IO::Socket::SSL (swaks --tls)", "libio-socket-ssl-perl", perl_module="IO::Socket::SSL"),
 )
+# The web console's browser tests (tests/e2e/test_console_browser.py): Selenium drives Debian's
+# Chromium through its chromedriver, named by path so Selenium Manager never downloads one.
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+BROWSER = (
+    Capability("chromium (the console's browser tests)", "chromium", binary=CHROMIUM),
+    Capability("chromedriver (the console's browser tests)", "chromium-driver", binary=CHROMEDRIVER),
+)
 CAPABILITIES = (
     Capability("postfix", "postfix", binary="/usr/sbin/postfix"),
     Capability("swaks", "swaks", binary="/usr/bin/swaks"),
@@ -48,6 +55,7 @@ CAPABILITIES = (
     Capability("slapadd", "slapd", binary="/usr/sbin/slapadd"),
     Capability("mount (the tmpfs of the disk-full tests)", "mount", binary="/usr/bin/mount"),
     Capability("PostgreSQL initdb (the cluster queue store's tests)", "postgresql", binary=POSTGRES_INITDB),
+    *BROWSER,
 )
 
 

@@ -53,8 +53,9 @@ def line_chart(title: str, labels: Sequence[str], series: dict[str, Sequence[int
     every = max(1, count // 6)
     for index, label in enumerate(labels):
         if index % every == 0 or index == count - 1:
+            anchor = "end" if index == count - 1 else ("start" if index == 0 else "middle")  # inside the frame
             parts.append(f'<text class="axis" x="{x(index):.1f}" y="{HEIGHT - BOTTOM + 16}" '
-                         f'text-anchor="middle">{escape(label)}</text>')
+                         f'text-anchor="{anchor}">{escape(label)}</text>')
     for name, values in series.items():
         colour = COLOURS.get(name, "#555")
         points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))

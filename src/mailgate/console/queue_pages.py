@@ -93,10 +93,9 @@ def add_routes(router: web.UrlDispatcher, console: Console) -> None:
         ids = result.get("ids", [])
         services.log.admin_action(session.user, action, ids, client_ip=request.remote or "", reason=reason)
         log.info("console: %s by %s on %s: %s", action, session.user, queue_id, ", ".join(ids) or "nothing matched")
-        outcome = "done" if ids else "nothing"
         if action in ("delete", "bounce") and ids:
             raise web.HTTPSeeOther(f"/queue?done={action}+{queue_id}")
-        raise web.HTTPSeeOther(f"/queue/{queue_id}?done={action}+{outcome}")
+        raise web.HTTPSeeOther(f"/queue/{queue_id}?done={action}" + ("" if ids else "+(nothing+to+do)"))
 
     router.add_get("/queue", listing)
     router.add_get("/queue/{queue_id}", message)

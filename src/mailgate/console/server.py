@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import socket
 from pathlib import Path
@@ -50,14 +51,17 @@ LOGIN_COOKIE = "mailgate_login"  # double-submit token of the log-in form (no se
 MAX_REQUEST = 64 * 1024  # our bound: the largest form is a few fields
 LOCKOUT_WINDOW = 900.0  # seconds, as for SMTP AUTH (auth/lockout.py)
 STATIC = Path(__file__).parent / "static"
-PUBLIC_PATHS = ("/login",)
+PUBLIC_PATHS = ("/login", "/favicon.ico")
+_LOGIN_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # what token_urlsafe(32) makes
 SECURITY_HEADERS = {
-    # Only our own scripts, styles and forms; never framed (clickjacking); no referrer to leak paths.
+    # Only our own scripts, styles and forms; never framed (clickjacking); no referrer to other
+    # sites (`same-origin`, not `no-referrer`: with that, Chromium sends `Origin: null` on our own
+    # form posts and the Origin check would refuse them).
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
                                "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -73,6 +77,7 @@ class ConsoleServer:
         self.app.router.add_post("/login", self._login)
         self.app.router.add_post("/logout", self._logout)
         self.app.router.add_static("/static/", STATIC, append_version=False)
+        self.app.router.add_get("/favicon.ico", _no_icon)
         for module in (dashboard, queue_pages, trace_pages, tool_pages):
             module.add_routes(self.app.router, self.console)
         self._runner: web.AppRunner | None = None
@@ -160,10 +165,15 @@ class ConsoleServer:
         return parts.scheme == request.scheme and parts.netloc == request.host
 
     # --- log-in and log-out -------------------------------------------------------------------
-    async def _login_form(self, request: web.Request, *, error: str = "", status: int = 200) -> web.Response:
-        token = secrets.token_urlsafe(32)
+    async def _login_form(self, request: web.Request, *, error: str = "", status: int = 200,
+                          next_path: str | None = None) -> web.Response:
+        # The same token for every log-in page of this browser: a second page load (another tab,
+        # the browser's own favicon request redirected here) must not void the form on screen.
+        token = request.cookies.get(LOGIN_COOKIE, "")
+        if not _LOGIN_TOKEN.fullmatch(token):
+            token = secrets.token_urlsafe(32)
         response = self.console.render(request, "login.html", status=status, error=error, login_token=token,
-                                       next=_safe_next(request.query.get("next", "/")))
+                                       next=_safe_next(next_path or request.query.get("next", "/")))
         self._set_cookie(response, LOGIN_COOKIE, token, max_age=3600)
         return response
 
@@ -177,7 +187,7 @@ class ConsoleServer:
         if not self.lockout.begin_check(client):
             log.warning("console log-in refused for %s: too many failures", client)
             return await self._login_form(request, error="Too many failed log-ins from your address; "
-                                          "try again in 15 minutes.", status=429)
+                                          "try again in 15 minutes.", status=429, next_path=str(form.get("next", "/")))
         try:
             users = self.console.services.users
             accepted = bool(user and password) and await asyncio.to_thread(users.verify, user, password)
@@ -187,7 +197,8 @@ class ConsoleServer:
             self.lockout.end_check(client)
         if not accepted:
             log.warning("console log-in failed for %r from %s", user, client)
-            return await self._login_form(request, error="Wrong name or password, or not an admin.", status=401)
+            return await self._login_form(request, error="Wrong name or password, or not an admin.", status=401,
+                                          next_path=str(form.get("next", "/")))
         token, _session = self.console.sessions.open(user.lower(), client)
         log.info("console log-in of %s from %s", user.lower(), client)
         response = web.HTTPSeeOther(_safe_next(str(form.get("next", "/"))))
@@ -203,6 +214,11 @@ class ConsoleServer:
 
     def _set_cookie(self, response: web.StreamResponse, name: str, value: str, max_age: int | None = None) -> None:
         response.set_cookie(name, value, path="/", secure=True, httponly=True, samesite="Strict", max_age=max_age)
+
+
+async def _no_icon(_request: web.Request) -> web.Response:
+    """Browsers ask for one on their own: an empty answer, not a redirect to the log-in page."""
+    return web.Response(status=204)
 
 
 def csrf_token_equal(expected: str, submitted: str) -> bool:
