@@ -68,8 +68,9 @@ class Application:
         self.resolver = DnsPythonResolver(*resolver_settings(config))
         self.router = Router(routing_settings(config), self.resolver)
         self.transport = delivery_transport(config)
-        self.bouncer = bouncer(config, self.store, on_queued=self._wake_runner, on_dsn=deliveries.dsn)
-        self.runner = DeliveryRunner(self.store, self.router, self.transport, self.bouncer, retry_schedule(config),
+        schedule = retry_schedule(config)  # the one carrier of delivery.max_lifetime
+        self.bouncer = bouncer(config, self.store, schedule, on_queued=self._wake_runner, on_dsn=deliveries.dsn)
+        self.runner = DeliveryRunner(self.store, self.router, self.transport, self.bouncer, schedule,
                                      self.clock, runner_settings(config), on_attempt=deliveries.attempt)
         self.disk = disk_guard(config)
         self.disk.subscribe(self._disk_state_changed)

@@ -194,7 +194,7 @@ def retry_schedule(config: Config) -> RetrySchedule:
 
 def runner_settings(config: Config) -> RunnerSettings:
     delivery = config.delivery
-    return RunnerSettings(delivery.workers, delivery.max_lifetime, delivery.delay_warning)
+    return RunnerSettings(workers=delivery.workers)
 
 
 def rate_limits(config: Config, tables: RateTables | None = None) -> MessageRateLimits | None:
@@ -457,10 +457,10 @@ def delivery_transport(config: Config) -> RoutedTransport:
     return RoutedTransport(smtp, MaildirTransport())
 
 
-def bouncer(config: Config, store: Any, **observers: Any) -> Bouncer:
-    """`store`: the queue store; `observers`: on_queued and on_dsn (delivery/bouncer.py)."""
-    delivery = config.delivery
-    return Bouncer(store, config.server.hostname, delivery.delay_warning, delivery.max_lifetime, **observers)
+def bouncer(config: Config, store: Any, schedule: RetrySchedule, **observers: Any) -> Bouncer:
+    """`store`: the queue store; `schedule`: the runner's (retry_schedule), which carries the
+    lifetime; `observers`: on_queued and on_dsn (delivery/bouncer.py)."""
+    return Bouncer(store, config.server.hostname, config.delivery.delay_warning, schedule, **observers)
 
 
 def disk_guard(config: Config) -> DiskGuard:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from mailgate.app_config import StartupError, bouncer, queue_store
+from mailgate.app_config import StartupError, bouncer, queue_store, retry_schedule
 from mailgate.config.loader import Config
 from mailgate.core.clock import SystemClock
 from mailgate.delivery.admin import QueueAdmin
@@ -26,7 +26,7 @@ async def open_offline_admin(config: Config) -> tuple[QueueAdmin, Callable[[], A
     clock = SystemClock()
     store = queue_store(config, clock)
     await open_store(store)
-    return QueueAdmin(store, bouncer(config, store), clock, lambda: None), store.close
+    return QueueAdmin(store, bouncer(config, store, retry_schedule(config)), clock, lambda: None), store.close
 
 
 async def open_store(store: QueueStore) -> None:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
 
-from mailgate.queue.backoff import DEFAULT_MAX_LIFETIME, RetrySchedule
+from mailgate.app_config import retry_schedule
+from mailgate.config.loader import load_embedded
+from mailgate.queue.backoff import RetrySchedule
 from mailgate.queue.ids import QUEUE_ID_LENGTH, is_queue_id, new_queue_id
 
 
+def default_schedule(**overrides: object) -> RetrySchedule:
+    """The schedule of the schema's defaults (config/schema.py declares them, nowhere else)."""
+    return dataclasses.replace(retry_schedule(load_embedded()), **overrides)
+
+
 def test_base_delay_follows_steps_then_doubles_up_to_the_cap() -> None:
-    schedule = RetrySchedule()
+    schedule = default_schedule()
     assert [schedule.base_delay(n) for n in range(0, 9)] == [
         0.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 14400.0,
     ]  # fmt: skip
@@ -19,7 +27,7 @@ def test_base_delay_follows_steps_then_doubles_up_to_the_cap() -> None:
 
 
 def test_jitter_stays_within_its_fraction_and_varies() -> None:
-    schedule = RetrySchedule()
+    schedule = default_schedule()
     rng = random.Random(1234)
     delays = [schedule.next_delay(2, rng) for _ in range(500)]
     assert all(240.0 <= delay <= 360.0 for delay in delays)  # 300 s +/- 20 %
@@ -28,14 +36,14 @@ def test_jitter_stays_within_its_fraction_and_varies() -> None:
 
 
 def test_same_seed_gives_same_delays() -> None:
-    schedule = RetrySchedule()
+    schedule = default_schedule()
     first = [schedule.next_delay(n, random.Random(7)) for n in range(1, 10)]
     second = [schedule.next_delay(n, random.Random(7)) for n in range(1, 10)]
     assert first == second
 
 
 def test_jitter_never_exceeds_the_cap_nor_goes_negative() -> None:
-    schedule = RetrySchedule(steps=(0.0, 10.0), max_interval=100.0, jitter=1.0)
+    schedule = RetrySchedule(steps=(0.0, 10.0), max_interval=100.0, max_lifetime=3600.0, jitter=1.0)
     rng = random.Random(99)
     for attempts in range(0, 40):
         for _ in range(50):
@@ -45,18 +53,18 @@ def test_jitter_never_exceeds_the_cap_nor_goes_negative() -> None:
 
 
 def test_next_attempt_is_absolute() -> None:
-    schedule = RetrySchedule(jitter=0.0)
+    schedule = default_schedule(jitter=0.0)
     assert schedule.next_attempt(1, 1000.0, random.Random(0)) == 1060.0
 
 
 def test_expired_after_the_default_five_days() -> None:
-    schedule = RetrySchedule()
+    schedule = default_schedule()
     created = 1_800_000_000.0
-    assert DEFAULT_MAX_LIFETIME == 5 * 86400
     assert not schedule.expired(created, created + 5 * 86400 - 1)
     assert schedule.expired(created, created + 5 * 86400)
-    assert schedule.expired(created, created + 3601, max_lifetime=3600)
-    assert not schedule.expired(created, created + 3599, max_lifetime=3600)
+    assert schedule.given_up_at(created) == created + 5 * 86400
+    short = default_schedule(max_lifetime=3600.0)
+    assert short.expired(created, created + 3600) and not short.expired(created, created + 3599)
 
 
 @pytest.mark.parametrize(
@@ -65,7 +73,7 @@ def test_expired_after_the_default_five_days() -> None:
 )
 def test_nonsense_schedules_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
-        RetrySchedule(**kwargs)
+        default_schedule(**kwargs)
 
 
 def test_queue_ids_are_well_formed_unique_and_sort_by_time() -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import email
+import email.utils
+import re
 
 import pytest
 
@@ -51,11 +53,12 @@ class Harness:
         self.clock = FakeClock()
         self.store = MemoryQueueStore(self.clock)
         self.transport = FakeTransport(scripts)
-        bouncer = Bouncer(self.store, "relay.test", delay_warning, LIFETIME)
+        # One schedule carries the lifetime to both the runner (expiry) and the bouncer (delay DSNs).
+        schedule = RetrySchedule(steps=(RETRY_AFTER,), max_interval=RETRY_AFTER, max_lifetime=LIFETIME, jitter=0.0)
+        bouncer = Bouncer(self.store, "relay.test", delay_warning, schedule)
         router = Router(RoutingSettings(hosted={}, helo_name="relay.test"), StaticResolver(ZONE))
-        schedule = RetrySchedule(steps=(RETRY_AFTER,), max_interval=RETRY_AFTER, jitter=0.0)
-        settings = RunnerSettings(workers=4, max_lifetime=LIFETIME, delay_warning=delay_warning)
-        self.runner = DeliveryRunner(self.store, router, self.transport, bouncer, schedule, self.clock, settings)
+        self.runner = DeliveryRunner(self.store, router, self.transport, bouncer, schedule, self.clock,
+                                     RunnerSettings(workers=4))
 
     async def submit(self, sender: str | None, *recipients: Recipient | str) -> str:
         writer = self.store.begin()
@@ -213,6 +216,29 @@ def test_a_delay_warning_goes_out_once():
     run(scenario())
 
 
+def test_the_delay_warning_promises_the_moment_the_runner_gives_up():
+    # One lifetime, one carrier: the Will-Retry-Until a delay DSN announces (RFC 3464 §2.3.4) is
+    # the instant the runner expires the recipient, not a second copy of the setting.
+    async def scenario():
+        harness = Harness({"b@example.net": [LATER] * 10}, delay_warning=RETRY_AFTER)
+        queue_id = await harness.submit("a@sender.test", "b@example.net")
+        created = (await harness.store.get(queue_id)).created
+        while harness.clock.now() < created + LIFETIME:
+            assert (await harness.store.get(queue_id)).recipients[0].state is RecipientState.QUEUED
+            await harness.attempt_due()
+            harness.clock.advance(RETRY_AFTER)
+        (warning,) = await harness.dsns()
+        (promised,) = re.findall(r"Will-Retry-Until: (.+)", warning.as_string())
+        assert email.utils.parsedate_to_datetime(promised).timestamp() == created + LIFETIME == harness.clock.now()
+        await harness.attempt_due()  # the promised instant: the runner gives up now
+        assert (await harness.store.get(queue_id)) is None or (
+            (await harness.store.get(queue_id)).recipients[0].state is RecipientState.FAILED)
+        failure = [dsn for dsn in await harness.dsns() if "Action: failed" in dsn.as_string()]
+        assert len(failure) == 1 and "Status: 5.4.7" in failure[0].as_string()
+
+    run(scenario())
+
+
 def test_the_running_loop_delivers_new_mail_when_woken():
     async def scenario():
         harness = Harness()
@@ -281,7 +307,7 @@ def full_disk_harness(scripts=None) -> Harness:
     harness = Harness(scripts)
     harness.store = FullDiskStore(harness.clock)
     harness.runner._store = harness.store
-    harness.runner._bouncer = Bouncer(harness.store, "relay.test", 0.0, LIFETIME)
+    harness.runner._bouncer = Bouncer(harness.store, "relay.test", 0.0, harness.runner._schedule)
     return harness
 
 
@@ -340,7 +366,7 @@ def test_a_failed_recipient_whose_finish_fails_gets_exactly_one_dsn():
 def test_unsaved_outcomes_are_saved_by_the_runner_itself():
     async def scenario():
         harness = full_disk_harness()
-        harness.runner._settings = RunnerSettings(workers=4, max_lifetime=LIFETIME, save_retry=0.01)
+        harness.runner._settings = RunnerSettings(workers=4, save_retry=0.01)
         queue_id = await harness.submit("a@sender.test", "b@example.net")
         harness.store.failures["finish"] = 4
         await attempt_due_as_the_runner_does(harness)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from mailgate.core.envelope import Envelope, Notify, Recipient, Ret
 from mailgate.core.status import RecipientState
 from mailgate.dsn.report import FailedRecipient, build_dsn
+from mailgate.queue.backoff import RetrySchedule
 from mailgate.queue.store import MessageMeta, QueuedMessage, QueueStore, RecipientUpdate
 
 log = logging.getLogger("mailgate.bounce")
@@ -28,14 +29,14 @@ class Bouncer:
         store: QueueStore,
         reporting_mta: str,
         delay_warning: float,
-        max_lifetime: float,
+        schedule: RetrySchedule,
         on_queued: Callable[[], None] = lambda: None,
         on_dsn: Callable[[str, str, str, str, list[str]], None] = lambda *args: None,
     ) -> None:
         self._store = store
         self._reporting_mta = reporting_mta
         self._delay_warning = delay_warning
-        self._max_lifetime = max_lifetime
+        self._schedule = schedule  # when a delayed message will be given up
         self._on_queued = on_queued
         self._on_dsn = on_dsn
 
@@ -84,7 +85,7 @@ class Bouncer:
                 diagnostic=update.reply,
                 remote_mta=update.remote_mta,
                 last_attempt=now,
-                will_retry_until=message.created + self._max_lifetime if action == "delayed" else None,
+                will_retry_until=self._schedule.given_up_at(message.created) if action == "delayed" else None,
             )
             for queued, update in pairs
         ]

@@ -55,9 +55,7 @@ SAVE_RETRY_FIRST, SAVE_RETRY_LAST = 1.0, 60.0
 
 @dataclass(frozen=True)
 class RunnerSettings:
-    workers: int = 200
-    max_lifetime: float = 5 * 86400
-    delay_warning: float = 4 * 3600  # 0: never
+    workers: int  # delivery.workers: messages delivered at once
     save_retry: float = SAVE_RETRY_FIRST  # first pause before saving an unsaved outcome again
 
 
@@ -305,7 +303,7 @@ class DeliveryRunner:
         state = outcome.state
         next_attempt = 0.0
         if state is RecipientState.QUEUED:
-            if now - message.created >= self._settings.max_lifetime:
+            if self._schedule.expired(message.created, now):
                 state = RecipientState.FAILED
                 last = " ".join(part for part in (str(reply.code), reply.enhanced, reply.text) if part)
                 reply = Reply(EXPIRED_CODE, EXPIRED, f"Delivery time expired; last error: {last}")

@@ -2,9 +2,10 @@
 
 Owns: the retry schedule (fixed steps, then a capped interval, with jitter so that recipients
 deferred together do not all come back in the same second) and the maximum lifetime after which a
-queued recipient is failed and bounced (SPEC §2: default 5 days, as RFC 5321 §4.5.4.1 suggests
-"at least 4-5 days").
-Must not: read the clock or the queue; callers pass `attempts`, times and the random source.
+queued recipient is failed and bounced (SPEC §2). The one carrier of `delivery.max_lifetime`: the
+runner asks it when a message expires and the bouncer when a delayed one will be given up.
+Must not: read the clock or the queue (callers pass `attempts`, times and the random source), or
+declare a setting's default (config/schema.py does; app_config.retry_schedule fills this in).
 """
 
 from __future__ import annotations
@@ -12,14 +13,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-DEFAULT_STEPS = (60.0, 300.0, 600.0, 1800.0, 3600.0)
-DEFAULT_MAX_INTERVAL = 4 * 3600.0
-DEFAULT_JITTER = 0.2
-# RFC 5321 §4.5.4.1: "the give-up time generally needs to be at least 4-5 days".
-DEFAULT_MAX_LIFETIME = 5 * 24 * 3600.0
+DEFAULT_JITTER = 0.2  # not a setting: recipients deferred together spread over +/- 20 %
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RetrySchedule:
     """Delay after the n-th failed attempt: `steps[n-1]`, then doubling, capped at `max_interval`.
 
@@ -27,10 +24,10 @@ class RetrySchedule:
     and then capped again, so no delay exceeds `max_interval` and none is negative.
     """
 
-    steps: tuple[float, ...] = DEFAULT_STEPS
-    max_interval: float = DEFAULT_MAX_INTERVAL
+    steps: tuple[float, ...]  # delivery.retry_schedule
+    max_interval: float  # delivery.max_retry_interval
+    max_lifetime: float  # delivery.max_lifetime
     jitter: float = DEFAULT_JITTER
-    max_lifetime: float = DEFAULT_MAX_LIFETIME
 
     def __post_init__(self) -> None:
         if not self.steps or any(step < 0 for step in self.steps):
@@ -61,7 +58,10 @@ class RetrySchedule:
         """The absolute time of the next attempt."""
         return now + self.next_delay(attempts, rng)
 
-    def expired(self, created: float, now: float, max_lifetime: float | None = None) -> bool:
-        """True once a message created at `created` has been queued longer than its lifetime."""
-        lifetime = self.max_lifetime if max_lifetime is None else max_lifetime
-        return now - created >= lifetime
+    def expired(self, created: float, now: float) -> bool:
+        """True once a message created at `created` has been queued for its whole lifetime."""
+        return now - created >= self.max_lifetime
+
+    def given_up_at(self, created: float) -> float:
+        """When a message created at `created` expires (a delay DSN's Will-Retry-Until, RFC 3464 §2.3.4)."""
+        return created + self.max_lifetime
