@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from mailgate.screen import Screener, ScreenContext  # noqa: E402
 from tests.support.clamd import start_clamd  # noqa: E402
+from tests.support.screening import screener_from  # noqa: E402
 
 SAMPLES = ROOT / "tests" / "data" / "mime"
 CTX = ScreenContext("inbound", "anna@corp.example", ["ben@hosted.test"], "192.0.2.7", "mx.corp.example")
@@ -95,16 +96,16 @@ def main() -> None:
     mix = messages()
     results: dict[str, dict[str, float] | str] = {}
     configurations = {
-        "off": Screener([]),
-        "header rules": Screener.from_config(HEADER_RULES, {}, {}),
-        "attachment rules": Screener.from_config(ATTACHMENT_RULES, {}, {}),
+        "off": screener_from([]),
+        "header rules": screener_from(HEADER_RULES),
+        "attachment rules": screener_from(ATTACHMENT_RULES),
     }
     for name, screener in configurations.items():
         results[name] = asyncio.run(_run(screener, mix, args.seconds, args.concurrency))
     clamd_binary = shutil.which("clamd") or "/usr/sbin/clamd"
     if Path(clamd_binary).exists():
         with start_clamd(clamd_binary, _free_port()) as clamd:
-            screener = Screener.from_config(ATTACHMENT_RULES, {"clamd": clamd.unix_address}, {})
+            screener = screener_from(ATTACHMENT_RULES, {"clamd": clamd.unix_address})
             results["attachment rules + clamd"] = asyncio.run(_run(screener, mix, args.seconds, args.concurrency))
     else:
         results["attachment rules + clamd"] = "skipped: clamd not installed"

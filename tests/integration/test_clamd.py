@@ -18,12 +18,13 @@ from mailgate.screen import ScreenContext
 from mailgate.screen.clamd import ClamdClient, ClamdError
 from tests.conftest import free_port, require_binary
 from tests.support.clamd import EICAR, SIGNATURE_NAME, ClamdInstance, start_clamd
-from tests.support.screening import screener_from
+from tests.support.screening import scanner_defaults, screener_from
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.e2e]
 
 CTX = ScreenContext("inbound", "mallory@evil.example", ["ben@hosted.test"], "192.0.2.7", "evil.example")
 DATA = Path(__file__).parent.parent / "data" / "mime"
+ANTIVIRUS = scanner_defaults("antivirus")  # the schema's time-out and StreamMaxLength
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def _zipped(name: str, payload: bytes) -> bytes:
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_clean_and_infected_over_both_transports(clamd: ClamdInstance, transport: str) -> None:
     address = clamd.unix_address if transport == "unix" else clamd.tcp_address
-    client = ClamdClient(address, timeout=30)
+    client = ClamdClient(address, timeout=30, max_bytes=ANTIVIRUS.max_size)
 
     async def run() -> None:
         assert await client.ping()
@@ -72,14 +73,14 @@ def test_clean_and_infected_over_both_transports(clamd: ClamdInstance, transport
 
 def test_eicar_inside_a_zip_attachment_is_found(clamd: ClamdInstance) -> None:
     message = _mail_with_attachment("invoice.zip", _zipped("invoice.com", EICAR))
-    result = asyncio.run(ClamdClient(clamd.unix_address).scan(_opener(message)))
+    result = asyncio.run(ClamdClient(clamd.unix_address, timeout=ANTIVIRUS.timeout, max_bytes=ANTIVIRUS.max_size).scan(_opener(message)))
     assert result.infected
 
 
 def test_a_message_streamed_in_many_chunks_is_scanned_whole(clamd: ClamdInstance) -> None:
     # Over 1 MiB of padding before the virus: the signature sits far beyond the first chunk.
     message = _mail_with_attachment("big.bin", b"A" * (1024 * 1024 + 17) + EICAR)
-    result = asyncio.run(ClamdClient(clamd.tcp_address).scan(_opener(message)))
+    result = asyncio.run(ClamdClient(clamd.tcp_address, timeout=ANTIVIRUS.timeout, max_bytes=ANTIVIRUS.max_size).scan(_opener(message)))
     assert result.infected
 
 
@@ -121,7 +122,7 @@ def test_unreachable_clamd_is_a_temporary_failure_unless_failing_open(tmp_path: 
     open_ = screener_from([], {"clamd": missing, "fail_open": True}, {})
     assert asyncio.run(open_.screen(CTX, _opener(message), len(message))).action == "accept"
     with pytest.raises(ClamdError):
-        asyncio.run(ClamdClient(missing).scan(_opener(message)))
+        asyncio.run(ClamdClient(missing, timeout=ANTIVIRUS.timeout, max_bytes=ANTIVIRUS.max_size).scan(_opener(message)))
 
 
 def test_a_silent_clamd_times_out(tmp_path: Path) -> None:
@@ -130,7 +131,7 @@ def test_a_silent_clamd_times_out(tmp_path: Path) -> None:
         port = server.sockets[0].getsockname()[1]
         try:
             with pytest.raises(ClamdError, match="timed out"):
-                await ClamdClient(f"tcp:127.0.0.1:{port}", timeout=0.5).scan(_opener(b"x" * 10))
+                await ClamdClient(f"tcp:127.0.0.1:{port}", timeout=0.5, max_bytes=ANTIVIRUS.max_size).scan(_opener(b"x" * 10))
         finally:
             server.close()
             await server.wait_closed()

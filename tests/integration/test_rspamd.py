@@ -20,7 +20,7 @@ from tests.support.rspamd import (
     GTUBE_ADD_HEADER, GTUBE_REJECT, GTUBE_REWRITE_SUBJECT, SPAM_SUBJECT_PREFIX, TEST_SUBJECT_PREFIX,
     RspamdInstance, start_rspamd,
 )
-from tests.support.screening import screener_from
+from tests.support.screening import scanner_defaults, screener_from, screener_with
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -149,7 +149,7 @@ def test_chunked_answer_and_request_headers() -> None:
     message = _message("x")
 
     async def action(url: str):
-        return await RspamdClient(url).check(lambda: io.BytesIO(message), len(message),
+        return await RspamdClient(url, timeout=scanner_defaults("spam").timeout).check(lambda: io.BytesIO(message), len(message),
                                              sender="a@b.example", recipients=["c@d.test", "e@f.test"],
                                              client_address="192.0.2.1", helo="b.example", user="alice")
 
@@ -188,7 +188,7 @@ def test_silent_rspamd_times_out_and_fail_open_accepts() -> None:
         with pytest.raises(RspamdError, match="timed out"):
             await client.check(lambda: io.BytesIO(message), len(message), sender="", recipients=[],
                                client_address="192.0.2.1", helo="h")
-        screener = Screener([], None, client, fail_open_spam=True)  # under the schema's 1 s minimum
+        screener = screener_with([], None, client, fail_open_spam=True)  # under the schema's 1 s minimum
         return await screener.screen(CTX, lambda: io.BytesIO(message), len(message))
 
     verdict, _ = _with_peer(None, action)

@@ -16,7 +16,7 @@ import pytest
 from mailgate.screen import Screener, ScreenContext, Verdict
 from mailgate.screen import archives, mime
 from mailgate.screen.clamd import ScanResult
-from tests.support.screening import screener_from
+from tests.support.screening import screener_from, screener_with
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -151,7 +151,7 @@ class StalledClamd:
 
 
 def test_a_scanner_still_running_at_the_time_limit_is_a_tempfail() -> None:
-    screener = Screener([], StalledClamd(), time_limit=0.2)  # type: ignore[arg-type]
+    screener = screener_with([], StalledClamd(), time_limit=0.2)  # type: ignore[arg-type]
     verdict = screen(screener, b"Subject: x\r\n\r\nhello\r\n")
     assert verdict.action == "tempfail" and verdict.reply is not None and verdict.reply.code == 451
     assert "not fully inspected" in verdict.reason

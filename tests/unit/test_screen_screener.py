@@ -17,7 +17,7 @@ from mailgate.screen import Screener, ScreenContext, Verdict
 from mailgate.screen.actions import STRIPPED_HEADER
 from mailgate.screen.clamd import ClamdError, ScanResult
 from mailgate.screen.rspamd import SpamResult
-from tests.support.screening import screener_from
+from tests.support.screening import screener_from, screener_with
 
 DATA = Path(__file__).parent.parent / "data" / "mime"
 INBOUND = ScreenContext("inbound", "anna@corp.example", ["ben@hosted.test"], "192.0.2.7", "mx.corp.example")
@@ -89,7 +89,7 @@ def test_envelope_rejection_skips_content_and_engines() -> None:
     clamd = FakeClamd(ScanResult(False))
     rules = [{"name": "bad-helo", "direction": "inbound", "action": "tempfail", "helo": ["^mx\\.corp"],
               "text": "Try later"}, BLOCK_EXE]
-    verdict, opener = _screen(Screener(screener_from(rules, {}, {}).rules, clamd), "outlook_mixed.eml")
+    verdict, opener = _screen(screener_with(screener_from(rules, {}, {}).rules, clamd), "outlook_mixed.eml")
     assert verdict.action == "tempfail" and verdict.reply.encode() == b"451 4.7.1 Try later\r\n"
     assert opener.opened == 0 and clamd.calls == 0
 
@@ -204,21 +204,21 @@ class FakeRspamd:
 
 
 def test_antivirus_verdicts() -> None:
-    infected = Screener([], FakeClamd(ScanResult(True, "Eicar-Test")))
+    infected = screener_with([], FakeClamd(ScanResult(True, "Eicar-Test")))
     verdict, _ = _screen(infected, "plain_clean.eml")
     assert verdict.reply.encode() == b"554 5.7.1 Message refused: virus found: Eicar-Test\r\n"
-    down = Screener([], FakeClamd(ClamdError("connection refused")))
+    down = screener_with([], FakeClamd(ClamdError("connection refused")))
     assert _screen(down, "plain_clean.eml")[0].reply == SCANNER_UNAVAILABLE
-    fail_open = Screener([], FakeClamd(ClamdError("connection refused")), fail_open_av=True)
+    fail_open = screener_with([], FakeClamd(ClamdError("connection refused")), fail_open_av=True)
     assert _screen(fail_open, "plain_clean.eml")[0].action == "accept"
-    tagged = Screener([], FakeClamd(ScanResult(True, "Eicar-Test")), av_action="tag")
+    tagged = screener_with([], FakeClamd(ScanResult(True, "Eicar-Test")), av_action="tag")
     assert _screen(tagged, "plain_clean.eml")[0].add_headers == [("X-Mailgate-Virus", "Eicar-Test")]
 
 
 def test_a_message_over_the_scan_limit_is_not_sent_to_clamd() -> None:
     clamd = FakeClamd(ScanResult(True, "never"))
     clamd.max_bytes = 10
-    assert _screen(Screener([], clamd), "plain_clean.eml")[0].action == "accept" and clamd.calls == 0
+    assert _screen(screener_with([], clamd), "plain_clean.eml")[0].action == "accept" and clamd.calls == 0
 
 
 @pytest.mark.parametrize(("action", "ours", "code"), [
@@ -226,7 +226,7 @@ def test_a_message_over_the_scan_limit_is_not_sent_to_clamd() -> None:
     ("add header", "tag", None), ("no action", "accept", None),
 ])
 def test_spam_actions_map_to_ours(action: str, ours: str, code: int | None) -> None:
-    verdict, _ = _screen(Screener([], None, FakeRspamd(SpamResult(action, 9.0, 15.0))), "plain_clean.eml")
+    verdict, _ = _screen(screener_with([], None, FakeRspamd(SpamResult(action, 9.0, 15.0))), "plain_clean.eml")
     assert verdict.action == ours
     assert (verdict.reply.code if verdict.reply else None) == code
 

@@ -17,11 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-DEFAULT_TIMEOUT_S = 30.0
 CHUNK_BYTES = 64 * 1024
-# clamd.conf StreamMaxLength defaults to 25 MiB; a longer stream is refused by clamd, so larger
-# messages are not sent (the screener logs them as not scanned).
-DEFAULT_MAX_BYTES = 25 * 1024 * 1024
 MAX_REPLY_BYTES = 4096
 
 
@@ -61,7 +57,7 @@ def parse_reply(reply: bytes) -> ScanResult:
 
 class ClamdClient:
     def __init__(
-        self, address: str, *, timeout: float = DEFAULT_TIMEOUT_S, max_bytes: int = DEFAULT_MAX_BYTES,
+        self, address: str, *, timeout: float, max_bytes: int,
     ) -> None:
         self.address = address
         self._kind, self._host, self._port = parse_address(address)

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
-DEFAULT_TIMEOUT_S = 15.0
 CHUNK_BYTES = 64 * 1024
 MAX_RESPONSE_BYTES = 1024 * 1024
 # rspamd's actions (rspamd "Protocol", /checkv2 `action`).
@@ -79,7 +78,7 @@ def _header_safe(value: str) -> str:
 
 
 class RspamdClient:
-    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT_S, password: str | None = None) -> None:
+    def __init__(self, url: str, *, timeout: float, password: str | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"rspamd url {url!r} is not http://host[:port]")

@@ -33,7 +33,6 @@ from mailgate.screen.leaf import LeafPart, decoded
 from mailgate.screen.sniff import known_names
 
 PART_KEYS = ("filename", "extension", "mime_type", "sniffed_type", "min_size")
-DEFAULT_TAG_HEADER = "X-Mailgate-Tag"
 _DEFAULT_TEXT = {
     "reject": "Message refused by policy",
     "tempfail": "Message deferred by policy, try again later",
@@ -117,9 +116,9 @@ class Rule:
     direction: str
     action: str
     match: Match
-    text: str = ""
-    tag_header: str = DEFAULT_TAG_HEADER
-    match_any: bool = False  # `match = "any"`: one matching kind of key is enough
+    text: str  # "": a standard text naming the action
+    tag_header: str
+    match_any: bool  # `match = "any"`: one matching kind of key is enough
 
     def applies_to(self, direction: str) -> bool:
         return self.direction in (direction, "both")

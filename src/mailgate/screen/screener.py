@@ -49,8 +49,6 @@ SPAM_RULE = "rspamd"
 SCREENER_RULE = "screener"  # the screener itself failed
 ANTIVIRUS_SCANNER, SPAM_SCANNER = "antivirus", "spam"  # names in readiness problems and warnings
 VIRUS_HEADER = "X-Mailgate-Virus"
-DEFAULT_TIME_LIMIT = 60.0
-DEFAULT_WORKERS = 4
 STRICTEST = "strictest"
 # Envelope rules run on the event loop: a HELO expression gets this long before it counts as a
 # rule that could have matched.
@@ -110,13 +108,22 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def screener_options(antivirus: Any, spam: Any, screen: Any) -> dict[str, Any]:
+    """The Screener's options from the validated `[antivirus]`, `[spam]` and `[screen]` sections
+    (config/schema.py declares each, with its default; nothing here repeats one)."""
+    return {
+        "fail_open_av": antivirus.fail_open, "av_action": antivirus.action, "fail_open_spam": spam.fail_open,
+        "time_limit": screen.time_limit, "uninspected_action": screen.uninspected_action, "workers": screen.workers,
+    }
+
+
 class Screener:
     def __init__(
-        self, rules: list[Rule], clamd: ClamdClient | None = None, rspamd: RspamdClient | None = None,
-        *, fail_open_av: bool = False, av_action: str = "reject", fail_open_spam: bool = False,
-        time_limit: float = DEFAULT_TIME_LIMIT, uninspected_action: str = STRICTEST,
-        workers: int = DEFAULT_WORKERS,
+        self, rules: list[Rule], clamd: ClamdClient | None, rspamd: RspamdClient | None,
+        *, fail_open_av: bool, av_action: str, fail_open_spam: bool, time_limit: float, uninspected_action: str,
+        workers: int,
     ) -> None:
+        """The options as screener_options() gives them from the configuration."""
         self.rules = rules
         self.clamd = clamd
         self.rspamd = rspamd
@@ -153,7 +160,7 @@ class Screener:
             parsed = []
         clamd = rspamd = None
         try:
-            if antivirus.clamd:
+            if antivirus.clamd:  # larger messages are not sent: clamd refuses past its StreamMaxLength
                 clamd = ClamdClient(antivirus.clamd, timeout=antivirus.timeout, max_bytes=antivirus.max_size)
         except ValueError as exc:
             errors.append(f"antivirus.clamd: {exc}")
@@ -164,9 +171,7 @@ class Screener:
             errors.append(f"spam.rspamd_url: {exc}")
         if errors:
             raise ScreenConfigError(errors)
-        return cls(parsed, clamd, rspamd, fail_open_av=antivirus.fail_open, av_action=antivirus.action,
-                   fail_open_spam=spam.fail_open, time_limit=screen.time_limit,
-                   uninspected_action=screen.uninspected_action, workers=screen.workers)
+        return cls(parsed, clamd, rspamd, **screener_options(antivirus, spam, screen))
 
     # --- the API the session calls ----------------------------------------------------------------
     def _envelope(self, rule: Rule, ctx: ScreenContext) -> bool | None:
