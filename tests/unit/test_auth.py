@@ -510,3 +510,11 @@ def test_an_unknown_role_is_a_file_error_naming_the_line(users_path: Path, line:
     users_path.write_text(f"# users\n{line}\n")
     with pytest.raises(UserFileError, match=r":2: .*role"):
         FileUserStore(users_path, hasher=cheap_hasher())
+
+
+def test_cli_add_creates_the_folder_of_a_new_users_file(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The embedded default's ./var/users before the first `serve` (README: add the console's
+    admin, then open the console)."""
+    users = tmp_path / "var" / "users"
+    assert cli("add", "--admin", "admin", "--users-file", str(users), stdin="pw\n") == 0
+    assert FileUserStore(users, hasher=cheap_hasher()).has_role("admin", "admin")

@@ -125,6 +125,8 @@ def _run(args: argparse.Namespace, action: Callable[[FileUserStore], None]) -> i
     users_file = Path(args.users_file or config.server.users_file)
     existed = users_file.exists()
     try:
+        if args.user_action == "add":  # the embedded default's ./var before the first `serve`
+            users_file.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         owner = _new_file_owner(users_file, config.server.user, config.server.group)
         action(FileUserStore(users_file, new_file_owner=owner))
     except (UsageError, ValueError) as exc:

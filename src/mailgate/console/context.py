@@ -9,6 +9,7 @@ Must not: define routes (the page modules do) or build any service itself.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,10 +25,14 @@ from mailgate.console.settings import ConsoleSettings
 from mailgate.core.clock import Clock
 from mailgate.delivery.admin import QueueAdmin
 from mailgate.observe.translog import TransactionLog
-from mailgate.queue.store import QueueStore
+from mailgate.queue.store import MessageState, QueueStore
 from mailgate.server.diskguard import DiskGuard
 
 SESSION_KEY = web.RequestKey("console.session", Session)
+# Counting messages by state reads every row: about half a second at 100,000 queued messages
+# (measured, SQLite). A count is kept DEPTH_REUSE times as long as it took, so refreshing pages
+# spend at most about 1/DEPTH_REUSE of the store's reading time on it, and a small queue is exact.
+DEPTH_REUSE = 20
 
 
 @dataclass
@@ -70,6 +75,20 @@ class Console:
         )
         self.templates.filters["utc"] = utc
         self.templates.filters["age"] = age
+        self._depth: dict[MessageState, int] | None = None
+        self._depth_until = 0.0
+
+    async def queue_depth(self) -> dict[MessageState, int]:
+        """Messages by state, reused for DEPTH_REUSE times what counting took (an action forgets it)."""
+        started = time.monotonic()
+        if self._depth is None or started >= self._depth_until:
+            self._depth = await self.services.store.count_by_state()
+            finished = time.monotonic()
+            self._depth_until = finished + DEPTH_REUSE * (finished - started)
+        return self._depth
+
+    def forget_queue_depth(self) -> None:
+        self._depth = None
 
     @property
     def https(self) -> bool:

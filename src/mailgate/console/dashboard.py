@@ -52,7 +52,7 @@ class Dashboard:
         minutes = traffic.per_minute(now)
         hours = traffic.per_hour(now)
         totals = traffic.totals(now)
-        depth = await services.store.count_by_state()
+        depth = await self.console.queue_depth()
         oldest = await services.store.oldest_created()
         disk = services.disk
         sample = getattr(disk, "last_sample", None) if disk is not None else None

@@ -50,7 +50,7 @@ def add_routes(router: web.UrlDispatcher, console: Console) -> None:
         more = len(rows) > PAGE_SIZE
         rows = rows[:PAGE_SIZE]
         next_after = f"{rows[-1].created!r}:{rows[-1].queue_id}" if more and rows else ""
-        depth = await services.store.count_by_state()
+        depth = await console.queue_depth()
         return console.render(
             request, "queue.html", rows=rows, more=more, next_after=next_after, problems=problems,
             filters={name: request.query.get(name, "") for name in ("state", "sender", "recipient", "domain", "older")},
@@ -91,6 +91,7 @@ def add_routes(router: web.UrlDispatcher, console: Console) -> None:
             reason = f"held by {session.user} (web console)"
         result = await services.admin.run(operation, {"queue_id": queue_id}, reason)
         ids = result.get("ids", [])
+        console.forget_queue_depth()
         services.log.admin_action(session.user, action, ids, client_ip=request.remote or "", reason=reason)
         log.info("console: %s by %s on %s: %s", action, session.user, queue_id, ", ".join(ids) or "nothing matched")
         if action in ("delete", "bounce") and ids:

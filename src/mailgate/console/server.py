@@ -21,8 +21,9 @@ bounds request sizes; Jinja2 renders the pages on the server with autoescaping, 
 needs only a few lines of JavaScript (the dashboard refresh) and there is no Node build.
 
 Cookies: the session cookie is Secure, HttpOnly and SameSite=Strict. Browsers keep Secure
-cookies from http://127.0.0.1 and http://localhost (loopback is a secure context), which is the
-only place plain HTTP is allowed (config/loader.py refuses anything else).
+cookies from http://127.0.0.1 and http://localhost (loopback is a secure context; the browser
+test checks it in Chromium), which is the only place plain HTTP is allowed (config/loader.py
+refuses anything else).
 """
 
 from __future__ import annotations
