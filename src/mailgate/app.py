@@ -72,6 +72,9 @@ class Application:
         self.bouncer = bouncer(config, self.store, schedule, on_queued=self._wake_runner, on_dsn=deliveries.dsn)
         self.runner = DeliveryRunner(self.store, self.router, self.transport, self.bouncer, schedule,
                                      self.clock, runner_settings(config), on_attempt=deliveries.attempt)
+        watch = getattr(self.store, "watch", None)
+        if watch is not None:  # the cluster store: mail other nodes accepted or left is due here too
+            watch(self._wake_runner)
         self.disk = disk_guard(config)
         self.disk.subscribe(self._disk_state_changed)
         self.users = FileUserStore(config.server.users_file)

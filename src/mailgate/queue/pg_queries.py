@@ -255,17 +255,22 @@ async def clear_leases(connection: Connection, node: str) -> int:
 
 
 async def heartbeat(
-    connection: Connection, node: str, instance: str, started: float, owner: str, now: float, until: float
+    connection: Connection, node: str, instance: str, started: float, tokens: list[int], now: float, until: float
 ) -> int:
-    """Say this node is alive and extend its leases to `until`; returns the leases extended."""
+    """Say this node is alive and extend to `until` the leases of the claims it still works on
+    (`tokens`); returns how many. A claim it gave up (a failed finish) is not renewed: it lapses
+    and the message is tried again."""
     await connection.execute(
         "INSERT INTO nodes (name, instance, started, heartbeat) VALUES (%s, %s, %s, %s)"
         " ON CONFLICT (name) DO UPDATE SET instance = EXCLUDED.instance,"
         " started = EXCLUDED.started, heartbeat = EXCLUDED.heartbeat",
         (node, instance, started, now),
     )
+    if not tokens:
+        return 0
     cursor = await connection.execute(
-        "UPDATE messages SET lease_expires = %s WHERE lease_owner = %s", (until, owner)
+        "UPDATE messages SET lease_expires = %s WHERE lease_token = ANY(%s) AND lease_owner IS NOT NULL",
+        (until, tokens),
     )
     return cursor.rowcount
 

@@ -70,6 +70,9 @@ CONNECT_TIMEOUT_S = 5  # a database that does not answer: 451 soon, not after a 
 POOL_SIZE = 4  # claims, reads, admin operations and heartbeats (commits have their own)
 POOL_WAIT_S = 10.0
 HEARTBEATS_PER_LEASE = 4  # a lease is renewed this many times before it could lapse
+# How often a node looks for work it was not told about: mail another node accepted and could
+# not deliver (it died), or leases that lapsed. Each look is one indexed query.
+WATCH_INTERVAL_S = 1.0
 
 T = TypeVar("T")
 
@@ -102,10 +105,13 @@ class PostgresQueueStore(SpooledQueueStore):
         self._started = time.time()
         self._writer = PgGroupWriter(self._connect)
         self._pool: AsyncConnectionPool | None = None
-        self._tokens: dict[str, int] = {}  # fencing token of each claim this store holds
+        self._tokens: dict[str, int] = {}  # fencing token of each claim this store made
+        self._given_up: set[str] = set()  # claims whose attempt failed: kept for fencing, not renewed
         self._hot = HotBodies(HOT_BODY_BYTES)
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._heartbeat_failing = False
+        self._watch_task: asyncio.Task[None] | None = None
+        self._on_claimable: Callable[[], None] | None = None
 
     @property
     def stats(self):  # noqa: ANN201 - pg_group_commit.GroupStats
@@ -133,16 +139,18 @@ class PostgresQueueStore(SpooledQueueStore):
         await self._pool.open(wait=True, timeout=POOL_WAIT_S)
         await self._beat()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="mailgate-queue-heartbeat")
+        self._watch_task = asyncio.create_task(self._watch_loop(), name="mailgate-queue-watch")
 
     async def close(self) -> None:
         """Finish every pending write, then stop the heartbeat and close the connections."""
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            try:
-                await self._heartbeat_task
-            except asyncio.CancelledError:
-                pass
-            self._heartbeat_task = None
+        for task in (self._heartbeat_task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._heartbeat_task = self._watch_task = None
         await self._writer.close()
         if self._pool is not None:
             await self._pool.close()
@@ -169,6 +177,7 @@ class PostgresQueueStore(SpooledQueueStore):
         crash left them); other nodes' leases are theirs."""
         await asyncio.to_thread(self._remove_spill_files)
         self._tokens.clear()
+        self._given_up.clear()
         return await self._transaction(queries.clear_leases, self.node)
 
     def _remove_spill_files(self) -> None:
@@ -178,9 +187,9 @@ class PostgresQueueStore(SpooledQueueStore):
     # --- heartbeat -------------------------------------------------------------------------------
     async def _beat(self) -> None:
         now = self._clock.now()
+        working = [token for queue_id, token in self._tokens.items() if queue_id not in self._given_up]
         await self._transaction(
-            queries.heartbeat, self.node, self._owner, self._started, self._owner, now,
-            now + self._lease_seconds,
+            queries.heartbeat, self.node, self._owner, self._started, working, now, now + self._lease_seconds
         )
 
     async def _heartbeat_loop(self) -> None:
@@ -197,6 +206,23 @@ class PostgresQueueStore(SpooledQueueStore):
                 if self._heartbeat_failing:
                     log.warning("queue heartbeat works again")
                 self._heartbeat_failing = False
+
+    def watch(self, on_claimable: Callable[[], None]) -> None:
+        """Call `on_claimable` (the runner's wake-up) when a message is due that this node did
+        not commit or schedule itself: accepted by another node, or left by one that died."""
+        self._on_claimable = on_claimable
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            if self._on_claimable is None:
+                continue
+            try:
+                due = await self.next_due()
+            except (psycopg.Error, OSError, asyncio.TimeoutError):
+                continue  # the heartbeat reports an outage; the runner retries its claims
+            if due is not None and due <= self._clock.now():
+                self._on_claimable()
 
     # --- reception -------------------------------------------------------------------------------
     async def _commit(
@@ -228,6 +254,7 @@ class PostgresQueueStore(SpooledQueueStore):
         )
         for message, token in claimed:
             self._tokens[message.queue_id] = token
+            self._given_up.discard(message.queue_id)
         return [message for message, _ in claimed]
 
     async def next_due(self) -> float | None:
@@ -266,28 +293,35 @@ class PostgresQueueStore(SpooledQueueStore):
         """Raises LeaseLostError if another claim replaced ours; a message deleted meanwhile (by
         an admin) is ignored."""
         token = self._tokens.get(queue_id)
-        await self._writer.run(queries.record(queue_id, token, updates, self._clock.now()))
+        try:
+            await self._writer.run(queries.record(queue_id, token, updates, self._clock.now()))
+        except Exception:  # the attempt ends here: the lease is left to lapse, not renewed
+            self._given_up.add(queue_id)
+            raise
 
     async def finish(
         self, queue_id: str, *, delay_notified: bool = False, updates: list[RecipientUpdate] | None = None
     ) -> bool:
         """True also when the message was already gone. Raises LeaseLostError, recording
-        nothing, if another claim replaced ours."""
+        nothing, if another claim replaced ours. After any failure the claim is given up: its
+        lease is no longer renewed and lapses, and the message is tried again (by any node)."""
         token = self._tokens.get(queue_id)
         try:
             gone = await self._writer.run(
                 queries.finish(queue_id, token, updates or [], delay_notified, self._clock.now())
             )
-        except LeaseLostError:
-            self._forget(queue_id)
+        except Exception:  # a lost lease, or the database: the lease is left to lapse
+            self._given_up.add(queue_id)
             raise
         self._tokens.pop(queue_id, None)
+        self._given_up.discard(queue_id)
         if gone:
             self._hot.pop(queue_id)
         return gone
 
     def _forget(self, queue_id: str) -> None:
         self._tokens.pop(queue_id, None)
+        self._given_up.discard(queue_id)
         self._hot.pop(queue_id)
 
     # --- administration --------------------------------------------------------------------------
