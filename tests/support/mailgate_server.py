@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -78,7 +79,8 @@ class InProcessMailgate:
 class MailgateProcess:
     """A mailgate child process on a config file in `workdir`."""
 
-    def __init__(self, workdir: Path, config_text: str) -> None:
+    def __init__(self, workdir: Path, config_text: str, max_open_files: int | None = None) -> None:
+        self.max_open_files = max_open_files  # RLIMIT_NOFILE for the child, e.g. to run out of descriptors
         self.workdir = Path(workdir)
         self.config_path = self.workdir / "mailgate.toml"
         self.config_path.write_text(config_text)
@@ -94,6 +96,7 @@ class MailgateProcess:
             [sys.executable, "-m", "mailgate", "serve", "--config", str(self.config_path)],
             cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: kill() takes the workers too
+            preexec_fn=self._limit_open_files if self.max_open_files else None,
         )
         if wait:
             try:
@@ -103,6 +106,9 @@ class MailgateProcess:
                 self.stop()
                 raise RuntimeError("mailgate did not start:\n" + self.log_path.read_text()) from None
         return self
+
+    def _limit_open_files(self) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_open_files, self.max_open_files))
 
     def _wait_ready(self, ready_before: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -108,7 +108,7 @@ def _bind_shared(key: str, host: str, port: int, workers: int) -> list[socket.so
     sockets = [first]
     try:
         for _ in range(workers - 1):
-            # asyncio.start_server() calls listen() when this worker starts serving.
+            # The listener (acceptor.py) calls listen() when this worker starts serving.
             sockets.append(bind_address(where, host, first.getsockname()[1], reuse_port=True, listen=False))
     except BaseException:
         for sock in sockets:

@@ -3,7 +3,10 @@
 Owns: binding each configured address (IPv4 or IPv6) before privileges are dropped, implicit TLS
 for `smtps`, the PROXY protocol header from configured load balancers (the client address it
 carries replaces the peer's for limits, policy and logs), counting connections in all and per
-client address, an IPv6 one by its /64 (421 4.7.0 beyond either, RFC 5321 §4.2.3), pausing and
+client address, an IPv6 one by its /64 (421 4.7.0 beyond either, RFC 5321 §4.2.3), counted as
+they are accepted (acceptor.py), an implicit-TLS one before its handshake, which must end within
+`handshake_timeout` (a refused implicit-TLS connection is closed: nothing can be said before
+TLS; issue 21 item 4), pausing and
 resuming under disk back-pressure, holding outside clients (421 4.3.2) while the start-up
 self-audit runs, and draining: stop accepting, cut sessions between transactions at once and
 the others after a grace time (server/drain.py; each session says 421 4.3.2).
@@ -21,9 +24,10 @@ from dataclasses import dataclass
 
 from mailgate.auth.lockout import client_key
 from mailgate.core.reply import TOO_MANY_CONNECTIONS, Reply
+from mailgate.server.acceptor import Acceptor
 from mailgate.server.connection_counts import LocalCounts, SharedCounts
 from mailgate.server.drain import Drain
-from mailgate.server.listen_sockets import bind_address
+from mailgate.server.listen_sockets import BACKLOG, bind_address
 from mailgate.server.proxy_protocol import ProxyProtocolError, proxy_peer_allowed, read_proxy_header
 
 log = logging.getLogger("mailgate.listener")
@@ -67,7 +71,7 @@ class Listener:
         self._on_refused = on_refused
         # Bound by the supervisor (listen_sockets.py) when it runs us; else bound by bind().
         self._socket: socket.socket | None = sock
-        self._server: asyncio.base_events.Server | None = None
+        self._acceptor: Acceptor | None = None
         # Shared by all workers when the supervisor made them (connection_counts.py).
         self._counts = counts or LocalCounts(settings.max_connections, settings.max_connections_per_client)
         self._sessions: set[asyncio.Task] = set()
@@ -78,7 +82,7 @@ class Listener:
 
     @property
     def listening(self) -> bool:
-        return self._server is not None and self._server.is_serving()
+        return self._acceptor is not None and self._acceptor.accepting
 
     def bind(self) -> None:
         """Bind the port (before privileges are dropped); serving starts with `start()`."""
@@ -92,21 +96,9 @@ class Listener:
         if self._socket is None:
             self.bind()
         assert self._socket is not None
-        settings = self.settings
-        # With PROXY the header comes before any TLS: the handshake starts after it (_accept).
-        # A handshake that stalls is cut after `handshake_timeout` (asyncio's default is 60 s).
-        # It is not counted against the limits until it completes: doing the handshake in
-        # _accept (StreamWriter.start_tls) loses a ClientHello that arrived first under uvloop.
-        tls = settings.implicit_tls if settings.proxy_from is None else None
-        self._server = await asyncio.start_server(
-            self._accept,
-            sock=self._socket.dup(),  # a copy: pause() closes the server, never our bound socket
-            ssl=tls,
-            ssl_handshake_timeout=settings.handshake_timeout if tls else None,
-            limit=READ_LIMIT,
-            backlog=4096,
-        )
-        log.info("listener %s on %s:%d", settings.name, settings.host, self.bound_port)
+        self._acceptor = Acceptor(self.settings.name, self._socket, self._accepted)
+        self._acceptor.start(BACKLOG)
+        log.info("listener %s on %s:%d", self.settings.name, self.settings.host, self.bound_port)
 
     async def pause(self) -> None:
         """Hard disk back-pressure: new connections get 421 4.3.1 and are closed at once (the
@@ -128,42 +120,97 @@ class Listener:
             self.paused = False
             log.warning("listener %s resumed", self.settings.name)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername") or ("", 0)
-        client = str(peer[0])
+    def _accepted(self, conn: socket.socket, peer: tuple) -> None:
+        """Each accepted socket, before anything is read from it (acceptor.py): refused at once,
+        or counted and handed to a task. A connection with PROXY is counted once its header
+        names the client; any other, implicit TLS included, is counted before its handshake."""
+        client, port = str(peer[0]), int(peer[1])
+        settings = self.settings
         if self.paused:
-            await self._refuse(writer, client, int(peer[1]), "disk", SPOOL_FULL)
+            self._refuse_at_once(conn, client, port, "disk", SPOOL_FULL)
             return
         held_for = self._held_for
-        if held_for is not None and (self.settings.proxy_from is not None or client not in held_for):
-            await self._refuse(writer, client, int(peer[1]), "starting", NOT_READY)
+        if held_for is not None and (settings.proxy_from is not None or client not in held_for):
+            self._refuse_at_once(conn, client, port, "starting", NOT_READY)
             return
-        if self.settings.proxy_from is not None:
-            proxied = await self._proxy_client(reader, writer, client)
-            if proxied is None:
-                self._on_refused(client, int(peer[1]), "proxy", None)  # dropped without a reply
-                writer.close()
+        key = None
+        if settings.proxy_from is not None:
+            if not proxy_peer_allowed(client, settings.proxy_from):
+                log.warning("listener %s: PROXY header from %s, not a configured load balancer", settings.name, client)
+                self._on_refused(client, port, "proxy", None)  # dropped without a reply
+                conn.close()
                 return
-            client = proxied
-        # An IPv6 client is counted by its /64 (one host usually holds the whole prefix).
-        key = client_key(client)
-        if not self._counts.try_add(key):
-            await self._refuse(writer, client, int(peer[1]), "limit", TOO_MANY_CONNECTIONS)
-            return
+        else:
+            # An IPv6 client is counted by its /64 (one host usually holds the whole prefix).
+            key = client_key(client)
+            if not self._counts.try_add(key):
+                self._refuse_at_once(conn, client, port, "limit", TOO_MANY_CONNECTIONS)
+                return
+        task = asyncio.get_running_loop().create_task(self._connection(conn, client, port, key))
+        self._sessions.add(task)
+
+    def _refuse_at_once(self, conn: socket.socket, client: str, port: int, reason: str, reply: Reply) -> None:
+        """The refusal line into the empty socket buffer (it never blocks), then close; on an
+        implicit-TLS listener nothing can be said before a handshake, so it is closed at once."""
+        spoken = self.settings.implicit_tls is None
+        self._on_refused(client, port, reason, reply if spoken else None)
+        if spoken:
+            try:
+                conn.send(reply.encode())
+            except OSError:
+                pass
+        conn.close()
+
+    async def _connection(self, conn: socket.socket, client: str, port: int, key: str | None) -> None:
+        """One connection: its streams (the TLS handshake of implicit TLS within
+        `handshake_timeout`), the PROXY header where configured, then the session. `key`: the
+        counted client key, None until a PROXY header names the client."""
         task = asyncio.current_task()
         assert task is not None
-        self._sessions.add(task)
+        writer = None
         try:
+            tls = self.settings.implicit_tls if self.settings.proxy_from is None else None
+            self.drain_signal.quiet(task)  # no session yet: a stop closes it at once
+            try:
+                reader, writer = await self._streams(conn, tls)
+            except OSError as exc:  # handshake failed or timed out (ssl.SSLError is an OSError)
+                log.debug("listener %s: connection from %s ended before the session: %s", self.settings.name, client, exc)
+                return
+            finally:
+                self.drain_signal.busy(task)
+            if key is None:
+                proxied = await self._proxy_client(reader, writer, client)
+                if proxied is None:
+                    self._on_refused(client, port, "proxy", None)  # dropped without a reply
+                    return
+                client = proxied
+                if not self._counts.try_add(client_key(client)):
+                    await self._refuse(writer, client, port, "limit", TOO_MANY_CONNECTIONS)
+                    return
+                key = client_key(client)
             await self._handler(reader, writer, self, client)
         except asyncio.CancelledError:
-            # drain() cut the session (it said 421 4.3.2). The connection task ends normally:
-            # Python 3.11's start_server callback logs a traceback for a cancelled one.
+            # drain() cut the connection (a session says 421 4.3.2 first). The task ends
+            # normally: nothing else waits for it, and a cancelled one only makes noise.
             pass
         finally:
             self._sessions.discard(task)
-            self._counts.remove(key)
-            if not writer.is_closing():
+            if key is not None:
+                self._counts.remove(key)
+            if writer is not None and not writer.is_closing():
                 writer.close()
+
+    async def _streams(self, conn: socket.socket, tls: ssl.SSLContext | None):
+        """Reader and writer on the accepted socket; with `tls`, once the handshake is done."""
+        loop = asyncio.get_running_loop()
+        made: asyncio.Future[asyncio.StreamWriter] = loop.create_future()
+        reader = asyncio.StreamReader(limit=READ_LIMIT, loop=loop)
+        # A connected callback marks the protocol server-side (StreamWriter.start_tls for STARTTLS).
+        protocol = asyncio.StreamReaderProtocol(reader, lambda _reader, writer: made.set_result(writer), loop=loop)
+        await loop.connect_accepted_socket(
+            lambda: protocol, conn, ssl=tls, ssl_handshake_timeout=self.settings.handshake_timeout if tls else None,
+        )
+        return reader, await made
 
     async def _refuse(self, writer, client: str, port: int, reason: str, reply: Reply) -> None:
         self._on_refused(client, port, reason, reply)
@@ -176,9 +223,6 @@ class Listener:
     async def _proxy_client(self, reader, writer, peer: str) -> str | None:
         """The client address a PROXY header carries (v1 or v2), or None to drop the connection."""
         settings = self.settings
-        if not proxy_peer_allowed(peer, settings.proxy_from or ()):
-            log.warning("listener %s: PROXY header from %s, not a configured load balancer", settings.name, peer)
-            return None
         try:
             header = await read_proxy_header(reader, settings.proxy_timeout)
             if settings.implicit_tls is not None:
@@ -189,8 +233,8 @@ class Listener:
         return str(header.source[0]) if header.source else peer
 
     async def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.stop()
         if self._socket is not None:
             self._socket.close()  # nothing may queue in the kernel's backlog any more
 

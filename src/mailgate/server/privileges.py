@@ -1,8 +1,8 @@
 """Bind privileged ports as root, then run as an unprivileged user and group (SPEC §8).
 
 Owns: binding a listening socket before privileges are dropped (`bind_listener_socket`; the
-listener then serves it with `asyncio.start_server(sock=...)`, and may close and re-serve a
-`dup()` of it to pause, since an unprivileged process could not bind port 25 again), resolving
+listener then accepts on it (acceptor.py) and keeps it bound for the life of the process,
+since an unprivileged process could not bind port 25 again), resolving
 the configured user and group (`resolve_identity`), dropping to them for good
 (`drop_privileges`: supplementary groups, then gid, then uid, real, effective and saved alike,
 and a check that root cannot be regained), and checking before the drop that the spool will be
