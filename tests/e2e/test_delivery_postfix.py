@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port, require_binary
+from tests.support.config_text import hosted_domain, loopback_dns, relay_config
 from tests.support.dns_server import LoopbackDnsServer
 from tests.support.mailgate_server import MailgateProcess
 from tests.support.postfix import start_receiver, start_relay
@@ -21,35 +22,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 
 def mailgate_config(tmp_path: Path, port: int, hosted_hop: str, *, dns_port: int = 53, mx_port: int = 25) -> str:
-    return f"""
-[server]
-hostname = "relay.test"
-spool_dir = "{tmp_path}/spool"
-users_file = "{tmp_path}/users"
-
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{port}"
-tls = "none"
-
-[relay]
-trusted_networks = ["127.0.0.1/32"]
-
-[[domain]]
-name = "hosted.test"
-next_hop = ["{hosted_hop}"]
-tls = "may"
-
-[delivery]
-mx_port = {mx_port}
-retry_schedule = ["1s"]
-max_retry_interval = "60s"
-
-[dns]
-nameservers = ["127.0.0.1"]
-port = {dns_port}
-timeout = 2
-"""
+    delivery = f'[delivery]\nmx_port = {mx_port}\nretry_schedule = ["1s"]\nmax_retry_interval = "60s"\n'
+    return relay_config(tmp_path / "spool", port, hosted_domain(hosted_hop, extra='tls = "may"\n'), delivery,
+                        loopback_dns(dns_port), hostname="relay.test")
 
 
 def message(number: int) -> bytes:

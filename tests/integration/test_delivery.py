@@ -25,45 +25,17 @@ from mailgate.core.reply import Reply
 from mailgate.queue.store import MessageState, QueueFilter
 from tests.conftest import free_port
 from tests.support.capture_server import CaptureServer
+from tests.support.config_text import hosted_domain, loopback_dns, relay_config
 from tests.support.dns_server import LoopbackDnsServer
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def config_text(tmp_path: Path, port: int, *, hosted_hop: str, dns_port: int, mx_port: int, extra: str = "") -> str:
-    return f"""
-[server]
-hostname = "relay.test"
-spool_dir = "{tmp_path}/spool"
-users_file = "{tmp_path}/users"
-self_audit = false
-
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{port}"
-tls = "none"
-
-[relay]
-trusted_networks = ["127.0.0.1/32"]
-
-[[domain]]
-name = "hosted.test"
-next_hop = ["{hosted_hop}"]
-tls = "none"
-
-[delivery]
-mx_port = {mx_port}
-tls = "none"
-retry_schedule = ["1s"]
-max_retry_interval = "60s"
-delay_warning = 0
-
-[dns]
-nameservers = ["127.0.0.1"]
-port = {dns_port}
-timeout = 2
-{extra}
-"""
+    delivery = (f'[delivery]\nmx_port = {mx_port}\ntls = "none"\nretry_schedule = ["1s"]\nmax_retry_interval = "60s"\n'
+                "delay_warning = 0\n")
+    return relay_config(tmp_path / "spool", port, hosted_domain(hosted_hop, extra='tls = "none"\n'), delivery,
+                        loopback_dns(dns_port), extra, hostname="relay.test", server="self_audit = false\n")
 
 
 ZONE = {

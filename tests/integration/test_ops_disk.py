@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +24,7 @@ import pytest
 
 from tests.support.tmpfs import mounted_tmpfs
 from tests.conftest import free_port
-from tests.support.mailgate_server import InProcessMailgate
+from tests.support.mailgate_server import InProcessMailgate, readyz
 from tests.support.receiving import HOSTED, RawSmtp, SmtpReply, config_text, queued, stored_message
 
 pytestmark = pytest.mark.timeout(60)
@@ -58,19 +56,11 @@ def _fill_until_free(filler: Path, spool: Path, target_free: int) -> None:
             handle.flush()
 
 
-def _readyz(port: int) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 def _await_readiness(port: int, status: int, text: str) -> str:
     """Poll /readyz (bounded) until it answers `status` with `text` in its body; the body."""
     deadline = time.monotonic() + 15
     while True:
-        answer = _readyz(port)
+        answer = readyz(port)
         if answer[0] == status and text in answer[1]:
             return answer[1]
         assert time.monotonic() < deadline, f"/readyz still answers {answer}, expected {status} {text!r}"

@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mailgate import __version__
 from mailgate.observe.jsonlog import log_files, read_records
 from tests.conftest import free_port
+from tests.support.config_text import hosted_domain, log_and_metrics, relay_config
 from tests.support.mailgate_server import InProcessMailgate
 from tests.support.receiving import EXTERNAL, HOSTED, RawSmtp, SmtpReply, queued
 
@@ -46,32 +47,8 @@ IIS_SMTP_FIELDS = [
 
 
 def _config(tmp_path: Path, metrics_port: int) -> str:
-    return f"""
-[server]
-hostname = "mx.test"
-spool_dir = "{tmp_path / 'spool'}"
-users_file = "{tmp_path / 'users'}"
-
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{free_port()}"
-profile = "mx"
-tls = "none"
-
-[relay]
-trusted_networks = ["127.0.0.1/32"]
-
-[[domain]]
-name = "{HOSTED}"
-next_hop = ["maildir:{tmp_path / 'mbox'}"]
-
-[log]
-json_file = "{tmp_path / 'log' / 'tx.jsonl'}"
-w3c_dir = "{tmp_path / 'w3c'}"
-
-[metrics]
-address = "127.0.0.1:{metrics_port}"
-"""
+    return relay_config(tmp_path / "spool", free_port(), hosted_domain(f"maildir:{tmp_path / 'mbox'}", HOSTED),
+                        log_and_metrics(tmp_path, metrics_port), listener='profile = "mx"\n')
 
 
 async def _one_accepted_one_refused(port: int) -> list[SmtpReply]:

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from mailgate.screen.health import ScannerHealth
 from tests.conftest import free_port
-from tests.support.mailgate_server import InProcessMailgate
+from tests.support.config_text import hosted_domain, relay_config
+from tests.support.mailgate_server import InProcessMailgate, readyz
 from tests.support.receiving import HOSTED, RawSmtp
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,37 +24,19 @@ CLIENT = "127.0.0.4"
 
 
 def _config(tmp_path: Path, metrics_port: int, fail_open: bool) -> str:
-    return f"""
-[server]
-hostname = "mx.test"
-spool_dir = "{tmp_path / 'spool'}"
-users_file = "{tmp_path / 'users'}"
-self_audit = false
+    return relay_config(tmp_path / "spool", free_port(), hosted_domain(f"maildir:{tmp_path / 'mbox'}", HOSTED),
+                        SCANNER_DOWN.format(tmp_path=tmp_path, fail_open="true" if fail_open else "false", port=metrics_port),
+                        server="self_audit = false\n", trust_loopback=False)
 
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{free_port()}"
-tls = "none"
 
-[[domain]]
-name = "{HOSTED}"
-next_hop = ["maildir:{tmp_path / 'mbox'}"]
-
+SCANNER_DOWN = """
 [antivirus]
-clamd = "unix:{tmp_path / 'clamd-is-down.sock'}"
-fail_open = {"true" if fail_open else "false"}
+clamd = "unix:{tmp_path}/clamd-is-down.sock"
+fail_open = {fail_open}
 
 [metrics]
-address = "127.0.0.1:{metrics_port}"
+address = "127.0.0.1:{port}"
 """
-
-
-def _readyz(port: int) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 async def _send(port: int) -> int:
@@ -77,7 +58,7 @@ def test_clamd_down_fails_readiness_with_one_warning(tmp_path: Path, caplog: pyt
     caplog.set_level(logging.INFO, logger="mailgate")
     with InProcessMailgate(_config(tmp_path, metrics_port, fail_open=False)) as mg:
         assert [asyncio.run(_send(mg.port("mx"))) for _ in range(3)] == [451, 451, 451]
-        status, body = _readyz(metrics_port)
+        status, body = readyz(metrics_port)
     assert status == 503 and "antivirus scanner failing" in body and "clamd-is-down.sock" in body
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "scanner failing" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
@@ -88,7 +69,7 @@ def test_the_probe_finds_clamd_down_without_mail(tmp_path: Path) -> None:
     with InProcessMailgate(_config(tmp_path, metrics_port, fail_open=False)) as mg:
         assert mg.app is not None and mg.app.reception.screener is not None
         mg.call(mg.app.reception.screener.probe())
-        status, body = _readyz(metrics_port)
+        status, body = readyz(metrics_port)
     assert status == 503 and "does not answer PING" in body
 
 
@@ -97,7 +78,7 @@ def test_a_fail_open_scanner_is_only_logged(tmp_path: Path, caplog: pytest.LogCa
     caplog.set_level(logging.INFO, logger="mailgate")
     with InProcessMailgate(_config(tmp_path, metrics_port, fail_open=True)) as mg:
         assert asyncio.run(_send(mg.port("mx"))) == 250
-        status, body = _readyz(metrics_port)
+        status, body = readyz(metrics_port)
         assert status == 200, body
     assert "messages pass unscanned (fail_open)" in caplog.text
 

@@ -21,38 +21,15 @@ import pytest
 from mailgate.cli.main import main
 from mailgate.observe.jsonlog import log_files
 from tests.conftest import free_port
+from tests.support.config_text import hosted_domain, log_and_metrics, relay_config
 from tests.support.mailgate_server import MailgateProcess
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def _config(tmp_path: Path, port: int, metrics_port: int) -> str:
-    return f"""
-[server]
-hostname = "mx.test"
-spool_dir = "{tmp_path / 'spool'}"
-users_file = "{tmp_path / 'users'}"
-workers = 2
-
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{port}"
-tls = "none"
-
-[relay]
-trusted_networks = ["127.0.0.1/32"]
-
-[[domain]]
-name = "hosted.test"
-next_hop = ["maildir:{tmp_path / 'mbox'}"]
-
-[log]
-json_file = "{tmp_path / 'log' / 'tx.jsonl'}"
-w3c_dir = "{tmp_path / 'w3c'}"
-
-[metrics]
-address = "127.0.0.1:{metrics_port}"
-"""
+    return relay_config(tmp_path / "spool", port, hosted_domain(f"maildir:{tmp_path / 'mbox'}"),
+                        log_and_metrics(tmp_path, metrics_port), server="workers = 2\n")
 
 
 def _two_free_ports(avoid: int) -> int:

@@ -22,6 +22,7 @@ import pytest
 from mailgate.queue.sqlite_store import SqliteQueueStore
 from mailgate.queue.store import QueueFilter
 from tests.conftest import free_port
+from tests.support.config_text import hosted_domain, relay_config
 from tests.support.mailgate_server import MailgateProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -34,26 +35,9 @@ SECOND_HALF = b"second half, sent after SIGTERM\r\n" * 50
 
 
 def config(spool: Path, port: int, dead_port: int, domains: tuple[str, ...], extra: str = "") -> str:
-    hosted = "".join(
-        f'\n[[domain]]\nname = "{name}"\nnext_hop = ["127.0.0.1:{dead_port}"]\n' for name in domains
-    )
-    return f"""
-[server]
-hostname = "mx.test"
-spool_dir = "{spool}"
-users_file = "{spool.parent / 'users'}"
-{extra}
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{port}"
-tls = "none"
-
-[relay]
-trusted_networks = ["127.0.0.1/32"]
-{hosted}
-[delivery]
-smart_host = "127.0.0.1:{dead_port}"
-"""
+    hosted = [hosted_domain(f"127.0.0.1:{dead_port}", name) for name in domains]
+    return relay_config(spool, port, *hosted, f'[delivery]\nsmart_host = "127.0.0.1:{dead_port}"\n',
+                        server=extra + "\n")
 
 
 class Relay:

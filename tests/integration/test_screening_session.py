@@ -17,6 +17,7 @@ import pytest
 from mailgate.queue.store import MessageState, QueueFilter
 from tests.conftest import free_port, require_binary
 from tests.support.clamd import EICAR, SIGNATURE_NAME, start_clamd
+from tests.support.config_text import hosted_domain, relay_config
 from tests.support.mailgate_server import InProcessMailgate
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "mime"
@@ -24,22 +25,11 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def config(tmp_path: Path, port: int, extra: str) -> str:
-    return f"""
-[server]
-hostname = "relay.test"
-spool_dir = "{tmp_path}/spool"
-users_file = "{tmp_path}/users"
-self_audit = false
+    return relay_config(tmp_path / "spool", port, hosted_domain(f"127.0.0.1:{free_port()}"), SCREEN_RULES + extra,
+                        hostname="relay.test", server="self_audit = false\n", trust_loopback=False)
 
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{port}"
-tls = "none"
 
-[[domain]]
-name = "hosted.test"
-next_hop = ["127.0.0.1:{free_port()}"]
-
+SCREEN_RULES = """
 [[screen_rule]]
 name = "no-executables"
 direction = "inbound"
@@ -67,7 +57,6 @@ direction = "inbound"
 action = "tag"
 tag_header = "X-External"
 sender_domain = ["outside.example"]
-{extra}
 """
 
 
