@@ -4,6 +4,7 @@ item 6)."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from mailgate.cli import config_option
 from mailgate.cli.main import build_parser, main
 
 COMMANDS = (["serve"], ["config", "check"], ["config", "show"], ["queue", "list"], ["user", "list"],
-            ["explain"], ["stats"], ["mx"])
+            ["explain"], ["stats"], ["mx"], ["recipients", "check"])
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -72,3 +73,26 @@ def test_show_non_default_lists_only_changed_keys_and_loads_back(capsys: pytest.
     original, again = load_file(example), load_text(shown)
     for section in SECTIONS:
         assert getattr(again, section.name) == getattr(original, section.name), section.name
+
+
+@pytest.mark.parametrize("command", [["explain", "--client", "192.0.2.1", "--from", "", "--to", "a@b.test"],
+                                     ["recipients", "check", "a@b.test"]], ids=" ".join)
+def test_a_configured_command_with_a_bad_file_says_one_line_per_problem_and_exits_2(
+        command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nhostname = 7\nno_such_key = 1\n')  # and no [[listener]]
+    assert main([*command, "--config", str(bad)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and all(line.startswith(f"mailgate {command[0]}: {bad}: ") for line in lines), lines
+    assert main([*command, "--config", str(tmp_path / "missing.toml")]) == 2
+    assert capsys.readouterr().err == f"mailgate {command[0]}: {tmp_path / 'missing.toml'}: no such file\n"
+
+
+def test_with_config_never_calls_the_handler_without_a_configuration(tmp_path: Path) -> None:
+    called = []
+    handler = config_option.with_config("x")(lambda args, config: called.append(config) or 0)
+    assert handler(argparse.Namespace(config=str(tmp_path / "missing.toml"))) == 2 and called == []
+    (tmp_path / "good.toml").write_text('[server]\nhostname = "good.example"\n[[listener]]\nname = "mx"\n'
+                                        'address = "127.0.0.1:2525"\ntls = "none"\n')
+    assert handler(argparse.Namespace(config=str(tmp_path / "good.toml"))) == 0
+    assert called[0].server.hostname == "good.example"

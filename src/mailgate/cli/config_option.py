@@ -1,14 +1,18 @@
 """The `--config` option every command that reads the configuration shares, and its default.
 
 Owns: the documented default path (/etc/mailgate/mailgate.toml; the embedded loopback try-out
-only when that file does not exist), the option's help text, and turning a missing or invalid
-file into one line per problem and exit code 2. Must not: validate anything (config/loader.py).
+only when that file does not exist), the option's help text, turning a missing or invalid
+file into one line per problem and exit code 2, and the set-up such a command repeats: its
+parser with --config and an epilog kept as written (`add_configured_parser`), and its handler
+given the loaded configuration (`with_config`). Must not: validate anything (config/loader.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from mailgate.config.loader import Config, ConfigError, load_embedded, load_file
@@ -48,3 +52,29 @@ def load_config_or_report(path: str | None, command: str) -> Config | None:
     except OSError as exc:
         print(f"mailgate {command}: {exc.filename}: {exc.strerror}", file=sys.stderr)
     return None
+
+
+def add_configured_parser(commands: argparse._SubParsersAction, name: str, *, epilog: str,
+                          **options: str) -> argparse.ArgumentParser:
+    """A sub-command that reads the configuration: --config, and `epilog` printed as written."""
+    parser = commands.add_parser(name, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter, **options)
+    add_config_argument(parser)
+    return parser
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def with_config(command: str) -> Callable[[Callable[[argparse.Namespace, Config], int]], Handler]:
+    """The handler is called with the loaded configuration; when it cannot be loaded, each
+    problem is one line (`mailgate COMMAND: FILE: problem`) and the exit code is 2."""
+
+    def decorate(handler: Callable[[argparse.Namespace, Config], int]) -> Handler:
+        @functools.wraps(handler)
+        def run(args: argparse.Namespace) -> int:
+            config = load_config_or_report(args.config, command)
+            return 2 if config is None else handler(args, config)
+
+        return run
+
+    return decorate

@@ -13,8 +13,8 @@ import asyncio
 import json
 import sys
 
-from mailgate.cli.config_option import add_config_argument, load_config_or_report
-from mailgate.config.loader import effective_auth
+from mailgate.cli.config_option import add_configured_parser, with_config
+from mailgate.config.loader import Config, effective_auth
 from mailgate.tools.explain import Explanation, Hypothetical, SessionLimits, Step, explain
 
 EPILOG = """examples:
@@ -35,12 +35,10 @@ exit codes: 0 every recipient would be accepted, 1 at least one would be refused
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "explain", help="what the policy would answer to a hypothetical transaction, and why",
+    parser = add_configured_parser(
+        commands, "explain", epilog=EPILOG, help="what the policy would answer to a hypothetical transaction, and why",
         description="Run the real relay policy on a hypothetical transaction.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_argument(parser)
     parser.add_argument("--client", required=True, metavar="IP", help="the client's IP address")
     parser.add_argument("--helo", default="", help="the client's EHLO name")
     parser.add_argument("--user", help="assume the client authenticated as USER")
@@ -61,10 +59,8 @@ class ExplainUsageError(Exception):
     """One line for the operator (a listener, users file or --client that does not work)."""
 
 
-def explain_command(args: argparse.Namespace) -> int:
-    config = load_config_or_report(args.config, "explain")
-    if config is None:
-        return 2
+@with_config("explain")
+def explain_command(args: argparse.Namespace, config: Config) -> int:
     request = Hypothetical(
         client_ip=args.client, mail_from=args.mail_from.strip("<>"),
         recipients=tuple(r.strip("<>") for r in args.recipients), helo=args.helo, user=args.user,

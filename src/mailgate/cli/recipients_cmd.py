@@ -12,7 +12,8 @@ import argparse
 import asyncio
 import sys
 
-from mailgate.cli.config_option import add_config_argument, load_config_or_report
+from mailgate.cli.config_option import add_configured_parser, with_config
+from mailgate.config.loader import Config
 
 EPILOG = """examples:
   mailgate recipients check alice@corp.example
@@ -31,23 +32,17 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Recipient validation: ask the sources a hosted domain is configured with.",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    check = actions.add_parser(
-        "check", help="look addresses up as RCPT TO would", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_argument(check)
+    check = add_configured_parser(actions, "check", epilog=EPILOG, help="look addresses up as RCPT TO would")
     check.add_argument("addresses", nargs="+", metavar="ADDRESS")
     check.set_defaults(handler=check_command)
 
 
-def check_command(args: argparse.Namespace) -> int:
+@with_config("recipients")
+def check_command(args: argparse.Namespace, config: Config) -> int:
     from mailgate.app_config import StartupError, policy_settings, recipient_validation
     from mailgate.core.address import AddressError, parse_mailbox
     from mailgate.policy.relay import RelayPolicy
 
-    config = load_config_or_report(args.config, "recipients")
-    if config is None:
-        return 2
     policy = RelayPolicy(policy_settings(config))
     targets = []
     for text in args.addresses:

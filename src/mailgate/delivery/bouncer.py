@@ -36,7 +36,7 @@ class Bouncer:
         self._store = store
         self._reporting_mta = reporting_mta
         self._delay_warning = delay_warning
-        self._schedule = schedule  # when a delayed message will be given up
+        self._schedule = schedule
         self._on_queued = on_queued
         self._on_dsn = on_dsn
 
