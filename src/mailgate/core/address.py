@@ -114,6 +114,8 @@ def normalise_domain(text: str) -> str:
 def _parse_literal(text: str) -> str:
     """Canonical form of an address literal `[...]` (RFC 5321 §4.1.3)."""
     inner = text[1:-1]
+    if "%" in inner:  # ipaddress takes an IPv6 zone ("fe80::1%eth0"); RFC 5321 §4.1.3 has none
+        raise AddressError("bad address literal")
     try:
         if inner.lower().startswith("ipv6:"):
             return f"[IPv6:{ipaddress.IPv6Address(inner[5:]).compressed}]"

@@ -14,7 +14,9 @@ other archive formats (rar, 7z, gzip'd tar) need native libraries and are only s
 from __future__ import annotations
 
 import io
+import lzma
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -67,7 +69,7 @@ def _walk(file: BinaryIO, *, prefix: str, depth: int, listing: ZipListing, budge
             if info.flag_bits & 0x1:  # APPNOTE.TXT §4.4.4 bit 0: encrypted entry
                 listing.encrypted = True
                 continue
-            if info.is_dir():
+            if info.filename.endswith("/"):  # a directory (ZipInfo.is_dir fails on an empty name)
                 continue
             head = _read_capped(archive, info, ENTRY_SNIFF_BYTES, listing)
             kind = sniff(head) if head else None
@@ -99,7 +101,9 @@ def _read_capped(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, li
     try:
         with archive.open(info) as entry:
             return entry.read(limit)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError):
-        # RuntimeError: encrypted without password; NotImplementedError: unknown compression.
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError,
+            zlib.error, lzma.LZMAError):
+        # RuntimeError: encrypted without password; NotImplementedError: unknown compression;
+        # zlib.error, LZMAError: corrupt compressed data (zipfile lets them through; bz2's is OSError).
         listing.unreadable = True
         return b""

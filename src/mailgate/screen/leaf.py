@@ -31,6 +31,13 @@ MAX_TEXT_CHARS = 1024 * 1024  # decoded text kept per part for body rules
 ZIP_MEMORY_BYTES = 1024 * 1024
 MAX_ZIP_BYTES = 32 * 1024 * 1024  # larger zips are not listed (`zip_too_big` is set)
 
+# Python codecs that are not MIME charsets (Python's codecs docs: "Binary Transforms", "Text
+# Transforms", "Python Specific Encodings"): a `charset=zlib` would inflate without a bound, and
+# the others raise on bytes or on errors="replace". Such a part's text is read as Latin-1.
+_NOT_CHARSETS = frozenset({
+    "base64", "bz2", "hex", "quopri", "uu", "zlib", "rot-13",
+    "idna", "punycode", "undefined", "unicode-escape", "raw-unicode-escape",
+})
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 _NOT_BASE64 = bytes(byte for byte in range(256) if byte not in _BASE64_ALPHABET)
 
@@ -92,28 +99,75 @@ def part_names(headers: Message) -> list[str]:
 
 
 class Decoder:
-    """Content-Transfer-Encoding decoding, line by line, with base64 carry-over (RFC 2045 §6)."""
+    """Content-Transfer-Encoding decoding, block by block (RFC 2045 §6), giving the same octets
+    however the part is cut into blocks (an over-long line arrives in pieces), then `finish()`.
+
+    Base64 (§6.8) never drops data: octets outside the alphabet are ignored, and an "=" ends the
+    quantum in progress, after which decoding goes on, as lenient mail readers do (binascii on
+    a block with "=" inside raised, and the whole block was lost: an executable behind an
+    "A===" line went unsniffed). Quoted-printable (§6.7) holds back an "=" in a block's last two
+    octets, so an escape or soft line break cut in two decodes as if whole.
+    """
 
     def __init__(self, encoding: str) -> None:
         self._encoding = encoding
-        self._carry = b""
+        self._carry = b""  # base64: a quantum not yet complete; quoted-printable: "=", "=X"
 
     def feed(self, raw: bytes) -> bytes:
         if self._encoding == "base64":
-            data = self._carry + raw.translate(None, _NOT_BASE64)
-            usable = len(data) - len(data) % 4
-            self._carry = data[usable:]
-            return _a2b_base64(data[:usable])
+            *ended, open_run = (self._carry + raw.translate(None, _NOT_BASE64)).split(b"=")
+            usable = len(open_run) - len(open_run) % 4
+            self._carry = open_run[usable:]
+            return b"".join(map(_base64_run, ended)) + binascii.a2b_base64(open_run[:usable])
         if self._encoding == "quoted-printable":
-            return binascii.a2b_qp(raw)
+            data = self._carry + raw
+            escape = data.rfind(b"=", max(len(data) - 2, 0))
+            cut = escape if escape >= 0 else len(data)
+            self._carry = data[cut:]
+            return binascii.a2b_qp(data[:cut])
         return raw
 
+    def finish(self) -> bytes:
+        """What the carry still holds at the end of the part."""
+        carry, self._carry = self._carry, b""
+        if self._encoding == "base64":
+            return _base64_run(carry)
+        return binascii.a2b_qp(carry) if carry else b""
 
-def _a2b_base64(data: bytes) -> bytes:
-    try:
-        return binascii.a2b_base64(data)
-    except binascii.Error:
-        return b""
+
+def _base64_run(run: bytes) -> bytes:
+    """A run of base64 characters that an "=" ended: whole quanta, then a final 2 or 3
+    characters padded as RFC 4648 §4 pads them (a single one holds no whole octet)."""
+    whole = len(run) - len(run) % 4
+    rest = run[whole:]
+    tail = binascii.a2b_base64(rest + b"=" * (4 - len(rest))) if len(rest) >= 2 else b""
+    return binascii.a2b_base64(run[:whole]) + tail
+
+
+class TextDecoder:
+    """Decodes a part's text in its declared charset (RFC 2046 §4.1.2), never raising.
+
+    Latin-1 stands in when the name is not a charset Python knows (LookupError; ValueError for a
+    name holding NUL) or is a Python codec that is not a charset (`_NOT_CHARSETS`), and for the
+    rest of the part when the codec fails on the bytes (UTF-16 and UTF-32 raise UnicodeError on
+    a missing byte-order mark even with errors="replace"): text rules still see the text.
+    """
+
+    def __init__(self, charset: str) -> None:
+        try:
+            codec = codecs.lookup(charset)
+        except (LookupError, ValueError):
+            codec = None
+        if codec is None or codec.name in _NOT_CHARSETS:
+            codec = codecs.lookup("latin-1")
+        self._decoder = codec.incrementaldecoder(errors="replace")
+
+    def decode(self, data: bytes, final: bool = False) -> str:
+        try:
+            return self._decoder.decode(data, final)
+        except UnicodeError:
+            self._decoder = codecs.getincrementaldecoder("latin-1")()
+            return self._decoder.decode(data, final)
 
 
 class LeafSink:
@@ -129,11 +183,7 @@ class LeafSink:
         self._text_chars = 0
         self._zip = None
         if needs.text and part.content_type.startswith("text/"):
-            charset = part.headers.get_content_charset() or "us-ascii"
-            try:
-                self._text_decoder = codecs.getincrementaldecoder(charset)(errors="replace")
-            except LookupError:
-                self._text_decoder = codecs.getincrementaldecoder("latin-1")()
+            self._text_decoder = TextDecoder(part.headers.get_content_charset() or "us-ascii")
         if needs.zips and not part.content_type.startswith("text/"):
             self._zip = tempfile.SpooledTemporaryFile(max_size=ZIP_MEMORY_BYTES)
 

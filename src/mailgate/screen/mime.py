@@ -119,7 +119,10 @@ class _Reader:
             if newline >= 0:
                 return self._consume(newline + 1)
             if len(self._buffer) - self._position >= MAX_LINE:
-                return self._consume(self._position + MAX_LINE)
+                cut = self._position + MAX_LINE
+                if self._buffer[cut - 1:cut] == b"\r":
+                    cut -= 1  # never part a CRLF: the piece with the LF would end "\n" only
+                return self._consume(cut)
             if not self._fill():
                 return self._consume(len(self._buffer))
 
@@ -302,7 +305,7 @@ class _Walker:
         part.end = self._reader.end_of_entity()
         if sink is not None:
             if sink.wants_more:
-                sink.feed(decoder.feed(held))
+                sink.feed(decoder.feed(held) + decoder.finish())
             sink.finish()
             self.unseen += unseen_in(part, sink)
         self._on_part(part)

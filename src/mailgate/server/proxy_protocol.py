@@ -103,6 +103,8 @@ def _parse_v1(buffer: bytes) -> ParseResult:
             return ProxyError("version 1 header has a bare CR or LF")
         return NeedMore(1)  # the length of a text line is unknown until its CRLF
     line, rest = buffer[:end], buffer[end + 2:]
+    if b"\n" in line or b"\r" in line:  # as when it arrives octet by octet (spec §2.1: one CRLF)
+        return ProxyError("version 1 header has a bare CR or LF")
     try:
         text = line.decode("ascii")
     except UnicodeDecodeError:
