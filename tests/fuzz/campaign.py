@@ -34,14 +34,15 @@ class Harness:
     name: str
     script: str
     max_len: int  # libFuzzer -max_len: the longest input it makes up
+    dictionary: str  # tests/fuzz/dicts/<name>: tokens the mutator inserts
 
 
 HARNESSES = {h.name: h for h in (
-    Harness("smtp_server", "fuzz_smtp_server.py", 8192),
-    Harness("smtp_client", "fuzz_smtp_client.py", 4096),
-    Harness("proxy_header", "fuzz_proxy_header.py", 2200),  # a full version 2 header and more
-    Harness("address", "fuzz_address.py", 1024),
-    Harness("mime", "fuzz_mime.py", 16384),
+    Harness("smtp_server", "fuzz_smtp_server.py", 8192, "smtp.dict"),
+    Harness("smtp_client", "fuzz_smtp_client.py", 4096, "reply.dict"),
+    Harness("proxy_header", "fuzz_proxy_header.py", 2200, "proxy.dict"),  # a full version 2 header and more
+    Harness("address", "fuzz_address.py", 1024, "smtp.dict"),
+    Harness("mime", "fuzz_mime.py", 16384, "mime.dict"),
 )}
 CRASH_PREFIXES = ("crash-", "timeout-", "oom-", "leak-", "slow-unit-")
 _PROGRESS = re.compile(r"^#(\d+)\s.*?\bcov: (\d+) ft: (\d+)", re.MULTILINE)
@@ -79,7 +80,8 @@ def command(harness: Harness, seconds: int, corpus: Path, artifacts: Path, *, rs
     return [
         sys.executable, str(HERE / harness.script),
         f"-max_total_time={seconds}", f"-rss_limit_mb={rss_limit_mb}", f"-timeout={input_timeout}",
-        f"-max_len={harness.max_len}", "-print_final_stats=1", f"-artifact_prefix={artifacts}/",
+        f"-max_len={harness.max_len}", f"-dict={HERE / 'dicts' / harness.dictionary}", "-print_final_stats=1",
+        f"-artifact_prefix={artifacts}/",
         str(corpus), *([str(seeds)] if seeds.is_dir() else []),
     ]
 

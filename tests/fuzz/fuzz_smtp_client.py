@@ -39,6 +39,10 @@ LINES = {
     Verb.RCPT: "RCPT TO:<c@d.test>", Verb.DATA: "DATA", Verb.RSET: "RSET", Verb.NOOP: "NOOP", Verb.QUIT: "QUIT",
 }
 
+# The command that moves a transaction on, preferred so that runs get past the greeting.
+FORWARD = {State.NEED_HELLO: Verb.EHLO, State.READY: Verb.MAIL, State.IN_MAIL: Verb.RCPT, State.IN_RCPT: Verb.DATA,
+           State.NEEDS_RESET: Verb.RSET, State.AUTH_CHALLENGE: Verb.AUTH_RESPONSE}
+
 
 class Finding(AssertionError):
     """An invariant of the client protocol does not hold."""
@@ -114,9 +118,10 @@ class Driver:
             self.client.tls_established()
             return
         allowed = sorted(_SEND_TABLE[state], key=lambda verb: verb.value)
-        if not allowed or self.rng.random() < 0.3:
+        if not allowed or self.rng.random() < 0.2:
             return
-        verb = self.rng.choice(allowed)
+        forward = FORWARD.get(state)
+        verb = forward if forward in allowed and self.rng.random() < 0.6 else self.rng.choice(allowed)
         try:
             self.client.send(verb, LINES[verb])
         except ClientUsageError:
@@ -162,7 +167,8 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
     driver = Driver(rng)
     offset = 0
     while offset < len(server) and not driver.closed:
-        driver.step()
+        for _ in range(rng.choice((1, 1, 2, 4))):  # up to a few commands pipelined (RFC 2920)
+            driver.step()
         size = rng.choice((1, 3, 16, 128, len(server)))
         driver.receive(server[offset:offset + size])
         offset += size
