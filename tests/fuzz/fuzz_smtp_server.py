@@ -127,6 +127,7 @@ class Session:
         self.transaction = False
         self.accepted_rcpts = 0
         self.bdat_used = False
+        self.smtputf8 = self.pending_smtputf8 = False  # the transaction's MAIL said SMTPUTF8
         self.data_start: int | None = None  # stream offset where the DATA body began
         self.body = bytearray()  # BodyChunks of this transaction
         self.bdat_body = bytearray()  # the BDAT chunks accepted in this transaction
@@ -152,10 +153,16 @@ class Session:
             check(not self.closed, f"{event!r} after the session closed")
             if isinstance(event, ev.BodyChunk):
                 check(event.data, "empty BodyChunk")
+                check(self.data_start is not None or self.bdat_line_read(), "body octets outside DATA and BDAT")
                 self.body += event.data
                 continue
             self.answer(event)
         raise Finding("the protocol did not settle")
+
+    def bdat_line_read(self) -> bool:
+        """Whether what was consumed since the last reply starts with a BDAT command line."""
+        region = bytes(self.stream[self.region_start:self.position])
+        return bool(BDAT_LINE.match(region) or BDAT_LINE.match(region, region.find(b"\n") + 1))
 
     def answer(self, event: ev.Event) -> None:
         region = bytes(self.stream[self.region_start:self.position])
@@ -172,8 +179,12 @@ class Session:
         if isinstance(event, ev.MailFrom):
             check(self.greeted and not self.transaction, f"{kind} outside the state table")
             check(self.settings.smtputf8 or not event.smtputf8, "SMTPUTF8 accepted while not offered")
+            check(event.smtputf8 or event.sender is None or str(event.sender).isascii(),
+                  "non-ASCII MAIL without SMTPUTF8 (RFC 6531 §3.4)")
+            self.pending_smtputf8 = event.smtputf8
         elif isinstance(event, ev.RcptTo):
             check(self.transaction, f"{kind} without a transaction")
+            check(self.smtputf8 or str(event.recipient.address).isascii(), "non-ASCII RCPT without SMTPUTF8")
         elif isinstance(event, ev.DataStart):
             check(self.transaction and self.accepted_rcpts and not self.bdat_used, f"{kind} out of sequence")
         elif isinstance(event, (ev.BdatChunkEnd, ev.MessageEnd)) and self.data_start is None:
@@ -275,7 +286,7 @@ class Session:
             self.greeted = True
         elif isinstance(event, ev.MailFrom) and positive:
             self.end_transaction()
-            self.transaction = True
+            self.transaction, self.smtputf8 = True, self.pending_smtputf8
         elif isinstance(event, ev.RcptTo) and positive:
             self.accepted_rcpts += 1
         elif isinstance(event, ev.DataStart) and code == 354:
