@@ -9,6 +9,9 @@
   handshake was started after accepting as plain).
 - With RLIMIT_NOFILE low, connections beyond the descriptors wait; the log says why once, with
   the limit, instead of connections being accepted and closed with nothing logged (libuv).
+- Behind a load balancer (PROXY protocol + implicit TLS), a ClientHello sent in the same segment
+  as the PROXY header reaches the TLS protocol: the header is read from the socket, never past
+  it. Before, the stream reader swallowed it with the header and the handshake hung.
 Real `mailgate serve` processes (uvloop), two workers for the limits.
 """
 
@@ -28,7 +31,8 @@ from tests.support.mailgate_server import MailgateProcess
 pytestmark = pytest.mark.timeout(120)
 
 
-def _config(tmp_path: Path, tls_files: dict[str, str], mx: int, smtps: int, workers: int, per_client: int) -> str:
+def _config(tmp_path: Path, tls_files: dict[str, str], mx: int, smtps: int, workers: int, per_client: int,
+            balanced: int) -> str:
     return f"""
 [server]
 hostname = "mx.test"
@@ -52,6 +56,15 @@ cert_file = "{tls_files['cert']}"
 key_file = "{tls_files['key']}"
 max_connections_per_client = {per_client}
 tls_handshake_timeout = "8s"
+
+[[listener]]
+name = "balanced"
+address = "127.0.0.1:{balanced}"
+profile = "smtps"
+cert_file = "{tls_files['cert']}"
+key_file = "{tls_files['key']}"
+proxy_protocol = true
+proxy_from = ["127.0.0.1/32"]
 
 [[domain]]
 name = "hosted.test"
@@ -92,7 +105,8 @@ def _ready(mailgate: MailgateProcess, workers: int) -> None:
 
 def test_smtps_connections_are_counted_before_their_handshake(tmp_path: Path, tls_files: dict[str, str]) -> None:
     mx, smtps = free_port(), free_port()
-    mailgate = MailgateProcess(tmp_path, _config(tmp_path, tls_files, mx, smtps, workers=2, per_client=4))
+    mailgate = MailgateProcess(tmp_path, _config(tmp_path, tls_files, mx, smtps, workers=2, per_client=4,
+                                                 balanced=free_port()))
     mailgate.start(wait=("127.0.0.1", mx))
     try:
         _ready(mailgate, 2)
@@ -118,8 +132,8 @@ def test_smtps_connections_are_counted_before_their_handshake(tmp_path: Path, tl
 def test_running_out_of_descriptors_is_logged_and_recovers(tmp_path: Path, tls_files: dict[str, str]) -> None:
     mx, smtps = free_port(), free_port()
     limit = 128
-    mailgate = MailgateProcess(tmp_path, _config(tmp_path, tls_files, mx, smtps, workers=1, per_client=1000),
-                               max_open_files=limit)
+    mailgate = MailgateProcess(tmp_path, _config(tmp_path, tls_files, mx, smtps, workers=1, per_client=1000,
+                                                 balanced=free_port()), max_open_files=limit)
     mailgate.start(wait=("127.0.0.1", mx))
     held: list[socket.socket] = []
     try:
@@ -142,4 +156,44 @@ def test_running_out_of_descriptors_is_logged_and_recovers(tmp_path: Path, tls_f
     finally:
         for sock in held:
             sock.close()
+        mailgate.stop()
+
+
+def _greeting_behind_balancer(port: int, ca: str) -> bytes:
+    """PROXY v1 header and the ClientHello in one segment, then the handshake; the 220 line."""
+    bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context(cafile=ca).wrap_bio(bio_in, bio_out, server_hostname="localhost")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        sock.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 465\r\n" + bio_out.read())
+        while True:
+            data = sock.recv(65536)
+            assert data, "closed during the handshake"
+            bio_in.write(data)
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(bio_out.read())
+        sock.sendall(bio_out.read())
+        while True:
+            try:
+                return tls.read(512)
+            except ssl.SSLWantReadError:
+                bio_in.write(sock.recv(65536))
+
+
+def test_a_client_hello_behind_the_proxy_header_is_not_lost(tmp_path: Path, tls_files: dict[str, str]) -> None:
+    mx, smtps, balanced = free_port(), free_port(), free_port()
+    mailgate = MailgateProcess(tmp_path, _config(tmp_path, tls_files, mx, smtps, workers=1, per_client=50,
+                                                 balanced=balanced))
+    mailgate.start(wait=("127.0.0.1", mx))
+    try:
+        _ready(mailgate, 1)
+        for _ in range(10):
+            assert _greeting_behind_balancer(balanced, tls_files["ca"]).startswith(b"220 ")
+    finally:
         mailgate.stop()

@@ -208,10 +208,10 @@ def _reader_with(data: bytes, *, eof: bool = True) -> asyncio.StreamReader:
 def test_read_proxy_header_leaves_the_smtp_stream_untouched() -> None:
     async def scenario() -> tuple[ProxyHeader, bytes, ProxyHeader, bytes]:
         reader = _reader_with(b"PROXY TCP4 203.0.113.7 192.0.2.1 56324 25\r\n" + SMTP_BYTES)
-        first = await read_proxy_header(reader, 5)
+        first = await read_proxy_header(reader.read, 5)
         after_first = await reader.read()
         reader = _reader_with(v2(0x1, 0x11, inet4("203.0.113.8", "192.0.2.1", 1, 25)) + SMTP_BYTES)
-        second = await read_proxy_header(reader, 5)
+        second = await read_proxy_header(reader.read, 5)
         return first, after_first, second, await reader.read()
 
     first, after_first, second, after_second = asyncio.run(scenario())
@@ -222,7 +222,7 @@ def test_read_proxy_header_leaves_the_smtp_stream_untouched() -> None:
 
 def test_read_proxy_header_errors() -> None:
     async def scenario(data: bytes, eof: bool = True) -> None:
-        await read_proxy_header(_reader_with(data, eof=eof), 0.2)
+        await read_proxy_header(_reader_with(data, eof=eof).read, 0.2)
 
     with pytest.raises(ProxyProtocolError):
         asyncio.run(scenario(b"EHLO x\r\n"))

@@ -162,32 +162,35 @@ class Listener:
         conn.close()
 
     async def _connection(self, conn: socket.socket, client: str, port: int, key: str | None) -> None:
-        """One connection: its streams (the TLS handshake of implicit TLS within
-        `handshake_timeout`), the PROXY header where configured, then the session. `key`: the
-        counted client key, None until a PROXY header names the client."""
+        """One connection: the PROXY header where configured (read from the socket itself, never
+        past it), then the streams (the TLS handshake of implicit TLS within
+        `handshake_timeout`), then the session. `key`: the counted client key, None until a
+        PROXY header names the client."""
         task = asyncio.current_task()
         assert task is not None
         writer = None
+        handed_over = False  # the socket belongs to a transport, which closes it
         try:
-            tls = self.settings.implicit_tls if self.settings.proxy_from is None else None
             self.drain_signal.quiet(task)  # no session yet: a stop closes it at once
             try:
-                reader, writer = await self._streams(conn, tls)
+                if key is None:
+                    proxied = await self._proxy_client(conn, client)
+                    if proxied is None:
+                        self._on_refused(client, port, "proxy", None)  # dropped without a reply
+                        return
+                    client = proxied
+                    if not self._counts.try_add(client_key(client)):
+                        handed_over = True  # closed by the refusal
+                        self._refuse_at_once(conn, client, port, "limit", TOO_MANY_CONNECTIONS)
+                        return
+                    key = client_key(client)
+                handed_over = True
+                reader, writer = await self._streams(conn, self.settings.implicit_tls)
             except OSError as exc:  # handshake failed or timed out (ssl.SSLError is an OSError)
                 log.debug("listener %s: connection from %s ended before the session: %s", self.settings.name, client, exc)
                 return
             finally:
                 self.drain_signal.busy(task)
-            if key is None:
-                proxied = await self._proxy_client(reader, writer, client)
-                if proxied is None:
-                    self._on_refused(client, port, "proxy", None)  # dropped without a reply
-                    return
-                client = proxied
-                if not self._counts.try_add(client_key(client)):
-                    await self._refuse(writer, client, port, "limit", TOO_MANY_CONNECTIONS)
-                    return
-                key = client_key(client)
             await self._handler(reader, writer, self, client)
         except asyncio.CancelledError:
             # drain() cut the connection (a session says 421 4.3.2 first). The task ends
@@ -197,6 +200,8 @@ class Listener:
             self._sessions.discard(task)
             if key is not None:
                 self._counts.remove(key)
+            if not handed_over:
+                conn.close()
             if writer is not None and not writer.is_closing():
                 writer.close()
 
@@ -212,22 +217,15 @@ class Listener:
         )
         return reader, await made
 
-    async def _refuse(self, writer, client: str, port: int, reason: str, reply: Reply) -> None:
-        self._on_refused(client, port, reason, reply)
-        writer.write(reply.encode())
-        try:
-            await writer.drain()
-        finally:
-            writer.close()
-
-    async def _proxy_client(self, reader, writer, peer: str) -> str | None:
-        """The client address a PROXY header carries (v1 or v2), or None to drop the connection."""
+    async def _proxy_client(self, conn: socket.socket, peer: str) -> str | None:
+        """The client address a PROXY header carries (v1 or v2), or None to drop the connection.
+        Read with `sock_recv`, never past the header: with implicit TLS the ClientHello that
+        follows stays in the socket for the TLS protocol (a stream reader would swallow it)."""
         settings = self.settings
+        loop = asyncio.get_running_loop()
         try:
-            header = await read_proxy_header(reader, settings.proxy_timeout)
-            if settings.implicit_tls is not None:
-                await writer.start_tls(settings.implicit_tls, ssl_handshake_timeout=settings.handshake_timeout)
-        except (ProxyProtocolError, TimeoutError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as exc:
+            header = await read_proxy_header(lambda size: loop.sock_recv(conn, size), settings.proxy_timeout)
+        except (ProxyProtocolError, TimeoutError, asyncio.IncompleteReadError, OSError) as exc:
             log.info("listener %s: bad PROXY header from %s: %s", settings.name, peer, exc)
             return None
         return str(header.source[0]) if header.source else peer

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import struct
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Union
 
@@ -207,8 +207,10 @@ def _check_tlvs(block: bytes) -> str | None:
     return None
 
 
-async def read_proxy_header(reader: asyncio.StreamReader, timeout: float) -> ProxyHeader:
-    """Read exactly one header from `reader` within `timeout` seconds, no byte beyond it.
+async def read_proxy_header(receive: Callable[[int], Awaitable[bytes]], timeout: float) -> ProxyHeader:
+    """Read exactly one header within `timeout` seconds, no byte beyond it. `receive(n)` gives up
+    to n bytes, b"" at the end of the stream: `loop.sock_recv` on the accepted socket, so that
+    what follows the header (a TLS ClientHello) stays in the socket for the next protocol.
 
     Raises ProxyProtocolError for an invalid header, TimeoutError when it does not arrive in
     time, asyncio.IncompleteReadError when the peer closes first.
@@ -222,7 +224,10 @@ async def read_proxy_header(reader: asyncio.StreamReader, timeout: float) -> Pro
                 return result
             if isinstance(result, ProxyError):
                 raise ProxyProtocolError(result.reason)
-            buffer += await reader.readexactly(result.minimum)
+            chunk = await receive(result.minimum)
+            if not chunk:
+                raise asyncio.IncompleteReadError(buffer, None)
+            buffer += chunk
 
     return await asyncio.wait_for(read(), timeout)
 
