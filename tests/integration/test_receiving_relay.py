@@ -155,7 +155,7 @@ def test_open_relay_configuration_is_refused_at_start_up(
 @pytest.mark.parametrize("relay, domain, named", OPEN_RELAYS)
 def test_open_relay_runs_when_acknowledged(tmp_path: Path, relay: str, domain: str, named: str) -> None:
     text = _base_config(tmp_path, relay + "\nacknowledge_open_relay = true", domain)
-    assert Application(load_text(text)).policy is not None
+    assert Application(load_text(text)).reception.policy is not None
 
 
 def test_star_hosted_domain_is_refused_even_when_acknowledged(tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import glob
 import os
 import pwd
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -145,8 +144,12 @@ class PostgresInstance:
             return "(no log)"
 
     def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Quick, because a session fixture's teardown runs under the last test's time-out: an
+        immediate stop (nothing of a throwaway cluster needs keeping), and the data folder removed
+        by a detached `rm` rather than file by file here."""
+        self.stop(signal.SIGQUIT)
+        subprocess.Popen(["rm", "-rf", "--", str(self.root)], start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def start_postgres(*, fsync: bool = False) -> PostgresInstance:
