@@ -40,9 +40,12 @@ BACKLOG_METRICS = (
 )
 
 
-def prepare(workdir: Path, messages: int, progress: Callable[[str], None]) -> Path:
-    """The backlog spool, filled once for the whole run."""
-    spool = workdir / "backlog-spool"
+def prepare(workdir: Path, messages: int, progress: Callable[[str], None], reuse: Path | None) -> Path:
+    """The backlog spool, filled once for the whole run (or `reuse`, a spool filled before)."""
+    if reuse is not None and (reuse / "queue.db").exists():
+        progress(f"backlog: reusing {reuse}")
+        return reuse
+    spool = reuse or workdir / "backlog-spool"
     seconds = backlog.fill(spool, messages, 4096)
     progress(f"backlog: {messages} deferred messages written in {seconds:.0f} s")
     return spool
@@ -116,7 +119,7 @@ def queue_list(config: Path, list_all: bool) -> dict[str, Any]:
 def run_all(args: Any, workdir: Path, free_port: Callable[[], int], settle: Callable[[], None],
             progress: Callable[[str], None]) -> list[dict[str, Any]]:
     """Empty and backlog spools interleaved, `args.reps` times; the empty one first in odd reps."""
-    spool = prepare(workdir, args.backlog, progress)
+    spool = prepare(workdir, args.backlog, progress, args.backlog_spool)
     runs: list[dict[str, Any]] = []
     try:
         for rep in range(1, args.reps + 1):
@@ -135,7 +138,7 @@ def run_all(args: Any, workdir: Path, free_port: Callable[[], int], settle: Call
                     f"{key} {_fmt(run.get(key))}" for key, *_ in BACKLOG_METRICS) + (
                     f" FAILED {run['error']}" if "error" in run else ""))
     finally:
-        if not args.keep_workdir:
+        if not args.keep_workdir and args.backlog_spool is None:
             shutil.rmtree(spool, ignore_errors=True)
     return runs
 

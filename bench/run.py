@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backlog", type=int,
                         help="also run mailgate on a spool holding this many deferred messages against "
                              "an empty one (default 1000000; --quick 100000; 0 skips it)")
+    parser.add_argument("--backlog-spool", type=Path, metavar="DIR",
+                        help="keep the backlog spool here, and reuse it when it exists (filling a "
+                             "million takes minutes): python -m bench.backlog DIR -n N fills one")
     parser.add_argument("--show", type=Path, metavar="JSON",
                         help="print the table of a saved run and exit (nothing is measured)")
     args = parser.parse_args(argv)
