@@ -4,11 +4,13 @@ limits, BDAT framing; plus the scanner and inspector on their own."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailgate.core.reply import Reply
 from mailgate.smtp import events as ev
 from mailgate.smtp.client import BodyEncoder
-from mailgate.smtp.data import BodyInspector, DotBodyScanner
+from mailgate.smtp.data import BodyInspector, DotBodyScanner, LineEndingNormalizer
 from tests.support.smtp_driver import Driver, make_settings
 
 pytestmark = pytest.mark.timeout(30)
@@ -297,3 +299,14 @@ def test_normalize_measures_lf_only_lines_as_lines() -> None:
     """An LF-only message of short lines is not one long line once normalized."""
     body = b"x" * 500 + b"\n"
     assert not send_data(body * 4 + b"\r\n.\r\n", Driver(make_settings(bare_line_endings="normalize"))).messages[0][1].long_line
+
+
+@given(st.lists(st.binary(min_size=1, max_size=12).map(lambda b: bytes(b"ab\r\n"[x % 4] for x in b)),
+                min_size=1, max_size=8))
+def test_the_inspector_passes_on_exactly_what_the_normalizer_makes_of_any_chunking(chunks) -> None:
+    """It skips the normalizer for chunks its own scan found clean: never for a CR at a chunk's
+    end or an LF that pairs with the chunk before, whatever the cut points."""
+    inspector = BodyInspector(0, 1000, normalize=True)
+    normalizer = LineEndingNormalizer()
+    passed = b"".join(out for out in (inspector.inspect(chunk) for chunk in chunks) if out)
+    assert passed == b"".join(normalizer.normalize(chunk) for chunk in chunks)

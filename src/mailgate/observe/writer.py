@@ -1,7 +1,9 @@
 """Background log writing: the event loop only enqueues; one thread writes, rotates and prunes.
 
 Owns: a bounded queue in front of one writer thread (a full queue drops the record and counts
-it, the caller never waits), daily files, retention by days, and the disk guard's switch
+it, the caller never waits; the thread is not woken per record but every `WAKE_INTERVAL`, or at
+once for a control action such as `flush`, so it does not fight the event loop for the GIL once
+per record: records reach their files up to `WAKE_INTERVAL` late, in batches), daily files, retention by days, and the disk guard's switch
 (`suspended`: records are counted and not written). The counters `written`, `dropped`,
 `suppressed` and `failed` are read by metrics.py.
 Must not: format records (w3c.py, jsonlog.py) or decide what is logged (translog.py).
@@ -21,9 +23,9 @@ new file; its QueueHandler has no bounded drop-and-count mode.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
-import queue
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from mailgate.core.clock import Clock
 log = logging.getLogger("mailgate.observe")
 
 DEFAULT_MAX_PENDING = 20_000  # records; about 10 MB at worst, seconds of a busy relay's logging
+WAKE_INTERVAL = 0.1  # seconds a record may wait for the writer thread (diagnostics.py does the same)
 BATCH_BYTES = 64 * 1024  # lines gathered into one write(2)
 
 
@@ -102,7 +105,9 @@ class LogWriter:
         self.streams = streams
         self._clock = clock
         self.retention_days = retention_days  # 0 keeps files for ever
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
+        self._max_pending = max_pending
+        self._pending: collections.deque[Any] = collections.deque()  # records and control actions
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.suspended = False
         self.written = 0
@@ -116,10 +121,10 @@ class LogWriter:
         if self.suspended:
             self.suppressed += 1
             return
-        try:
-            self._queue.put_nowait((stream, when, record))
-        except queue.Full:
+        if len(self._pending) >= self._max_pending:
             self.dropped += 1
+            return
+        self._pending.append((stream, when, record))  # the thread takes it within WAKE_INTERVAL
 
     # --- control -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -142,46 +147,48 @@ class LogWriter:
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every record queued so far is written to the files."""
         done = threading.Event()
-        if not self._control(done.set, timeout):
-            return False
+        self._control(done.set)
         return done.wait(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         thread, self._thread = self._thread, None
         if thread is None:
             return
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            log.warning("log writer queue full at close; %d record(s) may be lost", self._queue.qsize())
+        self._pending.append(_STOP)
+        self._wake.set()
         thread.join(timeout)
 
-    def _control(self, action: Callable[[], None], timeout: float = 5.0) -> bool:
+    def _control(self, action: Callable[[], None]) -> None:
         if self._thread is None:
             self._write_batches()
             action()
-            return True
-        try:
-            self._queue.put(action, timeout=timeout)
-            return True
-        except queue.Full:
-            return False
+            return
+        self._pending.append(action)  # after every record emitted so far
+        self._wake.set()
 
     # --- writer thread -----------------------------------------------------------------------
     def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                break
+        stopping = False
+        while not stopping:
+            self._wake.wait(WAKE_INTERVAL)
+            self._wake.clear()
+            while self._pending:
+                item = self._pending.popleft()
+                if item is _STOP:
+                    stopping = True
+                    break
+                try:
+                    if callable(item):
+                        self._write_batches()
+                        item()
+                    else:
+                        self._add(*item)
+                except Exception:  # the thread must outlive any bad record or file system error
+                    self.failed += 1
+                    log.exception("log writer: unexpected error")
             try:
-                if callable(item):
-                    self._write_batches()
-                    item()
-                else:
-                    self._add(*item)
-                if self._queue.empty():
-                    self._write_batches()
-            except Exception:  # the thread must outlive any bad record or file system error
+                self._write_batches()
+            except Exception:
                 self.failed += 1
                 log.exception("log writer: unexpected error")
         self._write_batches()

@@ -66,6 +66,11 @@ class LineEndingNormalizer:
     def __init__(self) -> None:
         self._drop_lf = False
 
+    def passes_unchanged(self, chunk: bytes) -> bool:
+        """True when `normalize(chunk)` would return `chunk` itself, for a chunk already known to
+        hold no bare CR or LF (BodyInspector's scan): no CR at its end, no LF to drop at its start."""
+        return not self._drop_lf and chunk[-1] != _CR
+
     def normalize(self, chunk: bytes) -> bytes:
         if self._drop_lf:
             self._drop_lf = False
@@ -115,8 +120,10 @@ class BodyInspector:
         self.size += len(chunk)
         if not self._bare:
             self._find_bare_line_endings(chunk)
-        if self._normalizer is not None:
-            chunk = self._normalizer.normalize(chunk)  # lines are measured as they will be stored
+        normalizer = self._normalizer
+        # A chunk the scan just found clean needs no second look (three counts per chunk).
+        if normalizer is not None and (self._bare or not normalizer.passes_unchanged(chunk)):
+            chunk = normalizer.normalize(chunk)  # lines are measured as they will be stored
         if not self.long_line:
             self._measure_lines(chunk)
         if self.max_size and self.size > self.max_size:
