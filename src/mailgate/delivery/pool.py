@@ -55,6 +55,9 @@ class SmtpConnection:
         if self._outgoing:
             self._writer.write(bytes(self._outgoing))
             self._outgoing.clear()
+        transport = self._writer.transport
+        if transport.get_write_buffer_size() == 0 and not transport.is_closing():
+            return  # all in the kernel already: wait_for would cost a task and a loop turn
         await asyncio.wait_for(self._writer.drain(), timeout)
 
     async def command(self, verb: Verb, line: str, timeout: float, *, utf8: bool = False) -> ReplyEvent:
