@@ -6,14 +6,17 @@ parameters."""
 from __future__ import annotations
 
 import asyncio
+import smtplib
 from pathlib import Path
 
 import pytest
 
+from mailgate.auth.store import FileUserStore
+from mailgate.core.envelope import Ret
 from tests.conftest import free_port
 from tests.support.capture_server import CaptureServer
 from tests.support.mailgate_server import InProcessMailgate
-from tests.support.receiving import EXTERNAL, HOSTED, UNTRUSTED_SOURCE, RawSmtp
+from tests.support.receiving import EXTERNAL, HOSTED, UNTRUSTED_SOURCE, RawSmtp, client_context, config_text, queued
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -70,3 +73,23 @@ async def _relay(tmp_path: Path, source: str | None, ret: str) -> list[str]:
 def test_ret_full_from_an_untrusted_client_reaches_the_next_hop_as_hdrs(tmp_path: Path, source, ret, passed_on) -> None:
     params = asyncio.run(_relay(tmp_path, source, ret))
     assert passed_on in params, params
+
+
+def test_an_authenticated_user_keeps_ret_full_where_an_outsider_gets_hdrs(tmp_path: Path, tls_files: dict[str, str]) -> None:
+    """The same untrusted address (127.0.0.2): after AUTH on submission RET=FULL stays; without
+    AUTH on the MX port it is kept as HDRS. Both wait in the queue (the next hop is down)."""
+    FileUserStore(tmp_path / "users").add("alice", "correct horse battery", [f"alice@{HOSTED}"])
+    message = f"From: alice@{HOSTED}\r\nSubject: s\r\n\r\nbody\r\n".encode()
+    with InProcessMailgate(config_text(tmp_path, tls_files)) as mg:
+        with smtplib.SMTP("127.0.0.1", mg.port("submission"), source_address=(UNTRUSTED_SOURCE, 0), timeout=15) as smtp:
+            smtp.starttls(context=client_context(tls_files["ca"]))
+            smtp.login("alice", "correct horse battery")
+            smtp.sendmail(f"alice@{HOSTED}", [f"friend@{EXTERNAL}"], message, mail_options=["RET=FULL"])
+        with smtplib.SMTP("127.0.0.1", mg.port("mx"), source_address=(UNTRUSTED_SOURCE, 0), timeout=15) as smtp:
+            outsider = message.replace(f"alice@{HOSTED}".encode(), f"someone@{EXTERNAL}".encode())
+            smtp.sendmail(f"someone@{EXTERNAL}", [f"user@{HOSTED}"], outsider, mail_options=["RET=FULL"])
+        kept = {}
+        for summary in queued(mg):
+            stored = mg.call(mg.app.store.get(summary.queue_id))
+            kept[summary.sender] = stored.envelope.ret
+    assert kept == {f"alice@{HOSTED}": Ret.FULL, f"someone@{EXTERNAL}": Ret.HDRS}

@@ -91,3 +91,13 @@ def test_a_crlf_split_after_a_full_length_line_is_not_a_break(after: bytes) -> N
     whole = wrap_message(message)
     assert _streamed(message, [len(message) - len(after)]) == whole
     assert (whole == message) is (after == b"\n")
+
+
+@pytest.mark.parametrize("length", [MAX_LINE - 1, MAX_LINE, MAX_LINE + 1, *range(MAX_LINE + 2, 3 * MAX_LINE, 37)])
+def test_a_long_line_is_found_wherever_it_ends_in_a_chunk(length: int) -> None:
+    """The quick test looks at blocks of half the limit: a long line ending exactly on a block
+    boundary, or just before or after it, is still broken."""
+    head = b"H: v\r\n\r\n"
+    wrapper = LineWrapper()
+    out = wrapper.feed(head + b"x" * length + b"\r\n") + wrapper.finish()
+    assert all(len(line) <= MAX_LINE for line in _lines(out))
