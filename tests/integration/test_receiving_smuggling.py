@@ -199,3 +199,32 @@ def test_by_default_lf_only_mail_with_long_lines_is_accepted_and_stored_normaliz
         stored = stored_message(mg, messages[0].queue_id) if messages else b""
     assert reply.code == 250
     assert stored.endswith(b"Subject: cron\r\n\r\nline one\r\nline two\r\n" + b"z" * 1500 + b"\r\n")
+
+
+async def _bdat(port: int, content: bytes) -> list[SmtpReply]:
+    client = await RawSmtp.connect(port, source=UNTRUSTED_SOURCE)
+    await client.reply()
+    await client.command("EHLO client.test")
+    await client.send(
+        b"MAIL FROM:<a@sender.test>\r\n" + f"RCPT TO:<user@{HOSTED}>\r\n".encode()
+        + b"BDAT %d LAST\r\n" % len(content) + content + b"QUIT\r\n"
+    )
+    replies = await client.replies(4)
+    await client.close()
+    return replies
+
+
+@pytest.mark.parametrize("mode", ["normalize", "reject", "no"])
+def test_bdat_with_a_fake_end_inside_its_chunk_is_one_message_in_every_mode(tmp_path: Path, mode: str) -> None:
+    """BDAT counts octets (RFC 3030 §2): `LF.LF` and a whole transaction inside the chunk are text."""
+    content = b"Subject: cover\r\n\r\ncover\n.\n" + SMUGGLED
+    with InProcessMailgate(config_text(tmp_path, server_extra=f'bare_newline = "{mode}"')) as mg:
+        replies = asyncio.run(_bdat(mg.port("mx"), content))
+        messages = queued(mg)
+        stored = stored_message(mg, messages[0].queue_id) if messages else b""
+    assert [r.code for r in replies] == [250, 250, 550 if mode == "reject" else 250, 221]
+    assert len(messages) == (mode != "reject")
+    if mode == "normalize":
+        assert stored.endswith(b"cover\r\n.\r\n" + SMUGGLED)
+    elif mode == "no":
+        assert stored.endswith(b"cover\n.\n" + SMUGGLED)
