@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port, require_binary
+from tests.support.config_text import hosted_domain, relay_config
 from tests.support.mailgate_server import InProcessMailgate
 from tests.support.postfix import PostfixInstance, start_receiver
 from tests.support.receiving import EXTERNAL, HOSTED, UNTRUSTED_SOURCE, RawSmtp, queued, stored_message
@@ -36,30 +37,12 @@ def _config(tmp_path: Path, hop: int, validation: bool) -> str:
         users.write_text(f"known@{HOSTED}\n")
         domain_sources = 'recipient_sources = ["users"]\n'
         sources = f'\n[[recipient_source]]\nname = "users"\ntype = "file"\npath = "{users}"\n'
-    return f"""
-[server]
-hostname = "relay.test"
-spool_dir = "{tmp_path / 'spool'}"
-users_file = "{tmp_path / 'users'}"
-self_audit = false
-
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{free_port()}"
-tls = "none"
-
-[relay]
-trusted_networks = ["127.0.0.1/32"]
-
-[[domain]]
-name = "{HOSTED}"
-next_hop = ["127.0.0.1:{hop}"]
-tls = "none"
-{domain_sources}
-[delivery]
-smart_host = "127.0.0.1:{free_port()}"
-retry_schedule = ["1h"]
-{sources}"""
+    return relay_config(
+        tmp_path / "spool", free_port(),
+        hosted_domain(f"127.0.0.1:{hop}", HOSTED, 'tls = "none"\n' + domain_sources),
+        f'[delivery]\nsmart_host = "127.0.0.1:{free_port()}"\nretry_schedule = ["1h"]\n' + sources,
+        hostname="relay.test", server="self_audit = false\n",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import pytest
 
 from mailgate.auth.dkim_keys import generate_private_key, key_from_bytes, write_private_key
 from tests.conftest import free_port, require_binary
+from tests.support.config_text import hosted_domain, relay_config
 from tests.support.mailgate_server import InProcessMailgate
 from tests.support.postfix import PostfixInstance, start_receiver
 from tests.support.receiving import HOSTED, UNTRUSTED_SOURCE, RawSmtp, queued
@@ -32,30 +33,11 @@ SIGNED = "signer.test"
 
 
 def _config(tmp_path: Path, hop: int, mode: str, extra: str = "") -> str:
-    return f"""
-[server]
-hostname = "relay.test"
-spool_dir = "{tmp_path / 'spool'}"
-users_file = "{tmp_path / 'users'}"
-self_audit = false
-bare_newline = "{mode}"
-
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{free_port()}"
-tls = "none"
-
-[relay]
-trusted_networks = ["127.0.0.1/32"]
-
-[[domain]]
-name = "{HOSTED}"
-next_hop = ["127.0.0.1:{hop}"]
-tls = "none"
-
-[delivery]
-retry_schedule = ["1s"]
-{extra}"""
+    return relay_config(
+        tmp_path / "spool", free_port(),
+        hosted_domain(f"127.0.0.1:{hop}", HOSTED, 'tls = "none"\n'), '[delivery]\nretry_schedule = ["1s"]\n' + extra,
+        hostname="relay.test", server=f'self_audit = false\nbare_newline = "{mode}"\n',
+    )
 
 
 @pytest.fixture(scope="module")

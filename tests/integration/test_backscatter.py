@@ -15,6 +15,7 @@ from mailgate.auth.store import FileUserStore
 from mailgate.core.envelope import Ret
 from tests.conftest import free_port
 from tests.support.capture_server import CaptureServer
+from tests.support.config_text import hosted_domain, relay_config
 from tests.support.mailgate_server import InProcessMailgate
 from tests.support.receiving import EXTERNAL, HOSTED, UNTRUSTED_SOURCE, RawSmtp, client_context, config_text, queued
 
@@ -22,26 +23,10 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _config(tmp_path: Path, hop: int) -> str:
-    return f"""
-[server]
-hostname = "relay.test"
-spool_dir = "{tmp_path / 'spool'}"
-users_file = "{tmp_path / 'users'}"
-self_audit = false
-
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{free_port()}"
-tls = "none"
-
-[relay]
-trusted_networks = ["127.0.0.1/32"]
-
-[[domain]]
-name = "{HOSTED}"
-next_hop = ["127.0.0.1:{hop}"]
-tls = "none"
-"""
+    return relay_config(
+        tmp_path / "spool", free_port(), hosted_domain(f"127.0.0.1:{hop}", HOSTED, 'tls = "none"\n'),
+        hostname="relay.test", server="self_audit = false\n",
+    )
 
 
 async def _relay(tmp_path: Path, source: str | None, ret: str) -> list[str]:
