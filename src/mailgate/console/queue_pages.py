@@ -35,6 +35,7 @@ ACTIONS = {  # action -> (QueueAdmin operation, button text, what the confirmati
     "bounce": ("bounce", "Bounce", "Fail every pending recipient and send the sender a DSN. This cannot be undone."),
 }
 MAX_REASON = 200
+ARRIVAL_SLACK = 3600.0  # seconds before a message's `created` its connection may have opened (a long session)
 QUEUE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Header fields that carry screening and authentication verdicts (ours and upstream's).
 VERDICT_HEADERS = re.compile(r"^(authentication-results|arc-authentication-results|x-spam[\w-]*|x-mailgate[\w-]*"
@@ -62,7 +63,7 @@ def add_routes(router: web.UrlDispatcher, console: Console) -> None:
         queue_id = _queue_id(request)
         shown = await services.admin.run("show", {"queue_id": queue_id})
         detail = shown["message"]
-        story = await _story(console, queue_id)
+        story = await _story(console, queue_id, detail["created"] if detail else None)
         attempts = [r for r in story.records if r.get("event") == jsonlog.DELIVERY_ATTEMPT] if story else []
         headers = _unfold(detail["headers"]) if detail else []
         accepted = story.accepted if story else None
@@ -148,12 +149,14 @@ def _filter_of(params) -> tuple[QueueFilter, list[str]]:
     return query, problems
 
 
-async def _story(console: Console, queue_id: str) -> trace.Story | None:
+async def _story(console: Console, queue_id: str, created: float | None) -> trace.Story | None:
+    """The message's records; a message still queued is read for from the day it arrived only."""
     json_file = console.services.config().log.json_file
     if not json_file:
         return None
     console.services.log.flush(1.0)
-    found = await asyncio.to_thread(trace.trace, jsonlog.log_files(json_file), queue_id, "queue_id")
+    since = created - ARRIVAL_SLACK if created is not None else None
+    found = await asyncio.to_thread(trace.trace, jsonlog.log_files(json_file, since), queue_id, "queue_id", since)
     return next((story for story in found.stories if story.queue_id == queue_id), None)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mailgate.core.reply import Reply
-from mailgate.observe.writer import DatedNaming
+from mailgate.observe.writer import DatedNaming, utc_day
 
 log = logging.getLogger("mailgate.observe")
 
@@ -75,9 +75,10 @@ def naming(json_file: str | Path) -> DatedNaming:
     return DatedNaming(path.parent, path.stem + "-", "%Y%m%d", path.suffix)
 
 
-def log_files(json_file: str | Path) -> list[Path]:
-    """Every daily file of `json_file`, oldest first."""
-    return [path for _day, path in naming(json_file).days_on_disk()]
+def log_files(json_file: str | Path, since: float | None = None) -> list[Path]:
+    """Every daily file of `json_file`, oldest first; with `since`, only the days from its own."""
+    first = utc_day(since) if since is not None else None
+    return [path for day, path in naming(json_file).days_on_disk() if first is None or day >= first]
 
 
 def read_records(paths: Iterable[Path], since: float | None = None) -> Iterator[dict[str, Any]]:
