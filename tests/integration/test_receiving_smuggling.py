@@ -228,3 +228,15 @@ def test_bdat_with_a_fake_end_inside_its_chunk_is_one_message_in_every_mode(tmp_
         assert stored.endswith(b"cover\r\n.\r\n" + SMUGGLED)
     elif mode == "no":
         assert stored.endswith(b"cover\n.\n" + SMUGGLED)
+
+
+def test_an_lf_only_header_section_ends_at_its_empty_line_when_kept_as_sent(tmp_path: Path) -> None:
+    """`bare_newline = "no"`: the header ends at the first empty line however its lines end, so
+    Received lines quoted in the body are not counted as hops (they were: 554 5.4.6 loop)."""
+    body = b"Subject: forwarded trace\nFrom: a@sender.test\n\n" + b"Received: from hop.test\n" * 60 + b"end\r\n"
+    with InProcessMailgate(config_text(tmp_path, server_extra='bare_newline = "no"')) as mg:
+        reply = asyncio.run(_send_long_lines(mg.port("mx"), body))
+        messages = queued(mg)
+        stored = stored_message(mg, messages[0].queue_id) if messages else b""
+    assert reply.code == 250, reply
+    assert stored.endswith(body)

@@ -16,6 +16,7 @@ import uuid
 
 # Past this much header we stop holding it back: the rest streams as body (bounded memory).
 MAX_HEAD = 1024 * 1024
+_HEAD_END = re.compile(rb"\r?\n(\r?\n)")  # group 1: the empty line, where the body starts
 _RECEIVED = re.compile(rb"(?im)^received:")
 _MESSAGE_ID = re.compile(rb"(?im)^message-id:")
 # Its value, folded lines joined (RFC 5322 §3.6.4, §2.2.3), for the transaction log and the trace.
@@ -60,11 +61,13 @@ class HeadBuilder:
         """Take body bytes; once the header ends (or passes MAX_HEAD) return what follows it."""
         start = max(0, len(self._buffer) - 3)
         self._buffer += data
-        if self._buffer.startswith(b"\r\n"):
+        if self._buffer.startswith((b"\r\n", b"\n")):
             end = 0  # no header section at all
         else:
-            end = self._buffer.find(b"\r\n\r\n", start)
-            end = end + 2 if end >= 0 else -1
+            # The first empty line, however its lines end: a bare LF is kept as sent under
+            # server.bare_newline = "no" (RFC 5322 §2.1: the header ends at the first empty line).
+            found = _HEAD_END.search(self._buffer, start)
+            end = found.start(1) if found else -1
         if end < 0 and len(self._buffer) < MAX_HEAD:
             return b""
         if end < 0:
