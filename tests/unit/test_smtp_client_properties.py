@@ -115,7 +115,11 @@ def test_pipelined_group_gets_a_body_only_after_accepted_mail_and_rcpt(codes):
     except PeerProtocolError:
         assert protocol.ending is Ending.CLOSE
         return
-    may_send_body = codes[0] == 250 and any(code in (250, 251) for code in codes[1:-1]) and codes[-1] == 354
+    # RFC 5321 §3.8: after a 421 the server closes; a 354 read behind it opens nothing.
+    may_send_body = (
+        codes[0] == 250 and any(code in (250, 251) for code in codes[1:-1]) and codes[-1] == 354
+        and 421 not in codes[:-1]
+    )
     if may_send_body:
         protocol.body(b"x")
     else:
