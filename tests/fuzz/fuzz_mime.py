@@ -14,7 +14,9 @@ Invariants checked (an AssertionError is a finding):
   and do not overlap;
 - A and B agree exactly: how the file is read never changes what is seen;
 - against C: whatever the shipped limits see (leaf types, names, sniffed kinds, zip names, text)
-  the small limits see too, unless A reports the matching kind of blind spot in `unseen`.
+  the small limits see too, unless A reports the matching kind of blind spot in `unseen`;
+- strip (screen/actions.py) of one leaf, walked again: one notice stands where the leaf (or its
+  enclosing entity in a multipart) was, and every other leaf keeps its type and names.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["mailgate"]):
-    from mailgate.screen import leaf, mime
+    from mailgate.screen import actions, leaf, mime
     from mailgate.screen.bounds import PARTS, TEXT, ZIP_KINDS, ZIP_NAMES
     from mailgate.screen.mime import Needs, walk
 
@@ -120,6 +122,29 @@ def check_against_shipped(small, small_parts, full, full_parts) -> None:  # noqa
               "zip names seen only with the shipped limits, not reported")
 
 
+def check_strip(message: bytes, result, parts, pick: int) -> None:  # noqa: ANN001
+    """Strip one leaf as a strip rule would: every other leaf keeps its type and names, and the
+    removed one (or the enclosing entity that sits in a multipart) becomes one text/plain notice."""
+    if not parts or result.unseen:
+        return
+    target = parts[pick % len(parts)]
+    removals = actions.plan_removals({target.path: (tuple(target.names), "fuzz")}, result.entities)
+    out = bytearray()
+    actions.write_stripped(lambda: io.BytesIO(message), removals, result.line_ending, out.extend)
+    again: list = []
+    walk(io.BytesIO(bytes(out)), EVERYTHING_NEEDED, again.append)
+    [removal] = removals
+    if removal.is_root:
+        check([p.content_type for p in again] == ["text/plain"], f"root strip left {len(again)} leaves")
+        return
+    kept = [(p.content_type, tuple(p.names)) for p in parts
+            if not (p.path == removal.path or p.path.startswith(removal.path + "."))]
+    notices = [p for p in again if p.text is not None and p.text.startswith("mailgate removed")]
+    check(len(notices) == 1, f"{len(notices)} notices after stripping {removal.path}")
+    seen = [(p.content_type, tuple(p.names)) for p in again if p is not notices[0]]
+    check(seen == kept, f"strip of {removal.path} changed the other leaves: {kept} -> {seen}")
+
+
 def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
     if len(data) < 3:
         return
@@ -144,6 +169,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
     full, full_parts = run(message, SHIPPED, SHIPPED_TEXT)
     check_bounds(message, full, full_parts, SHIPPED, SHIPPED_TEXT)
     check_against_shipped(tiny_reads, tiny_parts, full, full_parts)
+    check_strip(message, full, full_parts, a ^ b ^ c)
 
 
 def main() -> None:
