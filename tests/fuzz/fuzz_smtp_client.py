@@ -1,5 +1,5 @@
 """Coverage-guided fuzzing of the sans-IO SMTP client (smtp/client.py) with arbitrary server
-replies, and of its body encoder with arbitrary message bodies.
+replies, and of its body encoder and line wrapper (smtp/line_wrap.py) with arbitrary bodies.
 
 Input layout: bytes 0-3 seed the driver's choices (which allowed command to send next, how the
 server's bytes are cut into receive() calls); byte 4 splits the rest into the server's byte
@@ -13,7 +13,9 @@ Invariants checked (an AssertionError is a finding):
 - a parsed reply encodes and parses back to itself;
 - `ending` is REUSE only when the state is READY and nothing is outstanding;
 - the body encoder's output holds CRLF.CRLF only at its very end, no bare CR or LF, and unstuffs
-  to the body with its line endings made CRLF (RFC 5321 §4.5.2, §2.3.8), however it is cut.
+  to the body with its line endings made CRLF (RFC 5321 §4.5.2, §2.3.8), however it is cut;
+- the line wrapper gives the same output however the message is cut, no line over its limit,
+  and adds nothing but line breaks and spaces.
 The only exceptions the API promises are PeerProtocolError (the server broke the protocol;
 the connection is then closed) and ClientUsageError for a send the protocol refuses.
 """
@@ -27,6 +29,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["mailgate"]):
+    from mailgate.smtp.line_wrap import LineWrapper, wrap_message
     from mailgate.smtp.client import (
         BodyEncoder, ClientProtocol, ClientUsageError, Ending, PeerProtocolError, ReplyParser, State,
         Verb, parse_ehlo, _SEND_TABLE,
@@ -81,6 +84,22 @@ def check_body_encoder(body: bytes, rng: random.Random) -> None:
         offset += size
     wire += encoder.finish()
     check(bytes(wire) == expected_wire(body), f"clean body encoded wrongly: {clean[:80]!r}")
+
+
+def check_line_wrapper(message: bytes, limit: int, rng: random.Random) -> None:
+    """smtp/line_wrap.py: however the message is cut, the same output; no line over the limit;
+    only line breaks and spaces added (RFC 5322 §2.1.1, §2.2.3)."""
+    wrapper, out, offset = LineWrapper(limit), bytearray(), 0
+    while offset < len(message):
+        size = rng.choice((1, 3, limit, len(message)))
+        out += wrapper.feed(message[offset:offset + size])
+        offset += size
+    out += wrapper.finish()
+    check(bytes(out) == wrap_message(message, limit), "line wrapping depends on where the message is cut")
+    for line in out.split(b"\n"):
+        check(len(line.removesuffix(b"\r")) <= limit, f"a line of {len(line)} octets, limit {limit}")
+    added = bytes(out).translate(None, b"\r\n \t")
+    check(added == message.translate(None, b"\r\n \t"), "wrapping changed more than line breaks and spaces")
 
 
 def check_reply(reply) -> None:  # noqa: ANN001
@@ -164,6 +183,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
     split = len(rest) * data[4] // 256
     server, body = rest[split:], rest[:split]
     check_body_encoder(body, rng)
+    check_line_wrapper(body, 4 + data[3] % 60, rng)
     driver = Driver(rng)
     offset = 0
     while offset < len(server) and not driver.closed:
