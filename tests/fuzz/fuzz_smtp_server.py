@@ -2,7 +2,8 @@
 smtp/data.py, smtp/sasl.py) with an arbitrary client byte stream.
 
 Input layout: byte 0 picks the listener settings (TLS, STARTTLS, CHUNKING, SMTPUTF8, DSN,
-8BITMIME, small line and size limits), bytes 1-4 seed the caller's decisions (accept or refuse
+8BITMIME, small line and size limits), bytes 1-4 seed the bare line ending mode and the caller's
+decisions (accept or refuse
 each event, how the stream is cut into receive_data calls); the rest is what the client sends.
 
 Invariants checked (an AssertionError is a finding):
@@ -13,8 +14,9 @@ Invariants checked (an AssertionError is a finding):
   outside a transaction, RCPT inside one, DATA/BDAT only with an accepted recipient, AUTH only
   over TLS and never twice, an AuthLine only after a 334, STARTTLS only when offered);
 - DATA ends exactly at the first CRLF.CRLF after the 354 (so one DATA never yields a second
-  message), the body handed on is the line-by-line unstuffing of exactly those octets, and
-  size / oversize / bare line ending / long line agree with independent checks;
+  message), the body handed on is the line-by-line unstuffing of exactly those octets (with
+  bare CR and LF made CRLF in "normalize" mode), and size / oversize / bare line ending / long
+  line agree with independent checks;
 - a BDAT chunk consumes exactly the octets its command line declares;
 - after QUIT, a 421 or lost framing only Closed follows; STARTTLS leaves nothing buffered.
 Only ServerUsageError would be our harness's fault; nothing else may be raised.
@@ -67,8 +69,9 @@ def check(condition: object, message: str) -> None:
         raise Finding(message)
 
 
-def settings_from(flags: int) -> ServerSettings:
+def settings_from(flags: int, rng: random.Random) -> ServerSettings:
     return ServerSettings(
+        bare_line_endings=rng.choice(("reject", "normalize", "no")),
         hostname="mx.fuzz.test",
         max_message_size=(0, 64, 1000, 10_000_000)[flags & 3],
         starttls_offered=bool(flags & 4),
@@ -238,11 +241,13 @@ class Session:
         check(event.size == len(body), f"MessageEnd size {event.size}, body is {len(body)}")
         limit = self.settings.max_message_size
         check(event.oversize == bool(limit and len(body) > limit), "oversize flag wrong")
+        check(event.bare_line_ending == bool(BARE_LINE_ENDING.search(body)), "bare line ending flag wrong")
+        if self.settings.bare_line_endings == "normalize":  # every bare CR or LF passed on as CRLF
+            body = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
         if not event.oversize:
-            check(bytes(self.body) == body, "the body handed on is not the unstuffed DATA octets")
+            check(bytes(self.body) == body, "the body handed on is not the (unstuffed) octets received")
         else:
             check(body.startswith(bytes(self.body)), "oversize body chunks are not a prefix")
-        check(event.bare_line_ending == bool(BARE_LINE_ENDING.search(body)), "bare line ending flag wrong")
         check(event.long_line == long_line(body, self.settings.max_text_line), "long line flag wrong")
 
     def decide(self, event: ev.Event) -> Reply:
@@ -313,8 +318,8 @@ class Session:
 def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
     if len(data) < 5:
         return
-    settings = settings_from(data[0])
     rng = random.Random(int.from_bytes(data[1:5], "big"))
+    settings = settings_from(data[0], rng)
     stream = data[5:]
     session = Session(settings, rng)
     offset = 0
