@@ -49,11 +49,24 @@ class SegmentError(OSError):
     """A segment file is missing, shorter than a row says, or could not be created."""
 
 
+class BodyMismatchError(ValueError):
+    """A body to be moved does not match its recorded CRC-32: it stays where it is."""
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRange:
+    """A body already in a segment, to be copied into the current one (compaction)."""
+
+    segment: int
+    offset: int
+    crc: int  # the CRC-32 recorded for it: a copy that does not match is refused
+
+
 @dataclass(slots=True)
 class StagedBody:
     """A large body on its way into a segment; `segment` and `offset` are set once appended."""
 
-    source: bytes | Path  # the bytes, or the sealed spill file holding them
+    source: bytes | Path | SegmentRange  # the bytes, the sealed spill file, or another segment
     size: int
     segment: int | None = None
     offset: int = 0
@@ -161,6 +174,16 @@ class SegmentAppender:
         """
         spill = staged.source if isinstance(staged.source, Path) else None
         source = None if spill is None else open(spill, "rb")  # noqa: SIM115 - closed below
+        moved = staged.source if isinstance(staged.source, SegmentRange) else None
+        try:
+            # Opened before anything is written: a missing segment leaves the current one whole.
+            from_segment = -1 if moved is None else os.open(
+                segment_path(self.directory, moved.segment), os.O_RDONLY | os.O_CLOEXEC
+            )
+        except BaseException:
+            if source is not None:
+                source.close()
+            raise
         try:
             if source is not None and os.fstat(source.fileno()).st_size != staged.size:
                 raise OSError(f"spill file {spill} does not hold the {staged.size} bytes written")
@@ -169,7 +192,9 @@ class SegmentAppender:
             segment = self._current
             assert segment is not None
             try:
-                if source is not None:
+                if moved is not None:
+                    crc = _copy_range(from_segment, moved, staged.size, segment.descriptor, segment.size)
+                elif source is not None:
                     crc = _copy_file(segment.descriptor, source, segment.size)
                 else:
                     assert isinstance(staged.source, bytes)
@@ -181,6 +206,8 @@ class SegmentAppender:
         finally:
             if source is not None:
                 source.close()
+            if from_segment >= 0:
+                os.close(from_segment)
         staged.segment, staged.offset, staged.crc = segment.number, segment.size, crc
         segment.size += staged.size
         segment.dirty = True
@@ -203,9 +230,9 @@ class SegmentAppender:
             self.syncs += 1
 
     def request_retire(self, number: int) -> None:
-        """The current segment `number` holds no live body (a transaction of this group found
-        so): stop appending to it at the end of the group, unless a body went into it meanwhile,
-        so that it can be removed rather than keep its space until it fills up."""
+        """Stop appending to the current segment `number` at the end of this group, unless a
+        body went into it during the group: it holds no live body any more, or mostly dead space
+        to compact, and can be removed rather than keep its space until it fills up."""
         if self._current is not None and self._current.number == number:
             self._retire_requested = number
 
@@ -269,6 +296,24 @@ def _copy_file(descriptor: int, source: BinaryIO, offset: int) -> int:
         _write_all(descriptor, chunk, offset)
         crc = zlib.crc32(chunk, crc)
         offset += len(chunk)
+    return crc
+
+
+def _copy_range(source_descriptor: int, source: SegmentRange, size: int, descriptor: int, offset: int) -> int:
+    """Copy a body from another segment to `offset` on; returns its CRC-32. BodyMismatchError
+    if that is not the one recorded (the bytes written stay unreferenced: the segment's size does
+    not move, so the next body overwrites them)."""
+    crc, position, end = 0, source.offset, source.offset + size
+    while position < end:
+        chunk = os.pread(source_descriptor, min(COPY_CHUNK, end - position), position)
+        if not chunk:
+            raise BodyMismatchError(f"segment {source.segment} ends at {position}, before {end}")
+        _write_all(descriptor, chunk, offset)
+        crc = zlib.crc32(chunk, crc)
+        position += len(chunk)
+        offset += len(chunk)
+    if crc != source.crc:
+        raise BodyMismatchError(f"the body at {source.offset} of segment {source.segment} fails its CRC-32")
     return crc
 
 

@@ -283,6 +283,42 @@ def segment_live(connection: sqlite3.Connection, number: int) -> int | None:
     return None if found is None else found[0]
 
 
+def segment_usage(connection: sqlite3.Connection) -> list[tuple[int, int]]:
+    """(segment, bytes of its live bodies) for every segment holding a live body."""
+    return connection.execute(
+        "SELECT body_segment, SUM(size) FROM messages WHERE body_segment IS NOT NULL"
+        " GROUP BY body_segment ORDER BY body_segment"
+    ).fetchall()
+
+
+def segment_bodies(connection: sqlite3.Connection, number: int) -> list[tuple[str, int, int, int]]:
+    """(queue id, offset, size, CRC-32) of the live bodies in segment `number`."""
+    return connection.execute(
+        "SELECT queue_id, body_offset, size, body_crc FROM messages WHERE body_segment = ?"
+        " ORDER BY body_offset",
+        (number,),
+    ).fetchall()
+
+
+def move_body(
+    connection: sqlite3.Connection, queue_id: str, source: tuple[int, int], target: tuple[int, int]
+) -> bool:
+    """Point the message at the copy of its body in `target` (segment, offset), if it still
+    points at `source`; False when it was deleted meanwhile (the copy stays unreferenced). The
+    copy was synced before this runs (segment_compactor.py)."""
+    moved = connection.execute(
+        "UPDATE messages SET body_segment = ?, body_offset = ?"
+        " WHERE queue_id = ? AND body_segment = ? AND body_offset = ?",
+        (*target, queue_id, *source),
+    ).rowcount
+    if not moved:
+        return False
+    if connection.execute("UPDATE segments SET live = live + 1 WHERE id = ?", (target[0],)).rowcount != 1:
+        raise segments.SegmentError(f"segment {target[0]} has no row")  # rolled back: nothing moved
+    connection.execute("UPDATE segments SET live = live - 1 WHERE id = ?", (source[0],))
+    return True
+
+
 def drop_unused_segments(connection: sqlite3.Connection, numbers: list[int]) -> list[int]:
     """Delete the rows of those segments with no live body; returns the numbers whose files
     may now be unlinked (rows already gone included). The caller checked that no writer still
@@ -330,6 +366,11 @@ def segment_numbers(connection: sqlite3.Connection) -> list[int]:
     return [row[0] for row in connection.execute("SELECT id FROM segments ORDER BY id")]
 
 
+class SegmentGoneError(MessageNotFoundError):
+    """The segment a read snapshot names is gone: the message was deleted, or its body moved
+    (segment_compactor.py); a read in a new snapshot tells which."""
+
+
 def read_body(
     connection: sqlite3.Connection, queue_id: str, offset: int, chunk_size: int, segments_dir: Path
 ) -> tuple[int, int | None, list[bytes]]:
@@ -352,8 +393,8 @@ def read_body(
             chunks = segments.read_range(
                 segments_dir, segment, start, segment_offset + size, chunk_size, budget
             )
-        except FileNotFoundError:  # deleted, and its segment removed, since our snapshot
-            raise MessageNotFoundError(queue_id) from None
+        except FileNotFoundError:  # deleted, or moved by compaction, since our snapshot
+            raise SegmentGoneError(queue_id) from None
         return size, crc, chunks
     with connection.blobopen("bodies", "data", message_id, readonly=True) as blob:
         blob.seek(offset)

@@ -48,6 +48,7 @@ from mailgate.queue import sqlite_schema as schema
 from mailgate.queue.checkpointer import Checkpointer
 from mailgate.queue.group_commit import GroupCommitWriter, WriterStats, disk_full
 from mailgate.queue.hot_bodies import HOT_BODY_BYTES, HotBodies
+from mailgate.queue.segment_compactor import COMPACT_INTERVAL, COMPACT_MIN_WASTE, SegmentCompactor
 from mailgate.queue.segments import (
     SEGMENT_THRESHOLD,
     SEGMENTS_DIRECTORY,
@@ -96,6 +97,8 @@ class SqliteQueueStore(SpooledQueueStore):
         segment_threshold: int = SEGMENT_THRESHOLD,
         segment_limit: int = segments.SEGMENT_LIMIT,
         reserve_bytes: int = 0,
+        compact_min_waste: int = COMPACT_MIN_WASTE,
+        compact_interval: float = COMPACT_INTERVAL,
     ) -> None:
         self.spool_dir = Path(spool_dir)
         self.database_path = self.spool_dir / DATABASE_NAME
@@ -122,6 +125,9 @@ class SqliteQueueStore(SpooledQueueStore):
         self._reader_lock = threading.Lock()
         self._hot = HotBodies(HOT_BODY_BYTES)
         self._checkpointer: Checkpointer | None = None
+        self._compactor = SegmentCompactor(
+            self._writer, self._segments, self._reap, min_waste=compact_min_waste, interval=compact_interval
+        )
 
     @property
     def stats(self) -> WriterStats:
@@ -153,6 +159,7 @@ class SqliteQueueStore(SpooledQueueStore):
 
     async def close(self) -> None:
         """Finish every pending write, then stop the threads; safe to call twice."""
+        await self._compactor.stop()
         await self._writer.close()
         self._segments.close()  # writer stopped; an empty last segment is left to recover()
         if self._checkpointer is not None:
@@ -251,9 +258,14 @@ class SqliteQueueStore(SpooledQueueStore):
         offset = 0
         crc = 0
         while True:
-            size, expected, chunks = await self._read(
-                queries.read_body, queue_id, offset, chunk_size, self.segments_dir
-            )
+            try:
+                size, expected, chunks = await self._read(
+                    queries.read_body, queue_id, offset, chunk_size, self.segments_dir
+                )
+            except queries.SegmentGoneError:  # moved meanwhile? A new snapshot knows where to
+                size, expected, chunks = await self._read(
+                    queries.read_body, queue_id, offset, chunk_size, self.segments_dir
+                )
             for chunk in chunks:
                 offset += len(chunk)
                 if expected is not None:
@@ -290,6 +302,7 @@ class SqliteQueueStore(SpooledQueueStore):
             self._hot.pop(queue_id)
         if emptied:
             await self._reap(emptied)
+        self._compactor.maybe_start()
         return gone
 
     # --- administration --------------------------------------------------------------------------
@@ -318,7 +331,12 @@ class SqliteQueueStore(SpooledQueueStore):
             self._hot.pop(queue_id)
         if emptied:
             await self._reap(emptied)
+        self._compactor.maybe_start()
         return deleted
+
+    async def compact_segments(self) -> int:
+        """Compact now rather than at the next interval (segment_compactor.py); bodies moved."""
+        return await self._compactor.compact()
 
     async def _admin(
         self, query: QueueFilter, action: Callable[..., list[str]], **kwargs: Any
