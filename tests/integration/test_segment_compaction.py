@@ -21,6 +21,7 @@ import pytest
 
 from mailgate.core.reply import Reply
 from mailgate.core.status import RecipientState
+from mailgate.queue import segments as segments_module
 from mailgate.queue.segments import segment_numbers, segment_path
 from mailgate.queue.sqlite_store import SqliteQueueStore
 from mailgate.queue.store import CorruptBodyError, QueueFilter, RecipientUpdate
@@ -184,3 +185,28 @@ def test_a_kill_in_the_middle_of_a_move_loses_no_acknowledged_body(tmp_path: Pat
     for queue_id, seed in deferred.items():
         assert read_back(spool, queue_id) == body(100 * KIB, seed)
     assert segment_bytes(spool) <= 4 * 100 * KIB, (numbers, moved)  # the wasteful file is gone
+
+
+def test_a_read_that_finds_its_segment_moved_away_reads_the_new_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery's read snapshot may name the old segment just as compaction unlinks it: the
+    next snapshot knows the new place, and the message is not taken for deleted."""
+    spool, kept = tmp_path / "spool", []
+
+    async def scenario(store: SqliteQueueStore) -> None:
+        kept.append(await enqueue(store, body(100 * KIB, 3)))
+
+    run(spool, scenario, segment_limit=SEGMENT_LIMIT)
+    real_read_range = segments_module.read_range
+    calls: list[int] = []
+
+    def moved_away_once(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise FileNotFoundError("segment unlinked by compaction")
+        return real_read_range(*args, **kwargs)
+
+    monkeypatch.setattr(segments_module, "read_range", moved_away_once)
+    assert read_back(spool, kept[0]) == body(100 * KIB, 3)
+    assert len(calls) >= 2
