@@ -30,6 +30,7 @@ import atheris
 
 with atheris.instrument_imports(include=["mailgate"]):
     from mailgate.smtp.line_wrap import LineWrapper, wrap_message
+    from mailgate.smtp.sasl import login_response
     from mailgate.smtp.client import (
         BodyEncoder, ClientProtocol, ClientUsageError, Ending, PeerProtocolError, ReplyParser, State,
         Verb, parse_ehlo, _SEND_TABLE,
@@ -168,6 +169,11 @@ class Driver:
                 self.rcpt_ok += 1
             elif event.verb is Verb.DATA:
                 self.data_ok = event.reply.code == 354
+            elif event.reply.code == 334:
+                try:  # the answer to a LOGIN challenge; ValueError is its documented refusal
+                    check(login_response(event.reply.text, "alice", "secret").isascii(), "non-base64 answer")
+                except ValueError:
+                    pass
             elif event.verb is Verb.EHLO and positive:
                 parse_ehlo(event.reply).size_limit  # noqa: B018 (must not raise)
         check(self.client.outstanding == len(self.sent), "outstanding count disagrees with the commands sent")

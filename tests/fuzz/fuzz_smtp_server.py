@@ -324,7 +324,9 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
     session = Session(settings, rng)
     offset = 0
     while offset < len(stream) and not session.closed:
-        size = rng.choice((1, 2, 3, 7, 64, 512, len(stream)))
+        # A line at a time as a client without PIPELINING sends, or any cut (RFC 2920).
+        line = stream.find(b"\n", offset) + 1 - offset
+        size = rng.choice((line, line, line, 1, 2, 3, 7, 64, 512, len(stream))) or len(stream)
         session.feed(stream[offset:offset + size])
         offset += size
     if not session.closed:
