@@ -166,3 +166,31 @@ def test_an_ipv6_zone_in_an_address_literal_is_refused(path: str) -> None:
 
     with pytest.raises(AddressError):
         parse_path(path, allow_null=False)
+
+
+def test_an_encoded_word_with_a_non_ascii_charset_name_is_kept_as_it_came() -> None:
+    """screen/leaf.py: email's make_header raised CharsetError (not a ValueError) for
+    `=?ut\\xe9f-8?q?...?=`; with a subject or header rule the screener failed on every such
+    message (451 and a traceback, at every retry)."""
+    from mailgate.screen.leaf import decoded
+
+    assert "invoice" in decoded("=?ut\udce9f-8?q?invoice?=")
+    message = b"Subject: =?ut\xe9f-8?q?invoice?=\r\nContent-Type: text/plain; name==?ut\xe9f-8?q?a.exe?=\r\n\r\nx\r\n"
+    parts: list[LeafPart] = []
+    walk(io.BytesIO(message), ALL, parts.append)
+    assert parts[0].names and "a.exe" in parts[0].names[0]
+
+
+def test_a_zip_needing_a_newer_version_to_extract_is_unreadable_not_an_exception() -> None:
+    """screen/archives.py: zipfile.ZipFile raises NotImplementedError for a central directory
+    entry whose "version needed to extract" is over 6.3 (APPNOTE.TXT §4.4.3); the walk raised
+    and the screener tempfailed the message at every retry."""
+    import zipfile
+
+    from mailgate.screen.archives import list_zip
+
+    data = _zip(zipfile.ZIP_STORED)
+    central = data.find(b"PK\x01\x02")
+    data[central + 6] = 192  # version needed to extract: 19.2
+    listing = list_zip(io.BytesIO(bytes(data)))
+    assert listing.unreadable

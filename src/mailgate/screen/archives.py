@@ -55,7 +55,8 @@ def list_zip(file: BinaryIO) -> ZipListing:
 def _walk(file: BinaryIO, *, prefix: str, depth: int, listing: ZipListing, budget: _Budget) -> None:
     try:
         archive = zipfile.ZipFile(file)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        # NotImplementedError: an entry needs a newer "version needed to extract" (APPNOTE §4.4.3).
         listing.unreadable = True
         return
     with archive:

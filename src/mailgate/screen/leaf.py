@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import email.errors
 import email.utils
 import tempfile
 from dataclasses import dataclass
@@ -78,7 +79,8 @@ def decoded(value: object) -> str:
         return text
     try:
         return str(make_header(decode_header(text)))
-    except (ValueError, LookupError, UnicodeError):
+    except (ValueError, LookupError, UnicodeError, email.errors.MessageError):
+        # MessageError: CharsetError for an encoded word whose charset name is not ASCII.
         return text
 
 
