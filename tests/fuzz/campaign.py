@@ -43,6 +43,7 @@ HARNESSES = {h.name: h for h in (
     Harness("proxy_header", "fuzz_proxy_header.py", 2200, "proxy.dict"),  # a full version 2 header and more
     Harness("address", "fuzz_address.py", 1024, "smtp.dict"),
     Harness("mime", "fuzz_mime.py", 16384, "mime.dict"),
+    Harness("screen", "fuzz_screen.py", 16384, "mime.dict"),
 )}
 CRASH_PREFIXES = ("crash-", "timeout-", "oom-", "leak-", "slow-unit-")
 _PROGRESS = re.compile(r"^#(\d+)\s.*?\bcov: (\d+) ft: (\d+)", re.MULTILINE)
