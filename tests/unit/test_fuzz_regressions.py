@@ -194,3 +194,22 @@ def test_a_zip_needing_a_newer_version_to_extract_is_unreadable_not_an_exception
     data[central + 6] = 192  # version needed to extract: 19.2
     listing = list_zip(io.BytesIO(bytes(data)))
     assert listing.unreadable
+
+
+def test_stripping_an_empty_last_part_keeps_the_delimiter_line_whole() -> None:
+    """screen/actions.py: a message ending in "--b" (no line break) has an empty last part at
+    its very end; its notice was written onto the delimiter line ("--bContent-Type: ..."), so
+    the stripped message had no notice and a broken delimiter."""
+    from mailgate.screen import actions
+
+    message = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nhello\r\n--b"
+    parts: list[LeafPart] = []
+    result = walk(io.BytesIO(message), ALL, parts.append)
+    assert [p.path for p in parts] == ["1", "2"] and parts[1].start == len(message)
+    removals = actions.plan_removals({"2": ((), "test")}, result.entities)
+    out = bytearray()
+    actions.write_stripped(lambda: io.BytesIO(message), removals, b"\r\n", out.extend)
+    again: list[LeafPart] = []
+    walk(io.BytesIO(bytes(out)), ALL, again.append)
+    assert b"\r\n--b\r\nContent-Type: text/plain" in out
+    assert again[0].text == "hello" and again[1].text is not None and again[1].text.startswith("mailgate removed")

@@ -157,6 +157,12 @@ def _write_root_replaced(
         sink(body + ending)
 
 
+def _after_partial_line(file: BinaryIO, offset: int) -> bool:
+    """Whether the octet before `offset` is not a line break; the file is left at `offset`."""
+    file.seek(offset - 1)
+    return file.read(1) != b"\n"
+
+
 def write_stripped(
     open_message: Callable[[], BinaryIO], removals: list[Removal], ending: bytes, sink: Sink,
 ) -> None:
@@ -173,6 +179,8 @@ def write_stripped(
         position = 0
         for removal in removals:
             _copy(file, removal.start - position, sink)
+            if removal.start and _after_partial_line(file, removal.start):
+                sink(ending)  # an empty part right after a delimiter line the message left open
             sink(_notice_entity(notice_text(removal), ending))
             file.seek(removal.end)
             position = removal.end
