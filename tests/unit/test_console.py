@@ -120,6 +120,17 @@ def test_traffic_counts_series_per_minute_and_hour_and_drops_old_buckets() -> No
     assert traffic.totals(now, hours=24 * 5)["accepted"] == 2  # the 3-day-old one is gone
 
 
+def test_traffic_does_not_count_our_own_dsns_as_deliveries() -> None:
+    """As `mailgate stats`: a DSN's delivery attempts are not messages delivered or bounced."""
+    now = 1_800_000_040.0
+    traffic = Traffic(days=1)
+    traffic.add(record("delivery.attempt", now - 9, queue_id="Q1", outcome="failed"))
+    traffic.add(record("bounce", now - 8, queue_id="Q1", dsn_queue_id="D1", kind="failure"))
+    traffic.add(record("delivery.attempt", now - 5, queue_id="D1", outcome="delivered"))
+    traffic.add(record("delivery.attempt", now - 4, queue_id="D1", outcome="deferred"))
+    assert traffic.per_minute(now)[-1][1] == {"accepted": 0, "refused": 0, "delivered": 0, "deferred": 0, "bounced": 1}
+
+
 def test_the_follower_reads_only_what_was_appended_and_waits_for_a_whole_line(tmp_path: Path) -> None:
     now = 1_800_000_000.0
     json_file = tmp_path / "t.jsonl"

@@ -9,7 +9,8 @@ Must not: render anything (charts.py, dashboard.py) or write the log (observe/).
 Why the log and not the process's metrics: with several workers each process counts only its
 own connections, while the JSON log holds every worker's records (observe/stats.py, behind
 `mailgate stats`, reads the same files and counts the same way: delivered, deferred and bounced
-are recipient attempts by outcome, refused counts refusals inside sessions by rule).
+are recipient attempts by outcome, refused counts refusals inside sessions by rule, and the
+attempts to deliver mailgate's own DSNs are not deliveries).
 Memory is bounded: buckets older than the window are dropped, and each hour keeps at most
 MAX_KEYS_PER_HOUR distinct names per top list.
 """
@@ -41,6 +42,7 @@ class Traffic:
         self.days = days
         self._minutes: dict[int, Counter[str]] = defaultdict(Counter)
         self._hours: dict[int, _Hour] = defaultdict(_Hour)
+        self._dsn_ids: dict[str, float] = {}  # queue id of each DSN we queued -> when (bounce record first)
 
     def add(self, record: dict[str, Any]) -> None:
         when = record["_when"]
@@ -60,7 +62,12 @@ class Traffic:
             _top(hour, "refused_clients", record.get("client_ip") or "?")
             _top(hour, "refused_rules", f"connection: {record.get('reason', '?')}")
             return
+        elif event == jsonlog.BOUNCE and record.get("dsn_queue_id"):
+            self._dsn_ids[record["dsn_queue_id"]] = when
+            return
         elif event == jsonlog.DELIVERY_ATTEMPT and record.get("outcome") in OUTCOME_SERIES:
+            if record.get("queue_id") in self._dsn_ids:  # our own DSN going out, as `mailgate stats`
+                return
             series = OUTCOME_SERIES[record["outcome"]]
         else:
             return
@@ -72,6 +79,8 @@ class Traffic:
             del self._minutes[minute]
         for hour in [h for h in self._hours if h < now // HOUR - 24 * self.days]:
             del self._hours[hour]
+        for dsn in [d for d, when in self._dsn_ids.items() if when < now - HOUR * 24 * self.days]:
+            del self._dsn_ids[dsn]
 
     def per_minute(self, now: float) -> list[tuple[float, dict[str, int]]]:
         """The last 60 minutes, oldest first: (start of the minute, counts per series)."""

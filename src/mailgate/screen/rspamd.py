@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 CHUNK_BYTES = 64 * 1024
 MAX_RESPONSE_BYTES = 1024 * 1024
@@ -82,11 +82,13 @@ class RspamdClient:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"rspamd url {url!r} is not http://host[:port]")
-        self.url = url
         self._host = parts.hostname
         self._port = parts.port or 80
         self._path = (parts.path.rstrip("/") or "") + "/checkv2"
-        self._password = password
+        # A password written into the URL (http://:secret@host) is sent as rspamd's Password
+        # header and never shown: errors, logs and /readyz name the URL without its userinfo.
+        self._password = password or parts.password
+        self.url = urlunsplit(("http", parts.netloc.rpartition("@")[2], parts.path, "", ""))
         self.timeout = timeout
 
     def _request_head(self, size: int, envelope: dict[str, list[str]]) -> bytes:
