@@ -4,6 +4,8 @@ Owns: starting and stopping, on loopback, (1) mailgate as a subprocess with the 
 configuration below, (2) a private Postfix relaying the same hosted domain (tests/support/postfix,
 Postfix defaults otherwise: fsync on), (3) smtp-sink as the shared next hop, whose running
 counters (`-c`) tell us when all N messages have arrived.
+`mailgate-pg` and `mailgate-pg-2nodes` are one and two mailgate nodes on a private PostgreSQL
+queue (docs/cluster.md).
 Must NOT: measure anything (procstat and clients do) or touch a system-wide mail server.
 """
 
@@ -131,11 +133,12 @@ class ServerHandle:
     name: str
     pids: list[int]
     stop: Callable[[], None]
+    more_ports: tuple[int, ...] = ()  # further nodes of the same cluster: the load is split
 
 
 def start_mailgate(
     workdir: Path, listen_port: int, sink_port: int, python: str = sys.executable,
-    spool_dir: Path | None = None,
+    spool_dir: Path | None = None, extra_config: str = "",
 ) -> ServerHandle:
     """`<python> -m mailgate serve --config <workdir>/mailgate.toml`, ready once it greets.
     `spool_dir`: an existing spool to use (default: a new one, `<workdir>/spool`)."""
@@ -156,6 +159,7 @@ def start_mailgate(
         )
         + (signing_config(workdir, SENDER_DOMAIN) if signing else "")
         + validation
+        + extra_config
     )
     if validation:
         text = config.read_text().replace(
@@ -205,8 +209,56 @@ def start_postfix(workdir: Path, listen_port: int, sink_port: int) -> ServerHand
     return ServerHandle("postfix", [master], instance.stop)
 
 
+def _cluster_config(pg, dsn: str, workdir: Path, node: str) -> str:  # type: ignore[no-untyped-def]
+    secret = pg.write_password_file(workdir / "db.password")
+    return (f'\n[queue]\nbackend = "postgresql"\ndsn = "{dsn}"\npassword_file = "{secret}"\n'
+            f'node_name = "{node}"\n')
+
+
+def start_mailgate_cluster(workdir: Path, listen_port: int, sink_port: int, nodes: int = 1) -> ServerHandle:
+    """`nodes` mailgate processes sharing a private PostgreSQL (fsync on, synchronous_commit on:
+    the database's defaults) as their queue; node 1 listens on `listen_port`, the others on the
+    ports in `more_ports`. The PostgreSQL processes count in the CPU and memory measured."""
+    from tests.support.postgres import start_postgres
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    pg = start_postgres(fsync=True)
+    handles: list[ServerHandle] = []
+    try:
+        dsn = pg.new_database()
+        ports = [listen_port] + [_free_port() for _ in range(nodes - 1)]
+        for index, port in enumerate(ports):
+            node_dir = workdir / f"node{index + 1}"
+            node_dir.mkdir(exist_ok=True)
+            handles.append(start_mailgate(node_dir, port, sink_port,
+                                          extra_config=_cluster_config(pg, dsn, node_dir, f"node{index + 1}")))
+    except BaseException:
+        for handle in handles:
+            handle.stop()
+        pg.cleanup()
+        raise
+
+    def stop() -> None:
+        for handle in handles:
+            handle.stop()
+        pg.cleanup()
+
+    assert pg.process is not None
+    pids = [pid for handle in handles for pid in handle.pids] + [pg.process.pid]
+    name = "mailgate-pg" if nodes == 1 else f"mailgate-pg-{nodes}nodes"
+    return ServerHandle(name, pids, stop, tuple(ports[1:]))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 SERVERS: dict[str, Callable[[Path, int, int], ServerHandle]] = {
     "mailgate": start_mailgate,
+    "mailgate-pg": start_mailgate_cluster,
+    "mailgate-pg-2nodes": lambda workdir, port, sink: start_mailgate_cluster(workdir, port, sink, nodes=2),
     "postfix": start_postfix,
 }
 

@@ -1,10 +1,11 @@
 """Group commit on PostgreSQL: every write pending at one instant goes in ONE transaction.
 
-Owns: `PgGroupWriter`, an asyncio task with its own connection. Callers hand it a `PgOperation`
+Owns: `PgGroupWriter`, asyncio tasks each with its own connection (a few "lanes"). Callers hand it a `PgOperation`
 (the statements of one commit, record or finish, and a function deciding its result from the rows
 they return) and await the result. The task takes every operation pending at that moment and
 sends BEGIN, all their statements and COMMIT in one pipeline (one network round trip), so a
-group costs one WAL flush however many messages it holds; only after the COMMIT succeeded does a
+group costs one WAL flush however many messages it holds; while one lane waits for its flush the
+next gathers what arrived meanwhile; only after the COMMIT succeeded does a
 caller hear of its operation (ARCHITECTURE.md step 7). If the group's transaction fails on one
 operation (a statement, or a body's spill file), each operation is retried alone so the others
 still commit and only the bad one fails; if the connection fails, every operation of the group fails (the callers
@@ -28,6 +29,8 @@ log = logging.getLogger("mailgate.queue")
 
 # A group is bounded so one transaction stays a reasonable size; the rest waits for the next.
 MAX_GROUP = 500
+# Connections committing groups side by side (see PgGroupWriter._run).
+WRITER_CONNECTIONS = 3
 
 Rows = list[tuple[Any, ...]]
 Connect = Callable[[], Awaitable[psycopg.AsyncConnection]]
@@ -70,57 +73,74 @@ class WriterClosedError(RuntimeError):
 
 
 class PgGroupWriter:
-    def __init__(self, connect: Connect) -> None:
+    def __init__(self, connect: Connect, connections: int = WRITER_CONNECTIONS) -> None:
         self.stats = GroupStats()
-        self._connect = connect
         self._inbox: asyncio.Queue[_Pending | None] = asyncio.Queue()
-        self._connection: psycopg.AsyncConnection | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._lanes = [_Lane(connect, self.stats, self._lane_broken) for _ in range(connections)]
+        self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
 
     async def start(self) -> None:
-        """Open the connection (raising what connecting raised) and start the task."""
-        self._connection = await self._connect()
-        self._task = asyncio.create_task(self._run(), name="mailgate-pg-writer")
+        """Open the connections (raising what connecting raised) and start the tasks."""
+        for lane in self._lanes:
+            await lane.open()
+        self._tasks = [asyncio.create_task(self._run(lane), name="mailgate-pg-writer") for lane in self._lanes]
+
+    def _lane_broken(self) -> None:
+        for lane in self._lanes:
+            lane.stale = True
 
     async def run(self, operation: PgOperation) -> Any:
         """Queue one operation; its result once the group holding it has committed."""
-        if self._closing or self._task is None or self._task.done():
+        if self._closing or not self._tasks or all(task.done() for task in self._tasks):
             raise WriterClosedError("the queue writer is not running")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._inbox.put_nowait(_Pending(operation, future))
         return await future
 
     async def close(self) -> None:
-        """Finish every queued operation, then close the connection; safe to call twice."""
+        """Finish every queued operation, then close the connections; safe to call twice."""
         if self._closing:
             return
         self._closing = True
-        if self._task is not None:
+        for _ in self._tasks:
             self._inbox.put_nowait(None)
-            await self._task
-        if self._connection is not None:
-            await self._connection.close()
-            self._connection = None
+        await asyncio.gather(*self._tasks)
+        for lane in self._lanes:
+            await lane.drop()
 
-    async def _run(self) -> None:
+    async def _run(self, lane: _Lane) -> None:
+        """One lane: take everything pending, commit it, again. While one lane waits for its
+        COMMIT (the WAL flush), another gathers what arrived meanwhile: PostgreSQL flushes the
+        WAL of concurrent commits together."""
         while True:
             first = await self._inbox.get()
             if first is None:
                 return
             group = [first]
-            stop = False
             while len(group) < MAX_GROUP and not self._inbox.empty():
                 item = self._inbox.get_nowait()
                 if item is None:
-                    stop = True
+                    self._inbox.put_nowait(None)  # for the next pass of this or another lane
                     break
                 group.append(item)
-            await self._commit(group)
-            if stop:
-                return
+            await lane.commit(group)
 
-    async def _commit(self, group: list[_Pending]) -> None:
+
+class _Lane:
+    """One writer connection and the groups it commits, one at a time."""
+
+    def __init__(self, connect: Connect, stats: GroupStats, on_broken: Callable[[], None]) -> None:
+        self._connect = connect
+        self.stats = stats
+        self._on_broken = on_broken
+        self._connection: psycopg.AsyncConnection | None = None
+        self.stale = False  # another lane lost its connection: this one reconnects before use
+
+    async def open(self) -> None:
+        self._connection = await self._connect()
+
+    async def commit(self, group: list[_Pending]) -> None:
         self.stats.largest_group = max(self.stats.largest_group, len(group))
         self.stats.operations += len(group)
         try:
@@ -128,7 +148,8 @@ class PgGroupWriter:
         except psycopg.OperationalError as exc:  # the connection or the server: all fail
             self.stats.failed_commits += 1
             self.stats.failed_operations += len(group)
-            await self._drop_connection()
+            await self.drop()
+            self._on_broken()  # the server restarted, likely: the other lanes' sessions are gone too
             for pending in group:
                 _settle(pending, error=exc)
             return
@@ -142,7 +163,7 @@ class PgGroupWriter:
             self.stats.operations -= len(group)  # each is counted again alone
             for pending in group:
                 pending.rows = []
-                await self._commit([pending])
+                await self.commit([pending])
             return
         self.stats.commits += 1
         for pending in group:
@@ -173,8 +194,11 @@ class PgGroupWriter:
             pending.rows = [await cursor.fetchall() for cursor in returning]
 
     async def _ensure_connection(self) -> psycopg.AsyncConnection:
+        if self.stale:
+            self.stale = False
+            await self.drop()
         if self._connection is None or self._connection.closed:
-            await self._drop_connection()
+            await self.drop()
             self.stats.reconnects += 1
             self._connection = await self._connect()
         return self._connection
@@ -185,15 +209,16 @@ class PgGroupWriter:
         if connection is not None and (
             connection.closed or connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
         ):
-            await self._drop_connection()
+            await self.drop()
 
-    async def _drop_connection(self) -> None:
+    async def drop(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
             try:
                 await connection.close()
             except psycopg.Error:
                 pass  # it is broken already
+
 
 
 def _settle(pending: _Pending, *, result: Any = None, error: BaseException | None = None) -> None:
