@@ -481,6 +481,7 @@ def observation_settings(config: Config, worker_index: int = 0) -> ObservationSe
     return ObservationSettings(
         hostname=config.server.hostname, w3c_dir=log.w3c_dir, json_file=log.json_file,
         retention_days=log.retention_days, max_pending=log.queue_limit, endpoint=endpoint,
+        node=queue_node_name(config),
     )
 
 

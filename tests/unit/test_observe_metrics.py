@@ -78,3 +78,10 @@ def test_acceptance_histogram():
     assert value("mailgate_acceptance_seconds_count") == 1
     assert value("mailgate_acceptance_seconds_bucket", {"le": "0.005"}) == 1
     assert value("mailgate_tls_transactions_total", {"side": "receive", "protocol": "none"}) == 2
+
+
+def test_the_cluster_node_name_is_a_label_of_the_build_info():
+    from mailgate import __version__
+
+    metrics = Metrics("mx-b")
+    assert metrics.registry.get_sample_value("mailgate_build_info", {"version": __version__, "node": "mx-b"}) == 1

@@ -42,10 +42,14 @@ class WriterCounters(Protocol):
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, node: str = "") -> None:
+        """`node`: this node's name in a cluster (queue.node_name), a label of mailgate_build_info
+        that a query joins on (`* on(instance) group_left(node) mailgate_build_info`)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        Info("mailgate_build", "mailgate version.", registry=r).info({"version": __version__})
+        Info("mailgate_build", "mailgate version and cluster node name.", registry=r).info(
+            {"version": __version__, "node": node}
+        )
         self._open = Gauge("mailgate_connections_open", "SMTP connections now open.", ["listener"], registry=r)
         self._connections = Counter("mailgate_connections", "SMTP connections accepted.", ["listener"], registry=r)
         self._refused_connections = Counter(

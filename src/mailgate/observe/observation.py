@@ -38,6 +38,7 @@ class ObservationSettings:
     retention_days: int = 30
     max_pending: int = DEFAULT_MAX_PENDING  # records the log writer holds before it drops
     endpoint: tuple[str, int] | None = None  # /metrics, /healthz, /readyz; None: not served
+    node: str = ""  # the cluster node name the metrics carry
 
 
 class Observation:
@@ -46,7 +47,7 @@ class Observation:
         """Opens the transaction log (its writer thread starts); `endpoint_socket`: bound by the
         supervisor, or None to bind here."""
         self.clock = clock
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings.node)
         self.log = open_transaction_log(
             clock, settings.hostname, w3c_dir=settings.w3c_dir, json_file=settings.json_file,
             retention_days=settings.retention_days, metrics=self.metrics, max_pending=settings.max_pending,

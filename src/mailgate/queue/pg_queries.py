@@ -44,8 +44,6 @@ STATE_SQL = """CASE
     ELSE 'queued' END"""
 UNLEASED_SQL = "(m.lease_owner IS NULL OR m.lease_expires <= %(now)s)"
 MESSAGE_COLUMNS = ", ".join(f"m.{name.strip()}" for name in records.MESSAGE_COLUMNS.split(","))
-# The caller's claim is the latest one, or the caller claimed nothing (an admin tool).
-FENCE_SQL = "(%(token)s::bigint IS NULL OR lease_token = %(token)s::bigint)"
 
 
 # --- writes for the group-commit writer ----------------------------------------------------------
@@ -71,41 +69,53 @@ class BodyRows:
             raise OSError(f"spill file {self.source} does not hold the {self.size} bytes written")
 
 
+RECIPIENT_ARRAYS = (  # recipients column -> the array type it is sent as
+    ("idx", "int"), ("local", "text"), ("domain", "text"), ("literal", "smallint"),
+    ("had_source_route", "smallint"), ("address_text", "text"), ("notify", "text"), ("orcpt", "text"),
+    ("state", "text"), ("next_attempt", "float8"),
+)
+
+
 def insert_message(
     row: dict[str, Any], envelope: Envelope, body: BodyRows, lease: dict[str, Any] | None
 ) -> PgOperation:
-    """The message, its recipients and its body; with `lease`, claimed at once: the operation's
-    result is then the claim's fencing token."""
-    columns = dict(row)
+    """The message, its recipients and its body in one statement (a body in a spill file in a
+    second one, a row at a time); with `lease`, claimed at once: the result is then the claim's
+    fencing token (else None)."""
+    params = dict(row)
     if lease is not None:
-        columns.update(lease)
-    names = ", ".join(columns)
-    values = ", ".join(f"%({name})s" for name in columns)
+        params.update(lease)
+    names = ", ".join(params)
+    values = ", ".join(f"%({name})s" for name in params)
     token_sql = ", lease_token" if lease is not None else ""
     token_value = ", nextval('mailgate_lease_token')" if lease is not None else ""
-    statements = [
-        Statement(
-            f"INSERT INTO messages ({names}{token_sql}) VALUES ({values}{token_value})"
-            + (" RETURNING lease_token" if lease is not None else ""),
-            columns,
-            returns=lease is not None,
-        )
+    recipient_rows = [
+        records.recipient_row(row["queue_id"], index, recipient, row["created"])
+        for index, recipient in enumerate(envelope.recipients)
     ]
-    recipient_rows = []
-    for index, recipient in enumerate(envelope.recipients):
-        recipient_row = records.recipient_row(row["queue_id"], index, recipient, row["created"])
-        recipient_row["queue_id"] = recipient_row.pop("message_id")
-        recipient_rows.append(recipient_row)
-    names = ", ".join(recipient_rows[0])
-    values = ", ".join(f"%({name})s" for name in recipient_rows[0])
-    statements.append(Statement(f"INSERT INTO recipients ({names}) VALUES ({values})", recipient_rows, many=True))
-    if body.size:
+    for column, _ in RECIPIENT_ARRAYS:
+        params[f"r_{column}"] = [recipient_row[column] for recipient_row in recipient_rows]
+    arrays = ", ".join(f"%(r_{column})s::{kind}[]" for column, kind in RECIPIENT_ARRAYS)
+    sql = (
+        f"WITH m AS (INSERT INTO messages ({names}{token_sql}) VALUES ({values}{token_value})"
+        " RETURNING lease_token),"
+        f" r AS (INSERT INTO recipients (queue_id, {', '.join(column for column, _ in RECIPIENT_ARRAYS)})"
+        f" SELECT %(queue_id)s, u.* FROM unnest({arrays}) AS u)"
+    )
+    in_memory = isinstance(body.source, bytes)
+    if in_memory:
+        params["pieces"] = [piece for _, _, piece in body]
+        sql += (", b AS (INSERT INTO bodies (queue_id, seq, data) SELECT %(queue_id)s, t.seq - 1, t.data"
+                " FROM unnest(%(pieces)s::bytea[]) WITH ORDINALITY AS t(data, seq))")
+    statements = [Statement(sql + " SELECT lease_token FROM m", params, returns=True)]
+    if not in_memory:
         statements.append(
             Statement("INSERT INTO bodies (queue_id, seq, data) VALUES (%s, %s, %s)", body, many=True)
         )
 
     def decide(rows: list[Rows]) -> int | None:
-        return int(rows[0][0][0]) if lease is not None else None
+        token = rows[0][0][0]
+        return None if token is None else int(token)
 
     return PgOperation(statements, decide)
 
@@ -126,73 +136,38 @@ def _updates_params(queue_id: str, token: int | None, updates: list[RecipientUpd
     }
 
 
-LOCK_SQL = "SELECT lease_token FROM messages WHERE queue_id = %(queue_id)s FOR UPDATE"
-RECORD_SQL = (
-    "UPDATE recipients r SET state = u.state, attempts = r.attempts + 1,"
-    " next_attempt = u.next_attempt, reply_code = u.code, reply_enhanced = u.enhanced,"
-    " reply_text = u.text, remote_mta = u.mta"
-    " FROM unnest(%(idx)s::int[], %(state)s::text[], %(next_attempt)s::float8[], %(code)s::int[],"
-    " %(enhanced)s::text[], %(text)s::text[], %(mta)s::text[])"
-    " AS u(idx, state, next_attempt, code, enhanced, text, mta)"
-    " WHERE r.queue_id = %(queue_id)s AND r.idx = u.idx"
-    f" AND EXISTS (SELECT 1 FROM messages WHERE queue_id = %(queue_id)s AND {FENCE_SQL})"
-)
-FIRST_ATTEMPT_SQL = (
-    "UPDATE messages SET first_attempt = coalesce(first_attempt, %(now)s)"
-    f" WHERE queue_id = %(queue_id)s AND {FENCE_SQL}"
-)
-RELEASE_SQL = (
-    "UPDATE messages SET lease_node = NULL, lease_owner = NULL, lease_expires = NULL,"
-    " delay_notified = CASE WHEN %(delay_notified)s THEN 1 ELSE delay_notified END"
-    f" WHERE queue_id = %(queue_id)s AND {FENCE_SQL}"
-)
-DELETE_IF_DONE_SQL = (
-    f"DELETE FROM messages m WHERE queue_id = %(queue_id)s AND {FENCE_SQL} AND lease_owner IS NULL"
-    " AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.queue_id = m.queue_id AND r.state = 'queued')"
-    " RETURNING 1"
+OUTCOME_SQL = (
+    "SELECT mailgate_outcome(%(queue_id)s, %(token)s, %(idx)s::int[], %(state)s::text[],"
+    " %(next_attempt)s::float8[], %(code)s::int[], %(enhanced)s::text[], %(text)s::text[],"
+    " %(mta)s::text[], %(now)s, %(release)s, %(delay_notified)s)"
 )
 
 
-def _record_statements(params: dict[str, Any], updates: list[RecipientUpdate]) -> list[Statement]:
-    if not updates:
-        return []
-    return [Statement(RECORD_SQL, params), Statement(FIRST_ATTEMPT_SQL, params)]
+def _outcome(queue_id: str, token: int | None, updates: list[RecipientUpdate], now: float, *,
+             release: bool, delay_notified: bool = False) -> PgOperation:
+    """pg_schema's mailgate_outcome: fenced by `token`; raises LeaseLostError if another claim
+    replaced ours. Result: True if the message is gone (deleted now, or before)."""
+    params = _updates_params(queue_id, token, updates, now)
+    params.update(release=release, delay_notified=delay_notified)
 
+    def decide(rows: list[Rows]) -> bool:
+        status = rows[0][0][0]
+        if status.startswith("lost:"):
+            raise LeaseLostError(f"{queue_id} was claimed again (token {status[5:]}, ours {token})")
+        return status in ("gone", "deleted")
 
-def _fenced(queue_id: str, token: int | None, locked: Rows) -> bool:
-    """False if the message is gone; raises LeaseLostError if it was claimed again since."""
-    if not locked:
-        return False
-    if token is not None and locked[0][0] != token:
-        raise LeaseLostError(f"{queue_id} was claimed again (token {locked[0][0]}, ours {token})")
-    return True
+    return PgOperation([Statement(OUTCOME_SQL, params, returns=True)], decide)
 
 
 def record(queue_id: str, token: int | None, updates: list[RecipientUpdate], now: float) -> PgOperation:
-    params = _updates_params(queue_id, token, updates, now)
-    statements = [Statement(LOCK_SQL, params, returns=True), *_record_statements(params, updates)]
-    return PgOperation(statements, lambda rows: _fenced(queue_id, token, rows[0]) and None)
+    return _outcome(queue_id, token, updates, now, release=False)
 
 
 def finish(
     queue_id: str, token: int | None, updates: list[RecipientUpdate], delay_notified: bool, now: float
 ) -> PgOperation:
     """Result: True if the message is gone (deleted now, or before)."""
-    params = _updates_params(queue_id, token, updates, now)
-    params["delay_notified"] = delay_notified
-    statements = [
-        Statement(LOCK_SQL, params, returns=True),
-        *_record_statements(params, updates),
-        Statement(RELEASE_SQL, params),
-        Statement(DELETE_IF_DONE_SQL, params, returns=True),
-    ]
-
-    def decide(rows: list[Rows]) -> bool:
-        if not _fenced(queue_id, token, rows[0]):
-            return True
-        return bool(rows[1])
-
-    return PgOperation(statements, decide)
+    return _outcome(queue_id, token, updates, now, release=True, delay_notified=delay_notified)
 
 
 # --- claims, recovery, heartbeats (pooled connection, caller's transaction) ----------------------

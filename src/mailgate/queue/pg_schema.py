@@ -100,6 +100,46 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             started double precision NOT NULL,
             heartbeat double precision NOT NULL
         )""",
+        # One attempt's outcome in one statement (record, and with p_release finish): fenced by
+        # the claim's token, then the recipients' states, then the lease returned and the message
+        # deleted when no recipient is left queued. Returns 'gone', 'lost:<token>', 'recorded',
+        # 'kept' or 'deleted'. A function, so an outcome costs one statement, not five.
+        """CREATE FUNCTION mailgate_outcome(
+            p_queue_id text, p_token bigint, p_idx int[], p_state text[], p_next float8[],
+            p_code int[], p_enhanced text[], p_text text[], p_mta text[], p_now float8,
+            p_release boolean, p_delay_notified boolean
+        ) RETURNS text LANGUAGE plpgsql AS $$
+        DECLARE
+            current_token bigint;
+        BEGIN
+            SELECT lease_token INTO current_token FROM messages WHERE queue_id = p_queue_id FOR UPDATE;
+            IF NOT FOUND THEN
+                RETURN 'gone';
+            END IF;
+            IF p_token IS NOT NULL AND current_token IS DISTINCT FROM p_token THEN
+                RETURN 'lost:' || coalesce(current_token::text, '');
+            END IF;
+            IF cardinality(p_idx) > 0 THEN
+                UPDATE recipients r SET state = u.state, attempts = r.attempts + 1,
+                    next_attempt = u.next_attempt, reply_code = u.code, reply_enhanced = u.enhanced,
+                    reply_text = u.text, remote_mta = u.mta
+                FROM unnest(p_idx, p_state, p_next, p_code, p_enhanced, p_text, p_mta)
+                    AS u(idx, state, next_attempt, code, enhanced, text, mta)
+                WHERE r.queue_id = p_queue_id AND r.idx = u.idx;
+                UPDATE messages SET first_attempt = coalesce(first_attempt, p_now) WHERE queue_id = p_queue_id;
+            END IF;
+            IF NOT p_release THEN
+                RETURN 'recorded';
+            END IF;
+            IF NOT EXISTS (SELECT 1 FROM recipients WHERE queue_id = p_queue_id AND state = 'queued') THEN
+                DELETE FROM messages WHERE queue_id = p_queue_id;
+                RETURN 'deleted';
+            END IF;
+            UPDATE messages SET lease_node = NULL, lease_owner = NULL, lease_expires = NULL,
+                delay_notified = CASE WHEN p_delay_notified THEN 1 ELSE delay_notified END
+            WHERE queue_id = p_queue_id;
+            RETURN 'kept';
+        END $$""",
     ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
