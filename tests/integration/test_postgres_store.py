@@ -201,3 +201,41 @@ def test_commits_fail_while_the_database_is_down_and_work_again_after(tmp_path: 
         asyncio.run(scenario())
     finally:
         server.cleanup()
+
+
+def test_a_claim_whose_finish_failed_is_not_renewed_and_lapses_to_another_node(postgres_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A finish that could not be saved (the database dropped the connection) ends the attempt:
+    the node's heartbeat must stop extending that lease, or the message stays "active" for ever."""
+    dsn = postgres_server.new_database()
+    lease = 1.0
+
+    async def scenario() -> None:
+        clock = SystemClock()
+        first, second = (store_on(dsn, tmp_path, name, clock, lease_seconds=lease) for name in ("n1", "n2"))
+        await first.open()
+        await second.open()
+        try:
+            queue_id = await enqueue(first)
+            assert [m.queue_id for m in await first.claim_due(clock.now(), 10)] == [queue_id]
+            saved_run = first._writer.run
+
+            async def broken(operation):  # type: ignore[no-untyped-def]
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+            first._writer.run = broken  # type: ignore[method-assign]
+            with pytest.raises(psycopg.OperationalError):
+                await first.finish(queue_id, updates=[RecipientUpdate(0, RecipientState.DELIVERED, DELIVERED)])
+            first._writer.run = saved_run  # type: ignore[method-assign]
+            started = time.monotonic()
+            taken: list[str] = []
+            while not taken and time.monotonic() - started < lease * 10:  # n1 keeps heartbeating
+                taken = [m.queue_id for m in await second.claim_due(clock.now(), 10)]
+                await asyncio.sleep(0.1)
+            assert taken == [queue_id]
+            with pytest.raises(LeaseLostError):  # and n1's late outcome is fenced off
+                await first.finish(queue_id, updates=[RecipientUpdate(0, RecipientState.DELIVERED, DELIVERED)])
+        finally:
+            await first.close()
+            await second.close()
+
+    asyncio.run(scenario())
