@@ -213,3 +213,31 @@ def test_stripping_an_empty_last_part_keeps_the_delimiter_line_whole() -> None:
     walk(io.BytesIO(bytes(out)), ALL, again.append)
     assert b"\r\n--b\r\nContent-Type: text/plain" in out
     assert again[0].text == "hello" and again[1].text is not None and again[1].text.startswith("mailgate removed")
+
+
+@pytest.mark.parametrize("name", [
+    b"a%1Eb.exe",  # \x1e: a line break to str.splitlines, so to email.header.Header
+    b"x.exe%0D%0A--b%0D%0AContent-Type:%20text/html%0D%0A%0D%0A<script>evil</script>",  # RFC 2231 CR LF
+    b"y.exe%0D%0AX-Spam-Flag:%20NO",
+])
+def test_a_part_name_cannot_add_lines_to_the_stripped_message(name: bytes) -> None:
+    """screen/actions.py: the removed part's name (the sender's) went raw into our
+    X-Mailgate-Stripped header and into the notice: \\x1e split the header (the message lost its
+    structure), CR LF made the rewrite raise (the message was refused at every retry)."""
+    from mailgate.screen import actions
+
+    message = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+               b"--b\r\nContent-Type: application/octet-stream\r\n"
+               b"Content-Disposition: attachment; filename*=us-ascii''" + name + b"\r\n\r\nMZ\r\n--b--\r\n")
+    parts: list[LeafPart] = []
+    result = walk(io.BytesIO(message), ALL, parts.append)
+    removals = actions.plan_removals({"2": (tuple(parts[1].names), "exe")}, result.entities)
+    out = bytearray()
+    actions.write_stripped(lambda: io.BytesIO(message), removals, b"\r\n", out.extend)
+    head = bytes(out).split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert [line.split(b":")[0] for line in head if not line.startswith((b" ", b"\t"))] == [
+        b"X-Mailgate-Stripped", b"Content-Type"]
+    again: list[LeafPart] = []
+    walk(io.BytesIO(bytes(out)), ALL, again.append)
+    assert [p.content_type for p in again] == ["text/plain", "text/plain"] and again[0].text == "hi"
+    assert again[1].text is not None and again[1].text.startswith("mailgate removed")

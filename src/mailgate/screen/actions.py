@@ -75,13 +75,21 @@ def _inside(path: str, ancestor: str) -> bool:
     return ancestor == "" or path.startswith(ancestor + ".")
 
 
+def _one_line(text: str) -> str:
+    """`text` without control characters or line breaks (a part's name is the sender's: with
+    CR LF, or a line break of str.splitlines such as \x1e, it would add lines to our header or a
+    delimiter line to the notice, RFC 5322 §2.2, RFC 2046 §5.1.1)."""
+    return " ".join("".join(char if char.isprintable() else " " for char in text).split())
+
+
 def notice_text(removal: Removal) -> str:
-    what = ", ".join(f'"{name}"' for name in removal.names) or "a part"
-    return f"mailgate removed {what} from this message: {removal.reason}"
+    what = ", ".join(f'"{_one_line(name)}"' for name in removal.names) or "a part"
+    return f"mailgate removed {what} from this message: {_one_line(removal.reason)}"
 
 
 def stripped_header_value(removals: list[Removal]) -> str:
-    return "; ".join(f"{', '.join(r.names) or 'part ' + r.path} ({r.reason})" for r in removals)
+    return "; ".join(f"{', '.join(map(_one_line, r.names)) or 'part ' + r.path} ({_one_line(r.reason)})"
+                     for r in removals)
 
 
 def _header_line(name: str, value: str, ending: bytes) -> bytes:
