@@ -241,3 +241,18 @@ def test_a_part_name_cannot_add_lines_to_the_stripped_message(name: bytes) -> No
     walk(io.BytesIO(bytes(out)), ALL, again.append)
     assert [p.content_type for p in again] == ["text/plain", "text/plain"] and again[0].text == "hi"
     assert again[1].text is not None and again[1].text.startswith("mailgate removed")
+
+
+def test_quoted_printable_equals_before_a_bare_cr_hides_nothing() -> None:
+    """screen/leaf.py: binascii.a2b_qp takes "=" CR as a soft line break and drops everything up
+    to the next LF, so with `bare_newline = "no"` a body word behind "=\\r" was never seen by a
+    body rule; where the part was cut into blocks changed the result too."""
+    from mailgate.screen.leaf import Decoder
+
+    body = b"hello =\rEICAR hidden\r\nsoft =\r\nbreak"
+    whole = Decoder("quoted-printable")
+    expected = whole.feed(body) + whole.finish()
+    assert expected == b"hello =\rEICAR hidden\r\nsoft break"
+    for cut in range(len(body) + 1):
+        decoder = Decoder("quoted-printable")
+        assert decoder.feed(body[:cut]) + decoder.feed(body[cut:]) + decoder.finish() == expected, cut

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import re
 import email.errors
 import email.utils
 import tempfile
@@ -39,6 +40,9 @@ _NOT_CHARSETS = frozenset({
     "base64", "bz2", "hex", "quopri", "uu", "zlib", "rot-13",
     "idna", "punycode", "undefined", "unicode-escape", "raw-unicode-escape",
 })
+# binascii.a2b_qp reads "=" CR as a soft line break and drops everything up to the next LF; RFC
+# 2045 §6.7 only knows "=" CRLF, so "=" before a bare CR stays an "=" (as lenient readers show it).
+_SOFT_BREAK_WITHOUT_LF = re.compile(rb"=\r(?!\n)")
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 _NOT_BASE64 = bytes(byte for byte in range(256) if byte not in _BASE64_ALPHABET)
 
@@ -126,7 +130,7 @@ class Decoder:
             escape = data.rfind(b"=", max(len(data) - 2, 0))
             cut = escape if escape >= 0 else len(data)
             self._carry = data[cut:]
-            return binascii.a2b_qp(data[:cut])
+            return binascii.a2b_qp(_SOFT_BREAK_WITHOUT_LF.sub(b"=3D\r", data[:cut]))
         return raw
 
     def finish(self) -> bytes:
