@@ -163,6 +163,7 @@ class IdleConnectionResult:
 
 IDLE_SOURCES = 50  # the idle connections come from 127.0.0.2 .. 127.0.0.51, the probes from .1
 FRESH_PROBES = 5
+FRESH_PROBE_TIMEOUT_S = 5.0  # a server that serves no new client (Postfix past its process limit)
 
 
 def idle_connections(
@@ -201,7 +202,7 @@ async def _idle_connections(
     fresh_errors: list[str] = []
     for _ in range(FRESH_PROBES):  # a new client while they are all held: greeted and served?
         try:
-            fresh.append(await _greeting_and_ehlo(port))
+            fresh.append(await asyncio.wait_for(_greeting_and_ehlo(port), FRESH_PROBE_TIMEOUT_S))
         except (OSError, LoadError, asyncio.TimeoutError) as error:
             fresh_errors.append(f"{type(error).__name__}: {error}")
         await asyncio.sleep(0.2)
