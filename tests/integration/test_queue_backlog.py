@@ -201,3 +201,17 @@ def test_queue_list_of_an_empty_queue(tmp_path: Path) -> None:
     backlog.fill(tmp_path / "spool", 0, 256)
     assert queue_list(tmp_path).stdout == "Mail queue is empty\n"
     assert json.loads(queue_list(tmp_path, "--json").stdout) == {"messages": []}
+
+
+def test_the_upgrade_finds_each_message_s_recipients_by_key_not_by_scanning_them_all(tmp_path: Path) -> None:
+    """With the old recipients_due index still there, SQLite answered the upgrade's per-message
+    subquery by scanning every queued recipient: quadratic, hours for a million-message backlog."""
+    backlog.fill(tmp_path, 50, 256)
+    database = tmp_path / "queue.db"
+    _downgrade_to_version_3(database)
+    with sqlite3.connect(database) as connection:
+        for statement in sqlite_schema.UPGRADES[3]:
+            if statement.startswith("UPDATE"):
+                plan = " ".join(row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {statement}"))
+                assert "recipients_due" not in plan and "PRIMARY KEY" in plan, plan
+            connection.execute(statement)

@@ -97,11 +97,14 @@ UPGRADES = {  # from version N to N + 1
     ),
     2: ("ALTER TABLE messages ADD COLUMN body_crc INTEGER",),
     3: (
+        # recipients_due goes first: with it, SQLite answers the UPDATE's subquery by scanning
+        # every queued recipient (state = 'queued') for each message, quadratic in the backlog;
+        # without it, by the primary key (message_id, idx).
+        "DROP INDEX IF EXISTS recipients_due",
+        "DROP INDEX IF EXISTS messages_created",
         "ALTER TABLE messages ADD COLUMN next_due REAL",
         "UPDATE messages SET next_due = (SELECT min(r.next_attempt) FROM recipients r"
         " WHERE r.message_id = messages.id AND r.state = 'queued')",
-        "DROP INDEX IF EXISTS recipients_due",
-        "DROP INDEX IF EXISTS messages_created",
     ),
 }
 # Made after the upgrades, since they name columns an old spool gains only there. The claim and
