@@ -63,6 +63,11 @@ class StartupError(Exception):
     """mailgate cannot start; each line names the configuration key and the problem."""
 
 
+class StartupConflict(Exception):
+    """mailgate cannot start because another process holds what it needs (the node's name in the
+    cluster queue); that process may go away, so it is exit 1 and a service manager retries."""
+
+
 def queue_password(config: Config) -> str | None:
     """The cluster queue's database password from `queue.password_file` (its first line)."""
     path = config.queue.password_file
@@ -428,16 +433,17 @@ def reception_settings(config: Config, users: Any, resolver: Resolver, is_hosted
     }
 
 
-def queue_store(config: Config, clock: Clock | None = None) -> QueueStore:
+def queue_store(config: Config, clock: Clock | None = None, *, serving: bool = True) -> QueueStore:
     """The queue store `[queue] backend` names, not opened: SQLite in `server.spool_dir`, or
-    the cluster's PostgreSQL (StartupError: its password file cannot be read)."""
+    the cluster's PostgreSQL (StartupError: its password file cannot be read). Not `serving`
+    (the admin commands): the cluster store does not take the node's name nor heartbeat."""
     queue = config.queue
     if queue.backend == "postgresql":
         from mailgate.queue.postgres_store import PostgresQueueStore  # only a cluster needs psycopg
 
         return PostgresQueueStore(
             queue.dsn, config.server.spool_dir, password=queue_password(config), node=queue_node_name(config),
-            clock=clock, lease_seconds=queue.takeover_time,
+            clock=clock, lease_seconds=queue.takeover_time, register=serving,
         )
     return SqliteQueueStore(config.server.spool_dir, clock=clock, reserve_bytes=config.server.disk_reserve)
 

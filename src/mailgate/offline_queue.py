@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from mailgate.app_config import StartupError, bouncer, queue_store, retry_schedule
+from mailgate.app_config import StartupConflict, StartupError, bouncer, queue_store, retry_schedule
 from mailgate.config.loader import Config
 from mailgate.core.clock import SystemClock
 from mailgate.delivery.admin import QueueAdmin
-from mailgate.queue.store import QueueStore, QueueUnavailableError
+from mailgate.queue.store import NodeNameInUseError, QueueStore, QueueUnavailableError
 
 log = logging.getLogger("mailgate")
 
@@ -24,17 +24,20 @@ log = logging.getLogger("mailgate")
 async def open_offline_admin(config: Config) -> tuple[QueueAdmin, Callable[[], Awaitable[None]]]:
     """A QueueAdmin on the store of a stopped server, and the function that closes it."""
     clock = SystemClock()
-    store = queue_store(config, clock)
+    store = queue_store(config, clock, serving=False)
     await open_store(store)
     return QueueAdmin(store, bouncer(config, store, retry_schedule(config)), clock, lambda: None), store.close
 
 
 async def open_store(store: QueueStore) -> None:
-    """Open the store; a database that cannot be used is a StartupError naming `queue.dsn`."""
+    """Open the store; a database that cannot be used is a StartupError naming `queue.dsn`, a
+    node name another live node serves under a StartupConflict naming `queue.node_name`."""
     try:
         await store.open()  # type: ignore[attr-defined]
     except QueueUnavailableError as exc:
         raise StartupError(f"queue.dsn: {exc}") from None
+    except NodeNameInUseError as exc:
+        raise StartupConflict(f"queue.node_name: {exc}") from None
 
 
 async def recover_store(store: QueueStore) -> None:

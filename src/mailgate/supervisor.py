@@ -71,13 +71,16 @@ def run(config: Config, run_loop: Callable, start_worker: Callable[[int, int], "
         return run_loop(start_worker(0, 1))
     from mailgate.offline_queue import recover_offline
 
-    from mailgate.app_config import StartupError
+    from mailgate.app_config import StartupConflict, StartupError
 
     try:
         run_loop(recover_offline(config))  # before any fork: no thread of ours is running
     except StartupError as exc:  # the queue's database cannot be used (one line naming the key)
         print(f"mailgate: cannot start: {exc}", file=sys.stderr)
         return 2
+    except StartupConflict as exc:  # another live node has this node's name: it may go away
+        print(f"mailgate: cannot start: {exc}", file=sys.stderr)
+        return 1
     children: dict[int, int] = {}
     for index in range(count):
         pid = os.fork()

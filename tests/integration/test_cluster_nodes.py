@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import smtplib
 import time
 from pathlib import Path
 
@@ -253,3 +254,45 @@ def test_postgresql_restarted_under_load_gives_451_never_a_lost_250(tmp_path: Pa
         asyncio.run(scenario())
     finally:
         pg.cleanup()
+
+
+def test_a_second_live_node_with_the_same_name_is_refused_and_a_crashed_one_restarts(postgres_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Leases and heartbeats are keyed by `queue.node_name`: a second live node under the same
+    name would renew and finish the first one's claims. It must exit 1 with one line naming the
+    key and the other node, while the first keeps serving; a restart after a clean stop, or after
+    a crash once the dead node's heartbeat is older than the takeover time, must start."""
+    pg: PostgresInstance = postgres_server
+    dsn = pg.new_database()
+    sink = free_port()  # nothing delivers in this test: the mail stays queued
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    first = Node(tmp_path / "first", "127.0.0.2", "twin", pg, dsn, sink)
+    second = Node(tmp_path / "second", "127.0.0.3", "twin", pg, dsn, sink)
+
+    def send(node: Node) -> None:
+        with smtplib.SMTP(node.address, node.port, local_hostname="client.test", timeout=30) as smtp:
+            smtp.sendmail("s@client.test", ["r@sink.test"], message(1))  # raises unless 250
+
+    first.start()
+    try:
+        second.process.start()
+        assert second.process.process is not None
+        assert second.process.process.wait(60) == 1, second.process.log()
+        refusals = [line for line in second.process.log().splitlines() if "queue.node_name" in line]
+        assert len(refusals) == 1, second.process.log()
+        assert re.search(r"node 'twin' is alive \(last heartbeat \d+\.\ds ago.*\); "
+                         r"queue\.node_name must be unique per node", refusals[0]), refusals
+        assert "Traceback" not in second.process.log()
+        send(first)  # the first node still serves
+        assert first.process.process is not None and first.process.process.poll() is None
+
+        assert first.process.stop() == 0  # a clean stop gives the name up at once
+        second.start()
+        send(second)
+        second.process.kill()  # a crash: its heartbeat is fresh for the takeover time
+        time.sleep(TAKEOVER_S + 1.0)
+        second.start()  # its own stale heartbeat does not stop the restart
+        send(second)
+    finally:
+        first.process.stop()
+        second.process.stop()

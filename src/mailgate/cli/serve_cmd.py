@@ -35,7 +35,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def serve_command(args: argparse.Namespace) -> int:
     from mailgate.app import Application
-    from mailgate.app_config import StartupError
+    from mailgate.app_config import StartupConflict, StartupError
     from mailgate.policy.shared_limits import RateTables
     from mailgate.start_gate import StartGate
 
@@ -65,6 +65,9 @@ def serve_command(args: argparse.Namespace) -> int:
                 for line in str(exc).splitlines():
                     print(f"mailgate: cannot start: {line}", file=sys.stderr)
                 return 2
+            except StartupConflict as exc:  # another process holds the node's name: exit 1, retry
+                print(f"mailgate: cannot start: {exc}", file=sys.stderr)
+                return 1
             except OSError as exc:  # the system (a file, a socket): exit 1, a service manager retries
                 print(f"mailgate: cannot start: {exc}", file=sys.stderr)
                 return 1

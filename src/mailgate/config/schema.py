@@ -547,8 +547,9 @@ QUEUE = Section(
             "File (mode 0600) whose first line is the database password; empty: none, or "
             "~/.pgpass and PGPASSWORD as libpq reads them.", restart=True),
         Key("node_name", Text(), "",
-            "This node's name in the cluster (leases, heartbeats, metrics); unique per node. "
-            "Empty: server.hostname.", restart=True),
+            "This node's name in the cluster (leases, heartbeats, metrics); unique per node: a node "
+            "whose name another live node serves under (heartbeat within takeover_time) exits 1 at "
+            "start. Empty: server.hostname.", restart=True),
         Key("takeover_time", Duration(minimum=1, maximum=3600), 60,
             "A node that stopped heartbeating for this long has its messages in delivery taken "
             "over by the other nodes (a possible duplicate delivery, RFC 5321 §6.1).", restart=True),

@@ -229,18 +229,40 @@ async def clear_leases(connection: Connection, node: str) -> int:
     return cursor.rowcount
 
 
-async def heartbeat(
-    connection: Connection, node: str, instance: str, started: float, tokens: list[int], now: float, until: float
-) -> int:
-    """Say this node is alive and extend to `until` the leases of the claims it still works on
-    (`tokens`); returns how many. A claim it gave up (a failed finish) is not renewed: it lapses
-    and the message is tried again."""
-    await connection.execute(
+async def register_node(
+    connection: Connection, node: str, instance: str, started: float, now: float, stale_before: float
+) -> tuple[str, float] | None:
+    """Say that `instance` is alive under the name `node`: None if it now holds the name; the
+    other instance and its last heartbeat if another one does and heartbeated since
+    `stale_before` (a node that died, or stopped cleanly, has a stale heartbeat and gives the
+    name up). One statement: two processes registering the same name at once cannot both win."""
+    row = await (await connection.execute(
         "INSERT INTO nodes (name, instance, started, heartbeat) VALUES (%s, %s, %s, %s)"
         " ON CONFLICT (name) DO UPDATE SET instance = EXCLUDED.instance,"
-        " started = EXCLUDED.started, heartbeat = EXCLUDED.heartbeat",
-        (node, instance, started, now),
+        " started = EXCLUDED.started, heartbeat = EXCLUDED.heartbeat"
+        " WHERE nodes.instance = EXCLUDED.instance OR nodes.heartbeat < %s"
+        " RETURNING instance",
+        (node, instance, started, now, stale_before),
+    )).fetchone()
+    if row is not None:
+        return None
+    other = await (await connection.execute(
+        "SELECT instance, heartbeat FROM nodes WHERE name = %s", (node,)
+    )).fetchone()
+    return (str(other[0]), float(other[1])) if other is not None else ("?", now)
+
+
+async def unregister_node(connection: Connection, node: str, instance: str) -> None:
+    """A clean stop: the name's heartbeat is made stale at once, so a restart need not wait."""
+    await connection.execute(
+        "UPDATE nodes SET heartbeat = 0 WHERE name = %s AND instance = %s", (node, instance)
     )
+
+
+async def renew_leases(connection: Connection, tokens: list[int], until: float) -> int:
+    """Extend to `until` the leases of the claims this node still works on (`tokens`); returns
+    how many. A claim it gave up (a failed finish) is not renewed: it lapses and the message is
+    tried again."""
     if not tokens:
         return 0
     cursor = await connection.execute(

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -53,6 +54,7 @@ from mailgate.queue.store import (
     MessageNotFoundError,
     MessageState,
     MessageWriter,
+    NodeNameInUseError,
     QueuedMessage,
     QueueFilter,
     QueueSummary,
@@ -76,6 +78,19 @@ WATCH_INTERVAL_S = 1.0
 
 T = TypeVar("T")
 
+_process_instance = ""
+
+
+def node_instance() -> str:
+    """This serving process's id in the `nodes` table, random per start. Made once per process
+    and inherited by forked workers (the supervisor opens the store before it forks), so every
+    worker of one node heartbeats as one instance and a second node under the same name is not
+    taken for one of them."""
+    global _process_instance
+    if not _process_instance:
+        _process_instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+    return _process_instance
+
 
 class PostgresQueueStore(SpooledQueueStore):
     def __init__(
@@ -89,6 +104,8 @@ class PostgresQueueStore(SpooledQueueStore):
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         memory_threshold: int = DEFAULT_MEMORY_THRESHOLD,
         create_schema: bool = True,
+        register: bool = True,
+        instance: str | None = None,
     ) -> None:
         self.node = node or socket.gethostname()
         self.incoming_dir = Path(spool_dir) / INCOMING_DIRECTORY
@@ -101,6 +118,10 @@ class PostgresQueueStore(SpooledQueueStore):
         self._lease_seconds = lease_seconds
         self._memory_threshold = memory_threshold
         self._create_schema = create_schema
+        # A serving node holds its name (`nodes` table) and heartbeats; the admin commands don't.
+        self._register = register
+        self._instance = instance or node_instance()
+        self._name_lost = False
         self._owner = f"{self.node}:{os.getpid()}:{id(self):x}"
         self._started = time.time()
         self._writer = PgGroupWriter(self._connect)
@@ -122,7 +143,8 @@ class PostgresQueueStore(SpooledQueueStore):
     async def open(self) -> None:
         """Connect, check durability and the schema (creating it in an empty database), start the
         writer, the pool and the heartbeat. QueueUnavailableError (one line) if the database
-        cannot be used: a bad DSN or password, unreachable, unsafe, another schema version."""
+        cannot be used: a bad DSN or password, unreachable, unsafe, another schema version.
+        NodeNameInUseError if another live node serves under this node's name."""
         await asyncio.to_thread(self.incoming_dir.mkdir, parents=True, exist_ok=True)
         try:
             async with await self._connect() as connection:
@@ -137,7 +159,16 @@ class PostgresQueueStore(SpooledQueueStore):
             name="mailgate-queue",
         )
         await self._pool.open(wait=True, timeout=POOL_WAIT_S)
-        await self._beat()
+        if not self._register:
+            return
+        holder = await self._beat()
+        if holder is not None:
+            await self.close()
+            instance, heartbeat = holder
+            raise NodeNameInUseError(
+                f"node {self.node!r} is alive (last heartbeat {max(0.0, self._clock.now() - heartbeat):.1f}s ago"
+                f", instance {instance}); queue.node_name must be unique per node"
+            )
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="mailgate-queue-heartbeat")
         self._watch_task = asyncio.create_task(self._watch_loop(), name="mailgate-queue-watch")
 
@@ -153,6 +184,11 @@ class PostgresQueueStore(SpooledQueueStore):
         self._heartbeat_task = self._watch_task = None
         await self._writer.close()
         if self._pool is not None:
+            if self._register:
+                try:
+                    await self._transaction(queries.unregister_node, self.node, self._instance)
+                except (psycopg.Error, OSError):
+                    pass  # the heartbeat goes stale by itself after lease_seconds
             await self._pool.close()
             self._pool = None
 
@@ -185,19 +221,34 @@ class PostgresQueueStore(SpooledQueueStore):
             remove_quietly(entry)
 
     # --- heartbeat -------------------------------------------------------------------------------
-    async def _beat(self) -> None:
+    async def _beat(self) -> tuple[str, float] | None:
+        """Hold this node's name and renew the leases of the claims it works on, in one
+        transaction. (instance, heartbeat) of another live process holding the name, else None."""
         now = self._clock.now()
         working = [token for queue_id, token in self._tokens.items() if queue_id not in self._given_up]
-        await self._transaction(
-            queries.heartbeat, self.node, self._owner, self._started, working, now, now + self._lease_seconds
-        )
+
+        async def beat(connection: queries.Connection) -> tuple[str, float] | None:
+            holder = await queries.register_node(
+                connection, self.node, self._instance, self._started, now, now - self._lease_seconds
+            )
+            if holder is None:
+                await queries.renew_leases(connection, working, now + self._lease_seconds)
+            return holder
+
+        return await self._transaction(beat)
 
     async def _heartbeat_loop(self) -> None:
         interval = max(0.05, self._lease_seconds / HEARTBEATS_PER_LEASE)
         while True:
             await asyncio.sleep(interval)
             try:
-                await self._beat()
+                holder = await self._beat()
+                if holder is not None and not self._name_lost:
+                    # Only after this node was cut off for longer than lease_seconds: its leases
+                    # lapsed and another process took the name; its outcomes are fenced.
+                    log.error("queue.node_name %r is now held by another process (%s): queue.node_name "
+                              "must be unique per node; stop one of them", self.node, holder[0])
+                self._name_lost = holder is not None
             except (psycopg.Error, OSError) as exc:
                 if not self._heartbeat_failing:
                     log.warning("queue heartbeat failed (leases lapse after %.0f s): %s", self._lease_seconds, exc)

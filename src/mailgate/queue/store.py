@@ -82,6 +82,12 @@ class QueueUnavailableError(RuntimeError):
     schema version. One line saying why."""
 
 
+class NodeNameInUseError(RuntimeError):
+    """Another live process serves under this node's name (its heartbeat is fresh): leases are
+    keyed by the name, so two nodes sharing it would renew and finish each other's claims. One
+    line naming the other node and how long ago it last said it was alive."""
+
+
 class CorruptBodyError(Exception):
     """A stored body does not match the checksum taken when it was written: torn by a power loss
     before its message was acknowledged, or damaged on disk since. Not an OSError on purpose: it
