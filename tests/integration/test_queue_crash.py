@@ -32,7 +32,7 @@ from mailgate.queue.segments import segment_numbers
 from mailgate.queue.postgres_store import PostgresQueueStore
 from mailgate.queue.sqlite_store import SqliteQueueStore
 from mailgate.queue.store import QueueFilter, QueueStore
-from tests.support.crash_enqueuer import expected_message, seed_of
+from tests.support.crash_enqueuer import CRASH_INSTANCE, expected_message, seed_of
 from tests.support.postgres import PASSWORD
 
 ROUNDS = 15
@@ -99,7 +99,7 @@ async def _verify(spool: Path, acknowledged: dict[str, str], checked: dict[str, 
     if dsn is None:
         store = SqliteQueueStore(spool)
     else:  # the same node name as the child: its leases and spill files are this node's
-        store = PostgresQueueStore(dsn, spool, password=PASSWORD, node="crash")
+        store = PostgresQueueStore(dsn, spool, password=PASSWORD, node="crash", instance=CRASH_INSTANCE)
     await store.open()
     try:
         await store.recover()

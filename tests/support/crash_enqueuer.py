@@ -78,12 +78,18 @@ async def _produce(store: QueueStore, rng: random.Random) -> None:
         sys.stdout.write(f"{queue_id} {hashlib.sha256(body).hexdigest()}\n")
         sys.stdout.flush()
 
+CRASH_INSTANCE = "crash-node"
+
 
 async def _main(spool_dir: str, base_seed: int, producers: int, dsn: str | None) -> None:
     if dsn is None:
         store: QueueStore = SqliteQueueStore(spool_dir, memory_threshold=MEMORY_THRESHOLD)
     else:
-        store = PostgresQueueStore(dsn, spool_dir, password=PASSWORD, node="crash", memory_threshold=MEMORY_THRESHOLD)
+        # One fixed instance for every round and the verifier: each stands for the same node
+        # restarted, not a second live node (which would be refused while the killed one's
+        # heartbeat is fresh).
+        store = PostgresQueueStore(dsn, spool_dir, password=PASSWORD, node="crash", instance=CRASH_INSTANCE,
+                                   memory_threshold=MEMORY_THRESHOLD)
     await store.open()  # type: ignore[attr-defined]
     sys.stdout.write("READY\n")
     sys.stdout.flush()
