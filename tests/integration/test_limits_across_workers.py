@@ -6,7 +6,10 @@ connections from one address are held open at once: exactly the limit get a gree
 Message rates: each worker used to allow ceil(limit / workers), so 3 workers let 6 messages in
 under a limit of 4. A real `mailgate serve` with three workers; one client sends one message per
 connection (the kernel spreads them over the workers): exactly the limit get 250, then MAIL
-gets 450 4.7.1 (RFC 5321 §4.2.5, RFC 3463 §3.8), per client address and per AUTH user.
+gets 450 4.7.1 (RFC 5321 §4.2.5, RFC 3463 §3.8), per client address and per AUTH user. The same
+holds for transactions in parallel: each MAIL FROM reserves its message at once (a check at MAIL
+and a count at 250 let ten parallel transactions through a limit of four), and one that ends
+without a 250 (RSET) gives its reservation back.
 """
 
 from __future__ import annotations
@@ -118,4 +121,51 @@ def test_message_rate_limits_hold_across_three_workers(tmp_path: Path, tls_files
         replies = [_one_message(submission, "127.0.0.1", login, tls_files["ca"]) for _ in range(12)]
         assert replies == ["250 2.0.0"] * 5 + ["450 4.7.1"] * 7, replies
     finally:
+        mailgate.stop()
+
+
+def _mail_from(port: int, source: str) -> tuple[socket.socket, bytes]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20, source_address=(source, 0))
+    assert sock.recv(512).startswith(b"220 ")
+    sock.sendall(b"EHLO client.test\r\n")
+    assert sock.recv(4096).startswith(b"250")
+    sock.sendall(b"MAIL FROM:<sender@outside.test>\r\n")
+    return sock, sock.recv(512)
+
+
+def _finish(sock: socket.socket) -> bytes:
+    sock.sendall(f"RCPT TO:<user@{HOSTED}>\r\n".encode())
+    assert sock.recv(512).startswith(b"250")
+    sock.sendall(b"DATA\r\n")
+    assert sock.recv(512).startswith(b"354")
+    sock.sendall(b"Subject: parallel\r\n\r\nhello\r\n.\r\n")
+    return sock.recv(512)
+
+
+def test_parallel_transactions_of_one_client_stop_at_the_limit(tmp_path: Path, tls_files: dict[str, str]) -> None:
+    text = config_text(tmp_path, tls_files, server_extra="workers = 3\nself_audit = false")
+    text += '\n[limits]\nmessages_per_client = 4\nwindow = "1h"\n'
+    mailgate = MailgateProcess(tmp_path, text)
+    (mx,) = (int(port) for port in re.findall(r'name = "mx"\naddress = "127.0.0.1:(\d+)"', text))
+    mailgate.start(wait=("127.0.0.1", mx))
+    opened: list[socket.socket] = []
+    try:
+        _wait_workers_ready(mailgate, 3)
+        sessions = [_mail_from(mx, "127.0.0.4") for _ in range(10)]  # every MAIL before any DATA
+        opened += [sock for sock, _ in sessions]
+        reserved = [sock for sock, reply in sessions if reply.startswith(b"250 ")]
+        assert len(reserved) == 4 and all(reply.startswith(b"450 4.7.1 ") for _, reply in sessions
+                                          if not reply.startswith(b"250 ")), [reply for _, reply in sessions]
+        reserved[0].sendall(b"RSET\r\n")  # this one gives its message back ...
+        assert reserved[0].recv(512).startswith(b"250")
+        assert all(_finish(sock).startswith(b"250 2.0.0 ") for sock in reserved[1:])
+        again, reply = _mail_from(mx, "127.0.0.4")  # ... so one more fits, and no more
+        opened.append(again)
+        assert reply.startswith(b"250 ") and _finish(again).startswith(b"250 2.0.0 ")
+        last, reply = _mail_from(mx, "127.0.0.4")
+        opened.append(last)
+        assert reply.startswith(b"450 4.7.1 "), reply
+    finally:
+        for sock in opened:
+            sock.close()
         mailgate.stop()

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailgate.core.clock import FakeClock
-from mailgate.policy.limits import MessageRateLimits, RateDecision, RateLimiter
+from mailgate.policy.limits import MessageRateLimits, RateDecision, RateLimiter, Reservation
 from mailgate.policy.shared_limits import WAYS, RateTable, SharedRateLimiter
 
 pytestmark = pytest.mark.timeout(60)
@@ -129,48 +129,64 @@ def test_properties_of_the_sliding_window(make, limit: int, window: float, gaps:
         assert sum(1 for t in allowed if start <= t < start + window) <= 2 * limit
 
 
-def send(limits: MessageRateLimits, client: str | None, user: str | None) -> RateDecision:
-    """One message as the session handles it: checked at MAIL, counted once accepted."""
-    decision = limits.check_message(client, user, T0)
-    if decision.allowed:
-        limits.count_message(client, user, T0)
-    return decision
+def send(limits: MessageRateLimits, client: str | None, user: str | None) -> str:
+    """One message as the session handles it when it is accepted: reserved at MAIL and kept;
+    "ok", or the rule that refused it."""
+    reserved = limits.reserve(client, user, T0)
+    return reserved.rule if isinstance(reserved, RateDecision) else "ok"
 
 
 def test_message_limits_per_client_and_per_user() -> None:
     limits = MessageRateLimits(RateLimiter(2, HOUR), RateLimiter(3, HOUR))
-    assert send(limits, "192.0.2.1", None) == RateDecision(True, "rate.ok")
-    assert send(limits, "192.0.2.1", None).allowed
-    assert send(limits, "192.0.2.1", None) == RateDecision(False, "rate.client")
+    assert [send(limits, "192.0.2.1", None) for _ in range(3)] == ["ok", "ok", "rate.client"]
     # A user's messages are limited wherever they come from (the client key None: exempt network).
-    for _ in range(3):
-        assert send(limits, None, "alice").allowed
-    assert send(limits, None, "alice") == RateDecision(False, "rate.user")
-    assert send(limits, None, "bob").allowed
+    assert [send(limits, None, "alice") for _ in range(4)] == ["ok", "ok", "ok", "rate.user"]
+    assert send(limits, None, "bob") == "ok"
 
 
-def test_only_accepted_messages_count() -> None:
-    limits = MessageRateLimits(RateLimiter(1, HOUR), None)
-    for _ in range(50):  # MAIL checks that never lead to an accepted message (the self-audit)
-        assert limits.check_message("192.0.2.1", None, T0).allowed
-    limits.count_message("192.0.2.1", None, T0)
-    assert limits.check_message("192.0.2.1", None, T0) == RateDecision(False, "rate.client")
+@limiters
+def test_parallel_transactions_cannot_all_pass_the_check(make) -> None:
+    """Sessions of one client that reach MAIL FROM at the same moment: each reservation counts
+    at once, so no more than the limit get through (a check at MAIL and a count at 250 let all
+    ten through)."""
+    limits = MessageRateLimits(make(3, HOUR), None)
+    reserved = [limits.reserve("192.0.2.1", None, T0) for _ in range(10)]
+    assert [isinstance(r, Reservation) for r in reserved] == [True] * 3 + [False] * 7
+
+
+@limiters
+def test_a_released_reservation_counts_no_more(make) -> None:
+    """A transaction that ends without a 250 (RSET, refused at RCPT, the self-audit) gives its
+    reservation back, whichever bucket now holds it."""
+    limits = MessageRateLimits(make(2, HOUR), None)
+    for _ in range(50):
+        reservation = limits.reserve("192.0.2.1", None, T0)
+        assert isinstance(reservation, Reservation)
+        reservation.release(T0 + 1)
+    first, second = limits.reserve("192.0.2.1", None, T0), limits.reserve("192.0.2.1", None, T0)
+    assert isinstance(first, Reservation) and isinstance(second, Reservation)
+    assert limits.reserve("192.0.2.1", None, T0) == RateDecision(False, "rate.client")
+    half = T0 + HOUR + HOUR / 2  # the two now weigh one: one more fits
+    assert isinstance(limits.reserve("192.0.2.1", None, half), Reservation)
+    assert limits.reserve("192.0.2.1", None, half) == RateDecision(False, "rate.client")
+    first.release(half)  # taken back from the previous bucket
+    assert isinstance(limits.reserve("192.0.2.1", None, half), Reservation)
 
 
 def test_a_refusal_by_one_limit_does_not_use_up_the_other() -> None:
     per_client, per_user = RateLimiter(5, HOUR), RateLimiter(1, HOUR)
     limits = MessageRateLimits(per_client, per_user)
-    assert send(limits, "192.0.2.1", "alice").allowed
+    assert send(limits, "192.0.2.1", "alice") == "ok"
     for _ in range(10):
-        assert send(limits, "192.0.2.1", "alice") == RateDecision(False, "rate.user")
+        assert send(limits, "192.0.2.1", "alice") == "rate.user"
     assert per_client.estimate("192.0.2.1", T0) == 1
     # ... so another user on the same address still has the client's remaining four.
-    assert [send(limits, "192.0.2.1", f"user{i}").allowed for i in range(5)] == [True] * 4 + [False]
+    assert [send(limits, "192.0.2.1", f"user{i}") for i in range(5)] == ["ok"] * 4 + ["rate.client"]
 
 
 def test_limits_switched_off_allow_everything() -> None:
     limits = MessageRateLimits(None, None)
-    assert all(limits.check_message("192.0.2.1", "alice", T0).allowed for _ in range(1000))
+    assert all(send(limits, "192.0.2.1", "alice") == "ok" for _ in range(1000))
 
 
 def test_shared_limits_hold_across_forked_workers() -> None:

@@ -7,9 +7,10 @@ limit is hit the session answers `RATE_LIMITED` (450 4.7.1, RFC 5321 §4.2.5 / R
 Must not: read the clock itself (callers pass `now`), send replies, sleep, or decide which
 clients are exempt (the caller passes no client key for those, e.g. trusted networks).
 
-A message counts when it is accepted (250 after DATA); MAIL FROM only asks whether one more
-would stay within the limits, so sessions that never send (the start-up self-audit, a client
-refused at RCPT) use up no budget.
+A message counts from its MAIL FROM: the session reserves it there (`reserve`, one atomic
+check-and-count, so parallel sessions of one client cannot all pass the check before any of
+them counted) and releases it when the transaction ends without a 250 (`release`), so sessions
+that never send (the start-up self-audit, a client refused at RCPT) use up no budget.
 
 Algorithm: the sliding-window counter (two fixed buckets per key, the previous one weighted by how
 much of it the sliding window still covers). An exact log of timestamps would cost `limit`
@@ -58,6 +59,18 @@ def slide(buckets: Buckets, now: float, window: float) -> Buckets:
     return Buckets(start, 0, 0)
 
 
+def unrecord(buckets: Buckets, at: float, now: float, window: float) -> Buckets:
+    """The buckets at `now` without one event recorded at `at`: taken from the bucket that holds
+    it, or from nothing once that bucket has slid out of the window."""
+    buckets = slide(buckets, now, window)
+    recorded = bucket_start(at, window)
+    if abs(recorded - buckets.start) < window / 2:
+        return Buckets(buckets.start, max(0, buckets.current - 1), buckets.previous)
+    if abs(recorded - (buckets.start - window)) < window / 2:
+        return Buckets(buckets.start, buckets.current, max(0, buckets.previous - 1))
+    return buckets
+
+
 def weighted_count(buckets: Buckets, now: float, window: float) -> float:
     """Events in the sliding window ending at `now`: the current bucket, and the previous one
     weighted by the share of it the window still covers."""
@@ -102,6 +115,12 @@ class RateLimiter:
         buckets = self._keys.get(key)
         return 0.0 if buckets is None else weighted_count(buckets, now, self.window)
 
+    def release(self, key: str, at: float, now: float) -> None:
+        """Take back one event counted for `key` at `at` (a reserved message never sent)."""
+        buckets = self._keys.get(key)
+        if buckets is not None:
+            self._keys[key] = unrecord(buckets, at, now, self.window)
+
     def __len__(self) -> int:
         return len(self._keys)
 
@@ -117,15 +136,16 @@ class RateLimiter:
 class Limiter(Protocol):
     """A RateLimiter, or the shared one of policy/shared_limits.py."""
 
-    def would_allow(self, key: str, now: float) -> bool: ...
+    def allow(self, key: str, now: float) -> bool: ...
 
-    def record(self, key: str, now: float) -> None: ...
+    def release(self, key: str, at: float, now: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class RateDecision:
+    """A refusal by a rate limit."""
     allowed: bool
-    rule: str  # "rate.client", "rate.user" or "rate.ok": logged with the refusal
+    rule: str  # "rate.client" or "rate.user": logged with the refusal
 
 
 class MessageRateLimits:
@@ -135,22 +155,32 @@ class MessageRateLimits:
         self.per_client = per_client
         self.per_user = per_user
 
-    def check_message(self, client_key: str | None, user: str | None, now: float) -> RateDecision:
-        """Called at MAIL FROM: would one more message stay within both limits? Counts nothing:
-        only accepted messages count (`count_message`), so sessions that never send one (the
-        start-up self-audit, a client refused at RCPT) use up no budget. `client_key` None
+    def reserve(self, client_key: str | None, user: str | None, now: float) -> Reservation | RateDecision:
+        """Called at MAIL FROM: count one message if it stays within both limits (checked and
+        counted at once), else count nothing and say which limit refused. `client_key` None
         exempts the client (trusted network); `user` is the authenticated user or None."""
-        if self.per_client is not None and client_key is not None:
-            if not self.per_client.would_allow(client_key, now):
-                return RateDecision(False, "rate.client")
-        if self.per_user is not None and user is not None:
-            if not self.per_user.would_allow(user, now):
-                return RateDecision(False, "rate.user")
-        return RateDecision(True, "rate.ok")
+        client_key = client_key if self.per_client is not None else None
+        user = user if self.per_user is not None else None
+        if client_key is not None and not self.per_client.allow(client_key, now):
+            return RateDecision(False, "rate.client")
+        if user is not None and not self.per_user.allow(user, now):
+            if client_key is not None:
+                self.per_client.release(client_key, now, now)
+            return RateDecision(False, "rate.user")
+        return Reservation(self, client_key, user, now)
 
-    def count_message(self, client_key: str | None, user: str | None, now: float) -> None:
-        """A message was accepted (250 after DATA): it counts against both limits."""
-        if self.per_client is not None and client_key is not None:
-            self.per_client.record(client_key, now)
-        if self.per_user is not None and user is not None:
-            self.per_user.record(user, now)
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """One message counted at MAIL FROM by `limits`; released if it is never accepted."""
+    limits: MessageRateLimits
+    client_key: str | None
+    user: str | None
+    at: float
+
+    def release(self, now: float) -> None:
+        """The message was not accepted (RSET, refused, dropped): it counts no more."""
+        if self.client_key is not None and self.limits.per_client is not None:
+            self.limits.per_client.release(self.client_key, self.at, now)
+        if self.user is not None and self.limits.per_user is not None:
+            self.limits.per_user.release(self.user, self.at, now)

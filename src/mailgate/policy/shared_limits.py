@@ -2,7 +2,7 @@
 
 Owns: `RateTable`, a fixed-size table in anonymous shared memory made before the workers fork
 (cli/serve_cmd.py), and `SharedRateLimiter`, the `RateLimiter` interface (`allow`,
-`would_allow`, `record`, `estimate`) over one table. Every worker counts in the same buckets,
+`would_allow`, `record`, `release`, `estimate`) over one table. Every worker counts in the same buckets,
 so `messages_per_client` and `messages_per_user` hold for the server, not per worker (issue 13
 item 4: each worker used to count ceil(limit / workers) on its own, and one client's
 connections land on workers unevenly).
@@ -25,7 +25,7 @@ import hashlib
 import multiprocessing
 from dataclasses import dataclass
 
-from mailgate.policy.limits import Buckets, bucket_start, slide, weighted_count
+from mailgate.policy.limits import Buckets, bucket_start, slide, unrecord, weighted_count
 
 WAYS = 8
 SLOTS = 65536  # 32 bytes each: 2 MiB of shared memory per table
@@ -95,6 +95,14 @@ class SharedRateLimiter:
         fingerprint = _fingerprint(key)
         with self.table.slots.get_lock():
             self._count(fingerprint, self._find(fingerprint), now)
+
+    def release(self, key: str, at: float, now: float) -> None:
+        """Take back one event counted for `key` at `at` (a reserved message never sent)."""
+        with self.table.slots.get_lock():
+            slot = self._find(_fingerprint(key))
+            if slot is not None:
+                buckets = unrecord(self._buckets(slot), at, now, self.window)
+                slot.start, slot.current, slot.previous = buckets.start, buckets.current, buckets.previous
 
     def estimate(self, key: str, now: float) -> float:
         """Events of `key` in the sliding window ending at `now` (previous bucket weighted)."""

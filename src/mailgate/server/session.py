@@ -31,6 +31,7 @@ from mailgate.core.reply import (
 )
 from mailgate.dns.dnsbl import dnsbl_listed
 from mailgate.observe.translog import new_session_id
+from mailgate.policy.limits import RateDecision, Reservation
 from mailgate.policy.relay import Client
 from mailgate.queue.store import MessageMeta, MessageWriter, QueuedMessage, out_of_space
 from mailgate.screen import ScreenContext
@@ -69,6 +70,7 @@ class _Transaction:
         self.rewritten = False  # the screener replaced the message (strip, tag, added headers)
         self.bare_kept = False  # bare CR or LF stored as received (server.bare_newline = "no")
         self.data_deadline = 0.0  # time.monotonic() by which the data must be complete
+        self.reservation: Reservation | None = None  # counted against the message rates at MAIL
         # Storing failed (write error, or the spool went below the soft threshold while the data
         # streamed in): the rest of the data is read and dropped, then answered with this reply.
         self.storage_refusal: Reply | None = None
@@ -298,8 +300,13 @@ class Session:
         refusal = self._limits_refusal(event.size or 0)
         if refusal is not None:
             return refusal
+        reservation = self._reserve_message()
+        if isinstance(reservation, Reply):
+            return reservation
         decision = self.reception.policy.check_sender(self.client, event.sender)
         if not decision.permitted:
+            if reservation is not None:
+                reservation.release(self.reception.clock.now())
             log.info("refused sender <%s> from %s by %s: %s", _text(event.sender), self.client_address, decision.rule, decision.reply)
             self.log.transaction_refused(self.session_id, "mail", decision.reply, decision.rule, sender=_text(event.sender))
             return decision.reply
@@ -310,6 +317,7 @@ class Session:
                 size_declared=event.size, ret=self._returned_content(event.ret), envid=event.envid,
             )
         )
+        self.transaction.reservation = reservation
         return SENDER_OK
 
     def _returned_content(self, ret: Ret | None) -> Ret | None:
@@ -326,17 +334,24 @@ class Session:
         return self.auth_user is not None or self.reception.policy.is_trusted(self.client)
 
     def _limits_refusal(self, declared_size: int) -> Reply | None:
-        """Disk back-pressure (452 4.3.1) and message rates (450 4.7.1) at MAIL."""
+        """Disk back-pressure (452 4.3.1) at MAIL."""
         reception = self.reception
         if reception.disk is not None and not reception.disk.room_for(declared_size):
             self.log.transaction_refused(self.session_id, "mail", INSUFFICIENT_STORAGE, "disk")
             return INSUFFICIENT_STORAGE  # RFC 3463 §3.4: 4.3.1 mail system full
-        if reception.rate_limits is not None:
-            decision = reception.rate_limits.check_message(self._rate_key(), self.auth_user, reception.clock.now())
-            if not decision.allowed:
-                self.log.transaction_refused(self.session_id, "mail", RATE_LIMITED, decision.rule)
-                return RATE_LIMITED  # 450 4.7.1
         return None
+
+    def _reserve_message(self) -> Reservation | Reply | None:
+        """Message rates at MAIL: the message counts from now on (released by `_discard` unless
+        it is accepted), or 450 4.7.1 when a limit is reached; None when no limit is on."""
+        reception = self.reception
+        if reception.rate_limits is None:
+            return None
+        reserved = reception.rate_limits.reserve(self._rate_key(), self.auth_user, reception.clock.now())
+        if isinstance(reserved, RateDecision):
+            self.log.transaction_refused(self.session_id, "mail", RATE_LIMITED, reserved.rule)
+            return RATE_LIMITED  # 450 4.7.1
+        return reserved
 
     def _rate_key(self) -> str | None:
         """The per-client rate key; trusted networks are not limited per address."""
@@ -577,9 +592,7 @@ class Session:
             log.exception("commit failed")
             self.log.transaction_refused(self.session_id, "data", LOCAL_ERROR, "commit", sender=_text(transaction.envelope.sender))
             return LOCAL_ERROR  # RFC 5321 §4.2.2: 451, the client keeps the message
-        self.transaction = None
-        if self.reception.rate_limits is not None:
-            self.reception.rate_limits.count_message(self._rate_key(), self.auth_user, self.reception.clock.now())
+        self.transaction = None  # accepted: its rate reservation stays counted
         # The 250 goes out first: the hand-off and the records run as soon as this task yields,
         # which it does only after writing the reply (acceptance latency, docs/performance.md).
         asyncio.get_running_loop().call_soon(
@@ -614,8 +627,13 @@ class Session:
         return "outbound" if "outbound" in directions else "inbound"
 
     def _discard(self) -> None:
-        if self.transaction is not None and self.transaction.writer is not None:
-            self.transaction.writer.discard()
+        """End the transaction without a 250: its spool data and its rate reservation go."""
+        transaction = self.transaction
+        if transaction is not None:
+            if transaction.writer is not None:
+                transaction.writer.discard()
+            if transaction.reservation is not None:
+                transaction.reservation.release(self.reception.clock.now())
         self.transaction = None
 
     # --- AUTH (RFC 4954) -----------------------------------------------------------------------
