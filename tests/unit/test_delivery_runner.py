@@ -29,7 +29,7 @@ from mailgate.delivery.runner import DeliveryRunner, RunnerSettings
 from mailgate.dns.resolver import StaticResolver
 from mailgate.queue.backoff import RetrySchedule
 from mailgate.queue.memory_store import MemoryQueueStore
-from mailgate.queue.store import MessageMeta, QueueFilter
+from mailgate.queue.store import LeaseLostError, MessageMeta, QueueFilter
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -376,5 +376,40 @@ def test_unsaved_outcomes_are_saved_by_the_runner_itself():
             await asyncio.sleep(0.01)
         assert await harness.store.get(queue_id) is None and harness.runner.unsaved == []
         assert len(harness.transport.carried) == 1
+
+    run(scenario())
+
+
+def test_an_outcome_refused_because_another_node_took_the_message_over_is_not_kept():
+    """LeaseLostError (a cluster store): the newer claim's outcome counts; saving ours again and
+    again would never land."""
+    async def scenario():
+        harness = full_disk_harness()
+        queue_id = await harness.submit("a@sender.test", "b@example.net")
+
+        async def taken_over(queue_id, **kwargs):
+            raise LeaseLostError(f"{queue_id} was claimed again")
+
+        harness.store.finish = taken_over
+        await attempt_due_as_the_runner_does(harness)
+        assert harness.runner.unsaved == []
+        assert len(harness.transport.carried) == 1
+
+    run(scenario())
+
+
+def test_an_unsaved_outcome_is_dropped_when_the_message_was_taken_over_meanwhile():
+    async def scenario():
+        harness = full_disk_harness()
+        queue_id = await harness.submit("a@sender.test", "b@example.net")
+        harness.store.failures["finish"] = 1
+        await attempt_due_as_the_runner_does(harness)
+        assert harness.runner.unsaved == [queue_id]
+
+        async def taken_over(queue_id, **kwargs):
+            raise LeaseLostError(f"{queue_id} was claimed again")
+
+        harness.store.finish = taken_over
+        assert await harness.runner.save_unsaved() == 0
 
     run(scenario())

@@ -196,6 +196,8 @@ class DeliveryRunner:
         for queue_id, unsaved in list(self._unsaved.items()):
             try:
                 await self._save(unsaved)
+            except LeaseLostError as exc:  # another node took it over meanwhile: its outcome counts
+                log.warning("outcome of %s not recorded: %s", queue_id, exc)
             except Exception as exc:
                 log.warning("outcome of %s still not saved: %s", queue_id, exc)
                 continue
@@ -252,6 +254,8 @@ class DeliveryRunner:
         unsaved = _Unsaved(message, updates, now)
         try:
             await self._save(unsaved)
+        except LeaseLostError:
+            raise  # another node claimed it since: its outcome counts, ours is never saved
         except Exception:
             log.exception("outcome of %s not saved; kept and saved again later", message.queue_id)
             self._unsaved[message.queue_id] = unsaved
