@@ -80,7 +80,25 @@ def test_queue_ids_are_well_formed_unique_and_sort_by_time() -> None:
     ids = [new_queue_id(1_800_000_000.0 + n) for n in range(200)]
     assert all(len(item) == QUEUE_ID_LENGTH and is_queue_id(item) for item in ids)
     assert ids == sorted(ids)
-    same_instant = {new_queue_id(1_800_000_000.0) for _ in range(5000)}
-    assert len(same_instant) == 5000
+    # Never a repeat within one process (30 random bits repeated once in about 90 runs of 5,000).
+    same_instant = {new_queue_id(1_800_000_000.0) for _ in range(100_000)}
+    assert len(same_instant) == 100_000
     assert not is_queue_id("1M8FFT2NKA40N1I")  # I is not in Crockford's alphabet
     assert not is_queue_id("short")
+
+
+def test_a_forked_worker_draws_its_own_queue_id_tag() -> None:
+    """Workers are forked from the supervisor: each must make other ids than its parent."""
+    import os
+
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(write, new_queue_id(1_800_000_000.0).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    child_id = os.read(read, 64).decode()
+    os.close(read)
+    parent_id = new_queue_id(1_800_000_000.0)
+    assert is_queue_id(child_id) and child_id[9:12] != parent_id[9:12]  # tag and counter top: 1 in 32,768 alike
