@@ -1,7 +1,9 @@
-"""Turning raw benchmark runs into medians, mailgate/Postfix ratios and a printable table.
+"""Turning raw benchmark runs into medians, ratios to Postfix and printable tables.
 
-Owns: percentiles, grouping repetitions, the summary dictionary saved in the JSON, and the
-Markdown table printed at the end (the same table docs/performance.md shows).
+Owns: percentiles, grouping repetitions, the summary dictionary saved in the JSON, the
+Markdown table printed at the end (the same table docs/performance.md shows: one column per
+server measured, one ratio to Postfix per mailgate setup), and the setups table of a cluster
+run (one row per setup: SQLite, one node on PostgreSQL, two nodes, Postfix; docs/cluster.md).
 Must NOT: run anything; it is pure.
 """
 
@@ -33,6 +35,15 @@ CONNECTION_METRICS = (
     ("fresh_client_ms", "a fresh client, connect to EHLO reply, while they are held (median of 5)",
      "ms", False),
 )
+
+
+# How the tables name each server of bench/peers.py SERVERS.
+SERVER_LABELS = {
+    "mailgate": "mailgate",
+    "mailgate-pg": "mailgate 1 node PostgreSQL",
+    "mailgate-pg-2nodes": "mailgate 2 nodes 1 PostgreSQL",
+    "postfix": "Postfix",
+}
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
@@ -90,6 +101,10 @@ def summarise(results: dict[str, Any], servers: Sequence[str]) -> list[dict[str,
                     "runs_attempted": {server: len(runs) for server, runs in per_server.items()},
                     "ratio_mailgate_to_postfix": ratio(medians.get("mailgate"),
                                                        medians.get("postfix")),
+                    "ratios_to_postfix": {
+                        server: ratio(medians[server], medians.get("postfix"))
+                        for server in servers if server != "postfix"
+                    },
                 })
     return rows
 
@@ -123,20 +138,29 @@ def _cell(row: dict[str, Any], server: str) -> str:
     return text
 
 
+def shown_servers(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The servers of a summary in table order: the mailgate setups as measured, Postfix last."""
+    servers = list(rows[0]["medians"]) if rows else []
+    return [server for server in servers if server != "postfix"] + (["postfix"] if "postfix" in servers else [])
+
+
+def _label(server: str) -> str:
+    return SERVER_LABELS.get(server, server)
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], extras: dict[str, Any]) -> str:
-    """The summary as a Markdown table, then the reference figures (disk, sink baseline)."""
-    lines = [
-        "| metric | case | mailgate | Postfix | mailgate/Postfix |",
-        "|---|---|---:|---:|---:|",
-    ]
+    """The summary as a Markdown table (a column per server, a ratio to Postfix per mailgate
+    setup), then the reference figures (disk, sink baseline)."""
+    servers = shown_servers(rows)
+    compared = [server for server in servers if server != "postfix"] if "postfix" in servers else []
+    header = ["metric", "case", *map(_label, servers), *(f"{_label(server)}/Postfix" for server in compared)]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     for row in rows:
         unit = f" ({row['unit']})" if row["unit"] else ""
         better = "higher" if row["higher_is_better"] else "lower"
-        lines.append(
-            f"| {row['label']}{unit}, {better} is better | {_case_text(row['case'])} "
-            f"| {_cell(row, 'mailgate')} | {_cell(row, 'postfix')} "
-            f"| {format_number(row['ratio_mailgate_to_postfix'])} |"
-        )
+        cells = [_cell(row, server) for server in servers]
+        cells += [format_number(ratio(row["medians"].get(server), row["medians"].get("postfix"))) for server in compared]
+        lines.append(f"| {row['label']}{unit}, {better} is better | {_case_text(row['case'])} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("| reference (no relay) | case | median |")
     lines.append("|---|---|---:|")
@@ -149,4 +173,37 @@ def markdown_table(rows: Sequence[dict[str, Any]], extras: dict[str, Any]) -> st
             f"| smtp-source into smtp-sink (msg/s) | {size // 1024} KiB, C={sessions} "
             f"| {format_number(median_of(runs, 'accept_msgs_per_s'))} |"
         )
+    return "\n".join(lines)
+
+
+# (metric key in the summary, column heading) of the setups table
+SETUP_COLUMNS = (
+    ("accept_msgs_per_s", "accept msg/s"),
+    ("end_to_end_msgs_per_s", "end-to-end msg/s"),
+    ("cpu_s_per_1000_msgs", "CPU s/1000 msgs"),
+    ("peak_pss_mib", "peak PSS MiB"),
+    ("p50_ms", "latency p50 ms"),
+    ("p99_ms", "latency p99 ms"),
+)
+
+
+def setups_table(rows: Sequence[dict[str, Any]]) -> str:
+    """One row per server and throughput case (the cluster figures of docs/cluster.md): its
+    medians, the end-to-end ratio to Postfix, and the latency at 100 msg/s for the same size."""
+    servers = shown_servers(rows)
+    by_metric = {(row["metric"], tuple(sorted(row["case"].items()))): row for row in rows}
+    cases = [row["case"] for row in rows if row["metric"] == "end_to_end_msgs_per_s"]
+    header = ["setup", "case", *(heading for _, heading in SETUP_COLUMNS), "end-to-end vs Postfix"]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    for case in cases:
+        for server in servers:
+            cells = []
+            for metric, _ in SETUP_COLUMNS:
+                keyed = case if not metric.endswith("_ms") else {"size": case["size"]}
+                row = by_metric.get((metric, tuple(sorted(keyed.items()))))
+                cells.append(_cell(row, server) if row is not None else "-")
+            e2e = by_metric[("end_to_end_msgs_per_s", tuple(sorted(case.items())))]["medians"]
+            cells.append(format_number(ratio(e2e.get(server), e2e.get("postfix"))))
+            setup = "mailgate 1 node SQLite" if server == "mailgate" else _label(server)
+            lines.append(f"| {setup} | {_case_text(case)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
     sudo .venv/bin/python -m bench.run            # full run (docs/performance.md)
     sudo .venv/bin/python -m bench.run --quick    # smoke test: N=500, one repetition
+    sudo .venv/bin/python -m bench.run --cluster  # SQLite, 1 and 2 nodes on PostgreSQL, Postfix
 
 Owns: the command line, the order of runs (repetitions interleaved: mailgate, Postfix, mailgate,
 Postfix, ...), each run's measurement procedure, and writing the JSON and the table.
@@ -38,6 +39,8 @@ LATENCY_RATE = 100.0  # messages per second, the issue's steady rate
 FD_HEADROOM = 1024
 MIB = 1024 * 1024
 SCENARIOS = ("relay", "connections", "backlog")
+# --cluster: the setups of docs/cluster.md, measured in one run with the same load and sink.
+CLUSTER_SERVERS = ["mailgate", "mailgate-pg", "mailgate-pg-2nodes", "postfix"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,12 +50,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="smoke test: N=500, one repetition, 200 latency probes, 1000 conns")
     parser.add_argument("--messages", "-n", type=int, help="N messages per run (default 5000)")
     parser.add_argument("--reps", type=int, help="repetitions (default 3)")
-    parser.add_argument("--sizes", type=_int_list, default=[4096, 102400],
-                        help="message sizes in bytes, comma-separated (default 4096,102400)")
-    parser.add_argument("--sessions", type=_int_list, default=[20, 100],
-                        help="parallel smtp-source sessions C, comma-separated (default 20,100)")
+    parser.add_argument("--sizes", type=_int_list,
+                        help="message sizes in bytes, comma-separated (default 4096,102400; --cluster 4096)")
+    parser.add_argument("--sessions", type=_int_list,
+                        help="parallel smtp-source sessions C, comma-separated (default 20,100; --cluster 100)")
     parser.add_argument("--only", choices=sorted(peers.SERVERS), action="append",
-                        help="run only this server (repeatable); default both")
+                        help="run only this server (repeatable); default mailgate and postfix")
+    parser.add_argument("--cluster", action="store_true",
+                        help="the cluster figures: mailgate on SQLite, one node on PostgreSQL, two "
+                             "nodes on one PostgreSQL (private, fsync and synchronous_commit on) and "
+                             "Postfix side by side, relay scenario only; prints a table of the setups")
     parser.add_argument("--latency-count", type=int, help="probes per latency run (default 1000)")
     parser.add_argument("--connections", type=int, help="idle connections (default 5000)")
     parser.add_argument("--connection-deadline", type=float, default=15.0,
@@ -86,8 +93,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.connections = args.connections or (1000 if quick else 10000)
     if args.backlog is None:
         args.backlog = 100_000 if quick else 1_000_000
-    args.servers = args.only or ["mailgate", "postfix"]
-    args.scenarios = args.scenario or list(SCENARIOS)
+    args.sizes = args.sizes or ([4096] if args.cluster else [4096, 102400])
+    args.sessions = args.sessions or ([100] if args.cluster else [20, 100])
+    args.servers = args.only or (CLUSTER_SERVERS if args.cluster else ["mailgate", "postfix"])
+    args.scenarios = args.scenario or (["relay"] if args.cluster else list(SCENARIOS))
     peers.SIGNING["enabled"] = args.dkim
     peers.RECIPIENTS["mode"] = args.recipients
     return args
@@ -361,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(args.show.read_text())
         summary = report.summarise(saved["runs"], saved["parameters"]["servers"])
         print(report.markdown_table(summary, saved["runs"]))
+        if len(report.shown_servers(summary)) > 2:
+            print("\n" + report.setups_table(summary))
         if saved.get("backlog_summary"):
             print("\n" + backlog_runs.markdown_table(saved["backlog_summary"], saved["parameters"]["backlog"]))
         return 0
@@ -401,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=2) + "\n")
     print(report.markdown_table(summary, results))
+    if len(report.shown_servers(summary)) > 2:  # --cluster: one row per setup
+        print("\n" + report.setups_table(summary))
     if results.get("backlog"):
         document["backlog_summary"] = backlog_runs.summarise(results["backlog"])
         args.json.write_text(json.dumps(document, indent=2) + "\n")
