@@ -15,46 +15,21 @@ import smtplib
 from pathlib import Path
 
 import pytest
-from argon2 import PasswordHasher
 
 from mailgate.auth.store import FileUserStore
 from mailgate.queue.store import MessageState, QueueFilter
 from tests.conftest import free_port
+from tests.integration.test_console_http import ADMIN, CHEAP, PASSWORD, config_text
 from tests.support.console_client import ConsoleClient
 from tests.support.mailgate_server import InProcessMailgate
 from tests.support.postgres import PostgresInstance
 
 pytestmark = pytest.mark.timeout(120)
 
-ADMIN, PASSWORD = "root@example.org", "correct horse"
 
-
-def node_config(workdir: Path, name: str, smtp_port: int, dsn: str, secret: Path, console_port: int | None) -> str:
-    console = (f'[console]\nenabled = true\naddress = "127.0.0.1:{console_port}"\n'
-               if console_port is not None else "")
-    return f"""
-[server]
-hostname = "{name}.test"
-spool_dir = "{workdir}/spool"
-users_file = "{workdir.parent}/users"
-self_audit = false
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{smtp_port}"
-tls = "none"
-[relay]
-trusted_networks = ["127.0.0.1/32"]
-[[domain]]
-name = "hosted.test"
-next_hop = ["127.0.0.1:{free_port()}"]
-[queue]
-backend = "postgresql"
-dsn = "{dsn}"
-password_file = "{secret}"
-node_name = "{name}"
-takeover_time = "30s"
-{console}
-"""
+def queue_config(name: str, dsn: str, secret: Path) -> str:
+    return (f'[queue]\nbackend = "postgresql"\ndsn = "{dsn}"\npassword_file = "{secret}"\n'
+            f'node_name = "{name}"\ntakeover_time = "30s"\n')
 
 
 def send(port: int, sender: str) -> None:
@@ -66,13 +41,13 @@ def test_one_nodes_console_lists_and_acts_on_every_nodes_messages(postgres_serve
     pg: PostgresInstance = postgres_server
     dsn = pg.new_database()
     secret = pg.write_password_file(tmp_path / "db.password")
-    FileUserStore(tmp_path / "users", hasher=PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)).add(
-        ADMIN, PASSWORD, roles=("admin",))
-    console_port, port_a, port_b = free_port(), free_port(), free_port()
     for name in ("node-a", "node-b"):
         (tmp_path / name).mkdir()
-    with InProcessMailgate(node_config(tmp_path / "node-a", "node-a", port_a, dsn, secret, console_port)) as node_a, \
-            InProcessMailgate(node_config(tmp_path / "node-b", "node-b", port_b, dsn, secret, None)):
+        FileUserStore(tmp_path / name / "users", hasher=CHEAP).add(ADMIN, PASSWORD, roles=("admin",))
+    console_port, port_a, port_b = free_port(), free_port(), free_port()
+    text_a = config_text(tmp_path / "node-a", console_port, port_a, queue_config("node-a", dsn, secret))
+    text_b = config_text(tmp_path / "node-b", free_port(), port_b, queue_config("node-b", dsn, secret))
+    with InProcessMailgate(text_a) as node_a, InProcessMailgate(text_b):
         send(port_a, "from-a@example.net")
         send(port_b, "from-b@example.net")
         rows = node_a.call(node_a.app.store.list(QueueFilter()))
