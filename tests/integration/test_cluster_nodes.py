@@ -198,8 +198,12 @@ def test_a_node_killed_mid_delivery_loses_nothing_and_the_survivor_takes_over(po
                 duplicates = len(seqs) - len(set(seqs))
                 # In flight: the runner's deliveries plus messages its sessions were handing to it.
                 assert duplicates <= len(in_flight) <= DELIVERY_WORKERS + CLIENTS, (duplicates, len(in_flight))
-                left = pg.psql("SELECT count(*) FROM messages", database=database)
-                assert left == "0", f"{left} messages still queued"
+                # The survivor records its last outcomes after the sink saw the messages: wait for them.
+                def queue_empty() -> bool:
+                    return pg.psql("SELECT count(*) FROM messages", database=database) == "0"
+
+                assert await wait_for(queue_empty, 60), \
+                    f"{pg.psql('SELECT count(*) FROM messages', database=database)} messages still queued"
                 print(f"\ncluster fail-over: {total} sent, {len(acknowledged)} acknowledged, "
                       f"{len(in_flight)} in flight on the killed node, {duplicates} duplicates, "
                       f"its messages delivered by the survivor {takeover:.1f}s after the kill "
