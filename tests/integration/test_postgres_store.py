@@ -20,7 +20,7 @@ from mailgate.core.reply import Reply
 from mailgate.core.status import RecipientState
 from mailgate.queue import pg_schema
 from mailgate.queue.postgres_store import LeaseLostError, PostgresQueueStore
-from mailgate.queue.store import MessageMeta, QueueFilter, QueueUnavailableError, RecipientUpdate
+from mailgate.queue.store import MessageMeta, NodeNameInUseError, QueueFilter, QueueUnavailableError, RecipientUpdate
 from tests.support.postgres import PASSWORD, start_postgres
 
 pytestmark = pytest.mark.timeout(120)
@@ -237,5 +237,49 @@ def test_a_claim_whose_finish_failed_is_not_renewed_and_lapses_to_another_node(p
         finally:
             await first.close()
             await second.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_node_name_is_held_by_one_live_instance(postgres_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Leases are keyed by the node name: a second live instance under it is refused (also when
+    both start at the same instant), the admin commands' store does not take it, a clean stop
+    gives it up at once, and a crashed instance's name is free once its heartbeat is stale."""
+    dsn = postgres_server.new_database()
+
+    def instance(node: str, name: str, clock: FakeClock, **options) -> PostgresQueueStore:  # type: ignore[no-untyped-def]
+        return store_on(dsn, tmp_path / name, node, clock, instance=name, **options)
+
+    async def scenario() -> None:
+        clock = FakeClock(START)
+        first, second = instance("twin", "i1", clock), instance("twin", "i2", clock)
+        await first.open()
+        try:
+            clock.advance(2.5)
+            with pytest.raises(NodeNameInUseError) as refused:
+                await second.open()
+            assert str(refused.value) == ("node 'twin' is alive (last heartbeat 2.5s ago, instance i1); "
+                                          "queue.node_name must be unique per node")
+            admin = instance("twin", "admin", clock, register=False)
+            await admin.open()  # `mailgate queue ...` next to a running node
+            await admin.close()
+            clock.advance(60)  # i1 stopped heartbeating (crashed) for the takeover time
+            await second.open()
+            assert await first._beat() == ("i2", clock.now())  # i1 comes back: the name is i2's
+        finally:
+            await first.close()
+            await second.close()
+
+        clock = FakeClock(START)
+        racing = [instance("race", f"r{n}", clock) for n in range(4)]
+        outcomes = await asyncio.gather(*(store.open() for store in racing), return_exceptions=True)
+        assert sum(outcome is None for outcome in outcomes) == 1, outcomes
+        assert all(isinstance(o, NodeNameInUseError) for o in outcomes if o is not None), outcomes
+        for store, outcome in zip(racing, outcomes):
+            if outcome is None:
+                await store.close()  # a clean stop gives the name up at once
+        after = instance("race", "r9", clock)
+        await after.open()
+        await after.close()
 
     asyncio.run(scenario())
