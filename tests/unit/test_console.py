@@ -3,6 +3,7 @@ charts, the message trace, masking in the configuration shown, and the Message-I
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -199,3 +200,20 @@ def test_the_message_id_is_kept_for_the_log_unfolded_and_bounded() -> None:
     huge.feed(b"Message-ID: <" + b"a" * 5000 + b">\r\n\r\n")
     huge.completed_head()
     assert len(huge.message_id) == 256
+
+
+def test_the_dashboard_waits_for_the_log_flush_off_the_event_loop(tmp_path: Path) -> None:
+    """Worker 0 serves SMTP on the loop that serves the console: a flush that waits for the log
+    writer thread (up to 1 s) must not hold every session of that worker."""
+    import threading
+    from types import SimpleNamespace
+
+    from mailgate.console.dashboard import Dashboard
+
+    flushed_on: list[threading.Thread] = []
+    log = SimpleNamespace(flush=lambda timeout: flushed_on.append(threading.current_thread()) or True)
+    config = SimpleNamespace(log=SimpleNamespace(json_file=str(tmp_path / "t.jsonl")))
+    services = SimpleNamespace(config=lambda: config, log=log, clock=SimpleNamespace(now=lambda: 1_800_000_000.0))
+    dashboard = Dashboard(SimpleNamespace(services=services))  # type: ignore[arg-type]
+    asyncio.run(dashboard._fresh_traffic())
+    assert flushed_on and flushed_on[0] is not threading.main_thread()

@@ -40,7 +40,8 @@ class Dashboard:
             self._polled = 0.0
         async with self._lock:
             if time.monotonic() - self._polled >= POLL_INTERVAL:
-                self.console.services.log.flush(1.0)  # what this worker logged a moment ago is counted
+                # What this worker logged a moment ago is counted; the wait is a thread's, never the loop's.
+                await asyncio.to_thread(self.console.services.log.flush, 1.0)
                 await asyncio.to_thread(self._follower.poll, self.console.services.clock.now())
                 self._polled = time.monotonic()
         return self.traffic

@@ -154,7 +154,7 @@ async def _story(console: Console, queue_id: str, created: float | None) -> trac
     json_file = console.services.config().log.json_file
     if not json_file:
         return None
-    console.services.log.flush(1.0)
+    await asyncio.to_thread(console.services.log.flush, 1.0)  # blocks: off the loop
     since = created - ARRIVAL_SLACK if created is not None else None
     found = await asyncio.to_thread(trace.trace, jsonlog.log_files(json_file, since), queue_id, "queue_id", since)
     return next((story for story in found.stories if story.queue_id == queue_id), None)

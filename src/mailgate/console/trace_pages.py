@@ -26,7 +26,7 @@ def add_routes(router: web.UrlDispatcher, console: Console) -> None:
         json_file = console.services.config().log.json_file
         result = None
         if query and json_file:
-            console.services.log.flush(1.0)
+            await asyncio.to_thread(console.services.log.flush, 1.0)  # blocks: off the loop
             result = await asyncio.to_thread(trace.trace, jsonlog.log_files(json_file), query, kind)
         return console.render(request, "trace.html", query=query, kind=kind, kinds=trace.KINDS, result=result,
                               log_on=bool(json_file), max_messages=trace.MAX_MESSAGES)
