@@ -72,6 +72,7 @@ def test_base64_decoding_does_not_depend_on_how_the_part_is_cut() -> None:
 
 @pytest.mark.parametrize("encoding,body", [
     ("quoted-printable", b"caf=E9 soft=\r\nbreak =3D=\r\n=41=4"),
+    ("quoted-printable", b"=\n===x==41"),  # a2b_qp reads "==" as "=": a cut inside the pair lost it
     ("base64", b"TVqQ AAMA\r\nAAAE=\r\nQQ"),
 ])
 def test_transfer_decoding_does_not_depend_on_where_blocks_are_cut(encoding: str, body: bytes) -> None:
@@ -85,7 +86,7 @@ def test_transfer_decoding_does_not_depend_on_where_blocks_are_cut(encoding: str
     for cut in range(len(body) + 1):
         decoder = Decoder(encoding)
         assert decoder.feed(body[:cut]) + decoder.feed(body[cut:]) + decoder.finish() == expected, cut
-    assert expected in (b"caf\xe9 softbreak =A=4", b"MZ\x90\x00\x03\x00\x00\x00\x04A")
+    assert expected in (b"caf\xe9 softbreak =A=4", b"==x=41", b"MZ\x90\x00\x03\x00\x00\x00\x04A")
 
 
 @pytest.mark.parametrize("read_chunk", [1, 3, 64 * 1024])

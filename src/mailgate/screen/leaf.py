@@ -129,6 +129,8 @@ class Decoder:
             data = self._carry + raw
             escape = data.rfind(b"=", max(len(data) - 2, 0))
             cut = escape if escape >= 0 else len(data)
+            run = cut - len(data[:cut].rstrip(b"="))
+            cut -= run % 2  # a2b_qp reads "==" as "=": never cut a run of "=" between a pair
             self._carry = data[cut:]
             return binascii.a2b_qp(_SOFT_BREAK_WITHOUT_LF.sub(b"=3D\r", data[:cut]))
         return raw
