@@ -257,3 +257,15 @@ def test_quoted_printable_equals_before_a_bare_cr_hides_nothing() -> None:
     for cut in range(len(body) + 1):
         decoder = Decoder("quoted-printable")
         assert decoder.feed(body[:cut]) + decoder.feed(body[cut:]) + decoder.finish() == expected, cut
+
+
+@pytest.mark.parametrize("read_chunk", [1, 5, 64 * 1024])
+def test_text_cut_at_its_limit_does_not_depend_on_the_read_size(monkeypatch: pytest.MonkeyPatch, read_chunk: int) -> None:
+    """screen/leaf.py: the final flush of the text decoder added a replacement character past
+    MAX_TEXT_CHARS when a multi-octet character was pending, which depended on the read size."""
+    from mailgate.screen import leaf, mime
+
+    monkeypatch.setattr(leaf, "MAX_TEXT_CHARS", 4)
+    monkeypatch.setattr(mime, "READ_CHUNK", read_chunk)
+    text = _text_of(b"utf-16", b"\xff\xfe" + "hello world".encode("utf-16-le") + b"h")
+    assert text == "hell"

@@ -240,8 +240,11 @@ class LeafSink:
         part.sniffed = sniffing.sniff(bytes(self._head))
         if part.sniffed is not None and part.sniffed.kind == "ole2" and self._macro and self._macro.found:
             part.sniffed = sniffing.OLE2_MACRO
+        if self._text_decoder is not None and self._text_chars < MAX_TEXT_CHARS:
+            # Octets of an unfinished character, only when the text was not cut at the limit
+            # (then how many were pending would depend on where the part was cut into blocks).
+            self._text.append(self._text_decoder.decode(b"", final=True)[: MAX_TEXT_CHARS - self._text_chars])
         if self._text_decoder is not None:
-            self._text.append(self._text_decoder.decode(b"", final=True))
             part.text = "".join(self._text)
         if self._zip is not None:
             if part.sniffed is not None and part.sniffed.kind in ("zip", "ooxml", "odf", "jar"):
