@@ -76,10 +76,11 @@ class RunResult:
 
 
 def command(harness: Harness, seconds: int, corpus: Path, artifacts: Path, *, rss_limit_mb: int,
-            input_timeout: int) -> list[str]:
+            input_timeout: int, seed: int = 0) -> list[str]:
     seeds = SEEDS / harness.name
     return [
         sys.executable, str(HERE / harness.script),
+        *([f"-seed={seed}"] if seed else []),  # 0: libFuzzer draws one
         f"-max_total_time={seconds}", f"-rss_limit_mb={rss_limit_mb}", f"-timeout={input_timeout}",
         f"-max_len={harness.max_len}", f"-dict={HERE / 'dicts' / harness.dictionary}", "-print_final_stats=1",
         f"-artifact_prefix={artifacts}/",
@@ -88,13 +89,14 @@ def command(harness: Harness, seconds: int, corpus: Path, artifacts: Path, *, rs
 
 
 def run(name: str, seconds: int, corpus: Path, artifacts: Path, *, rss_limit_mb: int = 1024,
-        input_timeout: int = 60, nice: int = 0) -> RunResult:
+        input_timeout: int = 60, nice: int = 0, seed: int = 0) -> RunResult:
     """Fuzz one harness for `seconds`; its stdout and stderr are read back, not shown."""
     harness = HARNESSES[name]
     corpus.mkdir(parents=True, exist_ok=True)
     artifacts.mkdir(parents=True, exist_ok=True)
     before = set(os.listdir(artifacts))
-    argv = command(harness, seconds, corpus, artifacts, rss_limit_mb=rss_limit_mb, input_timeout=input_timeout)
+    argv = command(harness, seconds, corpus, artifacts, rss_limit_mb=rss_limit_mb, input_timeout=input_timeout,
+                   seed=seed)
     if nice:
         argv = ["nice", "-n", str(nice), *argv]
     started = time.monotonic()
