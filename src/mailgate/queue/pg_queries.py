@@ -20,7 +20,6 @@ from typing import Any
 import psycopg
 
 from mailgate.core.envelope import Envelope
-from mailgate.core.reply import Reply
 from mailgate.core.status import RecipientState
 from mailgate.queue import filters, records
 from mailgate.queue.pg_group_commit import PgOperation, Rows, Statement
@@ -372,31 +371,8 @@ async def list_summaries(connection: Connection, query: QueueFilter, now: float)
     )).fetchall()
     for queue_id, *columns in rows:
         recipients.setdefault(queue_id, []).append(columns)
-    summaries = []
-    for queue_id, sender, size, created, state, hold_reason in messages:
-        mine = recipients.get(queue_id, [])
-        pending = [float(row[2]) for row in mine if row[1] == RecipientState.QUEUED.value]
-        summaries.append(
-            QueueSummary(
-                queue_id=queue_id,
-                sender=sender,
-                recipients=[
-                    (address, RecipientState(r_state), _reply_text(code, enhanced, text))
-                    for address, r_state, _, code, enhanced, text in mine
-                ],
-                size=int(size),
-                created=float(created),
-                state=MessageState(state),
-                hold_reason=hold_reason,
-                next_attempt=min(pending) if pending else None,
-            )
-        )
-    return summaries
-
-
-def _reply_text(code: int | None, enhanced: str | None, text: str | None) -> str:
-    """The last reply as `queue list` shows it, '' before the first attempt."""
-    return "" if code is None else str(Reply(code, enhanced or "", text or ""))
+    return [records.queue_summary(queue_id, sender, size, created, state, hold_reason, recipients.get(queue_id, []))
+            for queue_id, sender, size, created, state, hold_reason in messages]
 
 
 # --- admin operations (caller's transaction) -----------------------------------------------------

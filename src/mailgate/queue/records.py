@@ -17,7 +17,7 @@ from mailgate.core.address import Address
 from mailgate.core.envelope import BodyType, Envelope, Notify, Recipient, Ret
 from mailgate.core.reply import Reply
 from mailgate.core.status import RecipientState
-from mailgate.queue.store import MessageMeta, QueuedMessage, QueuedRecipient
+from mailgate.queue.store import MessageMeta, MessageState, QueuedMessage, QueuedRecipient, QueueSummary
 
 # MessageMeta holds only scalars; dataclasses.asdict() would deep-copy each one on the commit path.
 META_FIELDS = tuple(item.name for item in dataclasses.fields(MessageMeta))
@@ -135,3 +135,28 @@ def fresh_message(queue_id: str, envelope: Envelope, meta: MessageMeta, size: in
         for index, recipient in enumerate(envelope.recipients)
     ]
     return QueuedMessage(queue_id, envelope, recipients, meta, size, created)
+
+
+def queue_summary(
+    queue_id: str, sender: str, size: int, created: float, state: str, hold_reason: str | None,
+    recipient_rows: Sequence[Sequence[Any]],
+) -> QueueSummary:
+    """One `queue list` line from a message's columns and its recipients' rows, each (address,
+    state, next_attempt, reply_code, reply_enhanced, reply_text) in recipient order."""
+    pending = [float(row[2]) for row in recipient_rows if row[1] == RecipientState.QUEUED.value]
+    return QueueSummary(
+        queue_id=queue_id,
+        sender=sender,
+        recipients=[(address, RecipientState(r_state), _reply_text(code, enhanced, text))
+                    for address, r_state, _, code, enhanced, text in recipient_rows],
+        size=int(size),
+        created=float(created),
+        state=MessageState(state),
+        hold_reason=hold_reason,
+        next_attempt=min(pending) if pending else None,
+    )
+
+
+def _reply_text(code: int | None, enhanced: str | None, text: str | None) -> str:
+    """The last reply as `queue list` shows it, '' before the first attempt."""
+    return "" if code is None else str(Reply(code, enhanced or "", text or ""))

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from mailgate.core.envelope import Envelope
-from mailgate.core.reply import Reply
 from mailgate.core.status import RecipientState
 from mailgate.queue import records, segments
 from mailgate.queue import sqlite_schema as schema
@@ -425,25 +424,5 @@ def list_summaries(
             " FROM recipients WHERE message_id = ? ORDER BY idx",
             (message_id,),
         ).fetchall()
-        pending = [row[2] for row in recipients if row[1] == RecipientState.QUEUED.value]
-        summaries.append(
-            QueueSummary(
-                queue_id=queue_id,
-                sender=sender,
-                recipients=[
-                    (address, RecipientState(r_state), _reply_text(code, enhanced, text))
-                    for address, r_state, _, code, enhanced, text in recipients
-                ],
-                size=size,
-                created=created,
-                state=MessageState(state),
-                hold_reason=hold_reason,
-                next_attempt=min(pending) if pending else None,
-            )
-        )
+        summaries.append(records.queue_summary(queue_id, sender, size, created, state, hold_reason, recipients))
     return summaries
-
-
-def _reply_text(code: int | None, enhanced: str | None, text: str | None) -> str:
-    """The last reply as `queue list` shows it, '' before the first attempt."""
-    return "" if code is None else str(Reply(code, enhanced or "", text or ""))
