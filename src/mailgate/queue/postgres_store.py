@@ -43,11 +43,10 @@ from mailgate.core.clock import Clock, SystemClock
 from mailgate.core.envelope import Envelope
 from mailgate.queue import pg_queries as queries
 from mailgate.queue import pg_schema as schema
-from mailgate.queue import records
 from mailgate.queue.hot_bodies import HOT_BODY_BYTES, HotBodies
 from mailgate.queue.pg_group_commit import PgGroupWriter
 from mailgate.queue.spooled_store import SpooledQueueStore
-from mailgate.queue.spool_writer import INCOMING_DIRECTORY, SpoolWriter, remove_quietly, seal_for_commit
+from mailgate.queue.spool_writer import INCOMING_DIRECTORY, remove_quietly
 from mailgate.queue.store import (
     LeaseLostError,
     MessageMeta,
@@ -279,10 +278,7 @@ class PostgresQueueStore(SpooledQueueStore):
     async def _commit(
         self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta, *, leased: bool
     ) -> tuple[str, float]:
-        body = seal_for_commit(writer, envelope, meta, leased=leased)
-        assert isinstance(writer, SpoolWriter)
-        created = self._clock.now()
-        row = records.message_row(writer.queue_id, envelope, meta, writer.size, created)
+        writer, body, row, created = self._sealed(writer, envelope, meta, leased=leased)
         row["accepted_by"] = self.node
         lease = None
         if leased:

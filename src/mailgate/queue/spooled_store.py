@@ -2,7 +2,8 @@
 (memory, then a spill file on the node's disk) and a commit turns them into a queued message.
 
 Owns: `SpooledQueueStore`, the `QueueStore` base whose begin(), commit() and commit_claimed()
-both durable stores use; each store supplies `_commit` (how its database takes the message).
+both durable stores use, and `_sealed` (the sealed body and the message row each `_commit` starts
+from); each store supplies `_commit` (how its database takes the message).
 Must not: write to any database, or hold state beyond what its subclass sets.
 """
 
@@ -10,12 +11,13 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
+from typing import Any
 
 from mailgate.core.clock import Clock
 from mailgate.core.envelope import Envelope
 from mailgate.queue import records
 from mailgate.queue.ids import new_queue_id
-from mailgate.queue.spool_writer import SpoolWriter
+from mailgate.queue.spool_writer import SpoolWriter, seal_for_commit
 from mailgate.queue.store import MessageMeta, MessageWriter, QueuedMessage, QueueStore
 
 
@@ -41,3 +43,12 @@ class SpooledQueueStore(QueueStore):
         self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta, *, leased: bool
     ) -> tuple[str, float]:
         """Make the message durable (leased to this store if `leased`); (queue id, created)."""
+
+    def _sealed(
+        self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta, *, leased: bool
+    ) -> tuple[SpoolWriter, bytes | Path, dict[str, Any], float]:
+        """The writer, its sealed body (bytes, or the spill file), the message row and its creation time."""
+        body = seal_for_commit(writer, envelope, meta, leased=leased)
+        assert isinstance(writer, SpoolWriter)
+        created = self._clock.now()
+        return writer, body, records.message_row(writer.queue_id, envelope, meta, writer.size, created), created

@@ -43,7 +43,6 @@ from mailgate.core.clock import Clock, SystemClock
 from mailgate.core.envelope import Envelope
 from mailgate.queue import segments
 from mailgate.queue import sqlite_queries as queries
-from mailgate.queue import records
 from mailgate.queue import sqlite_schema as schema
 from mailgate.queue.checkpointer import Checkpointer
 from mailgate.queue.group_commit import GroupCommitWriter, WriterStats, disk_full
@@ -57,7 +56,7 @@ from mailgate.queue.segments import (
 )
 from mailgate.queue.space_reserve import SpaceReserve
 from mailgate.queue.spooled_store import SpooledQueueStore
-from mailgate.queue.spool_writer import INCOMING_DIRECTORY, SpoolWriter, remove_quietly, seal_for_commit
+from mailgate.queue.spool_writer import INCOMING_DIRECTORY, remove_quietly
 from mailgate.queue.sqlite_queries import MessageNotFoundError
 from mailgate.queue.store import (
     CorruptBodyError,
@@ -198,10 +197,7 @@ class SqliteQueueStore(SpooledQueueStore):
     async def _commit(
         self, writer: MessageWriter, envelope: Envelope, meta: MessageMeta, *, leased: bool
     ) -> tuple[str, float]:
-        body = seal_for_commit(writer, envelope, meta, leased=leased)
-        assert isinstance(writer, SpoolWriter)
-        created = self._clock.now()
-        row = records.message_row(writer.queue_id, envelope, meta, writer.size, created)
+        writer, body, row, created = self._sealed(writer, envelope, meta, leased=leased)
         if leased:
             row.update(lease_owner=self._lease_owner, lease_expires=created + self._lease_seconds)
         stored: bytes | Path | StagedBody = body
