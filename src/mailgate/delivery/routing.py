@@ -10,7 +10,7 @@ Must not: open connections or touch the queue.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mailgate.core.reply import NO_SUCH_DOMAIN, NULL_MX, Reply
 from mailgate.delivery.request import Candidate, HopPolicy, Route
