@@ -25,6 +25,7 @@ import io
 import sys
 
 import atheris
+from small_limits import small_limits
 
 with atheris.instrument_imports(include=["mailgate"]):
     from mailgate.screen import actions, leaf, mime
@@ -150,15 +151,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
         return
     a, b, c = data[:3]
     message = data[3:]
-    small = {
-        "READ_CHUNK": 1 + (a & 31),
-        "MAX_LINE": 8 + (a >> 5) * 40,
-        "MAX_NESTING": 1 + (b & 7),
-        "MAX_ENTITIES": 2 + (b >> 3),
-        "MAX_HEADER_BYTES": 64 + (c & 15) * 64,
-        "MAX_PARAM_FIELD": 32 + (c >> 4) * 32,
-        "MAX_PARAMS": 1 + (c >> 4),
-    }
+    small = small_limits(a, b, c)
     text = 8 + (c & 15) * 16
     tiny_reads, tiny_parts = run(message, small, text)
     check_bounds(message, tiny_reads, tiny_parts, small, text)

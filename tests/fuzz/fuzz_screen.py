@@ -20,6 +20,7 @@ import io
 import sys
 
 import atheris
+from small_limits import small_limits
 
 with atheris.instrument_imports(include=["mailgate.screen"]):
     from mailgate.config.loader import load_section
@@ -72,15 +73,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
         return
     a, b, c = data[:3]
     message = data[3:]
-    small = {
-        "READ_CHUNK": 1 + (a & 31),
-        "MAX_LINE": 8 + (a >> 5) * 40,
-        "MAX_NESTING": 1 + (b & 7),
-        "MAX_ENTITIES": 2 + (b >> 3),
-        "MAX_HEADER_BYTES": 64 + (c & 15) * 64,
-        "MAX_PARAM_FIELD": 32 + (c >> 4) * 32,
-        "MAX_PARAMS": 1 + (c >> 4),
-    }
+    small = small_limits(a, b, c)
     full = screen(message, SHIPPED, SHIPPED_TEXT)
     if full.action != "reject":
         return
