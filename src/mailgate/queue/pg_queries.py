@@ -343,11 +343,6 @@ PG_DIALECT = filters.Dialect(
 )
 
 
-def filter_sql(query: QueueFilter, now: float) -> tuple[str, dict[str, Any]]:
-    """A WHERE clause over `messages m` matching every given field (callers apply `limit`)."""
-    return filters.filter_sql(query, now, PG_DIALECT)
-
-
 def _limited(sql: str, query: QueueFilter, params: dict[str, Any]) -> str:
     if query.limit is not None:
         params["limit"] = query.limit
@@ -356,7 +351,7 @@ def _limited(sql: str, query: QueueFilter, params: dict[str, Any]) -> str:
 
 
 async def list_summaries(connection: Connection, query: QueueFilter, now: float) -> list[QueueSummary]:
-    where, params = filter_sql(query, now)
+    where, params = filters.filter_sql(query, now, PG_DIALECT)
     sql = _limited(
         f"SELECT m.queue_id, m.sender_text, m.size, m.created, {STATE_SQL}, m.hold_reason"
         f" FROM messages m WHERE {where} ORDER BY m.created, m.queue_id",
@@ -378,7 +373,7 @@ async def list_summaries(connection: Connection, query: QueueFilter, now: float)
 # --- admin operations (caller's transaction) -----------------------------------------------------
 async def matching_ids(connection: Connection, query: QueueFilter, now: float) -> list[str]:
     """The matching messages' ids, oldest first, locked until the caller's transaction ends."""
-    where, params = filter_sql(query, now)
+    where, params = filters.filter_sql(query, now, PG_DIALECT)
     sql = _limited(
         f"SELECT m.queue_id FROM messages m WHERE {where} ORDER BY m.created, m.queue_id FOR UPDATE",
         query, params,
@@ -386,27 +381,22 @@ async def matching_ids(connection: Connection, query: QueueFilter, now: float) -
     return [row[0] for row in await (await connection.execute(sql, params)).fetchall()]
 
 
-def _in_order(matches: list[str], changed: list[tuple[Any, ...]]) -> list[str]:
+async def _changed(connection: Connection, sql: str, queue_ids: list[str], *values: Any) -> list[str]:
+    """Run an UPDATE or DELETE whose parameters are `values`, then `queue_ids` (its last `%s`);
+    the ids of the messages it changed, in the order of `queue_ids`."""
+    changed = await (await connection.execute(sql + " RETURNING queue_id", (*values, queue_ids))).fetchall()
     done = {row[0] for row in changed}
-    return [queue_id for queue_id in matches if queue_id in done]
+    return [queue_id for queue_id in queue_ids if queue_id in done]
 
 
 async def hold(connection: Connection, matches: list[str], now: float, reason: str) -> list[str]:
-    changed = await (await connection.execute(
-        "UPDATE messages SET held = 1, hold_reason = %s WHERE queue_id = ANY(%s) AND held = 0"
-        " RETURNING queue_id",
-        (reason, matches),
-    )).fetchall()
-    return _in_order(matches, changed)
+    sql = "UPDATE messages SET held = 1, hold_reason = %s WHERE queue_id = ANY(%s) AND held = 0"
+    return await _changed(connection, sql, matches, reason)
 
 
 async def release(connection: Connection, matches: list[str], now: float) -> list[str]:
-    changed = await (await connection.execute(
-        "UPDATE messages SET held = 0, hold_reason = '' WHERE queue_id = ANY(%s) AND held = 1"
-        " RETURNING queue_id",
-        (matches,),
-    )).fetchall()
-    released = _in_order(matches, changed)
+    sql = "UPDATE messages SET held = 0, hold_reason = '' WHERE queue_id = ANY(%s) AND held = 1"
+    released = await _changed(connection, sql, matches)
     await _make_due(connection, released, now)
     return released
 
@@ -417,16 +407,9 @@ async def reschedule(connection: Connection, matches: list[str], now: float, whe
 
 async def _make_due(connection: Connection, queue_ids: list[str], when: float) -> list[str]:
     """Move every queued recipient of those messages to `when`; the ids that had one."""
-    changed = await (await connection.execute(
-        "UPDATE recipients SET next_attempt = %s WHERE queue_id = ANY(%s) AND state = 'queued'"
-        " RETURNING queue_id",
-        (when, queue_ids),
-    )).fetchall()
-    return _in_order(queue_ids, changed)
+    sql = "UPDATE recipients SET next_attempt = %s WHERE queue_id = ANY(%s) AND state = 'queued'"
+    return await _changed(connection, sql, queue_ids, when)
 
 
 async def delete(connection: Connection, matches: list[str], now: float) -> list[str]:
-    changed = await (await connection.execute(
-        "DELETE FROM messages WHERE queue_id = ANY(%s) RETURNING queue_id", (matches,)
-    )).fetchall()
-    return _in_order(matches, changed)
+    return await _changed(connection, "DELETE FROM messages WHERE queue_id = ANY(%s)", matches)

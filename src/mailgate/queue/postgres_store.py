@@ -307,16 +307,9 @@ class PostgresQueueStore(SpooledQueueStore):
     async def next_due(self) -> float | None:
         return await self._transaction(queries.next_due, self._clock.now())
 
-    async def body_chunks(self, queue_id: str, chunk_size: int = 65536) -> AsyncIterator[bytes]:
+    async def _stored_chunks(self, queue_id: str, chunk_size: int) -> AsyncIterator[bytes]:
         """About a megabyte per round trip, never the whole body. Raises MessageNotFoundError
         (a KeyError) for an unknown or deleted message."""
-        if chunk_size <= 0:
-            raise ValueError("chunk_size must be positive")
-        hot = self._hot.get(queue_id)
-        if hot is not None:  # committed by this process and still cached: no read-back
-            for start in range(0, len(hot), chunk_size):
-                yield hot[start : start + chunk_size]
-            return
         seq = offset = 0
         carry = b""  # the tail of a row, joined to the next so every chunk but the last is full
         while True:

@@ -17,17 +17,10 @@ from typing import Any
 
 from mailgate.core.envelope import Envelope
 from mailgate.core.status import RecipientState
-from mailgate.queue import records, segments
+from mailgate.queue import filters, records, segments
 from mailgate.queue import sqlite_schema as schema
 from mailgate.queue.segments import StagedBody
-from mailgate.queue.store import (
-    MessageNotFoundError,
-    MessageState,
-    QueuedMessage,
-    QueueFilter,
-    QueueSummary,
-    RecipientUpdate,
-)
+from mailgate.queue.store import MessageNotFoundError, MessageState, QueuedMessage, QueueFilter, QueueSummary, RecipientUpdate
 
 BLOB_COPY_CHUNK = 1024 * 1024
 BODY_READ_BATCH = 1024 * 1024  # bytes read from the database per reader round trip
@@ -406,7 +399,7 @@ def read_body(
 def list_summaries(
     connection: sqlite3.Connection, query: QueueFilter, now: float
 ) -> list[QueueSummary]:
-    where, params = schema.filter_sql(query, now)
+    where, params = filters.filter_sql(query, now, schema.SQLITE_DIALECT)
     sql = (
         "SELECT m.id, m.queue_id, m.sender_text, m.size, m.created,"
         f" {schema.STATE_SQL}, m.hold_reason FROM messages m WHERE {where}"

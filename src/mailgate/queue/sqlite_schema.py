@@ -2,8 +2,8 @@
 
 Owns: the tables (messages, recipients, bodies, segments), the connection settings that make a
 commit durable (WAL, `synchronous=FULL`), loading rows into queue records (whose column encoding
-is queue/records.py, shared with the PostgreSQL store), the SQL form of a `QueueFilter`, and the
-derived `MessageState`.
+is queue/records.py, shared with the PostgreSQL store), the SQLite spelling of a `QueueFilter`
+(`SQLITE_DIALECT`, for filters.py), and the derived `MessageState`.
 Must not: decide when to write or run threads (`group_commit.py`, `sqlite_store.py` do that).
 """
 
@@ -207,16 +207,11 @@ SQLITE_DIALECT = filters.Dialect(
 )
 
 
-def filter_sql(query: QueueFilter, now: float) -> tuple[str, dict[str, Any]]:
-    """A WHERE clause over `messages m` matching every given field (callers apply `limit`)."""
-    return filters.filter_sql(query, now, SQLITE_DIALECT)
-
-
 def matching_ids(
     connection: sqlite3.Connection, query: QueueFilter, now: float
 ) -> list[tuple[int, str]]:
     """(row id, queue id) of the matching messages, oldest first, at most `query.limit`."""
-    where, params = filter_sql(query, now)
+    where, params = filters.filter_sql(query, now, SQLITE_DIALECT)
     sql = f"SELECT m.id, m.queue_id FROM messages m WHERE {where} ORDER BY {AGE_ORDER}"
     if query.limit is not None:
         sql += " LIMIT :limit"

@@ -237,20 +237,13 @@ class SqliteQueueStore(SpooledQueueStore):
     async def next_due(self) -> float | None:
         return await self._read(queries.next_due, self._clock.now())
 
-    async def body_chunks(self, queue_id: str, chunk_size: int = 65536) -> AsyncIterator[bytes]:
+    async def _stored_chunks(self, queue_id: str, chunk_size: int) -> AsyncIterator[bytes]:
         """Reads about a megabyte per round trip to a reader thread, never the whole body.
 
         Raises MessageNotFoundError (a KeyError) for an unknown or deleted message, and
         CorruptBodyError after the last chunk of a segment body whose CRC-32 is not the one
         recorded with it (so a transport that sends chunk by chunk never sends the final dot).
         """
-        if chunk_size <= 0:
-            raise ValueError("chunk_size must be positive")
-        hot = self._hot.get(queue_id)
-        if hot is not None:  # committed by this process and still cached: no read-back
-            for start in range(0, len(hot), chunk_size):
-                yield hot[start : start + chunk_size]
-            return
         offset = 0
         crc = 0
         while True:
