@@ -17,11 +17,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from argon2 import PasswordHasher
 
-from mailgate.auth.store import FileUserStore
 from tests.conftest import free_port, require_capabilities
 from tests.support import peers
+from tests.support.console_server import add_admin, console_config
 from tests.support.mailgate_server import InProcessMailgate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -53,30 +52,9 @@ def browser(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def mailgate(tmp_path: Path):  # type: ignore[no-untyped-def]
-    FileUserStore(tmp_path / "users", hasher=PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)).add(
-        ADMIN, PASSWORD, roles=("admin",))
+    add_admin(tmp_path / "users", ADMIN, PASSWORD)
     console_port, smtp_port = free_port(), free_port()
-    config = f"""
-[server]
-hostname = "mx.demo.test"
-spool_dir = "{tmp_path}/spool"
-users_file = "{tmp_path}/users"
-self_audit = false
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{smtp_port}"
-tls = "none"
-[relay]
-trusted_networks = ["127.0.0.1/32"]
-[[domain]]
-name = "demo.test"
-next_hop = ["127.0.0.1:{free_port()}"]
-[log]
-json_file = "{tmp_path}/log/transactions.jsonl"
-[console]
-enabled = true
-address = "127.0.0.1:{console_port}"
-"""
+    config = console_config(tmp_path, console_port, smtp_port, hostname="mx.demo.test", domain="demo.test")
     with InProcessMailgate(config) as mg:
         mg.console_url, mg.smtp_port = f"http://127.0.0.1:{console_port}", smtp_port
         yield mg

@@ -17,6 +17,7 @@ from mailgate.core.envelope import Envelope, Recipient
 from mailgate.queue.postgres_store import PostgresQueueStore
 from mailgate.queue.store import MessageMeta
 from tests.conftest import free_port
+from tests.support.config_text import cluster_queue
 from tests.support.postgres import PASSWORD
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,7 +28,7 @@ def config(tmp_path: Path, dsn: str, password_file: Path) -> Path:
     path.write_text(
         f'[server]\nspool_dir = "{tmp_path / "no-spool-here"}"\nusers_file = "{tmp_path / "users"}"\n'
         '[[listener]]\nname = "mx"\naddress = "127.0.0.1:2525"\ntls = "none"\n'
-        f'[queue]\nbackend = "postgresql"\ndsn = "{dsn}"\npassword_file = "{password_file}"\n'
+        + cluster_queue(dsn, password_file)
     )
     return path
 

@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.support.capture_server import CaptureServer
+from tests.support.config_text import cluster_queue, hosted_domain, relay_config
 from tests.support.mailgate_server import MailgateProcess
 from tests.support.postgres import PostgresInstance, start_postgres
 
@@ -36,37 +37,14 @@ QUEUE_ID = re.compile(rb"\(mailgate\) with E?SMTP\S* id (\S+)")
 
 def node_config(workdir: Path, address: str, port: int, name: str, pg: PostgresInstance, dsn: str, sink: int) -> str:
     secret = pg.write_password_file(workdir / "db.password")
-    return f"""
-[server]
-hostname = "{name}.test"
-spool_dir = "{workdir / 'spool'}"
-users_file = "{workdir / 'users'}"
-workers = 1
-self_audit = false
-
-[[listener]]
-name = "mx"
-address = "{address}:{port}"
-tls = "none"
-
-[relay]
-trusted_networks = ["127.0.0.0/8"]
-
-[[domain]]
-name = "sink.test"
-next_hop = ["127.0.0.1:{sink}"]
-
-[delivery]
-workers = {DELIVERY_WORKERS}
-retry_schedule = ["1s"]
-
-[queue]
-backend = "postgresql"
-dsn = "{dsn}"
-password_file = "{secret}"
-node_name = "{name}"
-takeover_time = "{TAKEOVER_S}s"
-"""
+    return relay_config(
+        workdir / "spool", port,
+        '[relay]\ntrusted_networks = ["127.0.0.0/8"]\n',
+        hosted_domain(f"127.0.0.1:{sink}", "sink.test"),
+        f'[delivery]\nworkers = {DELIVERY_WORKERS}\nretry_schedule = ["1s"]\n',
+        cluster_queue(dsn, secret, name, f"{TAKEOVER_S}s"),
+        hostname=f"{name}.test", server="workers = 1\nself_audit = false\n", trust_loopback=False, host=address,
+    )
 
 
 class Node:

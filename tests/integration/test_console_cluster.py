@@ -16,20 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.auth.store import FileUserStore
 from mailgate.queue.store import MessageState, QueueFilter
 from tests.conftest import free_port
-from tests.integration.test_console_http import ADMIN, CHEAP, PASSWORD, config_text
+from tests.integration.test_console_http import ADMIN, PASSWORD
+from tests.support.config_text import cluster_queue
 from tests.support.console_client import ConsoleClient
+from tests.support.console_server import add_admin, console_config
 from tests.support.mailgate_server import InProcessMailgate
 from tests.support.postgres import PostgresInstance
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def queue_config(name: str, dsn: str, secret: Path) -> str:
-    return (f'[queue]\nbackend = "postgresql"\ndsn = "{dsn}"\npassword_file = "{secret}"\n'
-            f'node_name = "{name}"\ntakeover_time = "30s"\n')
 
 
 def send(port: int, sender: str) -> None:
@@ -43,10 +39,10 @@ def test_one_nodes_console_lists_and_acts_on_every_nodes_messages(postgres_serve
     secret = pg.write_password_file(tmp_path / "db.password")
     for name in ("node-a", "node-b"):
         (tmp_path / name).mkdir()
-        FileUserStore(tmp_path / name / "users", hasher=CHEAP).add(ADMIN, PASSWORD, roles=("admin",))
+        add_admin(tmp_path / name / "users", ADMIN, PASSWORD)
     console_port, port_a, port_b = free_port(), free_port(), free_port()
-    text_a = config_text(tmp_path / "node-a", console_port, port_a, queue_config("node-a", dsn, secret))
-    text_b = config_text(tmp_path / "node-b", free_port(), port_b, queue_config("node-b", dsn, secret))
+    text_a = console_config(tmp_path / "node-a", console_port, port_a, cluster_queue(dsn, secret, "node-a", "30s"))
+    text_b = console_config(tmp_path / "node-b", free_port(), port_b, cluster_queue(dsn, secret, "node-b", "30s"))
     with InProcessMailgate(text_a) as node_a, InProcessMailgate(text_b):
         send(port_a, "from-a@example.net")
         send(port_b, "from-b@example.net")

@@ -16,56 +16,29 @@ import time
 from pathlib import Path
 
 import pytest
-from argon2 import PasswordHasher
 
 from mailgate.auth.store import FileUserStore
 from mailgate.observe import jsonlog
 from mailgate.queue.store import MessageState, QueueFilter
 from tests.conftest import free_port
 from tests.support.console_client import ConsoleClient, hidden
+from tests.support.console_server import CHEAP, add_admin, console_config
 from tests.support.mailgate_server import InProcessMailgate
 
 pytestmark = pytest.mark.timeout(120)
 
 ADMIN, PASSWORD = "root@example.org", "correct horse"
-CHEAP = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
 
 
-def config_text(tmp: Path, console_port: int, smtp_port: int, extra: str = "") -> str:
-    return f"""
-[server]
-hostname = "mx.test"
-spool_dir = "{tmp}/spool"
-users_file = "{tmp}/users"
-self_audit = false
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{smtp_port}"
-tls = "none"
-[relay]
-trusted_networks = ["127.0.0.1/32"]
-[[domain]]
-name = "hosted.test"
-next_hop = ["127.0.0.1:{free_port()}"]
-[spam]
-rspamd_url = "http://scanner:s3cret-pass@127.0.0.1:11333"
-fail_open = true
-[log]
-json_file = "{tmp}/log/transactions.jsonl"
-[console]
-enabled = true
-address = "127.0.0.1:{console_port}"
-{extra}
-"""
+# A scanner URL with a password in it: the configuration page must mask it.
+SPAM = '[spam]\nrspamd_url = "http://scanner:s3cret-pass@127.0.0.1:11333"\nfail_open = true\n'
 
 
 @pytest.fixture
 def server(tmp_path: Path):  # type: ignore[no-untyped-def]
-    users = FileUserStore(tmp_path / "users", hasher=CHEAP)
-    users.add(ADMIN, PASSWORD, roles=("admin",))
-    users.add("smtpuser@example.org", PASSWORD)
+    add_admin(tmp_path / "users", ADMIN, PASSWORD).add("smtpuser@example.org", PASSWORD)
     console_port, smtp_port = free_port(), free_port()
-    with InProcessMailgate(config_text(tmp_path, console_port, smtp_port)) as mg:
+    with InProcessMailgate(console_config(tmp_path, console_port, smtp_port, SPAM)) as mg:
         mg.console_port, mg.smtp_port, mg.tmp = console_port, smtp_port, tmp_path
         yield mg
 
@@ -268,17 +241,17 @@ def test_plain_http_is_refused_off_loopback_and_https_serves(tmp_path: Path) -> 
     from mailgate.config.loader import ConfigError, load_text
 
     with pytest.raises(ConfigError, match=r"console.address: 192.0.2.1:8025 is not a loopback address"):
-        load_text(config_text(tmp_path, 8025, 2525).replace("127.0.0.1:8025", "192.0.2.1:8025"))
+        load_text(console_config(tmp_path, 8025, 2525, SPAM).replace("127.0.0.1:8025", "192.0.2.1:8025"))
     authority = trustme.CA()
     cert = authority.issue_cert("127.0.0.1")
     cert.private_key_pem.write_to_path(tmp_path / "key.pem")
     cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
     for path in ("key.pem", "cert.pem"):
         (tmp_path / path).chmod(0o600)
-    FileUserStore(tmp_path / "users", hasher=CHEAP).add(ADMIN, PASSWORD, roles=("admin",))
+    add_admin(tmp_path / "users", ADMIN, PASSWORD)
     port = free_port()
     extra = f'cert_file = "{tmp_path}/cert.pem"\nkey_file = "{tmp_path}/key.pem"\n'
-    with InProcessMailgate(config_text(tmp_path, port, free_port(), extra)):
+    with InProcessMailgate(console_config(tmp_path, port, free_port(), SPAM, console_extra=extra)):
         context = __import__("ssl").create_default_context()
         authority.configure_trust(context)
         client = ConsoleClient(port, tls=context)

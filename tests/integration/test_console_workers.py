@@ -10,26 +10,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.support.config_text import TWO_WORKERS, console, relay_config
 from tests.support.mailgate_server import MailgateProcess
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def config(tmp_path: Path, smtp_port: int, console_port: int) -> str:
-    return f"""
-[server]
-spool_dir = "{tmp_path}/spool"
-users_file = "{tmp_path}/users"
-workers = 2
-self_audit = false
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{smtp_port}"
-tls = "none"
-[console]
-enabled = true
-address = "127.0.0.1:{console_port}"
-"""
+    return relay_config(tmp_path / "spool", smtp_port, console(console_port), server=TWO_WORKERS, trust_loopback=False)
 
 
 def test_two_workers_serve_the_console_once(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.support.config_text import TWO_WORKERS, relay_config
 from tests.support.mailgate_server import MailgateProcess, wait_for_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -17,18 +18,7 @@ pytestmark = pytest.mark.timeout(60)
 
 def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     port = free_port()
-    config = f"""
-[server]
-spool_dir = "{tmp_path}/spool"
-users_file = "{tmp_path}/users"
-workers = 2
-self_audit = false
-
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{port}"
-tls = "none"
-"""
+    config = relay_config(tmp_path / "spool", port, server=TWO_WORKERS, trust_loopback=False)
     mailgate = MailgateProcess(tmp_path, config).start(wait=("127.0.0.1", port))
     try:
         deadline = time.monotonic() + 30
