@@ -25,7 +25,7 @@ import io
 import sys
 
 import atheris
-from small_limits import small_limits
+from small_limits import small_input
 
 with atheris.instrument_imports(include=["mailgate"]):
     from mailgate.screen import actions, leaf, mime
@@ -147,12 +147,10 @@ def check_strip(message: bytes, result, parts, pick: int) -> None:  # noqa: ANN0
 
 
 def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
-    if len(data) < 3:
+    picked = small_input(data)
+    if picked is None:
         return
-    a, b, c = data[:3]
-    message = data[3:]
-    small = small_limits(a, b, c)
-    text = 8 + (c & 15) * 16
+    small, text, message = picked
     tiny_reads, tiny_parts = run(message, small, text)
     check_bounds(message, tiny_reads, tiny_parts, small, text)
     normal_reads, normal_parts = run(message, dict(small, READ_CHUNK=SHIPPED["READ_CHUNK"]), text)
@@ -162,7 +160,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
     full, full_parts = run(message, SHIPPED, SHIPPED_TEXT)
     check_bounds(message, full, full_parts, SHIPPED, SHIPPED_TEXT)
     check_against_shipped(tiny_reads, tiny_parts, full, full_parts)
-    check_strip(message, full, full_parts, a ^ b ^ c)
+    check_strip(message, full, full_parts, data[0] ^ data[1] ^ data[2])  # which leaf: the limit octets
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import io
 import sys
 
 import atheris
-from small_limits import small_limits
+from small_limits import small_input
 
 with atheris.instrument_imports(include=["mailgate.screen"]):
     from mailgate.config.loader import load_section
@@ -69,15 +69,14 @@ def screen(message: bytes, limits: dict[str, int], text: int):  # noqa: ANN201
 
 
 def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
-    if len(data) < 3:
+    picked = small_input(data)
+    if picked is None:
         return
-    a, b, c = data[:3]
-    message = data[3:]
-    small = small_limits(a, b, c)
+    small, text, message = picked
     full = screen(message, SHIPPED, SHIPPED_TEXT)
     if full.action != "reject":
         return
-    bounded = screen(message, small, 8 + (c & 15) * 16)
+    bounded = screen(message, small, text)
     check(bounded.action == "reject",
           f"rejected by {full.rule} ({full.reason}) with the shipped limits, {bounded.action} under {small}")
 

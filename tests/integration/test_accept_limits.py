@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.support.config_text import hosted_domain, relay_config, smtps_listener
 from tests.support.mailgate_server import MailgateProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,43 +34,16 @@ pytestmark = pytest.mark.timeout(120)
 
 def _config(tmp_path: Path, tls_files: dict[str, str], mx: int, smtps: int, workers: int, per_client: int,
             balanced: int) -> str:
-    return f"""
-[server]
-hostname = "mx.test"
-spool_dir = "{tmp_path / 'spool'}"
-users_file = "{tmp_path / 'users'}"
-workers = {workers}
-self_audit = false
-
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{mx}"
-tls = "none"
-max_connections = 1000
-max_connections_per_client = {per_client}
-
-[[listener]]
-name = "smtps"
-address = "127.0.0.1:{smtps}"
-profile = "smtps"
-cert_file = "{tls_files['cert']}"
-key_file = "{tls_files['key']}"
-max_connections_per_client = {per_client}
-tls_handshake_timeout = "10s"
-
-[[listener]]
-name = "balanced"
-address = "127.0.0.1:{balanced}"
-profile = "smtps"
-cert_file = "{tls_files['cert']}"
-key_file = "{tls_files['key']}"
-proxy_protocol = true
-proxy_from = ["127.0.0.1/32"]
-
-[[domain]]
-name = "hosted.test"
-next_hop = ["maildir:{tmp_path / 'mbox'}"]
-"""
+    cert, key = tls_files["cert"], tls_files["key"]
+    return relay_config(
+        tmp_path / "spool", mx,
+        smtps_listener("smtps", smtps, cert, key,
+                       f'max_connections_per_client = {per_client}\ntls_handshake_timeout = "10s"\n'),
+        smtps_listener("balanced", balanced, cert, key, 'proxy_protocol = true\nproxy_from = ["127.0.0.1/32"]\n'),
+        hosted_domain(f"maildir:{tmp_path / 'mbox'}"),
+        server=f"workers = {workers}\nself_audit = false\n",
+        listener=f"max_connections = 1000\nmax_connections_per_client = {per_client}\n", trust_loopback=False,
+    )
 
 
 ATTACKER = "127.0.0.4"

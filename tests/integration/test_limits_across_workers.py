@@ -25,6 +25,7 @@ import pytest
 
 from tests.conftest import free_port
 from mailgate.auth.store import FileUserStore
+from tests.support.config_text import TWO_WORKERS, relay_config
 from tests.support.mailgate_server import MailgateProcess
 from tests.support.receiving import HOSTED, config_text
 
@@ -32,20 +33,10 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def _config(tmp_path: Path, port: int, per_client: int, total: int) -> str:
-    return f"""
-[server]
-spool_dir = "{tmp_path / 'spool'}"
-users_file = "{tmp_path / 'users'}"
-workers = 2
-self_audit = false
-
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{port}"
-tls = "none"
-max_connections = {total}
-max_connections_per_client = {per_client}
-"""
+    return relay_config(
+        tmp_path / "spool", port, server=TWO_WORKERS, trust_loopback=False,
+        listener=f"max_connections = {total}\nmax_connections_per_client = {per_client}\n",
+    )
 
 
 def _greeted(port: int, attempts: int) -> int:

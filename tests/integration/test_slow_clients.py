@@ -14,37 +14,19 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.support.config_text import hosted_domain, relay_config, smtps_listener
 from tests.support.mailgate_server import InProcessMailgate
 
 pytestmark = pytest.mark.timeout(90)
 
 
 def _config(tmp_path: Path, tls_files: dict[str, str], mx: int, smtps: int) -> str:
-    return f"""
-[server]
-hostname = "mx.test"
-spool_dir = "{tmp_path / 'spool'}"
-users_file = "{tmp_path / 'users'}"
-
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{mx}"
-tls = "none"
-data_timeout = "2s"
-data_deadline = "3s"
-
-[[listener]]
-name = "smtps"
-address = "127.0.0.1:{smtps}"
-profile = "smtps"
-cert_file = "{tls_files['cert']}"
-key_file = "{tls_files['key']}"
-tls_handshake_timeout = "1s"
-
-[[domain]]
-name = "hosted.test"
-next_hop = ["maildir:{tmp_path / 'mbox'}"]
-"""
+    return relay_config(
+        tmp_path / "spool", mx,
+        smtps_listener("smtps", smtps, tls_files["cert"], tls_files["key"], 'tls_handshake_timeout = "1s"\n'),
+        hosted_domain(f"maildir:{tmp_path / 'mbox'}"),
+        listener='data_timeout = "2s"\ndata_deadline = "3s"\n', trust_loopback=False,
+    )
 
 
 @pytest.fixture

@@ -2,10 +2,11 @@
 
 Owns: `relay_config`, the text of a [server] with its spool and users file, one plain-text
 [[listener]] named "mx" on loopback, a [relay] that trusts 127.0.0.1, and then the test's own
-sections; `hosted_domain`, one [[domain]] table; `loopback_dns`, the [dns] section of a test
-nameserver; `cluster_queue`, the [queue] section of a PostgreSQL queue; `console`, the [console]
-section of a web console on loopback. Each key is written `key = value` on its own line, so a test may still `.replace()`
-one. Must not: hide what a test is about: the keys a test checks stay in its own text.
+sections; `hosted_domain`, one [[domain]] table; `smtps_listener`, a [[listener]] with implicit
+TLS; `loopback_dns`, the [dns] section of a test nameserver; `cluster_queue`, the [queue] section
+of a PostgreSQL queue; `console`, the [console] section of a web console on loopback. Each key is
+written `key = value` on its own line, so a test may still `.replace()` one.
+Must not: hide what a test is about: the keys a test checks stay in its own text.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ def relay_config(
 
 def hosted_domain(next_hop: str, name: str = "hosted.test", extra: str = "") -> str:
     return f'[[domain]]\nname = "{name}"\nnext_hop = ["{next_hop}"]\n{extra}'
+
+
+def smtps_listener(name: str, port: int, cert_file: str | Path, key_file: str | Path, extra: str = "") -> str:
+    """A [[listener]] with implicit TLS (profile smtps) on 127.0.0.1:`port`; `extra`: more lines for it."""
+    return (f'[[listener]]\nname = "{name}"\naddress = "127.0.0.1:{port}"\nprofile = "smtps"\n'
+            f'cert_file = "{cert_file}"\nkey_file = "{key_file}"\n{extra}')
 
 
 def loopback_dns(port: int) -> str:
