@@ -7,6 +7,7 @@ test_sqlite_store.py and test_queue_contract.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -33,6 +34,30 @@ def store_on(dsn: str, spool: Path, node: str, clock=None, **options) -> Postgre
     return PostgresQueueStore(dsn, spool / node, password=PASSWORD, node=node, clock=clock, **options)
 
 
+@contextlib.asynccontextmanager
+async def two_nodes(dsn: str, spool: Path, clock, **options):  # type: ignore[no-untyped-def]
+    """The open stores of nodes n1 and n2 on one database; both closed after."""
+    first, second = (store_on(dsn, spool, name, clock, **options) for name in ("n1", "n2"))
+    await first.open()
+    await second.open()
+    try:
+        yield first, second
+    finally:
+        await first.close()
+        await second.close()
+
+
+@contextlib.asynccontextmanager
+async def claimed_by_n1(dsn: str, spool: Path, lease: float):  # type: ignore[no-untyped-def]
+    """Nodes n1 and n2 on the real clock with `lease`-second leases, and one message n1 has claimed:
+    (clock, n1, n2, queue id)."""
+    clock = SystemClock()
+    async with two_nodes(dsn, spool, clock, lease_seconds=lease) as (first, second):
+        queue_id = await enqueue(first)
+        assert [m.queue_id for m in await first.claim_due(clock.now(), 10)] == [queue_id]
+        yield clock, first, second, queue_id
+
+
 async def enqueue(store: PostgresQueueStore, body: bytes = b"Subject: t\r\n\r\nhi\r\n") -> str:
     writer = store.begin()
     writer.write(body)
@@ -45,10 +70,7 @@ def test_a_node_whose_lease_lapsed_cannot_record_over_the_newer_claim(postgres_s
 
     async def scenario() -> None:
         clock = FakeClock(START)
-        first, second = store_on(dsn, tmp_path, "n1", clock), store_on(dsn, tmp_path, "n2", clock)
-        await first.open()
-        await second.open()
-        try:
+        async with two_nodes(dsn, tmp_path, clock) as (first, second):
             queue_id = await enqueue(first)
             assert [m.queue_id for m in await first.claim_due(START, 10)] == [queue_id]
             assert await second.claim_due(START, 10) == []  # leased to n1
@@ -64,9 +86,6 @@ def test_a_node_whose_lease_lapsed_cannot_record_over_the_newer_claim(postgres_s
             assert message.recipients[0].attempts == 0 and message.first_attempt is None
             assert await second.finish(queue_id, updates=[RecipientUpdate(0, RecipientState.DELIVERED, DELIVERED)])
             assert await first.get(queue_id) is None
-        finally:
-            await first.close()
-            await second.close()
 
     asyncio.run(scenario())
 
@@ -106,13 +125,7 @@ def test_heartbeats_keep_a_live_nodes_leases_and_a_dead_nodes_are_taken_over(pos
     lease = 1.0
 
     async def scenario() -> None:
-        clock = SystemClock()
-        alive, other = (store_on(dsn, tmp_path, name, clock, lease_seconds=lease) for name in ("n1", "n2"))
-        await alive.open()
-        await other.open()
-        try:
-            queue_id = await enqueue(alive)
-            assert [m.queue_id for m in await alive.claim_due(clock.now(), 10)] == [queue_id]
+        async with claimed_by_n1(dsn, tmp_path, lease) as (clock, alive, other, queue_id):
             await asyncio.sleep(lease * 2.5)  # the heartbeat renewed the lease meanwhile
             assert await other.claim_due(clock.now(), 10) == []
             assert alive._heartbeat_task is not None
@@ -126,9 +139,6 @@ def test_heartbeats_keep_a_live_nodes_leases_and_a_dead_nodes_are_taken_over(pos
             assert time.monotonic() - died <= lease * 10
             nodes = {name for name, _, _ in await other.nodes()}
             assert nodes == {"n1", "n2"}
-        finally:
-            await alive.close()
-            await other.close()
 
     asyncio.run(scenario())
 
@@ -210,13 +220,7 @@ def test_a_claim_whose_finish_failed_is_not_renewed_and_lapses_to_another_node(p
     lease = 1.0
 
     async def scenario() -> None:
-        clock = SystemClock()
-        first, second = (store_on(dsn, tmp_path, name, clock, lease_seconds=lease) for name in ("n1", "n2"))
-        await first.open()
-        await second.open()
-        try:
-            queue_id = await enqueue(first)
-            assert [m.queue_id for m in await first.claim_due(clock.now(), 10)] == [queue_id]
+        async with claimed_by_n1(dsn, tmp_path, lease) as (clock, first, second, queue_id):
             saved_run = first._writer.run
 
             async def broken(operation):  # type: ignore[no-untyped-def]
@@ -234,9 +238,6 @@ def test_a_claim_whose_finish_failed_is_not_renewed_and_lapses_to_another_node(p
             assert taken == [queue_id]
             with pytest.raises(LeaseLostError):  # and n1's late outcome is fenced off
                 await first.finish(queue_id, updates=[RecipientUpdate(0, RecipientState.DELIVERED, DELIVERED)])
-        finally:
-            await first.close()
-            await second.close()
 
     asyncio.run(scenario())
 
