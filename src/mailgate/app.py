@@ -17,9 +17,9 @@ import signal
 from pathlib import Path
 
 from mailgate.app_config import (
-    StartupError, audit_domain, bouncer, console_settings, control_socket_path, delivery_transport, disk_guard, listener_profiles,
-    listener_settings, observation_settings, queue_store, rate_limits, reception_settings, recipient_validation,
-    reload_profiles, reloaded_recipients, resolver_settings, retry_schedule, routing_settings, runner_settings,
+    audit_domain, console_settings, delivery_transport, disk_guard, listener_profiles, listener_settings,
+    observation_settings, rate_limits, reception_settings, recipient_validation, reload_profiles, reloaded_recipients,
+    resolver_settings, routing_settings, runner_settings,
 )
 from mailgate.auth.lockout import AuthFailureTracker
 from mailgate.auth.store import FileUserStore
@@ -35,6 +35,7 @@ from mailgate.observe.readiness import readiness_problems
 from mailgate.offline_queue import open_store, recover_store
 from mailgate.preflight import server_user_problems, startup_problems
 from mailgate.policy.shared_limits import RateTables
+from mailgate.queue_config import bouncer, control_socket_path, queue_store, retry_schedule
 from mailgate.server import listen_sockets
 from mailgate.server.context import ListenerProfile, Reception
 from mailgate.server.control import ControlServer
@@ -44,6 +45,7 @@ from mailgate.server.privileges import drop_privileges, resolve_identity
 from mailgate.server.session import Session
 from mailgate.screen.health import probe_periodically
 from mailgate.start_gate import StartGate
+from mailgate.startup_errors import StartupError
 from mailgate.tools.audit import AUDIT_SOURCES, AuditTarget, self_audit
 
 log = logging.getLogger("mailgate")

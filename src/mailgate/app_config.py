@@ -1,11 +1,11 @@
 """From the validated configuration to each component's settings.
 
 Owns: translating `Config` into the settings objects of the relay policy, routing, listeners,
-delivery runner and retry schedule, rate limits, screener and authenticator, the settings every
-session shares (`reception_settings`, applied again on reload), the delivery transport, bouncer,
-disk guard, resolver and observation settings, and the start-up error that names the
-configuration key at fault. app.py composes the components from these; `mailgate explain` and
-the queue commands use the same translations.
+delivery runner, rate limits, screener and authenticator, the settings every session shares
+(`reception_settings`, applied again on reload), the delivery transport, disk guard, resolver
+and observation settings. app.py composes the components from these; `mailgate explain` uses the
+same translations. The queue's (store, retry schedule, bouncer, control socket) are in
+queue_config.py, light enough for the queue commands; the start-up errors in startup_errors.py.
 Must not: start anything (no sockets, threads or files beyond reading a certificate or the smart
 host password).
 """
@@ -29,7 +29,6 @@ from mailgate.config.loader import Config, effective_auth, effective_tls
 from mailgate.config.types import parse_host_port
 from mailgate.console.settings import ConsoleSettings
 from mailgate.core.address import AddressError, normalise_domain
-from mailgate.delivery.bouncer import Bouncer
 from mailgate.delivery.maildir import MaildirTransport
 from mailgate.delivery.request import RoutedTransport
 from mailgate.delivery.routing import HopSpec, HostedRoute, RoutingSettings
@@ -40,10 +39,7 @@ from mailgate.observe.observation import ObservationSettings
 from mailgate.policy.limits import MessageRateLimits, RateLimiter
 from mailgate.policy.shared_limits import RateTable, RateTables, SharedRateLimiter
 from mailgate.policy.relay import HostedDomain, PolicySettings, RelayPolicy
-from mailgate.core.clock import Clock
-from mailgate.queue.backoff import RetrySchedule
-from mailgate.queue.sqlite_store import SqliteQueueStore
-from mailgate.queue.store import QueueStore
+from mailgate.queue_config import queue_node_name
 from mailgate.recipients.cache import LookupCache
 from mailgate.recipients.callahead import CallAheadSource, ProbeTarget
 from mailgate.recipients.ldap_source import LdapSettings, LdapSource
@@ -57,52 +53,7 @@ from mailgate.server.interfaces import IPAddress, interface_addresses
 from mailgate.server.listener import ListenerSettings
 from mailgate.server.line_rules import LineRules
 from mailgate.server.tls import TlsConfigError, server_context
-
-
-class StartupError(Exception):
-    """mailgate cannot start; each line names the configuration key and the problem."""
-
-
-class StartupConflict(Exception):
-    """mailgate cannot start because another process holds what it needs (the node's name in the
-    cluster queue); that process may go away, so it is exit 1 and a service manager retries."""
-
-
-def queue_password(config: Config) -> str | None:
-    """The cluster queue's database password from `queue.password_file` (its first line)."""
-    path = config.queue.password_file
-    if not path:
-        return None
-    try:
-        with open(path, encoding="utf-8") as file:
-            return file.readline().rstrip("\r\n")
-    except OSError as exc:
-        raise StartupError(f"queue.password_file: {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise StartupError(f"queue.password_file: {path}: not UTF-8 text") from None
-
-
-def queue_node_name(config: Config) -> str:
-    return config.queue.node_name or config.server.hostname
-
-
-def queue_problems(config: Config) -> list[str]:
-    """What keeps the configured queue backend from being used, one line per key."""
-    queue = config.queue
-    if queue.backend != "postgresql":
-        return []
-    problems = []
-    if not queue.dsn:
-        problems.append('queue.dsn: required with queue.backend = "postgresql"')
-    try:
-        queue_password(config)
-    except StartupError as exc:
-        problems.append(str(exc))
-    return problems
-
-
-def control_socket_path(config: Config) -> Path:
-    return Path(config.server.control_socket or Path(config.server.spool_dir) / "control.sock")
+from mailgate.startup_errors import StartupError
 
 
 def console_settings(config: Config) -> ConsoleSettings:
@@ -189,12 +140,6 @@ def routing_settings(config: Config) -> RoutingSettings:
         bind_address6=delivery.bind_address6,
     )
 
-
-
-def retry_schedule(config: Config) -> RetrySchedule:
-    delivery = config.delivery
-    return RetrySchedule(steps=tuple(delivery.retry_schedule), max_interval=delivery.max_retry_interval,
-                         max_lifetime=delivery.max_lifetime)
 
 
 def runner_settings(config: Config) -> RunnerSettings:
@@ -433,21 +378,6 @@ def reception_settings(config: Config, users: Any, resolver: Resolver, is_hosted
     }
 
 
-def queue_store(config: Config, clock: Clock | None = None, *, serving: bool = True) -> QueueStore:
-    """The queue store `[queue] backend` names, not opened: SQLite in `server.spool_dir`, or
-    the cluster's PostgreSQL (StartupError: its password file cannot be read). Not `serving`
-    (the admin commands): the cluster store does not take the node's name nor heartbeat."""
-    queue = config.queue
-    if queue.backend == "postgresql":
-        from mailgate.queue.postgres_store import PostgresQueueStore  # only a cluster needs psycopg
-
-        return PostgresQueueStore(
-            queue.dsn, config.server.spool_dir, password=queue_password(config), node=queue_node_name(config),
-            clock=clock, lease_seconds=queue.takeover_time, register=serving,
-        )
-    return SqliteQueueStore(config.server.spool_dir, clock=clock, reserve_bytes=config.server.disk_reserve)
-
-
 def resolver_settings(config: Config) -> tuple[list[str] | None, int, float]:
     """(nameservers or None for the system's, port, timeout) for dns.resolver.DnsPythonResolver."""
     dns = config.dns
@@ -461,12 +391,6 @@ def delivery_transport(config: Config) -> RoutedTransport:
         max_connections=delivery.max_connections, max_per_destination=delivery.max_per_destination,
     )
     return RoutedTransport(smtp, MaildirTransport())
-
-
-def bouncer(config: Config, store: Any, schedule: RetrySchedule, **observers: Any) -> Bouncer:
-    """`store`: the queue store; `schedule`: the runner's (retry_schedule), which carries the
-    lifetime; `observers`: on_queued and on_dsn (delivery/bouncer.py)."""
-    return Bouncer(store, config.server.hostname, config.delivery.delay_warning, schedule, **observers)
 
 
 def disk_guard(config: Config) -> DiskGuard:

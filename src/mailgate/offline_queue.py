@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from mailgate.app_config import StartupConflict, StartupError, bouncer, queue_store, retry_schedule
 from mailgate.config.loader import Config
 from mailgate.core.clock import SystemClock
 from mailgate.delivery.admin import QueueAdmin
 from mailgate.queue.store import NodeNameInUseError, QueueStore, QueueUnavailableError
+from mailgate.queue_config import bouncer, queue_store, retry_schedule
+from mailgate.startup_errors import StartupConflict, StartupError
 
 log = logging.getLogger("mailgate")
 

@@ -17,13 +17,15 @@ import os
 import socket
 
 from mailgate.app_config import (
-    StartupError, arc_seal_key, build_screener, build_signer, console_settings, listener_profiles, organizational_domains, policy_settings,
-    queue_problems, routing_settings,
+    arc_seal_key, build_screener, build_signer, console_settings, listener_profiles, organizational_domains, policy_settings,
+    routing_settings,
 )
 from mailgate.auth.store import FileUserStore, UserStoreError
 from mailgate.config.loader import Config
 from mailgate.policy.audit import open_relay_problems
+from mailgate.queue_config import queue_problems
 from mailgate.server.privileges import PrivilegeError, resolve_identity, spool_ownership_problems
+from mailgate.startup_errors import StartupError
 
 
 def startup_problems(config: Config) -> list[str]:

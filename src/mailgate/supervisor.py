@@ -71,7 +71,7 @@ def run(config: Config, run_loop: Callable, start_worker: Callable[[int, int], "
         return run_loop(start_worker(0, 1))
     from mailgate.offline_queue import recover_offline
 
-    from mailgate.app_config import StartupConflict, StartupError
+    from mailgate.startup_errors import StartupConflict, StartupError
 
     try:
         run_loop(recover_offline(config))  # before any fork: no thread of ours is running

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from mailgate.app_config import retry_schedule
+from mailgate.queue_config import retry_schedule
 from mailgate.config.loader import load_embedded
 from mailgate.queue.backoff import RetrySchedule
 from mailgate.queue.ids import QUEUE_ID_LENGTH, is_queue_id, new_queue_id

@@ -21,12 +21,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-RSA = "rsa"
-ED25519 = "ed25519"
-KEY_TYPES = (RSA, ED25519)
-# RFC 8301 §3.2: signers MUST use RSA keys of at least 1024 bits and SHOULD use 2048.
-MIN_RSA_BITS = 1024
-DEFAULT_RSA_BITS = 2048
+from mailgate.auth.dkim_key_types import DEFAULT_RSA_BITS, ED25519, KEY_TYPES, MIN_RSA_BITS, RSA
 # RFC 6376 §3.6.2.2: a TXT character-string holds at most 255 octets.
 TXT_STRING_LIMIT = 255
 ALGORITHMS = {RSA: "rsa-sha256", ED25519: "ed25519-sha256"}

@@ -13,11 +13,12 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mailgate.tools.certs import (
-    KEY_TYPES, SELF_SIGNED_DAYS, CertificateInfo, certificate_pem, csr_pem, describe, key_pem,
-    load_certificates, make_csr, make_self_signed, new_private_key,
-)
+from mailgate.tools.options import CERT_KEY_TYPES, SELF_SIGNED_DAYS
+
+if TYPE_CHECKING:
+    from mailgate.tools.certs import CertificateInfo
 
 EPILOG = """examples:
   mailgate cert request --cn mx.example.com --san mail.example.com
@@ -44,7 +45,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         action.add_argument("--cn", required=True, help="common name: the host name clients connect to")
         action.add_argument("--san", action="append", default=[], metavar="NAME",
                             help="another DNS name or IP address (repeatable); the CN is always included")
-        action.add_argument("--key-type", choices=KEY_TYPES, default="ec", help="ec (P-256, default) or rsa (2048)")
+        action.add_argument("--key-type", choices=CERT_KEY_TYPES, default="ec", help="ec (P-256, default) or rsa (2048)")
         action.add_argument("--out-dir", default=".",
                             help="directory for the files, created (mode 0750) if missing (default: current)")
         action.add_argument("--force", action="store_true", help="overwrite existing files")
@@ -69,6 +70,8 @@ def _write(path: Path, data: bytes, *, private: bool, force: bool) -> None:
 
 
 def make_command(args: argparse.Namespace) -> int:
+    from mailgate.tools.certs import certificate_pem, csr_pem, key_pem, make_csr, make_self_signed, new_private_key
+
     selfsigned = args.cert_command == "selfsigned"
     if selfsigned and not 0 < args.days <= 3650:
         print("mailgate cert: --days must be 1 to 3650", file=sys.stderr)
@@ -109,6 +112,8 @@ def make_command(args: argparse.Namespace) -> int:
 
 
 def show_command(args: argparse.Namespace) -> int:
+    from mailgate.tools.certs import describe, load_certificates
+
     try:
         certificates = load_certificates(Path(args.file).read_bytes())
     except OSError as exc:

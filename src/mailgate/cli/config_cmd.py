@@ -9,9 +9,6 @@ import argparse
 import sys
 
 from mailgate.cli.config_option import DEFAULT_CONFIG, add_config_argument, load_config, load_config_or_report
-from mailgate.config.loader import ConfigError
-from mailgate.config.reference import render_reference
-from mailgate.config.show import config_text
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -29,11 +26,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     check.set_defaults(handler=check_command)
     show.set_defaults(handler=show_command)
     reference = sub.add_parser("reference", help="print the Markdown reference of every key")
-    reference.set_defaults(handler=lambda args: sys.stdout.write(render_reference()) and 0)
+    reference.set_defaults(handler=reference_command)
     config.set_defaults(handler=lambda args: config.print_help() or 2)
 
 
 def check_command(args: argparse.Namespace) -> int:
+    from mailgate.config.loader import ConfigError
     from mailgate.preflight import startup_problems
 
     try:
@@ -60,8 +58,17 @@ def check_command(args: argparse.Namespace) -> int:
 
 
 def show_command(args: argparse.Namespace) -> int:
+    from mailgate.config.show import config_text
+
     config = load_config_or_report(args.file or args.config, "config show")
     if config is None:
         return 2
     sys.stdout.write(config_text(config, non_default=args.non_default))
+    return 0
+
+
+def reference_command(args: argparse.Namespace) -> int:
+    from mailgate.config.reference import render_reference
+
+    sys.stdout.write(render_reference())
     return 0

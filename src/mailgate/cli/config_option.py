@@ -14,8 +14,10 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mailgate.config.loader import Config, ConfigError, load_embedded, load_file
+if TYPE_CHECKING:  # the loader is imported when a command reads its configuration, not at start
+    from mailgate.config.loader import Config
 
 DEFAULT_CONFIG = "/etc/mailgate/mailgate.toml"
 CONFIG_HELP = (f"configuration file (default: {DEFAULT_CONFIG}; the embedded loopback try-out "
@@ -33,6 +35,8 @@ def load_config(path: str | None) -> Config:
     """The file given, else the default path when it exists, else the embedded default.
 
     Raises FileNotFoundError for a file given but missing, ConfigError, or another OSError."""
+    from mailgate.config.loader import load_embedded, load_file
+
     if path:
         return load_file(path)
     if Path(DEFAULT_CONFIG).exists():
@@ -42,6 +46,8 @@ def load_config(path: str | None) -> Config:
 
 def load_config_or_report(path: str | None, command: str) -> Config | None:
     """`load_config`, or None after printing each problem as `mailgate COMMAND: FILE: problem`."""
+    from mailgate.config.loader import ConfigError
+
     try:
         return load_config(path)
     except ConfigError as exc:

@@ -11,17 +11,16 @@ or the key file cannot be used; 2 usage or configuration error; 3 DNS failed tem
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mailgate.auth.dkim_keys import (
-    DEFAULT_RSA_BITS, KEY_TYPES, DkimKey, DkimKeyError, generate_private_key, key_from_bytes, load_key, record_matches,
-    write_private_key,
-)
+from mailgate.auth.dkim_key_types import DEFAULT_RSA_BITS, KEY_TYPES
 from mailgate.cli.config_option import add_config_argument, load_config_or_report
-from mailgate.core.address import AddressError, normalise_domain
-from mailgate.dns.resolver import DnsNoSuchDomain, DnsPythonResolver, DnsTemporaryError, Resolver
+
+if TYPE_CHECKING:
+    from mailgate.auth.dkim_keys import DkimKey
+    from mailgate.dns.resolver import Resolver
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DNS = 0, 1, 2, 3
 DEFAULT_KEY_DIR = "./var/dkim"
@@ -66,6 +65,9 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 
 
 def keygen_command(args: argparse.Namespace) -> int:
+    from mailgate.auth.dkim_keys import DkimKeyError, generate_private_key, key_from_bytes, write_private_key
+    from mailgate.core.address import AddressError, normalise_domain
+
     try:
         domain = normalise_domain(args.domain.strip())
     except AddressError as exc:
@@ -90,6 +92,12 @@ def keygen_command(args: argparse.Namespace) -> int:
 
 
 def check_command(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from mailgate.auth.dkim_keys import DkimKeyError
+    from mailgate.core.address import AddressError, normalise_domain
+    from mailgate.dns.resolver import DnsPythonResolver
+
     try:
         domain = normalise_domain(args.domain.strip())
     except AddressError as exc:
@@ -113,6 +121,9 @@ def check_command(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace, config, domain: str) -> list[DkimKey]:
+    from mailgate.auth.dkim_keys import DkimKeyError, load_key
+    from mailgate.core.address import AddressError, normalise_domain
+
     if args.key_file:
         if not args.selector:
             raise DkimKeyError("--key-file needs --selector")
@@ -129,11 +140,16 @@ def _keys(args: argparse.Namespace, config, domain: str) -> list[DkimKey]:
 
 
 async def _check_all(resolver: Resolver, keys: list[DkimKey]) -> list[tuple[int, str]]:
+    import asyncio
+
     return list(await asyncio.gather(*(check_published(resolver, key) for key in keys)))
 
 
 async def check_published(resolver: Resolver, key: DkimKey) -> tuple[int, str]:
     """(exit code, text) for one key: is its record published and does it carry this key?"""
+    from mailgate.auth.dkim_keys import record_matches
+    from mailgate.dns.resolver import DnsNoSuchDomain, DnsTemporaryError
+
     try:
         records = await resolver.txt(key.record_name)
     except DnsTemporaryError as exc:

@@ -9,13 +9,15 @@ Must not: decide anything (tools/explain.py walks the real policy code).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from mailgate.cli.config_option import add_configured_parser, with_config
-from mailgate.config.loader import Config, effective_auth
-from mailgate.tools.explain import Explanation, Hypothetical, SessionLimits, Step, explain
+
+if TYPE_CHECKING:
+    from mailgate.config.loader import Config
+    from mailgate.tools.explain import Explanation, Hypothetical, Step
 
 EPILOG = """examples:
   mailgate explain --client 203.0.113.5 --from a@example.org --to b@example.com
@@ -61,6 +63,10 @@ class ExplainUsageError(Exception):
 
 @with_config("explain")
 def explain_command(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+
+    from mailgate.tools.explain import Hypothetical
+
     request = Hypothetical(
         client_ip=args.client, mail_from=args.mail_from.strip("<>"),
         recipients=tuple(r.strip("<>") for r in args.recipients), helo=args.helo, user=args.user,
@@ -85,8 +91,10 @@ async def explain_with_config(config, request: Hypothetical, listener_name: str 
     ExplainUsageError for a listener, users file, recipient source or client that does not work."""
     from mailgate.app_config import StartupError, policy_settings, recipient_validation
     from mailgate.auth.store import FileUserStore, UserStoreError
+    from mailgate.config.loader import effective_auth
     from mailgate.dns.resolver import DnsPythonResolver
     from mailgate.policy.relay import RelayPolicy
+    from mailgate.tools.explain import SessionLimits, explain
 
     listeners = [l for l in config.listener if listener_name in (None, l.name)]
     if not listeners:

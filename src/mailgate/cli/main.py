@@ -2,6 +2,12 @@
 
 Owns: the top-level parser, exit codes (0 ok, 1 operation failed, 2 usage or configuration
 error) and the `mailq` alias. Must not: contain the logic of any command beyond dispatch.
+
+Every command module builds its parser from light imports only (argparse, the standard library,
+constants such as tools/options.py); what a command needs to run (the configuration loader,
+the store, cryptography, dnspython, the server) its handler imports when it runs. So each start
+pays only for the command given: parsing alone loads nothing heavy
+(tests/unit/test_cli_startup.py).
 """
 
 from __future__ import annotations

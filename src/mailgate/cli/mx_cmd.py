@@ -8,20 +8,18 @@ Must not: resolve or speak SMTP itself (tools/mx_probe.py does, with dns/).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import socket
 import sys
 from collections.abc import Awaitable
 from dataclasses import asdict
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from mailgate.cli.config_option import add_config_argument, load_config_or_report
-from mailgate.dns.resolver import DnsPythonResolver
-from mailgate.tools.mx_probe import (
-    NO_SUCH_DOMAIN, NULL, TEMPORARY, MxLookup, ProbeResult, lookup, probe, probe_targets,
-    validate_domain,
-)
+
+if TYPE_CHECKING:
+    from mailgate.dns.resolver import DnsPythonResolver
+    from mailgate.tools.mx_probe import MxLookup, ProbeResult
 
 T = TypeVar("T")
 PROGRESS_AFTER = 1.0  # seconds of silence before a progress line
@@ -47,7 +45,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("domain", help="the domain (IDN allowed)")
     parser.add_argument("--probe", action="store_true", help="connect to every address of every host")
     parser.add_argument("--port", type=int, default=25, help="SMTP port to probe (default 25)")
-    parser.add_argument("--helo", default=socket.getfqdn() or "localhost", help="EHLO name for the probe")
+    parser.add_argument("--helo", help="EHLO name for the probe")  # default: this host's name, asked when probing
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per DNS look-up and per reply (default 10)")
     parser.add_argument("--nameserver", action="append", metavar="IP",
                         help="DNS server (repeatable; default: dns.nameservers of the configuration, as "
@@ -60,6 +58,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def mx_command(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from mailgate.dns.resolver import DnsPythonResolver
+    from mailgate.tools.mx_probe import NO_SUCH_DOMAIN, NULL, TEMPORARY, validate_domain
+
     try:
         domain = validate_domain(args.domain)
     except ValueError as exc:
@@ -91,6 +94,8 @@ def mx_command(args: argparse.Namespace) -> int:
 
 
 async def _run(resolver: DnsPythonResolver, domain: str, args: argparse.Namespace) -> tuple[MxLookup, list[ProbeResult]]:
+    from mailgate.tools.mx_probe import lookup, probe, probe_targets
+
     report = await _after_a_second_say(
         lookup(resolver, domain),
         f"looking up MX of {domain} at {resolver.describe_servers()} (time-out {args.timeout:g} s per look-up) ...",
@@ -98,10 +103,11 @@ async def _run(resolver: DnsPythonResolver, domain: str, args: argparse.Namespac
     probes: list[ProbeResult] = []
     if args.probe:
         targets = probe_targets(report)
+        helo = args.helo if args.helo is not None else socket.getfqdn() or "localhost"
         for index, (host, address) in enumerate(targets, start=1):
             print(f"[{index}/{len(targets)}] probing {host} ({address}) port {args.port} ...",
                   file=sys.stderr, flush=True)
-            probes.append(await probe(host, address, args.port, helo=args.helo,
+            probes.append(await probe(host, address, args.port, helo=helo,
                                       timeout=args.timeout, source_address=args.source_address))
     return report, probes
 
@@ -109,6 +115,8 @@ async def _run(resolver: DnsPythonResolver, domain: str, args: argparse.Namespac
 async def _after_a_second_say(work: Awaitable[T], message: str) -> T:
     """`work`'s result; `message` on stderr if it takes longer than PROGRESS_AFTER (docs/tools.md:
     commands that take more than a second print progress)."""
+    import asyncio
+
     task = asyncio.ensure_future(work)
     done, _ = await asyncio.wait({task}, timeout=PROGRESS_AFTER)
     if not done:

@@ -13,7 +13,6 @@ Must not: implement the operations (delivery/admin.py).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -25,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from mailgate.cli.config_option import add_config_argument, load_config_or_report
-from mailgate.config.types import Duration
-from mailgate.server import control
 
 EXAMPLES = """examples:
   mailgate queue list                          every message, like mailq
@@ -90,6 +87,8 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
 
 
 def _query(args: argparse.Namespace) -> dict[str, Any]:
+    from mailgate.config.types import Duration
+
     query: dict[str, Any] = {}
     for name in ("queue_id", "sender", "recipient", "domain", "state"):
         if getattr(args, name, None):
@@ -101,6 +100,8 @@ def _query(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def queue_command(args: argparse.Namespace) -> int:
+    import asyncio
+
     try:
         query = _query(args)
     except ValueError as exc:
@@ -120,7 +121,7 @@ def queue_command(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"mailgate queue: server.spool_dir {config.server.spool_dir}: {problem}", file=sys.stderr)
         return 2
-    from mailgate.app_config import StartupError
+    from mailgate.startup_errors import StartupError
 
     try:
         if args.action == "list":
@@ -139,13 +140,15 @@ def queue_command(args: argparse.Namespace) -> int:
 
 
 def migrate_command(args: argparse.Namespace) -> int:
+    import asyncio
+
     config = load_config_or_report(args.config, "queue migrate")
     if config is None:
         return 2
     if config.queue.backend != "postgresql":
         print("mailgate queue migrate: the SQLite queue upgrades itself at start; nothing to do")
         return 0
-    from mailgate.app_config import queue_password, queue_problems
+    from mailgate.queue_config import queue_password, queue_problems
     from mailgate.queue.postgres_store import migrate_database
     from mailgate.queue.store import QueueUnavailableError
 
@@ -167,7 +170,7 @@ def spool_problem(spool_dir: str) -> str | None:
     """Why the queue commands cannot use this spool, in one line with the fix; None when they can.
     They never create a spool (issue 20 item 6): an admin who ran them in the wrong folder or with
     the wrong --config learns it instead of seeing an empty queue."""
-    from mailgate.queue.sqlite_store import DATABASE_NAME
+    from mailgate.queue.spool_names import DATABASE_NAME
 
     path = Path(spool_dir)
     if not path.exists():
@@ -191,9 +194,8 @@ async def _run(config, action: str, query: dict, reason: str) -> dict:
 async def _admin_channel(config, action: str):
     """A function running one admin operation: through the live server's control socket, or on
     the store itself when no server answers (opened once, for every call made through it)."""
-    from mailgate.offline_queue import open_offline_admin
-    from mailgate.app_config import control_socket_path
-    from mailgate.queue.spool_lock import spool_holder
+    from mailgate.queue_config import control_socket_path
+    from mailgate.server import control
 
     socket_path = control_socket_path(config)
     try:
@@ -203,6 +205,9 @@ async def _admin_channel(config, action: str):
     else:
         yield partial(control.request, socket_path)
         return
+    from mailgate.offline_queue import open_offline_admin
+    from mailgate.queue.spool_lock import spool_holder
+
     shared = config.queue.backend == "postgresql"  # transactions and fencing, no spool lock
     holder = spool_holder(config.server.spool_dir) if action not in READ_ONLY and not shared else None
     if holder is not None:

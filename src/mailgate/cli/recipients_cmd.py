@@ -9,11 +9,13 @@ Must not: decide anything (recipients/ does) or touch the queue.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
+from typing import TYPE_CHECKING
 
 from mailgate.cli.config_option import add_configured_parser, with_config
-from mailgate.config.loader import Config
+
+if TYPE_CHECKING:
+    from mailgate.config.loader import Config
 
 EPILOG = """examples:
   mailgate recipients check alice@corp.example
@@ -39,6 +41,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 @with_config("recipients")
 def check_command(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+
     from mailgate.app_config import StartupError, policy_settings, recipient_validation
     from mailgate.core.address import AddressError, parse_mailbox
     from mailgate.policy.relay import RelayPolicy

@@ -7,16 +7,15 @@ Must not: speak SMTP or classify replies (tools/relay_test.py does).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from mailgate.config.types import parse_host_port
 from mailgate.policy.tricks import TRICKS
-from mailgate.tools.relay_test import (
-    DEFAULT_HELO, DEFAULT_TARGET, HOSTED_GUESSED, Attempt, Outcome, RelayTestReport, RelayTestSettings,
-    run_relay_test,
-)
+from mailgate.tools.options import RELAY_TEST_HELO, RELAY_TEST_TARGET
+
+if TYPE_CHECKING:
+    from mailgate.tools.relay_test import Attempt, RelayTestReport
 
 USAGE_ERROR = 2
 
@@ -50,14 +49,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("server", metavar="HOST[:PORT]", help="server to test; IPv6 as [addr]:port")
     parser.add_argument("--to", dest="rcpt_to", metavar="ADDRESS",
                         help=f"outside recipient; its domain is the target of every form "
-                             f"(default relaytest@{DEFAULT_TARGET})")
+                             f"(default relaytest@{RELAY_TEST_TARGET})")
     parser.add_argument("--from", dest="mail_from", metavar="ADDRESS",
                         help="sender for one extra form tried first, with --to")
     parser.add_argument("--domain", metavar="DOMAIN",
                         help="a domain the server hosts, for the hosted-domain forms; without it, "
                              "the parent domain of its EHLO name whose postmaster it accepts, else "
                              "the EHLO name itself (the verdict says which)")
-    parser.add_argument("--helo", default=DEFAULT_HELO, help=f"EHLO name (default {DEFAULT_HELO})")
+    parser.add_argument("--helo", default=RELAY_TEST_HELO, help=f"EHLO name (default {RELAY_TEST_HELO})")
     parser.add_argument("--source-address", metavar="IP", help="local address to connect from")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per reply (default 30)")
     parser.add_argument("--implicit-tls", action="store_true", help="TLS from the first byte (port 465)")
@@ -68,6 +67,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def relay_test_command(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from mailgate.config.types import parse_host_port
+    from mailgate.tools.relay_test import RelayTestSettings, run_relay_test
+
     try:
         host, port = parse_host_port(args.server, 25)
     except ValueError as exc:
@@ -95,6 +99,8 @@ def _progress(done: int, total: int, attempt: Attempt) -> None:
 
 
 def render(report: RelayTestReport, *, transcripts: bool = False) -> str:
+    from mailgate.tools.relay_test import HOSTED_GUESSED, Outcome
+
     lines = [f"relay test of {report.host}:{report.port}"]
     if report.problem:
         lines += [f"  cannot test: {report.problem}", "", f"verdict: {report.verdict.value}"]

@@ -14,14 +14,13 @@ or configuration error.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import sys
-import tomllib
-from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mailgate.config.loader import Config
+if TYPE_CHECKING:
+    from mailgate.config.loader import Config
 
 EPILOG = """examples:
   mailgate screen test rules.toml sample.eml
@@ -54,6 +53,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def load_rules(path: str) -> Config:
     """The validated configuration holding RULES' screen rules (ConfigError, OSError)."""
+    import tomllib
+    from importlib import resources
+
     from mailgate.config.loader import load_text
 
     text = Path(path).read_text("utf-8")
@@ -68,6 +70,8 @@ def load_rules(path: str) -> Config:
 
 
 def screen_test_command(args: argparse.Namespace) -> int:
+    import asyncio
+
     from mailgate.app_config import StartupError, build_screener
     from mailgate.config.loader import ConfigError
     from mailgate.screen import ScreenContext

@@ -8,14 +8,16 @@ Must not: speak SMTP (tools/sender.py does).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mailgate.config.types import parse_host_port
-from mailgate.tools.sender import DEFAULT_SUBJECT, TLS_MODES, SendSettings, send_message
+from mailgate.tools.options import SEND_SUBJECT, SEND_TLS_MODES
+
+if TYPE_CHECKING:
+    from mailgate.tools.sender import SendSettings
 
 PASSWORD_ENVIRONMENT = "MAILGATE_PASSWORD"
 
@@ -46,12 +48,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--from", dest="mail_from", required=True, metavar="ADDRESS", help='sender ("" for <>)')
     parser.add_argument("--to", dest="recipients", action="append", required=True, metavar="ADDRESS",
                         help="recipient (repeatable)")
-    parser.add_argument("--subject", default=DEFAULT_SUBJECT)
+    parser.add_argument("--subject", default=SEND_SUBJECT)
     parser.add_argument("--body", help="body text (default: a short test text; '-' reads stdin)")
     parser.add_argument("--attach", action="append", default=[], metavar="FILE", help="attach FILE (repeatable)")
     parser.add_argument("--user", help="AUTH as USER (inside TLS only)")
     parser.add_argument("--password-file", metavar="FILE", help="file whose first line is the password")
-    parser.add_argument("--tls", choices=TLS_MODES, help="starttls, implicit or none (default: STARTTLS when offered)")
+    parser.add_argument("--tls", choices=SEND_TLS_MODES, help="starttls, implicit or none (default: STARTTLS when offered)")
     parser.add_argument("--ca-file", metavar="FILE", help="verify the server certificate against this CA bundle")
     parser.add_argument("--helo", default="localhost", help="EHLO name (default localhost)")
     parser.add_argument("--source-address", metavar="IP", help="local address to connect from")
@@ -73,6 +75,9 @@ def _password(args: argparse.Namespace) -> str:
 
 def _settings(args: argparse.Namespace) -> SendSettings:
     """ValueError / OSError with a readable message for bad arguments."""
+    from mailgate.config.types import parse_host_port
+    from mailgate.tools.sender import SendSettings
+
     host, port = parse_host_port(args.server, 25)
     attachments = tuple(Path(name) for name in args.attach)
     for path in attachments:
@@ -92,6 +97,10 @@ def _settings(args: argparse.Namespace) -> SendSettings:
 
 
 def send_command(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from mailgate.tools.sender import send_message
+
     try:
         settings = _settings(args)
     except (ValueError, OSError) as exc:

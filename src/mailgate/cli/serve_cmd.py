@@ -10,14 +10,10 @@ which a service manager should retry). Must not: build components.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
-from mailgate import supervisor
 from mailgate.cli.config_option import DEFAULT_CONFIG, add_config_argument, load_config_or_report
-from mailgate.config.loader import EMBEDDED_SOURCE
-from mailgate.observe import diagnostics
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -34,8 +30,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from mailgate import supervisor
     from mailgate.app import Application
-    from mailgate.app_config import StartupConflict, StartupError
+    from mailgate.startup_errors import StartupConflict, StartupError
+    from mailgate.config.loader import EMBEDDED_SOURCE
+    from mailgate.observe import diagnostics
     from mailgate.policy.shared_limits import RateTables
     from mailgate.start_gate import StartGate
 

@@ -13,9 +13,6 @@ import time
 from pathlib import Path
 
 from mailgate.cli.config_option import add_config_argument, load_config_or_report
-from mailgate.config.types import Duration
-from mailgate.observe import jsonlog
-from mailgate.observe.stats import format_report, summarise
 
 EXAMPLES = """examples:
   mailgate stats                               everything in the configured JSON log
@@ -40,6 +37,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def stats_command(args: argparse.Namespace) -> int:
+    from mailgate.config.types import Duration
+    from mailgate.observe import jsonlog
+    from mailgate.observe.stats import format_report, summarise
+
     try:
         since = time.time() - Duration(minimum=0).convert(args.since) if args.since else None
     except ValueError as exc:

@@ -24,10 +24,12 @@ import pwd
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mailgate.auth.store import ADMIN_ROLE, FILE_MODE, GROUP_READ_MODE, FileOwner, FileUserStore, UserStoreError
 from mailgate.cli.config_option import add_config_argument, load_config_or_report
-from mailgate.server.privileges import PrivilegeError, resolve_identity
+
+if TYPE_CHECKING:  # the store (argon2) is imported when a command runs, not at every start
+    from mailgate.auth.store import FileOwner, FileUserStore
 
 EXIT_OK = 0
 EXIT_USER = 1
@@ -71,6 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def handle_add(args: argparse.Namespace) -> int:
+    from mailgate.auth.store import ADMIN_ROLE
+
     def action(store: FileUserStore) -> None:
         senders = [item for entry in args.allow_sender for item in entry.split(",") if item.strip()]
         store.add(args.name, read_password(confirm=True), senders, roles=(ADMIN_ROLE,) if args.admin else ())
@@ -96,6 +100,8 @@ def handle_delete(args: argparse.Namespace) -> int:
 
 
 def handle_list(args: argparse.Namespace) -> int:
+    from mailgate.auth.store import ADMIN_ROLE
+
     def action(store: FileUserStore) -> None:
         for name, senders in store.list():
             role = "\tadmin" if store.has_role(name, ADMIN_ROLE) else ""
@@ -119,6 +125,9 @@ def read_password(*, confirm: bool) -> str:
 
 def _run(args: argparse.Namespace, action: Callable[[FileUserStore], None]) -> int:
     """Open the store, run the action and map its errors onto the exit codes."""
+    from mailgate.auth.store import FileUserStore, UserStoreError
+    from mailgate.server.privileges import PrivilegeError
+
     config = load_config_or_report(args.config, "user")
     if config is None:
         return EXIT_USAGE
@@ -142,6 +151,9 @@ def _run(args: argparse.Namespace, action: Callable[[FileUserStore], None]) -> i
 
 def _new_file_owner(users_file: Path, user: str, group: str) -> FileOwner | None:
     """Who must read a users file root creates: `server.user`, else its folder's group."""
+    from mailgate.auth.store import FILE_MODE, GROUP_READ_MODE, FileOwner
+    from mailgate.server.privileges import resolve_identity
+
     if os.geteuid() != 0:
         return None  # the file belongs to whoever runs the command, as the server does
     if user:

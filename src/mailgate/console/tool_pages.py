@@ -25,7 +25,8 @@ from mailgate.console.context import Console
 from mailgate.dns.resolver import DnsPythonResolver
 from mailgate.tools.explain import Hypothetical
 from mailgate.tools.mx_probe import lookup, probe, probe_targets, validate_domain
-from mailgate.tools.relay_test import DEFAULT_HELO, RelayTestSettings, run_relay_test
+from mailgate.tools.options import RELAY_TEST_HELO
+from mailgate.tools.relay_test import RelayTestSettings, run_relay_test
 
 RELAY_TEST_TIMEOUT = 10.0  # seconds per reply: the page waits for the whole test
 MX_TIMEOUT = 10.0
@@ -47,7 +48,7 @@ def add_routes(router: web.UrlDispatcher, console: Console) -> None:
             return show(request, "relay-test", "", form, f"server: {exc}")
         settings = RelayTestSettings(
             host=host, port=port, rcpt_to=str(form.get("to", "")).strip() or None,
-            hosted=str(form.get("domain", "")).strip() or None, helo=DEFAULT_HELO,
+            hosted=str(form.get("domain", "")).strip() or None, helo=RELAY_TEST_HELO,
             source_address=str(form.get("source", "")).strip() or None, timeout=RELAY_TEST_TIMEOUT,
         )
         report = await run_relay_test(settings)

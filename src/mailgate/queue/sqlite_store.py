@@ -55,6 +55,7 @@ from mailgate.queue.segments import (
     StagedBody,
 )
 from mailgate.queue.space_reserve import SpaceReserve
+from mailgate.queue.spool_names import DATABASE_NAME
 from mailgate.queue.spooled_store import SpooledQueueStore
 from mailgate.queue.spool_writer import INCOMING_DIRECTORY, remove_quietly
 from mailgate.queue.sqlite_queries import MessageNotFoundError
@@ -73,7 +74,6 @@ __all__ = ["MessageNotFoundError", "SqliteQueueStore"]
 
 log = logging.getLogger("mailgate.queue")
 
-DATABASE_NAME = "queue.db"
 WRITER_LOCK_NAME = "queue.db.writer-lock"  # held by the process committing (group_commit.py)
 DEFAULT_MEMORY_THRESHOLD = 256 * 1024
 # A claim is a lease, not a lock for ever: if a worker vanishes without finish(), its messages

@@ -12,8 +12,10 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mailgate.delivery.admin import QueueAdmin
+if TYPE_CHECKING:  # `mailgate queue` imports this module for request() alone
+    from mailgate.delivery.admin import QueueAdmin
 
 log = logging.getLogger("mailgate.control")
 

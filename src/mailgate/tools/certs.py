@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mailgate.tools.options import CERT_KEY_TYPES, SELF_SIGNED_DAYS
+
 RSA_BITS = 2048  # NIST SP 800-57 Part 1 Rev. 5 Table 2: the smallest RSA size still approved
-SELF_SIGNED_DAYS = 365
-KEY_TYPES = ("ec", "rsa")
 
 
 @dataclass
@@ -113,7 +113,7 @@ def new_private_key(key_type: str = "ec") -> ec.EllipticCurvePrivateKey | rsa.RS
         return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
     if key_type == "ec":
         return ec.generate_private_key(ec.SECP256R1())
-    raise ValueError(f"unknown key type {key_type!r} (choose from {', '.join(KEY_TYPES)})")
+    raise ValueError(f"unknown key type {key_type!r} (choose from {', '.join(CERT_KEY_TYPES)})")
 
 
 def _san_extension(names: list[str]) -> x509.SubjectAlternativeName:

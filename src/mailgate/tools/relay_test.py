@@ -38,11 +38,8 @@ from mailgate.policy.tricks import RenderedTrick, render_all
 from mailgate.tools.conversation import (
     DEFAULT_TIMEOUT, Conversation, ConversationError, insecure_client_context,
 )
+from mailgate.tools.options import RELAY_TEST_HELO, RELAY_TEST_TARGET
 
-# RFC 2606 §3: example.net is reserved for documentation: no third party owns a mailbox there, and
-# unlike ".invalid" a server does not refuse it early for DNS reasons, which could hide a relay.
-DEFAULT_TARGET = "example.net"
-DEFAULT_HELO = "relay-test.example.org"
 CUSTOM_FORM = "given_addresses"
 
 
@@ -69,11 +66,11 @@ class Verdict(str, Enum):
 class RelayTestSettings:
     host: str
     port: int = 25
-    target: str = DEFAULT_TARGET  # the outside domain the server must not relay to
+    target: str = RELAY_TEST_TARGET  # the outside domain the server must not relay to
     mail_from: str | None = None  # with rcpt_to: one extra form, tried first
     rcpt_to: str | None = None
     hosted: str | None = None  # a domain the server hosts; default: learnt from its answers
-    helo: str = DEFAULT_HELO
+    helo: str = RELAY_TEST_HELO
     source_address: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     implicit_tls: bool = False

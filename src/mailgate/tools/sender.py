@@ -27,9 +27,7 @@ from mailgate.smtp.client import BodyEncoder, parse_ehlo
 from mailgate.tools.conversation import (
     DEFAULT_TIMEOUT, Conversation, ConversationError, insecure_client_context,
 )
-
-TLS_MODES = ("starttls", "implicit", "none")
-DEFAULT_SUBJECT = "mailgate test message"
+from mailgate.tools.options import SEND_SUBJECT
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,7 @@ class SendSettings:
     port: int
     mail_from: str
     recipients: tuple[str, ...]
-    subject: str = DEFAULT_SUBJECT
+    subject: str = SEND_SUBJECT
     body: str = "This is a test message sent by `mailgate send`.\n"
     attachments: tuple[Path, ...] = ()
     user: str | None = None
