@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import subprocess
@@ -21,10 +20,10 @@ from mailgate.core.status import RecipientState
 from mailgate.queue import sqlite_queries, sqlite_schema
 from mailgate.queue.sqlite_store import SqliteQueueStore
 from mailgate.queue.store import MessageMeta, QueueFilter, RecipientUpdate
+from tests.integration.test_sqlite_store import START, run
 
 pytestmark = pytest.mark.timeout(120)
 
-START = 1_800_000_000.0
 LATER = Reply(451, "4.4.1", "try later")
 
 
@@ -44,19 +43,6 @@ async def defer(store, clock: FakeClock, queue_id: str, *retry_in: float) -> Non
 
 async def claimed_ids(store, now: float) -> list[str]:
     return [message.queue_id for message in await store.claim_due(now, 100)]
-
-
-def run_sqlite(spool: Path, scenario) -> None:
-    async def main() -> None:
-        clock = FakeClock(START)
-        store = SqliteQueueStore(spool, clock=clock)
-        await store.open()
-        try:
-            await scenario(store, clock)
-        finally:
-            await store.close()
-
-    asyncio.run(main())
 
 
 def test_the_due_time_follows_every_change_of_a_recipient(tmp_path: Path) -> None:
@@ -86,7 +72,7 @@ def test_the_due_time_follows_every_change_of_a_recipient(tmp_path: Path) -> Non
         assert await store.release(QueueFilter(queue_id=second)) == [second]  # due now
         assert await claimed_ids(store, clock.now()) == [second]
 
-    run_sqlite(tmp_path, scenario)
+    run(tmp_path, scenario)
 
 
 def test_the_claim_and_next_due_walk_the_due_index_not_every_recipient(tmp_path: Path) -> None:
@@ -146,7 +132,7 @@ def test_a_version_3_spool_gains_the_due_index_and_keeps_every_due_time(tmp_path
         clock.advance(5)
         ids["done"] = await enqueue(store, "f@one.test")
 
-    run_sqlite(tmp_path, before)
+    run(tmp_path, before)
     _downgrade_to_version_3(tmp_path / "queue.db")
 
     async def after(store: SqliteQueueStore, clock: FakeClock) -> None:
@@ -158,7 +144,7 @@ def test_a_version_3_spool_gains_the_due_index_and_keeps_every_due_time(tmp_path
         listed = [row.queue_id for row in await store.list(QueueFilter())]
         assert listed == [ids["deferred"], ids["new"], ids["held"], ids["done"]]
 
-    run_sqlite(tmp_path, after)
+    run(tmp_path, after)
     with sqlite3.connect(tmp_path / "queue.db") as connection:
         assert connection.execute("PRAGMA user_version").fetchone()[0] == sqlite_schema.SCHEMA_VERSION == 4
         indexes = {row[1] for row in connection.execute("PRAGMA index_list(messages)")}

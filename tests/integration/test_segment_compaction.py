@@ -40,6 +40,14 @@ async def deliver(store: SqliteQueueStore, queue_ids: list[str]) -> None:
         assert await store.finish(queue_id, updates=[DELIVERED])
 
 
+async def four_of_five_delivered(store: SqliteQueueStore, spool: Path) -> tuple[list[str], int]:
+    """Five 100 KiB bodies in one segment, the first four delivered: (their ids, that segment)."""
+    ids = [await enqueue(store, body(100 * KIB, seed)) for seed in range(5)]
+    number = placement(spool, ids[0])[0]
+    await deliver(store, ids[:4])
+    return ids, number
+
+
 def segment_bytes(spool: Path) -> int:
     directory = spool / "segments"
     return sum(os.stat(segment_path(directory, number)).st_size for number in segment_numbers(directory))
@@ -85,9 +93,7 @@ def test_a_mostly_dead_current_segment_is_retired_then_compacted(tmp_path: Path)
     spool, kept = tmp_path / "spool", []
 
     async def scenario(store: SqliteQueueStore) -> None:
-        ids = [await enqueue(store, body(100 * KIB, seed)) for seed in range(5)]
-        current = placement(spool, ids[0])[0]
-        await deliver(store, ids[:4])
+        ids, current = await four_of_five_delivered(store, spool)
         assert segment_numbers(store.segments_dir) == [current]  # 500 KiB for one live body
         assert await store.compact_segments() == 1
         kept.extend([ids[4], current, segment_numbers(store.segments_dir)])
@@ -107,9 +113,7 @@ def test_a_damaged_body_is_not_moved_and_stays_detectable(tmp_path: Path) -> Non
     spool, kept = tmp_path / "spool", []
 
     async def scenario(store: SqliteQueueStore) -> None:
-        ids = [await enqueue(store, body(100 * KIB, seed)) for seed in range(5)]
-        number = placement(spool, ids[0])[0]
-        await deliver(store, ids[:4])
+        ids, number = await four_of_five_delivered(store, spool)
         with open(segment_path(store.segments_dir, number), "r+b") as segment:
             segment.seek(4 * 100 * KIB + 10)  # inside the last (deferred) body
             segment.write(b"\x00\xff\x00")
