@@ -131,6 +131,36 @@ def test_oversigned_from_breaks_when_a_from_is_added_above() -> None:
     assert not dkim.DKIM(forged).verify(dnsfunc=lookup)
 
 
+def test_dual_signatures_share_one_body_hash_and_each_verifies() -> None:
+    """The body is canonicalised once for both signatures: each must still verify on its own, with
+    the tags dkimpy's own signer writes, and a changed body or header must break both."""
+    rsa_key, ed_key = key_from_bytes(RSA_PEM, "example.com", "r1"), key_from_bytes(ED_PEM, "example.com", "e1")
+    signer = _signer(rsa_key, ed_key)
+    signatures, _ = signer.sign(MESSAGE)
+    records = {f"{k.record_name}.".encode(): k.txt_record().encode() for k in (rsa_key, ed_key)}
+    lookup = lambda name, timeout=5: records.get(name)  # noqa: E731
+    signed = signatures + MESSAGE
+    verifier = dkim.DKIM(signed)
+    assert verifier.verify(idx=0, dnsfunc=lookup) and verifier.verify(idx=1, dnsfunc=lookup)
+    tags = [dkim.util.parse_tag_value(value) for name, value in verifier.headers if name == b"DKIM-Signature"]
+    assert [t[b"a"] for t in tags] == [b"rsa-sha256", b"ed25519-sha256"]
+    assert tags[0][b"bh"] == tags[1][b"bh"] and all(t[b"c"] == b"relaxed/relaxed" for t in tags)
+    reference = dkim.DKIM(MESSAGE, linesep=b"\r\n").sign(
+        b"r1", b"example.com", rsa_key.signing_key, canonicalize=(b"relaxed", b"relaxed"),
+        include_headers=signer.header_list(MESSAGE.split(b"\r\n\r\n")[0] + b"\r\n"))
+    expected = dkim.util.parse_tag_value(reference.split(b":", 1)[1])
+    assert sorted(expected) == sorted(tags[0]) and expected[b"bh"] == tags[0][b"bh"] and expected[b"h"] == tags[0][b"h"]
+    for changed in (signed.replace(b"Hi Bob.", b"Hi Bob!"), signed.replace(b"Subject: hello", b"Subject: hullo")):
+        assert not _verifies(changed, 0, lookup) and not _verifies(changed, 1, lookup)
+
+
+def _verifies(message: bytes, index: int, lookup) -> bool:
+    try:
+        return dkim.DKIM(message).verify(idx=index, dnsfunc=lookup)
+    except dkim.ValidationError:  # dkimpy raises on a body hash mismatch
+        return False
+
+
 def _config(tmp_path: Path, entries: str) -> str:
     return (f'[server]\nspool_dir = "{tmp_path}/spool"\n'
             '[[listener]]\nname = "mx"\naddress = "127.0.0.1:2525"\ntls = "none"\n' + entries)

@@ -1,14 +1,13 @@
 """The real `MessageAuthenticator`: DKIM signing for internal mail, inbound checks for the rest.
 
 Owns: putting the signer and the inbound checker behind the interface of message.py, and the
-thread pool their CPU work runs in (RSA signing and canonicalisation of a large body take
-milliseconds: never on the event loop). Must not: decide policy itself (inbound.py does) or
+thread pool the inbound checks run in (DNS waits, and canonicalisation of a large body takes
+milliseconds: never on the event loop). Signing is called from the caller's own thread. Must not: decide policy itself (inbound.py does) or
 choose keys (dkim_sign.py does).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +16,7 @@ from mailgate.auth.message import NOT_CHECKED, InboundVerdict, Origin
 
 log = logging.getLogger("mailgate.auth")
 
-# Threads for signatures and verification. Most of their time is spent waiting for DNS answered
+# Threads for verification. Most of their time is spent waiting for DNS answered
 # by the event loop (an SPF check may wait up to spf_time_limit on a sender's slow servers), and
 # one message takes four of them at once (SPF twice, DKIM, ARC): a small pool would let one
 # sender's slow DNS stall every inbound message of the worker. CPU work is bounded by the GIL.
@@ -35,16 +34,17 @@ class Authenticator:
             return NOT_CHECKED
         return await self.inbound.check(message, origin, self._executor)
 
-    async def finish(self, message: bytes, origin: Origin, verdict: InboundVerdict) -> bytes | None:
-        if origin.internal:
-            if self.signer is None:
-                return None
-            loop = asyncio.get_running_loop()
-            signatures, detail = await loop.run_in_executor(self._executor, self.signer.sign, message)
-            if not signatures:
-                log.debug("not signed: %s", detail)
-                return None
-            return signatures + message
+    def sign(self, message: bytes) -> bytes | None:
+        """CPU work only (no DNS): the caller runs it off the event loop."""
+        if self.signer is None:
+            return None
+        signatures, detail = self.signer.sign(message)
+        if not signatures:
+            log.debug("not signed: %s", detail)
+            return None
+        return signatures + message
+
+    async def finish(self, message: bytes, verdict: InboundVerdict) -> bytes | None:
         if self.inbound is None:
             return None
         return await self.inbound.finish(message, verdict, self._executor)

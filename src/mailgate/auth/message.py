@@ -6,12 +6,15 @@ what to do about it), and `FakeMessageAuthenticator`, a data-driven fake for tes
 Must not: know sockets, the queue, or SMTP sessions; the real checks live in their own modules
 (dkim_sign, spf, dkim_verify, dmarc, arc, inbound) and are put together in authenticator.py.
 
-The two calls, in the order of the acceptance path (docs/flow.md):
+The calls, in the order of the acceptance path (docs/flow.md):
 - `check(message, origin)` before the screener, on the bytes the sender sent (a stripped copy no
   longer verifies): inbound checks for mail from outside; internal mail gets `NOT_CHECKED`.
-- `finish(message, origin, verdict)` after the screener, on the message that will be stored:
-  internal mail is DKIM-signed; mail from outside gets the Authentication-Results header (and an
-  ARC set when sealing is on). Returns the new message, or None when it is unchanged.
+- after the screener, on the message that will be stored, one of:
+  - `sign(message)` for internal mail: the DKIM-signed message. Plain CPU work with no waiting, so
+    the caller runs it in the same thread as reading and storing the message (one hand-off);
+  - `finish(message, verdict)` for mail from outside: the Authentication-Results header (and an ARC
+    set when sealing is on).
+  Both return the new message, or None when it is unchanged.
 """
 
 from __future__ import annotations
@@ -52,7 +55,9 @@ NOT_CHECKED = InboundVerdict()
 class MessageAuthenticator(Protocol):
     async def check(self, message: bytes, origin: Origin) -> InboundVerdict: ...
 
-    async def finish(self, message: bytes, origin: Origin, verdict: InboundVerdict) -> bytes | None: ...
+    def sign(self, message: bytes) -> bytes | None: ...
+
+    async def finish(self, message: bytes, verdict: InboundVerdict) -> bytes | None: ...
 
 
 class FakeMessageAuthenticator:
@@ -68,8 +73,10 @@ class FakeMessageAuthenticator:
         self.checked.append((message, origin))
         return NOT_CHECKED if origin.internal else self.verdict
 
-    async def finish(self, message: bytes, origin: Origin, verdict: InboundVerdict) -> bytes | None:
+    def sign(self, message: bytes) -> bytes | None:
         self.finished.append(message)
-        if origin.internal:
-            return self.signature + message if self.signature else None
+        return self.signature + message if self.signature else None
+
+    async def finish(self, message: bytes, verdict: InboundVerdict) -> bytes | None:
+        self.finished.append(message)
         return f"Authentication-Results: fake; {verdict.results or 'none'}\r\n".encode() + message

@@ -47,18 +47,33 @@ async def finish(
 ) -> MessageWriter:
     """The writer to commit: `writer`, or a new one holding the signed or annotated message.
     Raises what the authenticator raised; the session answers 451 then."""
-    stored = await asyncio.to_thread(_read, writer)
+    if origin.internal:
+        # Reading, the wire form, signing and storing are all CPU or local file work: one thread.
+        return await asyncio.to_thread(_signed, authenticator, store, writer)
+    message = await authenticator.finish(await asyncio.to_thread(_read, writer), verdict)
+    if message is None:
+        return writer
+    return await asyncio.to_thread(_replaced, store, writer, message)
+
+
+def _signed(authenticator: MessageAuthenticator, store: QueueStore, writer: MessageWriter) -> MessageWriter:
+    stored = _read(writer)
     # A signature must hold on the delivered bytes: internal mail is signed in its wire form
     # (long lines broken, bare CR/LF made CRLF, as delivery would), and stored so.
-    unsigned = await asyncio.to_thread(wire_form, stored) if origin.internal else stored
-    message = await authenticator.finish(unsigned, origin, verdict)
+    unsigned = wire_form(stored)
+    message = authenticator.sign(unsigned)
     if message is None:
         if unsigned == stored:
             return writer
         message = unsigned
+    return _replaced(store, writer, message)
+
+
+def _replaced(store: QueueStore, writer: MessageWriter, message: bytes) -> MessageWriter:
+    """`message` in a new writer under the same queue id; `writer` is discarded."""
     copy = store.begin(writer.queue_id)
     try:
-        await asyncio.to_thread(copy.write, message)
+        copy.write(message)
     except Exception:
         copy.discard()
         raise
