@@ -209,6 +209,53 @@ def start_postfix(workdir: Path, listen_port: int, sink_port: int) -> ServerHand
     return ServerHandle("postfix", [master], instance.stop)
 
 
+def start_postfix_opendkim(workdir: Path, listen_port: int, sink_port: int) -> ServerHandle:
+    """Postfix signing through an OpenDKIM milter with an RSA and an Ed25519 key (bench/opendkim_milter.py):
+    the same signing job as mailgate's `--dkim` runs, done the way a Postfix site does it."""
+    from bench import opendkim_milter
+    from mailgate.auth.dkim_keys import generate_private_key, write_private_key
+
+    stops: list[Callable[[], None]] = []
+    pids, ports = [], []
+
+    def stop_milters() -> None:
+        for stop_milter in stops:
+            stop_milter()
+
+    try:
+        for kind, algorithm in (("rsa", "rsa-sha256"), ("ed25519", "ed25519-sha256")):
+            milter_dir = workdir / f"opendkim-{kind}"
+            key = milter_dir / f"dkim-{kind}.key"
+            if not key.exists():
+                write_private_key(key, generate_private_key(kind))
+            ports.append(_free_port())
+            pid, stop_milter = opendkim_milter.start(milter_dir, SENDER_DOMAIN, f"bench-{kind}", key, algorithm, ports[-1])
+            pids.append(pid)
+            stops.append(stop_milter)
+    except BaseException:
+        stop_milters()
+        raise
+    root = workdir / "postfix"
+    if root.exists():
+        shutil.rmtree(root)
+    try:
+        instance = postfix.start_relay(listen_port, HOSTED_DOMAIN, ("127.0.0.1", sink_port), root=root,
+                                       settings=opendkim_milter.postfix_settings(ports))
+    except BaseException:
+        stop_milters()
+        raise
+    master = instance.master_pid()
+
+    def stop() -> None:
+        instance.stop()
+        stop_milters()
+
+    if master is None:
+        stop()
+        raise PeerError("postfix started but its master PID file is missing")
+    return ServerHandle("postfix-opendkim", [master, *pids], stop)
+
+
 def _cluster_config(pg, dsn: str, workdir: Path, node: str) -> str:  # type: ignore[no-untyped-def]
     secret = pg.write_password_file(workdir / "db.password")
     return (f'\n[queue]\nbackend = "postgresql"\ndsn = "{dsn}"\npassword_file = "{secret}"\n'
@@ -260,6 +307,7 @@ SERVERS: dict[str, Callable[[Path, int, int], ServerHandle]] = {
     "mailgate-pg": start_mailgate_cluster,
     "mailgate-pg-2nodes": lambda workdir, port, sink: start_mailgate_cluster(workdir, port, sink, nodes=2),
     "postfix": start_postfix,
+    "postfix-opendkim": start_postfix_opendkim,
 }
 
 

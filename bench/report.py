@@ -43,6 +43,7 @@ SERVER_LABELS = {
     "mailgate-pg": "mailgate 1 node PostgreSQL",
     "mailgate-pg-2nodes": "mailgate 2 nodes 1 PostgreSQL",
     "postfix": "Postfix",
+    "postfix-opendkim": "Postfix + OpenDKIM",
 }
 
 
@@ -193,7 +194,9 @@ def setups_table(rows: Sequence[dict[str, Any]]) -> str:
     servers = shown_servers(rows)
     by_metric = {(row["metric"], tuple(sorted(row["case"].items()))): row for row in rows}
     cases = [row["case"] for row in rows if row["metric"] == "end_to_end_msgs_per_s"]
-    header = ["setup", "case", *(heading for _, heading in SETUP_COLUMNS), "end-to-end vs Postfix"]
+    references = [server for server in ("postfix", "postfix-opendkim") if server in servers]
+    header = ["setup", "case", *(heading for _, heading in SETUP_COLUMNS),
+              *(f"end-to-end vs {_label(server)}" for server in references)]
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     for case in cases:
         for server in servers:
@@ -203,7 +206,7 @@ def setups_table(rows: Sequence[dict[str, Any]]) -> str:
                 row = by_metric.get((metric, tuple(sorted(keyed.items()))))
                 cells.append(_cell(row, server) if row is not None else "-")
             e2e = by_metric[("end_to_end_msgs_per_s", tuple(sorted(case.items())))]["medians"]
-            cells.append(format_number(ratio(e2e.get(server), e2e.get("postfix"))))
+            cells.extend(format_number(ratio(e2e.get(server), e2e.get(reference))) for reference in references)
             setup = "mailgate 1 node SQLite" if server == "mailgate" else _label(server)
             lines.append(f"| {setup} | {_case_text(case)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

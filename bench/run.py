@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import backlog_runs, clients, peers, procstat, report
+from bench import backlog_runs, clients, opendkim_milter, peers, procstat, report
 from tests.support import postfix
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,6 +41,8 @@ MIB = 1024 * 1024
 SCENARIOS = ("relay", "connections", "backlog")
 # --cluster: the setups of docs/cluster.md, measured in one run with the same load and sink.
 CLUSTER_SERVERS = ["mailgate", "mailgate-pg", "mailgate-pg-2nodes", "postfix"]
+# `--dkim`: mailgate signing, Postfix as it is, and Postfix signing the same way through OpenDKIM.
+DKIM_SERVERS = ["mailgate", "postfix-opendkim", "postfix"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sessions", type=_int_list,
                         help="parallel smtp-source sessions C, comma-separated (default 20,100; --cluster 100)")
     parser.add_argument("--only", choices=sorted(peers.SERVERS), action="append",
-                        help="run only this server (repeatable); default mailgate and postfix")
+                        help="run only this server (repeatable); default mailgate and postfix "
+                             "(--dkim: also postfix-opendkim)")
     parser.add_argument("--cluster", action="store_true",
                         help="the cluster figures: mailgate on SQLite, one node on PostgreSQL, two "
                              "nodes on one PostgreSQL (private, fsync and synchronous_commit on) and "
@@ -69,7 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="spools and queues live here: the disk being measured")
     parser.add_argument("--keep-workdir", action="store_true", help="keep spools and logs")
     parser.add_argument("--dkim", action="store_true",
-                        help="mailgate DKIM-signs every message (RSA + Ed25519); the load is then trusted")
+                        help="mailgate DKIM-signs every message (RSA + Ed25519); the load is then trusted. "
+                             "Postfix runs as it is and, as postfix-opendkim, signing the same way "
+                             "through two OpenDKIM milters (apt-get install opendkim)")
     parser.add_argument("--recipients", choices=("none", "file", "ldap", "ldap-cold"), default="none",
                         help="mailgate validates recipients at RCPT: a million-entry map file, LDAP with "
                              "its cache (warm), or LDAP asked for every RCPT (cold)")
@@ -95,7 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.backlog = 100_000 if quick else 1_000_000
     args.sizes = args.sizes or ([4096] if args.cluster else [4096, 102400])
     args.sessions = args.sessions or ([100] if args.cluster else [20, 100])
-    args.servers = args.only or (CLUSTER_SERVERS if args.cluster else ["mailgate", "postfix"])
+    args.servers = args.only or (
+        CLUSTER_SERVERS if args.cluster else DKIM_SERVERS if args.dkim else ["mailgate", "postfix"])
     args.scenarios = args.scenario or (["relay"] if args.cluster else list(SCENARIOS))
     peers.SIGNING["enabled"] = args.dkim
     peers.RECIPIENTS["mode"] = args.recipients
@@ -358,7 +364,9 @@ def preflight(args: argparse.Namespace) -> str | None:
     for tool in (peers.SMTP_SINK, clients.SMTP_SOURCE):
         if not os.access(tool, os.X_OK):
             return f"{tool} is missing: install Postfix (apt-get install postfix)"
-    if "postfix" in args.servers and os.geteuid() != 0:
+    if "postfix-opendkim" in args.servers and opendkim_milter.available():
+        return f"{opendkim_milter.available()}, or leave out --only postfix-opendkim"
+    if any(server.startswith("postfix") for server in args.servers) and os.geteuid() != 0:
         return ("the Postfix side needs root (Postfix's master runs as root): run with sudo, "
                 "or use --only mailgate")
     return None

@@ -52,3 +52,16 @@ def test_mailgate_and_postfix_alone_keep_the_two_column_table() -> None:
     rows = report.summarise(runs, ["mailgate", "postfix"])
     assert report.markdown_table(rows, runs).splitlines()[0] == "| metric | case | mailgate | Postfix | mailgate/Postfix |"
     assert report.shown_servers(rows) == ["mailgate", "postfix"]
+
+
+def test_a_dkim_run_compares_mailgate_with_postfix_and_with_postfix_signing_through_opendkim() -> None:
+    servers = ["mailgate", "postfix-opendkim", "postfix"]
+    END_TO_END["postfix-opendkim"] = 200.0
+    try:
+        rows = report.summarise(results(servers), servers)
+    finally:
+        del END_TO_END["postfix-opendkim"]
+    lines = report.setups_table(rows).splitlines()
+    assert lines[0].endswith("| end-to-end vs Postfix | end-to-end vs Postfix + OpenDKIM |")
+    assert lines[2].startswith("| mailgate 1 node SQLite |") and lines[2].endswith("| 2 | 2.5 |")
+    assert lines[3].startswith("| Postfix + OpenDKIM |") and lines[3].endswith("| 0.8 | 1 |")
