@@ -69,7 +69,7 @@ async def inbound(signed: bytes, zone: dict, count: int) -> tuple[float, list[fl
             queue.get_nowait()
             started = time.perf_counter()
             verdict = await authenticator.check(signed, origin)
-            await authenticator.finish(signed, origin, verdict)
+            await authenticator.finish(signed, verdict)
             latencies.append(time.perf_counter() - started)
             assert verdict.reply is None, verdict
 
