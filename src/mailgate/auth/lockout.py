@@ -140,6 +140,11 @@ def client_key(client_ip: str) -> str:
         address = ipaddress.ip_address(client_ip)
     except ValueError:
         return client_ip
+    return address_key(address)
+
+
+def address_key(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """`client_key` of an address already parsed."""
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)

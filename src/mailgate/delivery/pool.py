@@ -68,12 +68,13 @@ class SmtpConnection:
 
     async def next_reply(self, timeout: float) -> ReplyEvent:
         """The reply to the oldest outstanding command; EOF raises IncompleteReadError."""
-        async with asyncio.timeout(timeout):
-            while not self._events:
-                data = await self._reader.read(READ_SIZE)
-                if not data:
-                    raise asyncio.IncompleteReadError(b"", None)
-                self._events.extend(self.protocol.receive(data))
+        if not self._events:  # else already read with an earlier reply (pipelining): no timer
+            async with asyncio.timeout(timeout):
+                while not self._events:
+                    data = await self._reader.read(READ_SIZE)
+                    if not data:
+                        raise asyncio.IncompleteReadError(b"", None)
+                    self._events.extend(self.protocol.receive(data))
         self.replies_received += 1
         return self._events.popleft()
 

@@ -30,6 +30,9 @@ SESSION_LOGGER = "mailgate.smtp"  # the lines about one SMTP connection
 
 def setup(level: str) -> None:
     """Direct logging to stderr (the supervisor, and a worker until `off_the_loop`)."""
+    # FORMAT names no thread and no multiprocessing process: records need not look them up.
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     logging.basicConfig(level=level.upper(), format=FORMAT, stream=sys.stderr)
 
 

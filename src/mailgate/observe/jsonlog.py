@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mailgate.core.reply import Reply
+from mailgate.observe import stamps
 from mailgate.observe.writer import DatedNaming, utc_day
 
 log = logging.getLogger("mailgate.observe")
@@ -44,8 +45,7 @@ EVENTS = (
 
 
 def timestamp(when: float) -> str:
-    moment = datetime.fromtimestamp(when, timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return stamps.rfc3339_millis(when)
 
 
 def parse_timestamp(text: str) -> float:
@@ -65,8 +65,11 @@ def reply_fields(reply: Reply | None) -> dict[str, Any]:
     return {"reply_code": reply.code, "reply_enhanced": reply.enhanced or None, "reply_text": reply.text}
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)  # made once, not per line
+
+
 def render(fields: Mapping[str, Any]) -> str:
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+    return _ENCODER.encode(fields) + "\n"
 
 
 def naming(json_file: str | Path) -> DatedNaming:

@@ -24,6 +24,8 @@ import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
+from mailgate.observe import stamps
+
 FIELDS: tuple[str, ...] = (
     "date", "time", "c-ip", "cs-username", "s-sitename", "s-computername", "s-ip", "s-port",
     "cs-method", "cs-uri-stem", "cs-uri-query", "sc-status", "sc-win32-status", "sc-bytes",
@@ -63,9 +65,24 @@ def field_value(value: object, *, spaces: str = "plus") -> str:
     return text
 
 
+def _record_field(value: object) -> str:
+    """`field_value(value)`, without its work for the values most fields hold: numbers, and text
+    that is printable, short, and has no space or % (nothing to encode)."""
+    if type(value) is int:
+        return str(value)
+    if type(value) is str and value and len(value) <= MAX_FIELD and value.isprintable() and " " not in value and "%" not in value:
+        return value
+    return field_value(value)
+
+
 def query_value(argument: str) -> str:
     """cs-uri-query as IIS writes it: the argument with its leading space, so `+FROM:<...>`."""
     return field_value(" " + argument) if argument else EMPTY
+
+
+# What line() writes per field after date and time: a fixed text, the query as shaped, or a value.
+_FIXED = {"sc-win32-status": "0", "cs-version": PROTOCOL_VERSION}
+_QUERY = "cs-uri-query"
 
 
 def line(record: Mapping[str, object]) -> str:
@@ -73,21 +90,17 @@ def line(record: Mapping[str, object]) -> str:
 
     Fields the record lacks are written `-`; `date` and `time` come from `when`.
     """
-    moment = datetime.fromtimestamp(float(record["when"]), timezone.utc)  # type: ignore[arg-type]
-    values = {
-        "date": moment.strftime("%Y-%m-%d"),
-        "time": moment.strftime("%H:%M:%S"),
-        "sc-win32-status": 0,
-        "cs-version": PROTOCOL_VERSION,
-    }
-    out = []
-    for name in FIELDS:
-        if name in values:
-            out.append(str(values[name]))
-        elif name == "cs-uri-query":
-            out.append(str(record.get(name) or EMPTY))  # already shaped by query_value()
+    second = stamps.texts(float(record["when"]))  # type: ignore[arg-type]
+    out = [second.w3c_date, second.w3c_time]
+    get = record.get
+    for name in FIELDS[2:]:
+        fixed = _FIXED.get(name)
+        if fixed is not None:
+            out.append(fixed)
+        elif name == _QUERY:
+            out.append(str(get(name) or EMPTY))  # already shaped by query_value()
         else:
-            out.append(field_value(record.get(name)))
+            out.append(_record_field(get(name)))
     return " ".join(out) + "\r\n"
 
 

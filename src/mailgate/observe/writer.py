@@ -29,11 +29,12 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from mailgate.core.clock import Clock
+from mailgate.observe import stamps
 
 log = logging.getLogger("mailgate.observe")
 
@@ -43,7 +44,7 @@ BATCH_BYTES = 64 * 1024  # lines gathered into one write(2)
 
 
 def utc_day(when: float) -> date:
-    return datetime.fromtimestamp(when, timezone.utc).date()
+    return stamps.texts(when).day
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from mailgate.auth.lockout import client_key
+from mailgate.auth.lockout import address_key
 from mailgate.auth.message import QUARANTINE, Origin
 from mailgate.core.envelope import Envelope, Ret
 from mailgate.core.reply import (
@@ -94,8 +94,10 @@ class Session:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
         self.client_address = address
+        self.client_ip = str(address)  # formatted once: the logs, the header and the keys use it
         self.helo = ""
         self.auth_user: str | None = None
+        self._client: Client | None = None
         self.tls = describe(writer.get_extra_info("ssl_object"))
         self.transaction: _Transaction | None = None
         self.authentication: Authentication | None = None
@@ -123,7 +125,12 @@ class Session:
 
     @property
     def client(self) -> Client:
-        return Client(self.client_address, self.helo, self.auth_user, bool(self.tls))
+        """The client as policy sees it, made again only after HELO, AUTH or STARTTLS changed it
+        (policy asks several times per message)."""
+        client, tls = self._client, bool(self.tls)
+        if client is None or client.helo != self.helo or client.auth_user != self.auth_user or client.tls != tls:
+            client = self._client = Client(self.client_address, self.helo, self.auth_user, tls)
+        return client
 
     async def run(self) -> None:
         peer = self.writer.get_extra_info("peername") or ("", 0)
@@ -133,12 +140,12 @@ class Session:
             if not await self._admit():
                 return
             self.log.connection_opened(
-                self.session_id, str(self.client_address), peer[1], self.profile.name, str(local[0]), local[1]
+                self.session_id, self.client_ip, peer[1], self.profile.name, str(local[0]), local[1]
             )
             opened = True
             await self._loop()
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
-            log.debug("session with %s ended: %s", self.client_address, exc)
+            log.debug("session with %s ended: %s", self.client_ip, exc)
         except asyncio.CancelledError:
             # The listener stops (drain.py): say so where the connection can still carry it.
             self.close_reason = "shutdown"
@@ -157,17 +164,17 @@ class Session:
         refusal = None if decision.permitted else decision.reply
         if refusal is None and self.reception.dnsbl_zones:
             listed = await dnsbl_listed(
-                self.reception.resolver, str(self.client_address), list(self.reception.dnsbl_zones)
+                self.reception.resolver, self.client_ip, list(self.reception.dnsbl_zones)
             )
             if listed:
                 zone, reason = listed
                 # RFC 5321 §3.1: 554 greeting, then the session ends.
-                refusal = Reply(554, "5.7.1", f"Client {self.client_address} listed by {zone}" + (f": {reason}" if reason else ""))
+                refusal = Reply(554, "5.7.1", f"Client {self.client_ip} listed by {zone}" + (f": {reason}" if reason else ""))
         if refusal is not None:
-            log.info("refused connection from %s: %s", self.client_address, refusal)
+            log.info("refused connection from %s: %s", self.client_ip, refusal)
             peer = self.writer.get_extra_info("peername") or ("", 0)
             reason = "blocklist" if not decision.permitted else "dnsbl"
-            self.log.connection_refused(str(self.client_address), peer[1], self.profile.name, reason, refusal)
+            self.log.connection_refused(self.client_ip, peer[1], self.profile.name, reason, refusal)
             self.writer.write(refusal.encode())
             await self.writer.drain()
             return False
@@ -185,6 +192,7 @@ class Session:
 
     async def _serve(self, deadline: ReadDeadline) -> None:
         protocol = self.protocol
+        task = asyncio.current_task()
         while True:
             event = protocol.next_event()
             if isinstance(event, ev.NeedData):
@@ -195,7 +203,6 @@ class Session:
                     self.close_reason = "shutdown"
                     return
                 await self._flush()
-                task = asyncio.current_task()
                 if quiet:
                     self.drain.quiet(task)
                 try:
@@ -228,7 +235,6 @@ class Session:
                 return
             if protocol.mode is Mode.TLS_PENDING:  # 220 to STARTTLS
                 await self._flush()
-                task = asyncio.current_task()
                 self._handshaking = True
                 self.drain.quiet(task)  # no transaction yet: a stop closes it at once
                 try:
@@ -307,7 +313,7 @@ class Session:
         if not decision.permitted:
             if reservation is not None:
                 reservation.release(self.reception.clock.now())
-            log.info("refused sender <%s> from %s by %s: %s", _text(event.sender), self.client_address, decision.rule, decision.reply)
+            log.info("refused sender <%s> from %s by %s: %s", _text(event.sender), self.client_ip, decision.rule, decision.reply)
             self.log.transaction_refused(self.session_id, "mail", decision.reply, decision.rule, sender=_text(event.sender))
             return decision.reply
         self._discard()
@@ -325,7 +331,7 @@ class Session:
         of a next hop it is passed on to, ever carries an outsider's content to the (possibly
         forged) sender: backscatter returns headers at most (RFC 3461 §4.3 lets the MTA do so)."""
         if ret is Ret.FULL and not self._internal():
-            log.info("RET=FULL from untrusted client %s kept as RET=HDRS", self.client_address)
+            log.info("RET=FULL from untrusted client %s kept as RET=HDRS", self.client_ip)
             return Ret.HDRS
         return ret
 
@@ -357,7 +363,7 @@ class Session:
         """The per-client rate key; trusted networks are not limited per address."""
         if self.reception.policy.is_trusted(self.client):
             return None
-        return client_key(str(self.client_address))
+        return address_key(self.client_address)
 
     async def _rcpt(self, event: ev.RcptTo) -> Reply:
         transaction = self.transaction
@@ -377,7 +383,7 @@ class Session:
         log.info(
             "%s <%s> -> <%s> client=%s rule=%s reply=%s",
             "accepted" if permitted else "refused", _text(transaction.envelope.sender),
-            address, self.client_address, rule, reply.code,
+            address, self.client_ip, rule, reply.code,
         )
         if permitted:
             transaction.envelope.recipients.append(event.recipient)
@@ -432,7 +438,7 @@ class Session:
                 self._storage_failed(transaction, "spool below the soft free-space threshold")
 
     def _storage_failed(self, transaction: _Transaction, why: str) -> None:
-        log.warning("dropping message from %s while it streams in: %s", self.client_address, why)
+        log.warning("dropping message from %s while it streams in: %s", self.client_ip, why)
         if transaction.writer is not None:
             transaction.writer.discard()
             transaction.writer = None
@@ -443,7 +449,7 @@ class Session:
         recipients = transaction.envelope.recipients
         trace = received_header(
             helo=self.helo,
-            client_address=str(self.client_address),
+            client_address=self.client_ip,
             hostname=self.reception.hostname,
             protocol=self._protocol_name(transaction),
             queue_id=transaction.writer.queue_id,
@@ -477,7 +483,7 @@ class Session:
             if event.bare_line_ending:
                 mode = self.protocol.settings.bare_line_endings
                 transaction.bare_kept = mode == KEEP
-                log.info("bare CR or LF in message data from %s (bare_newline %s)", self.client_address, mode)
+                log.info("bare CR or LF in message data from %s (bare_newline %s)", self.client_ip, mode)
             assert transaction.head is not None and transaction.writer is not None
             if not transaction.head.done:
                 transaction.head.finish()
@@ -487,7 +493,7 @@ class Session:
             elif transaction.head.received_count > self.reception.received_limit:
                 refusal, reason = LOOP_DETECTED, "loop"  # RFC 5321 §6.3: 554 5.4.6
         if refusal is not None:
-            log.info("refused message from %s: %s", self.client_address, refusal)
+            log.info("refused message from %s: %s", self.client_ip, refusal)
             self.log.transaction_refused(self.session_id, "data", refusal, reason, sender=_text(transaction.envelope.sender))
             self._discard()
             return refusal
@@ -518,10 +524,10 @@ class Session:
 
     def _origin(self, transaction: _Transaction) -> Origin:
         """Mail from a trusted network or an authenticated user is signed; the rest is checked."""
-        return Origin(str(self.client_address), self.helo, _text(transaction.envelope.sender), self._internal())
+        return Origin(self.client_ip, self.helo, _text(transaction.envelope.sender), self._internal())
 
     def _refuse(self, transaction: _Transaction, reply: Reply, rule: str) -> Reply:
-        log.info("refused message from %s by %s: %s", self.client_address, rule, reply)
+        log.info("refused message from %s by %s: %s", self.client_ip, rule, reply)
         self.log.transaction_refused(self.session_id, "data", reply, rule, sender=_text(transaction.envelope.sender))
         self._discard()
         return reply
@@ -532,7 +538,7 @@ class Session:
         envelope = transaction.envelope
         context = ScreenContext(
             direction=self._direction(transaction), sender=_text(envelope.sender),
-            recipients=[str(r.address) for r in envelope.recipients], client_address=str(self.client_address),
+            recipients=[str(r.address) for r in envelope.recipients], client_address=self.client_ip,
             helo=self.helo, auth_user=self.auth_user,
         )
         try:
@@ -555,7 +561,7 @@ class Session:
     async def _commit(self, transaction: _Transaction, hold_reason: str = "") -> Reply:
         assert transaction.writer is not None
         meta = MessageMeta(
-            client_address=str(self.client_address),
+            client_address=self.client_ip,
             client_helo=self.helo,
             auth_user=self.auth_user or "",
             protocol=self._protocol_name(transaction),
@@ -619,7 +625,7 @@ class Session:
         )
         log.info(
             "queued %s from <%s> for %d recipient(s) size=%d client=%s",
-            queue_id, _text(envelope.sender), len(envelope.recipients), transaction.writer.size, self.client_address,
+            queue_id, _text(envelope.sender), len(envelope.recipients), transaction.writer.size, self.client_ip,
         )
 
     def _direction(self, transaction: _Transaction) -> str:
@@ -638,7 +644,7 @@ class Session:
 
     # --- AUTH (RFC 4954) -----------------------------------------------------------------------
     async def _auth_start(self, event: ev.AuthStart) -> Reply:
-        self.authentication = Authentication(self.reception.users, self.reception.lockout, str(self.client_address))
+        self.authentication = Authentication(self.reception.users, self.reception.lockout, self.client_ip)
         return await self._auth_result(await self.authentication.start(event.mechanism, event.initial_response))
 
     async def _auth_line(self, event: ev.AuthLine) -> Reply:
