@@ -20,7 +20,9 @@ from mailgate.core.status import RecipientState
 from mailgate.queue import filters, records, segments
 from mailgate.queue import sqlite_schema as schema
 from mailgate.queue.segments import StagedBody
-from mailgate.queue.store import MessageNotFoundError, MessageState, QueuedMessage, QueueFilter, QueueSummary, RecipientUpdate
+from mailgate.queue.store import (
+    MessageNotFoundError, MessageState, QueuedMessage, QueueFilter, QueueSummary, RecipientUpdate,
+)
 
 BLOB_COPY_CHUNK = 1024 * 1024
 BODY_READ_BATCH = 1024 * 1024  # bytes read from the database per reader round trip
