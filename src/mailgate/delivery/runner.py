@@ -247,8 +247,11 @@ class DeliveryRunner:
                 continue
             by_route.setdefault(route, []).extend(recipients)
         attempts = [self._attempt(message, route, recipients) for route, recipients in by_route.items()]
-        for result in await asyncio.gather(*attempts):
-            outcomes.update(result)
+        if len(attempts) == 1:  # the common case: no task and no gathering future for it
+            outcomes.update(await attempts[0])
+        else:
+            for result in await asyncio.gather(*attempts):
+                outcomes.update(result)
         attempts = {r.index: r.attempts for r in message.recipients}
         updates = [self._update(message, index, outcome, attempts[index] + 1, now) for index, outcome in outcomes.items()]
         unsaved = _Unsaved(message, updates, now)

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import ssl
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from mailgate.core.reply import MESSAGE_TOO_BIG, NEEDS_SMTPUTF8, Reply
@@ -116,12 +114,13 @@ class SmtpTransport:
     async def close(self) -> None:
         await self._pool.close()
 
-    @contextlib.asynccontextmanager
-    async def _destination_limit(self, candidate: Candidate) -> AsyncIterator[None]:
+    def _destination_limit(self, candidate: Candidate) -> asyncio.Semaphore:
+        """The semaphore bounding connections to one address and port (`async with` it)."""
         key = (candidate.address, candidate.port)
-        limit = self._destination_limits.setdefault(key, asyncio.Semaphore(self._max_per_destination))
-        async with limit:
-            yield
+        limit = self._destination_limits.get(key)
+        if limit is None:
+            limit = self._destination_limits[key] = asyncio.Semaphore(self._max_per_destination)
+        return limit
 
     async def _deliver_to(self, candidate: Candidate, policy: HopPolicy, message: _Message) -> AttemptResult:
         key = (candidate.address, candidate.port, policy)

@@ -4,8 +4,9 @@ Owns: `GroupCommitWriter`. Callers submit a write operation (a function of the c
 the event loop and await its result. The thread takes every operation pending at that moment, runs
 them all in ONE transaction (each inside its own SAVEPOINT, so one failing operation does not undo
 the others), commits once (with `synchronous=FULL` that is one WAL fsync for the whole group), runs
-the operations' after-commit actions, and only then resolves each caller's future through
-`loop.call_soon_threadsafe`. Under load many messages share one fsync (ARCHITECTURE.md step 7).
+the operations' after-commit actions, and only then resolves the callers' futures (one
+`loop.call_soon_threadsafe` per event loop and group). Under load many messages share one fsync
+(ARCHITECTURE.md step 7).
 An operation submitted with `durable=False` (delivery bookkeeping: leases, attempt outcomes,
 deletions) does not need an fsync of its own: a group made only of such operations commits with
 `synchronous=NORMAL` (atomic, survives a process crash, written to disk by the next durable
@@ -398,11 +399,13 @@ class GroupCommitWriter:
 
     @staticmethod
     def _settle(group: list[_Operation]) -> None:
+        """One wake-up of each caller's loop for the whole group, not one per operation."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Operation]] = {}
         for operation in group:
+            by_loop.setdefault(operation.loop, []).append(operation)
+        for loop, operations in by_loop.items():
             try:
-                operation.loop.call_soon_threadsafe(
-                    _resolve, operation.future, operation.result, operation.error
-                )
+                loop.call_soon_threadsafe(_resolve_all, operations)
             except RuntimeError:
                 pass  # the caller's loop is closed: nobody is waiting any more
 
@@ -417,10 +420,11 @@ def _checkpointed(connection: sqlite3.Connection) -> bool:
     return busy == 0 and frames == copied
 
 
-def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+def _resolve_all(operations: list[_Operation]) -> None:
+    for operation in operations:
+        if operation.future.cancelled():
+            continue
+        if operation.error is not None:
+            operation.future.set_exception(operation.error)
+        else:
+            operation.future.set_result(operation.result)
