@@ -33,7 +33,7 @@ from mailgate.dns.resolver import DnsPythonResolver
 from mailgate.observe.observation import Observation
 from mailgate.observe.readiness import readiness_problems
 from mailgate.offline_queue import open_store, recover_store
-from mailgate.preflight import server_user_problems, startup_problems
+from mailgate.preflight import server_user_problems, startup_problems, startup_warnings
 from mailgate.policy.shared_limits import RateTables
 from mailgate.queue_config import bouncer, control_socket_path, queue_store, retry_schedule
 from mailgate.server import listen_sockets
@@ -61,6 +61,7 @@ class Application:
             raise StartupError("\n".join(problems))
         self.config, self.clock = config, clock or SystemClock()
         self.worker_index, self.workers, self._start_gate = worker_index, workers, start_gate
+        self._warn(config)
         self._rate_tables = rate_tables  # with several workers: the shared memory they all count in
         self.profiles = listener_profiles(config)
         self.observation = Observation(observation_settings(config, worker_index), self.clock, self._readiness,
@@ -217,6 +218,7 @@ class Application:
             return
         for line in waiting:
             log.warning("reload: %s", line)
+        self._warn(config)
         if self.console is not None:
             self.console.reload(console_settings(config))
         if reception["recipients"] is not self.reception.recipients and self.reception.recipients is not None:
@@ -232,6 +234,11 @@ class Application:
         reload_profiles(self.profiles, profiles, config)
         log.info("configuration reloaded from %s%s", config.source,
                  f" ({len(waiting)} change(s) wait for a restart)" if waiting else "")
+
+    def _warn(self, config: Config) -> None:
+        if self.worker_index == 0:  # once for the whole server
+            for line in startup_warnings(config):
+                log.warning("%s", line)
 
     def request_stop(self) -> None:
         self._stopped.set()

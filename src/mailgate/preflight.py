@@ -7,7 +7,8 @@ cannot be read, a cluster queue without a DSN, a `server.user` that does not exi
 the spool, an outbound source address (`bind_address`) that is not one of this host's. `serve`, a SIGHUP reload and `config check` (the
 systemd unit's ExecStartPre) all run it, so the check never says OK to what `serve` refuses.
 Must not: listen, connect or write anything (a source address is only bound to a free port and
-let go); checks that need a listening socket stay in app.py.
+let go); checks that need a listening socket stay in app.py. Also `startup_warnings`: what it starts
+with but warns about (worker 0 logs them at start and reload, `config check` prints them).
 """
 
 from __future__ import annotations
@@ -35,6 +36,21 @@ def startup_problems(config: Config) -> list[str]:
                   server_user_problems, _bind_addresses, _console, queue_problems):
         problems.extend(check(config))
     return problems
+
+
+def startup_warnings(config: Config) -> list[str]:
+    """What `serve` starts with but an admin should hear about, one line each naming the key: a
+    hosted domain with an SMTP next hop and nothing that knows its users accepts every local part,
+    and the internal server's refusals then become bounces to (often forged) senders: backscatter.
+    A maildir next hop takes every local part itself, so it bounces nothing."""
+    return [
+        f"domain[{index}] {domain.name}: no recipient_sources or local_parts, so every recipient is "
+        f"accepted and those the next hop refuses are bounced after the 250 (backscatter); "
+        f'see docs/operations.md "Recipient validation"'
+        for index, domain in enumerate(config.domain)
+        if not domain.recipient_sources and not domain.local_parts
+        and any(not hop.startswith("maildir:") for hop in domain.next_hop)
+    ]
 
 
 def _errors_of(build) -> list[str]:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from mailgate.app import Application
 from mailgate.auth.store import FileUserStore
+from mailgate.config.loader import load_file
 from mailgate.core.envelope import Ret
 from tests.conftest import free_port
 from tests.support.capture_server import CaptureServer
@@ -78,3 +80,21 @@ def test_an_authenticated_user_keeps_ret_full_where_an_outsider_gets_hdrs(tmp_pa
             stored = mg.call(mg.app.store.get(summary.queue_id))
             kept[summary.sender] = stored.envelope.ret
     assert kept == {f"alice@{HOSTED}": Ret.FULL, f"someone@{EXTERNAL}": Ret.HDRS}
+
+
+
+def test_serve_warns_about_a_hosted_domain_that_accepts_every_recipient_at_start_and_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The running server says at start and at every reload what `config check` says: the domain
+    bounces unknown users after the 250 unless it gets recipient_sources or local_parts. Only
+    worker 0 says it, once for the whole server. (No socket: reload() only swaps settings.)"""
+    path = tmp_path / "mailgate.toml"
+    path.write_text(_config(tmp_path, free_port()))
+    with caplog.at_level("WARNING", logger="mailgate"):
+        first, second = Application(load_file(path)), Application(load_file(path), worker_index=1, workers=2)
+        first.reload()
+    first.log.close()
+    second.log.close()
+    warnings = [r.getMessage() for r in caplog.records if "no recipient_sources or local_parts" in r.getMessage()]
+    assert len(warnings) == 2 and all(HOSTED in text and "backscatter" in text for text in warnings)

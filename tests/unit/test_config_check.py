@@ -116,3 +116,20 @@ def test_a_certificate_behind_a_closed_folder_says_so(tls_files: dict[str, str])
         assert "listener[0].cert_file" in stderr and "not searchable" in stderr and "no such file" not in stderr
     finally:
         shutil.rmtree(directory)
+
+
+@pytest.mark.parametrize(("domain", "warned"), [
+    ('name = "corp.example"\nnext_hop = ["10.0.0.5:25"]', True),  # accepts every local part
+    ('name = "corp.example"\nnext_hop = ["10.0.0.5:25"]\nlocal_parts = ["alice"]', False),
+    ('name = "corp.example"\nnext_hop = ["maildir:/var/mail/corp"]', False),  # a maildir takes them all
+], ids=["no-validation", "local-parts", "maildir"])
+def test_a_hosted_domain_that_accepts_every_recipient_is_warned_about_but_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], domain: str, warned: bool
+) -> None:
+    """Backscatter: unknown users refused by the internal server after our 250 become bounces to
+    forged senders. The check still passes (a relay may choose it), but says so, naming the key."""
+    code, name = check(tmp_path, LISTENER + f"[[domain]]\n{domain}\n")
+    out, err = capsys.readouterr()
+    assert code == 0 and out.strip().endswith("OK")
+    assert ("domain[0] corp.example: no recipient_sources or local_parts" in err) is warned
+    assert ("backscatter" in err) is warned

@@ -32,7 +32,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def check_command(args: argparse.Namespace) -> int:
     from mailgate.config.loader import ConfigError
-    from mailgate.preflight import startup_problems
+    from mailgate.preflight import startup_problems, startup_warnings
 
     try:
         config = load_config(args.file or args.config)
@@ -53,6 +53,8 @@ def check_command(args: argparse.Namespace) -> int:
     if problems:
         print(f"{len(problems)} problem(s): mailgate serve would refuse to start", file=sys.stderr)
         return 2
+    for warning in startup_warnings(config):
+        print(f"{config.source}: warning: {warning}", file=sys.stderr)
     print(f"{config.source}: OK")
     return 0
 
