@@ -5,7 +5,7 @@ deferred together do not all come back in the same second) and the maximum lifet
 queued recipient is failed and bounced (SPEC §2). The one carrier of `delivery.max_lifetime`: the
 runner asks it when a message expires and the bouncer when a delayed one will be given up.
 Must not: read the clock or the queue (callers pass `attempts`, times and the random source), or
-declare a setting's default (config/schema.py does; app_config.retry_schedule fills this in).
+declare a setting's default (config/schema.py does; queue_config.retry_schedule fills this in).
 """
 
 from __future__ import annotations
