@@ -1,9 +1,10 @@
-"""The logs' cached time texts and the W3C fast path write exactly what the plain formatting did:
+"""The cached time texts (logs, the Received: and Date: fields) and the W3C fast path write exactly what the plain formatting did:
 `datetime.fromtimestamp` with its rounding (which can carry into the next second, or day), and
 `field_value` for any value a hostile client can put in a field."""
 
 from __future__ import annotations
 
+import email.utils
 import math
 from datetime import datetime, timezone
 
@@ -35,6 +36,7 @@ def test_texts_are_what_datetime_formats(when):
     texts = stamps.texts(when)
     assert (texts.w3c_date, texts.w3c_time) == (moment.strftime("%Y-%m-%d"), moment.strftime("%H:%M:%S"))
     assert utc_day(when) == moment.date()
+    assert stamps.rfc5322_local(when) == email.utils.formatdate(when, localtime=True)
 
 
 def test_a_carry_into_the_next_day_names_the_next_day():

@@ -30,9 +30,11 @@ SESSION_LOGGER = "mailgate.smtp"  # the lines about one SMTP connection
 
 def setup(level: str) -> None:
     """Direct logging to stderr (the supervisor, and a worker until `off_the_loop`)."""
-    # FORMAT names no thread and no multiprocessing process: records need not look them up.
+    # FORMAT names no thread, no multiprocessing process and no source line: records need not
+    # look them up (the logging HOWTO's "Optimization"; _srcfile = None skips the caller's frame).
     logging.logThreads = False
     logging.logMultiprocessing = False
+    logging._srcfile = None
     logging.basicConfig(level=level.upper(), format=FORMAT, stream=sys.stderr)
 
 

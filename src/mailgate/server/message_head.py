@@ -9,10 +9,11 @@ Must not: parse MIME or touch the body beyond the header section.
 
 from __future__ import annotations
 
-import email.utils
 import re
 import time
 import uuid
+
+from mailgate.observe import stamps
 
 # Past this much header we stop holding it back: the rest streams as body (bounded memory).
 MAX_HEAD = 1024 * 1024
@@ -42,7 +43,7 @@ def received_header(
         comments.append(f"authenticated as {_HELO_SAFE.sub('?', user)}")
     if comments:
         lines.append("\t(" + "; ".join(comments) + ")")
-    stamp = email.utils.formatdate(now if now is not None else time.time(), localtime=True)
+    stamp = stamps.rfc5322_local(now if now is not None else time.time())
     lines.append(f"\tfor <{recipient}>; {stamp}" if recipient else f"\t; {stamp}")
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
 
@@ -89,7 +90,7 @@ class HeadBuilder:
             if not _MESSAGE_ID.search(self._buffer):
                 extra += f"Message-ID: <{self._queue_id}.{uuid.uuid4().hex[:12]}@{self._hostname}>\r\n".encode()
             if not _DATE.search(self._buffer):
-                extra += f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode()
+                extra += f"Date: {stamps.rfc5322_local(time.time())}\r\n".encode()
         head = extra + bytes(self._buffer)
         self._buffer.clear()
         found = _MESSAGE_ID_VALUE.search(head)
