@@ -211,12 +211,13 @@ def start_postfix(workdir: Path, listen_port: int, sink_port: int) -> ServerHand
 
 def start_postfix_opendkim(workdir: Path, listen_port: int, sink_port: int) -> ServerHandle:
     """Postfix signing through an OpenDKIM milter with an RSA and an Ed25519 key (bench/opendkim_milter.py):
-    the same signing job as mailgate's `--dkim` runs, done the way a Postfix site does it."""
+    the same signing job as mailgate's `--dkim` runs, done the way a Postfix site does it. (A short
+    name: it is part of the work directory, and Postfix's queue sockets must fit in sun_path.)"""
     from bench import opendkim_milter
     from mailgate.auth.dkim_keys import generate_private_key, write_private_key
 
     stops: list[Callable[[], None]] = []
-    pids, ports = [], []
+    pids, sockets = [], []
 
     def stop_milters() -> None:
         for stop_milter in stops:
@@ -228,10 +229,13 @@ def start_postfix_opendkim(workdir: Path, listen_port: int, sink_port: int) -> S
             key = milter_dir / f"dkim-{kind}.key"
             if not key.exists():
                 write_private_key(key, generate_private_key(kind))
-            ports.append(_free_port())
-            pid, stop_milter = opendkim_milter.start(milter_dir, SENDER_DOMAIN, f"bench-{kind}", key, algorithm, ports[-1])
+            milter_socket, pid, stop_milter = opendkim_milter.start(milter_dir, SENDER_DOMAIN, f"bench-{kind}", key, algorithm)
+            sockets.append(milter_socket)
             pids.append(pid)
             stops.append(stop_milter)
+    except opendkim_milter.MilterError as error:
+        stop_milters()
+        raise PeerError(str(error)) from error
     except BaseException:
         stop_milters()
         raise
@@ -240,7 +244,7 @@ def start_postfix_opendkim(workdir: Path, listen_port: int, sink_port: int) -> S
         shutil.rmtree(root)
     try:
         instance = postfix.start_relay(listen_port, HOSTED_DOMAIN, ("127.0.0.1", sink_port), root=root,
-                                       settings=opendkim_milter.postfix_settings(ports))
+                                       settings=opendkim_milter.postfix_settings(sockets))
     except BaseException:
         stop_milters()
         raise
@@ -253,7 +257,7 @@ def start_postfix_opendkim(workdir: Path, listen_port: int, sink_port: int) -> S
     if master is None:
         stop()
         raise PeerError("postfix started but its master PID file is missing")
-    return ServerHandle("postfix-opendkim", [master, *pids], stop)
+    return ServerHandle("postfix-dkim", [master, *pids], stop)
 
 
 def _cluster_config(pg, dsn: str, workdir: Path, node: str) -> str:  # type: ignore[no-untyped-def]
@@ -307,7 +311,7 @@ SERVERS: dict[str, Callable[[Path, int, int], ServerHandle]] = {
     "mailgate-pg": start_mailgate_cluster,
     "mailgate-pg-2nodes": lambda workdir, port, sink: start_mailgate_cluster(workdir, port, sink, nodes=2),
     "postfix": start_postfix,
-    "postfix-opendkim": start_postfix_opendkim,
+    "postfix-dkim": start_postfix_opendkim,
 }
 
 

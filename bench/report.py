@@ -43,7 +43,7 @@ SERVER_LABELS = {
     "mailgate-pg": "mailgate 1 node PostgreSQL",
     "mailgate-pg-2nodes": "mailgate 2 nodes 1 PostgreSQL",
     "postfix": "Postfix",
-    "postfix-opendkim": "Postfix + OpenDKIM",
+    "postfix-dkim": "Postfix + OpenDKIM",
 }
 
 
@@ -194,7 +194,7 @@ def setups_table(rows: Sequence[dict[str, Any]]) -> str:
     servers = shown_servers(rows)
     by_metric = {(row["metric"], tuple(sorted(row["case"].items()))): row for row in rows}
     cases = [row["case"] for row in rows if row["metric"] == "end_to_end_msgs_per_s"]
-    references = [server for server in ("postfix", "postfix-opendkim") if server in servers]
+    references = [server for server in ("postfix", "postfix-dkim") if server in servers]
     header = ["setup", "case", *(heading for _, heading in SETUP_COLUMNS),
               *(f"end-to-end vs {_label(server)}" for server in references)]
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]

@@ -42,7 +42,7 @@ SCENARIOS = ("relay", "connections", "backlog")
 # --cluster: the setups of docs/cluster.md, measured in one run with the same load and sink.
 CLUSTER_SERVERS = ["mailgate", "mailgate-pg", "mailgate-pg-2nodes", "postfix"]
 # `--dkim`: mailgate signing, Postfix as it is, and Postfix signing the same way through OpenDKIM.
-DKIM_SERVERS = ["mailgate", "postfix-opendkim", "postfix"]
+DKIM_SERVERS = ["mailgate", "postfix-dkim", "postfix"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="parallel smtp-source sessions C, comma-separated (default 20,100; --cluster 100)")
     parser.add_argument("--only", choices=sorted(peers.SERVERS), action="append",
                         help="run only this server (repeatable); default mailgate and postfix "
-                             "(--dkim: also postfix-opendkim)")
+                             "(--dkim: also postfix-dkim)")
     parser.add_argument("--cluster", action="store_true",
                         help="the cluster figures: mailgate on SQLite, one node on PostgreSQL, two "
                              "nodes on one PostgreSQL (private, fsync and synchronous_commit on) and "
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-workdir", action="store_true", help="keep spools and logs")
     parser.add_argument("--dkim", action="store_true",
                         help="mailgate DKIM-signs every message (RSA + Ed25519); the load is then trusted. "
-                             "Postfix runs as it is and, as postfix-opendkim, signing the same way "
+                             "Postfix runs as it is and, as postfix-dkim, signing the same way "
                              "through two OpenDKIM milters (apt-get install opendkim)")
     parser.add_argument("--recipients", choices=("none", "file", "ldap", "ldap-cold"), default="none",
                         help="mailgate validates recipients at RCPT: a million-entry map file, LDAP with "
@@ -364,8 +364,8 @@ def preflight(args: argparse.Namespace) -> str | None:
     for tool in (peers.SMTP_SINK, clients.SMTP_SOURCE):
         if not os.access(tool, os.X_OK):
             return f"{tool} is missing: install Postfix (apt-get install postfix)"
-    if "postfix-opendkim" in args.servers and opendkim_milter.available():
-        return f"{opendkim_milter.available()}, or leave out --only postfix-opendkim"
+    if "postfix-dkim" in args.servers and opendkim_milter.available():
+        return f"{opendkim_milter.available()}, or leave out --only postfix-dkim"
     if any(server.startswith("postfix") for server in args.servers) and os.geteuid() != 0:
         return ("the Postfix side needs root (Postfix's master runs as root): run with sudo, "
                 "or use --only mailgate")

@@ -55,12 +55,12 @@ def test_mailgate_and_postfix_alone_keep_the_two_column_table() -> None:
 
 
 def test_a_dkim_run_compares_mailgate_with_postfix_and_with_postfix_signing_through_opendkim() -> None:
-    servers = ["mailgate", "postfix-opendkim", "postfix"]
-    END_TO_END["postfix-opendkim"] = 200.0
+    servers = ["mailgate", "postfix-dkim", "postfix"]
+    END_TO_END["postfix-dkim"] = 200.0
     try:
         rows = report.summarise(results(servers), servers)
     finally:
-        del END_TO_END["postfix-opendkim"]
+        del END_TO_END["postfix-dkim"]
     lines = report.setups_table(rows).splitlines()
     assert lines[0].endswith("| end-to-end vs Postfix | end-to-end vs Postfix + OpenDKIM |")
     assert lines[2].startswith("| mailgate 1 node SQLite |") and lines[2].endswith("| 2 | 2.5 |")
