@@ -240,25 +240,3 @@ def test_an_lf_only_header_section_ends_at_its_empty_line_when_kept_as_sent(tmp_
         stored = stored_message(mg, messages[0].queue_id) if messages else b""
     assert reply.code == 250, reply
     assert stored.endswith(body)
-
-
-@pytest.mark.parametrize(("body_line", "mode", "short"), [
-    (b"y" * 998 + b"\r\n", "normalize", True),  # RFC 5322 §2.1.1: 998 characters and CRLF fit
-    (b"y" * 999 + b"\r\n", "normalize", False),
-    (b"y" * 998 + b"\n", "normalize", True),  # measured as stored: with the CR normalize adds
-    (b"y" * 999 + b"\n", "normalize", False),
-    (b"y" * 10 + b"\n", "no", False),  # kept as sent: delivery measures every line again
-], ids=["998", "999", "998-lf", "999-lf", "kept"])
-def test_only_mail_reception_measured_short_skips_line_breaking_on_delivery(
-    tmp_path: Path, body_line: bytes, mode: str, short: bool
-) -> None:
-    """Delivery sends a message without breaking lines only when reception measured every stored
-    line at 998 octets or less (MessageMeta.short_lines); anything else goes through the wrapper."""
-    body = b"Subject: lines\r\n\r\n" + body_line + b"end\r\n"
-    with InProcessMailgate(config_text(tmp_path, server_extra=f'bare_newline = "{mode}"')) as mg:
-        reply = asyncio.run(_send_long_lines(mg.port("mx"), body))
-        messages = queued(mg)
-        assert mg.app is not None and len(messages) == 1
-        stored = mg.call(mg.app.store.get(messages[0].queue_id))
-    assert reply.code == 250
-    assert stored.meta.short_lines is short

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailgate.smtp.line_wrap import MAX_LINE, LineWrapper, head_fits, wire_form, wrap_message
+from mailgate.smtp.line_wrap import MAX_LINE, LineWrapper, wire_form, wrap_message
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,11 +101,3 @@ def test_a_long_line_is_found_wherever_it_ends_in_a_chunk(length: int) -> None:
     wrapper = LineWrapper()
     out = wrapper.feed(head + b"x" * length + b"\r\n") + wrapper.finish()
     assert all(len(line) <= MAX_LINE for line in _lines(out))
-
-
-def test_head_fits_measures_only_the_header_section_and_not_its_line_endings() -> None:
-    body_line = b"b" * 3000 + b"\r\n"
-    assert head_fits(b"Subject: " + b"s" * 989 + b"\r\n\r\n" + body_line)  # 998 octets
-    assert not head_fits(b"Subject: " + b"s" * 990 + b"\r\n\r\n" + body_line)
-    assert not head_fits(b"X: " + b"s" * 996 + b"\n")  # no CR: 999 octets, still too long
-    assert head_fits(b"X: " + b"s" * 995 + b"\n")

@@ -68,7 +68,6 @@ class DeliveryRequest:
     ret: Ret | None = None
     envid: str | None = None
     crlf_clean: bool = False  # reception verified: no bare CR or LF in the message
-    short_lines: bool = False  # reception verified: no line over 998 octets, nothing to break
 
 
 @dataclass

@@ -297,7 +297,6 @@ class DeliveryRunner:
             ret=message.envelope.ret,
             envid=message.envelope.envid,
             crlf_clean=message.meta.crlf_clean,
-            short_lines=message.meta.short_lines,
         )
         result = await self._transport.deliver(request)
         self._on_attempt(message, route, result.outcomes, result.tls, time.monotonic() - started)

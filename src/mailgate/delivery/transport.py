@@ -355,17 +355,14 @@ class SmtpTransport:
 
     async def _send_body(self, connection: SmtpConnection, message: _Message) -> Reply:
         # RFC 5322 §2.1.1 / RFC 5321 §4.5.3.1.6: lines over 998 octets, accepted at reception
-        # (server.long_lines = "wrap"), are broken here, before the line endings are made CRLF;
-        # a message reception measured and found without one is sent as stored.
-        wrapper = None if message.request.short_lines else LineWrapper()
+        # (server.long_lines = "wrap"), are broken here, before the line endings are made CRLF.
+        wrapper = LineWrapper()
         crlf_clean = message.request.crlf_clean
         async for chunk in message.request.body():
-            lines = chunk if wrapper is None else wrapper.feed(chunk)
-            connection.queue_bytes(connection.protocol.body(lines, crlf_clean=crlf_clean))
+            connection.queue_bytes(connection.protocol.body(wrapper.feed(chunk), crlf_clean=crlf_clean))
             if len(chunk) >= BODY_FLUSH_SIZE:  # small messages go out with the final dot
                 await connection.flush(self._timeouts.data_block)
-        if wrapper is not None:
-            connection.queue_bytes(connection.protocol.body(wrapper.finish(), crlf_clean=crlf_clean))
+        connection.queue_bytes(connection.protocol.body(wrapper.finish(), crlf_clean=crlf_clean))
         connection.queue_bytes(connection.protocol.end_of_data())
         await connection.flush(self._timeouts.data_block)
         return (await connection.next_reply(self._timeouts.data_termination)).reply

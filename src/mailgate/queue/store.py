@@ -55,7 +55,6 @@ class MessageMeta:
     received_count: int = 0
     headers_end: int = 0  # offset of the empty line ending the header, 0 if unknown
     crlf_clean: bool = False  # reception verified: no bare CR or LF anywhere in the message
-    short_lines: bool = False  # reception verified: no line over 998 octets (RFC 5322 §2.1.1)
 
 
 class MessageNotFoundError(KeyError):

@@ -18,7 +18,7 @@ import logging
 from mailgate.auth.message import NOT_CHECKED, TEMPFAIL, InboundVerdict, MessageAuthenticator, Origin
 from mailgate.core.reply import LOCAL_ERROR
 from mailgate.queue.store import MessageWriter, QueueStore
-from mailgate.smtp.line_wrap import head_fits, wire_form
+from mailgate.smtp.line_wrap import wire_form
 
 log = logging.getLogger("mailgate.auth")
 
@@ -44,18 +44,16 @@ async def check_inbound(authenticator: MessageAuthenticator, origin: Origin, wri
 async def finish(
     authenticator: MessageAuthenticator, store: QueueStore, origin: Origin, verdict: InboundVerdict,
     writer: MessageWriter,
-) -> tuple[MessageWriter, bool]:
-    """The writer to commit (`writer`, or a new one holding the signed or annotated message) and
-    whether every line reception did not measure fits RFC 5322 §2.1.1's 998 octets (a signed copy
-    is in its wire form; an annotated one is measured in its header section, the only part that
-    changed). Raises what the authenticator raised; the session answers 451 then."""
+) -> MessageWriter:
+    """The writer to commit: `writer`, or a new one holding the signed or annotated message.
+    Raises what the authenticator raised; the session answers 451 then."""
     if origin.internal:
         # Reading, the wire form, signing and storing are all CPU or local file work: one thread.
-        return await asyncio.to_thread(_signed, authenticator, store, writer), True
+        return await asyncio.to_thread(_signed, authenticator, store, writer)
     message = await authenticator.finish(await asyncio.to_thread(_read, writer), verdict)
     if message is None:
-        return writer, True
-    return await asyncio.to_thread(_replaced, store, writer, message), head_fits(message)
+        return writer
+    return await asyncio.to_thread(_replaced, store, writer, message)
 
 
 def _signed(authenticator: MessageAuthenticator, store: QueueStore, writer: MessageWriter) -> MessageWriter:

@@ -69,8 +69,6 @@ class _Transaction:
         self.rule = ""  # the relay rule that permitted the first recipient, for the logs
         self.rewritten = False  # the screener replaced the message (strip, tag, added headers)
         self.bare_kept = False  # bare CR or LF stored as received (server.bare_newline = "no")
-        # Reception measured every line of what is stored: none over 998 octets (RFC 5322 §2.1.1).
-        self.short_lines = False
         self.data_deadline = 0.0  # time.monotonic() by which the data must be complete
         self.reservation: Reservation | None = None  # counted against the message rates at MAIL
         # Storing failed (write error, or the spool went below the soft threshold while the data
@@ -482,7 +480,6 @@ class Session:
         elif event.long_line and self.reception.lines.refuse_long_lines:
             refusal, reason = LONG_LINE_IN_MESSAGE, "long_line"
         else:
-            transaction.short_lines = not event.long_line
             if event.bare_line_ending:
                 mode = self.protocol.settings.bare_line_endings
                 transaction.bare_kept = mode == KEEP
@@ -514,7 +511,7 @@ class Session:
                 return refusal
         if authenticator is not None and origin is not None and verdict is not None:
             try:  # DKIM signing and Authentication-Results come after the screener (docs/flow.md)
-                transaction.writer, lines_fit = await message_auth.finish(
+                transaction.writer = await message_auth.finish(
                     authenticator, self.reception.store, origin, verdict, transaction.writer
                 )
             except Exception as exc:
@@ -522,7 +519,6 @@ class Session:
                     return self._refuse(transaction, INSUFFICIENT_STORAGE, "disk")
                 log.exception("message authentication failed")
                 return self._refuse(transaction, LOCAL_ERROR, "authentication")
-            transaction.short_lines = transaction.short_lines and lines_fit
             hold_reason = hold_reason or (verdict.reason if verdict.action == QUARANTINE else "")
         return await self._commit(transaction, hold_reason)
 
@@ -576,7 +572,6 @@ class Session:
             # Reception normalized or refused bare CR/LF, unless bare_newline = "no" kept them; a
             # copy the screener rewrote is checked on delivery too.
             crlf_clean=not (transaction.rewritten or transaction.bare_kept),
-            short_lines=transaction.short_lines and not (transaction.rewritten or transaction.bare_kept),
         )
         started = time.monotonic()
         delivery = self.reception.delivery

@@ -96,14 +96,6 @@ def _has_long_line(lines: bytes, limit: int) -> bool:
     return any(lines.find(b"\n", start, start + block) < 0 for start in range(0, len(lines) - block + 1, block))
 
 
-def head_fits(message: bytes, limit: int = MAX_LINE) -> bool:
-    """Whether every line of `message`'s header section (up to its first empty line) holds at most
-    `limit` octets besides its line ending: nothing there for `LineWrapper` to break."""
-    end = message.find(b"\r\n\r\n")
-    head = message if end < 0 else message[:end]
-    return all(len(line) - line.endswith(b"\r") <= limit for line in head.split(b"\n"))
-
-
 def wrap_message(message: bytes, limit: int = MAX_LINE) -> bytes:
     """A whole message with its long lines broken (the same as streaming it through a wrapper)."""
     wrapper = LineWrapper(limit)
