@@ -280,3 +280,35 @@ async def _wake(mg: InProcessMailgate) -> None:
 def _dead_hop(text: str) -> str:
     """The unreachable next hop config_text gives the hosted domain."""
     return re.search(r'next_hop = \["([^"]+)"\]', text).group(1)
+
+
+TAG_EVERYTHING_FROM_OUTSIDE = """
+[[screen_rule]]
+name = "tag-external"
+direction = "inbound"
+action = "tag"
+tag_header = "X-External"
+sender_domain = ["external.test"]
+"""
+
+
+def test_a_screener_copy_that_does_not_fit_gets_452_not_a_scanner_451(spool: Path) -> None:
+    """The tagged copy of a message that just fit is written beside the original: when that copy
+    hits ENOSPC the sender hears 452 4.3.1 (mail system full, RFC 3463 §3.4), as for the data
+    itself, not the 451 of a failed scanner; nothing is left behind and the session goes on."""
+    text = server_config(spool, disk_soft_free='"0"', disk_hard_free='"0"', disk_soft_free_inodes="0",
+                         disk_hard_free_inodes="0", disk_reserve='"0"') + TAG_EVERYTHING_FROM_OUTSIDE
+    with InProcessMailgate(text) as mg:
+        port, filler = mg.port("mx"), spool / "filler"
+
+        async def scenario() -> tuple[list[str], list[str]]:
+            await asyncio.to_thread(fill, filler, spool, 5 * MIB)
+            refused = await send(port, message("fits once, not twice", 4 * MIB))
+            filler.unlink()
+            return refused, await send(port, message("after", 10_000))
+
+        refused, after = asyncio.run(scenario())
+        messages = queued(mg)
+    assert refused[-2:] == ["452 4.3.1", "250 2.0.0"]
+    assert after[-2:] == ["250 2.0.0", "250 2.0.0"] and len(messages) == 1
+    assert os.listdir(spool / "incoming") == []

@@ -543,9 +543,12 @@ class Session:
         )
         try:
             screened = await screen_message(self.reception.screener, self.reception.store, context, transaction.writer)
-        except Exception:
-            log.exception("screening failed")
-            screened = Screened(SCANNER_UNAVAILABLE, transaction.writer, rule="screener")
+        except Exception as exc:
+            if out_of_space(exc):  # the rewritten copy did not fit: 452 4.3.1, as for the data
+                screened = Screened(INSUFFICIENT_STORAGE, transaction.writer, rule="disk")
+            else:
+                log.exception("screening failed")
+                screened = Screened(SCANNER_UNAVAILABLE, transaction.writer, rule="screener")
         transaction.rewritten = screened.writer is not transaction.writer
         transaction.writer = screened.writer
         if screened.refusal is not None:
