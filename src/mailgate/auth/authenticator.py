@@ -2,8 +2,8 @@
 
 Owns: putting the signer and the inbound checker behind the interface of message.py, and the
 thread pool the inbound checks run in (DNS waits, and canonicalisation of a large body takes
-milliseconds: never on the event loop). Signing is called from the caller's own thread. Must not: decide policy itself (inbound.py does) or
-choose keys (dkim_sign.py does).
+milliseconds: never on the event loop). Signing runs in the caller's own worker thread.
+Must not: decide policy itself (inbound.py does) or choose keys (dkim_sign.py does).
 """
 
 from __future__ import annotations
