@@ -194,13 +194,14 @@ def start_mailgate(
     return ServerHandle("mailgate", [process.pid], stop)
 
 
-def start_postfix(workdir: Path, listen_port: int, sink_port: int) -> ServerHandle:
-    """A private Postfix relaying the hosted domain to the sink, Postfix defaults otherwise."""
+def start_postfix(workdir: Path, listen_port: int, sink_port: int, settings: dict[str, str] | None = None) -> ServerHandle:
+    """A private Postfix relaying the hosted domain to the sink, Postfix defaults otherwise (plus
+    `settings` for main.cf)."""
     root = workdir / "postfix"
     if root.exists():
         shutil.rmtree(root)
     instance = postfix.start_relay(
-        listen_port, HOSTED_DOMAIN, ("127.0.0.1", sink_port), root=root
+        listen_port, HOSTED_DOMAIN, ("127.0.0.1", sink_port), root=root, settings=settings
     )
     master = instance.master_pid()
     if master is None:
@@ -233,31 +234,19 @@ def start_postfix_opendkim(workdir: Path, listen_port: int, sink_port: int) -> S
             sockets.append(milter_socket)
             pids.append(pid)
             stops.append(stop_milter)
+        relay = start_postfix(workdir, listen_port, sink_port, opendkim_milter.postfix_settings(sockets))
     except opendkim_milter.MilterError as error:
         stop_milters()
         raise PeerError(str(error)) from error
     except BaseException:
         stop_milters()
         raise
-    root = workdir / "postfix"
-    if root.exists():
-        shutil.rmtree(root)
-    try:
-        instance = postfix.start_relay(listen_port, HOSTED_DOMAIN, ("127.0.0.1", sink_port), root=root,
-                                       settings=opendkim_milter.postfix_settings(sockets))
-    except BaseException:
-        stop_milters()
-        raise
-    master = instance.master_pid()
 
     def stop() -> None:
-        instance.stop()
+        relay.stop()
         stop_milters()
 
-    if master is None:
-        stop()
-        raise PeerError("postfix started but its master PID file is missing")
-    return ServerHandle("postfix-dkim", [master, *pids], stop)
+    return ServerHandle("postfix-dkim", [*relay.pids, *pids], stop)
 
 
 def _cluster_config(pg, dsn: str, workdir: Path, node: str) -> str:  # type: ignore[no-untyped-def]
