@@ -22,7 +22,10 @@ from mailgate.core.clock import FakeClock
 from mailgate.core.envelope import Envelope, Recipient
 from mailgate.core.reply import Reply
 from mailgate.core.status import RecipientState
-from mailgate.queue.segments import SEGMENT_THRESHOLD, segment_numbers, segment_path
+from mailgate.queue import sqlite_queries
+from mailgate.queue.segments import (
+    SEGMENT_THRESHOLD, SegmentAppender, StagedBody, segment_numbers, segment_path,
+)
 from mailgate.queue.sqlite_store import SqliteQueueStore
 from mailgate.queue.store import CorruptBodyError, MessageMeta, QueueFilter, RecipientUpdate
 
@@ -30,6 +33,7 @@ pytestmark = pytest.mark.timeout(60)
 
 START = 1_800_000_000.0
 KIB = 1024
+MIB = 1024 * KIB
 ENVELOPE = Envelope(parse_mailbox("s@example.com"), [Recipient(parse_mailbox("a@example.com"))])
 
 StoreTest = Callable[[SqliteQueueStore], Awaitable[None]]
@@ -69,6 +73,14 @@ def placement(spool: Path, queue_id: str) -> tuple[int | None, bool]:
             "SELECT 1 FROM bodies WHERE message_id = ?", (message_id,)
         ).fetchone()
         return segment, inline is not None
+    finally:
+        connection.close()
+
+
+def offset_of(spool: Path, queue_id: str) -> int:
+    connection = sqlite3.connect(spool / "queue.db")
+    try:
+        return connection.execute("SELECT body_offset FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()[0]
     finally:
         connection.close()
 
@@ -178,29 +190,105 @@ def test_deleting_the_last_live_body_of_a_closed_segment_unlinks_it(tmp_path: Pa
         assert segment_numbers(store.segments_dir) == [new]  # finish emptied it: gone
 
         assert await store.delete(QueueFilter(queue_id=third)) == [third]
-        assert segment_numbers(store.segments_dir) == []  # the emptied current one is retired too
+        assert segment_numbers(store.segments_dir) == [new]  # the current one is cut back instead
+        assert segment_path(store.segments_dir, new).stat().st_size == 0
         fourth = await enqueue(store, body(100 * KIB, 4))
-        assert placement(tmp_path, fourth)[0] > new
+        assert placement(tmp_path, fourth)[0] == new and offset_of(tmp_path, fourth) == 0
         assert await body_of(store, fourth) == body(100 * KIB, 4)
 
     run(tmp_path, test, segment_limit=150 * KIB)
 
 
-def test_an_emptied_current_segment_is_retired_and_unlinked_at_once(tmp_path: Path) -> None:
-    """Its space comes back when its last body goes, not when it fills up (issue 21 item 2)."""
+def test_an_emptied_current_segment_is_cut_back_at_once_and_reused(tmp_path: Path) -> None:
+    """Its space comes back when its last body goes, not when it fills up (issue 21 item 2), and
+    the next body goes in at its start: no new file, number and directory fsync per message
+    when mail comes one message at a time (issue 18, acceptance latency)."""
     async def test(store: SqliteQueueStore) -> None:
         gone = await enqueue(store, body(100 * KIB, 1))
-        old, _ = placement(tmp_path, gone)
+        number, _ = placement(tmp_path, gone)
         await store.claim_due(START, 10)
         delivered = RecipientUpdate(0, RecipientState.DELIVERED, Reply(250, "2.0.0", "ok"))
         assert await store.finish(gone, updates=[delivered])
-        assert segment_numbers(store.segments_dir) == []
-        kept = await enqueue(store, body(100 * KIB, 2))  # a new segment
-        new, _ = placement(tmp_path, kept)
-        assert new > old and segment_numbers(store.segments_dir) == [new]
+        assert segment_numbers(store.segments_dir) == [number]
+        assert segment_path(store.segments_dir, number).stat().st_size == 0
+        kept = await enqueue(store, body(100 * KIB, 2))
+        assert placement(tmp_path, kept)[0] == number and offset_of(tmp_path, kept) == 0
         assert await body_of(store, kept) == body(100 * KIB, 2)
+        assert segment_path(store.segments_dir, number).stat().st_size == 100 * KIB
 
     run(tmp_path, test, segment_limit=150 * KIB)
+
+
+def test_the_current_segment_is_not_cut_back_when_the_deletion_did_not_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rewind waits for the durable commit that found the segment empty: had that commit
+    failed, a crash could bring back a deleted row pointing into the segment's bytes."""
+    async def test(store: SqliteQueueStore) -> None:
+        gone = await enqueue(store, body(100 * KIB, 1))
+        number, _ = placement(tmp_path, gone)
+
+        def failing(*args: object, **kwargs: object) -> list[int]:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(sqlite_queries, "drop_unused_segments", failing)
+        assert await store.delete(QueueFilter(queue_id=gone)) == [gone]
+        assert segment_path(store.segments_dir, number).stat().st_size == 100 * KIB
+        monkeypatch.undo()
+        kept = await enqueue(store, body(100 * KIB, 2))  # appended after the old bytes
+        assert placement(tmp_path, kept)[0] == number and offset_of(tmp_path, kept) == 100 * KIB
+        assert await body_of(store, kept) == body(100 * KIB, 2)
+
+    run(tmp_path, test)
+
+
+def test_a_rewind_is_dropped_when_a_body_went_into_the_segment_in_the_same_group(tmp_path: Path) -> None:
+    """The durable commit that found the segment empty may share its group with a new body's
+    stage, which appended to the segment before the commit: that body must stay."""
+    appender = SegmentAppender(tmp_path, allocate=lambda connection: 1, limit=MIB)
+    connection = sqlite3.connect(":memory:")
+    first = StagedBody(body(100 * KIB, 1), 100 * KIB)
+    appender.append(first, connection)
+    appender.sync()
+    appender.end_group()
+    second = StagedBody(body(100 * KIB, 2), 100 * KIB)
+    appender.append(second, connection)  # a stage of the group
+    appender.request_rewind(1)  # the commit of the same group found no live body (the first deleted)
+    appender.sync()
+    appender.end_group()
+    assert second.offset == 100 * KIB
+    assert segment_path(tmp_path, 1).read_bytes()[100 * KIB:] == body(100 * KIB, 2)
+    appender.request_rewind(1)  # a later group, nothing appended: cut back
+    appender.end_group()
+    assert segment_path(tmp_path, 1).stat().st_size == 0
+    third = StagedBody(body(KIB, 3), KIB)
+    appender.append(third, connection)
+    assert (third.segment, third.offset) == (1, 0)
+    appender.close()
+
+
+def test_a_failed_rewind_retires_the_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the cut fails the segment's length is unknown: nothing is appended to it again, and it
+    is handed to the store for removal like any other finished segment."""
+    numbers = iter([1, 2])
+    appender = SegmentAppender(tmp_path, allocate=lambda connection: next(numbers), limit=MIB)
+    connection = sqlite3.connect(":memory:")
+    appender.append(StagedBody(body(KIB, 1), KIB), connection)
+    appender.sync()
+    appender.end_group()
+
+    def failing(descriptor: int, length: int) -> None:
+        raise OSError(errno.EIO, "ftruncate failed")
+
+    monkeypatch.setattr(os, "ftruncate", failing)
+    appender.request_rewind(1)
+    appender.end_group()
+    monkeypatch.undo()
+    assert appender.current is None and appender.take_retired() == [1]
+    later = StagedBody(body(KIB, 2), KIB)
+    appender.append(later, connection)
+    assert later.segment == 2
+    appender.close()
 
 
 def test_recover_removes_orphan_segments_and_numbers_new_ones_above(tmp_path: Path) -> None:
@@ -211,15 +299,15 @@ def test_recover_removes_orphan_segments_and_numbers_new_ones_above(tmp_path: Pa
         ids.append(await enqueue(store, body(50 * KIB, 1)))
         ids.append(await enqueue(store, body(50 * KIB, 2)))  # rotates: a second segment
         emptied.append(placement(tmp_path, ids[1])[0])
-        await store.delete(QueueFilter(queue_id=ids[1]))  # the current segment emptied: gone
+        await store.delete(QueueFilter(queue_id=ids[1]))  # the current segment emptied: cut back
 
     async def second(store: SqliteQueueStore) -> None:
         kept = placement(tmp_path, ids[0])[0]
         orphan = segment_path(store.segments_dir, emptied[0] + 5)  # debris without a row
         orphan.write_bytes(b"unreferenced bytes of a crashed group")
         (store.segments_dir / "notes.txt").write_text("not a segment")
-        assert segment_numbers(store.segments_dir) == [kept, emptied[0] + 5]
-        await store.recover()
+        assert segment_numbers(store.segments_dir) == [kept, emptied[0], emptied[0] + 5]
+        await store.recover()  # the emptied one's writer is gone: it goes too
         assert segment_numbers(store.segments_dir) == [kept]
         assert (store.segments_dir / "notes.txt").exists()
         new = await enqueue(store, body(50 * KIB, 3))

@@ -6,24 +6,34 @@ prints `READY`, then several producers enqueue random messages concurrently; aft
 returns the child prints `<queue_id> <sha256 hex>` and flushes. Every message is derived from a
 seed carried in its sender address (`expected_message`), so the parent can recompute what any
 visible message must contain, including ones whose id was never printed.
+Three messages in four are delivered at once instead: committed leased (as a message the
+worker delivers straight away), then finished as delivered, which deletes it without an fsync.
+That empties segments (small ones, `SEGMENT_LIMIT`, so that they rotate often): a finished one is
+unlinked, the current one is cut back and reused. Such a message is never printed; if a kill
+brings it back, it must be whole like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import random
 import sys
 
 from mailgate.core.address import Address
 from mailgate.core.envelope import BodyType, Envelope, Notify, Recipient, Ret
+from mailgate.core.reply import Reply
+from mailgate.core.status import RecipientState
 from mailgate.queue.postgres_store import PostgresQueueStore
 from mailgate.queue.sqlite_store import SqliteQueueStore
-from mailgate.queue.store import MessageMeta, QueueStore
+from mailgate.queue.store import MessageMeta, QueueStore, RecipientUpdate
 from tests.support.postgres import PASSWORD
 
 MAX_SIZE = 300 * 1024
 MEMORY_THRESHOLD = 32 * 1024  # low, so that many messages take the spill-file path
+KEEP_EVERY = 4  # the others are delivered at once
+SEGMENT_LIMIT = 1024 * 1024
 SENDER_DOMAIN = "crash.test"
 NOTIFY_CHOICES = (
     (Notify.NEVER,),
@@ -64,7 +74,7 @@ def expected_message(seed: int) -> tuple[Envelope, bytes]:
 
 
 async def _produce(store: QueueStore, rng: random.Random) -> None:
-    while True:
+    for number in itertools.count():
         seed = rng.getrandbits(62)
         envelope, body = expected_message(seed)
         writer = store.begin()
@@ -74,7 +84,14 @@ async def _produce(store: QueueStore, rng: random.Random) -> None:
             writer.write(body[position:position + step])
             position += step
             await asyncio.sleep(0)  # let the other producers interleave
-        queue_id = await store.commit(writer, envelope, MessageMeta(client_address="127.0.0.1"))
+        meta = MessageMeta(client_address="127.0.0.1")
+        if number % KEEP_EVERY:
+            message = await store.commit_claimed(writer, envelope, meta)
+            delivered = [RecipientUpdate(index, RecipientState.DELIVERED, Reply(250, "2.0.0", "ok"))
+                         for index in range(len(envelope.recipients))]
+            await store.finish(message.queue_id, updates=delivered)
+            continue
+        queue_id = await store.commit(writer, envelope, meta)
         sys.stdout.write(f"{queue_id} {hashlib.sha256(body).hexdigest()}\n")
         sys.stdout.flush()
 
@@ -83,7 +100,7 @@ CRASH_INSTANCE = "crash-node"
 
 async def _main(spool_dir: str, base_seed: int, producers: int, dsn: str | None) -> None:
     if dsn is None:
-        store: QueueStore = SqliteQueueStore(spool_dir, memory_threshold=MEMORY_THRESHOLD)
+        store: QueueStore = SqliteQueueStore(spool_dir, memory_threshold=MEMORY_THRESHOLD, segment_limit=SEGMENT_LIMIT)
     else:
         # One fixed instance for every round and the verifier: each stands for the same node
         # restarted, not a second live node (which would be refused while the killed one's

@@ -12,7 +12,8 @@ a writer may still append to.
 Crash-safety rule: a body's bytes are appended and fdatasynced BEFORE the transaction that
 records (segment, offset) commits, so a crash in between leaves unreferenced bytes in a segment,
 never a row pointing at missing bytes. A new segment's directory entry is fsynced before its
-first byte is referenced.
+first byte is referenced. The current segment is cut back and written from its start again only
+after a durable transaction recorded that no row points into it.
 
 Several processes (server.workers > 1) share the directory: every segment number comes from
 SQLite (AUTOINCREMENT, never reused, so a number always means one file), each process appends
@@ -39,7 +40,8 @@ SEGMENT_SUFFIX = ".seg"
 # Bodies from this size on go to a segment: below it one SQLite page or two hold the body and a
 # second sync per group would cost small messages latency for nothing.
 SEGMENT_THRESHOLD = 16 * 1024
-# A segment stops taking bodies past this size; it is unlinked once its last body is deleted.
+# A segment stops taking bodies past this size; it is unlinked once its last body is deleted (the
+# current one is cut back to nothing instead, `request_rewind`).
 SEGMENT_LIMIT = 64 * 1024 * 1024
 COPY_CHUNK = 1024 * 1024  # spill files are copied in chunks, never whole into memory
 ALLOCATE_ATTEMPTS = 8  # numbers whose file already exists (debris of a power loss) are skipped
@@ -158,7 +160,8 @@ class SegmentAppender:
         self._current: _OpenSegment | None = None
         self._retiring: list[_OpenSegment] = []  # no more appends; closed after the commit
         self._retired: deque[int] = deque()  # thread-safe hand-over to the event loop
-        self._retire_requested: int | None = None  # the current segment, found without a live body
+        self._retire_requested: int | None = None  # the current segment, mostly dead space
+        self._rewind_requested: int | None = None  # the current segment, durably without a live body
         self._appended_in_group = False
         self.syncs = 0  # fdatasync calls made
 
@@ -231,18 +234,38 @@ class SegmentAppender:
 
     def request_retire(self, number: int) -> None:
         """Stop appending to the current segment `number` at the end of this group, unless a
-        body went into it during the group: it holds no live body any more, or mostly dead space
-        to compact, and can be removed rather than keep its space until it fills up."""
+        body went into it during the group: it holds mostly dead space, which compaction can
+        only give back once no writer appends to it."""
         if self._current is not None and self._current.number == number:
             self._retire_requested = number
 
+    def request_rewind(self, number: int) -> None:
+        """The current segment `number` holds no live body, as a transaction just made durable
+        says (call this from that transaction's after-commit action, never sooner: a row of a
+        deleted message that a crash could bring back must not point into rewritten bytes). At
+        the end of this group, unless a body went into it during the group, it is cut to
+        nothing and the next body goes in at its start: its space comes back at once, and mail
+        arriving one message at a time does not pay for a new file, its number and a directory
+        fsync per message (acceptance latency at 100 KiB, docs/performance.md)."""
+        if self._current is not None and self._current.number == number:
+            self._rewind_requested = number
+
     def end_group(self) -> None:
-        """After each group's commit (or failure): release the segments retired during it."""
-        current, requested = self._current, self._retire_requested
-        if current is not None and current.number == requested and not self._appended_in_group and not current.dirty:
+        """After each group's commit (or failure): retire or rewind the current segment as
+        requested, then release the segments retired during the group."""
+        current = self._current
+        untouched = current is not None and not self._appended_in_group and not current.dirty
+        if untouched and current.number == self._retire_requested:
             self._retiring.append(current)
             self._current = None
-        self._retire_requested, self._appended_in_group = None, False
+        elif untouched and current.number == self._rewind_requested:
+            try:
+                os.ftruncate(current.descriptor, 0)
+                current.size = 0
+            except OSError:
+                self._abandon()  # its length is unknown now: never append to it again
+        self._retire_requested = self._rewind_requested = None
+        self._appended_in_group = False
         while self._retiring:
             segment = self._retiring.pop()
             os.close(segment.descriptor)  # drops the flock: the segment is finished

@@ -7,12 +7,13 @@ and only then resolves the callers' futures, so a 250 after `commit()` means "on
 Reads (get, list, counts, bodies) run on a small pool of reader threads with their own
 connections, which WAL lets run beside the writer without blocking it or the event loop.
 Bodies of `SEGMENT_THRESHOLD` bytes or more are appended to segment files (queue/segments.py) by
-the commit's stage, synced once per group before the transaction that points at them; smaller
-ones stay inline in SQLite. When a segment no writer appends to any more has no live body left (the current one is retired
-as soon as it has none, so its space does not wait for it to fill up),
+the commit's stage, synced once per group beside the transaction that points at them; smaller
+ones stay inline in SQLite. When a segment no writer appends to any more has no live body left,
 a durable operation deletes its row and then unlinks the file (`_reap`): durable, because the
 deletions that emptied it may have been committed without an fsync, and a power loss must not
-bring back a message whose body file is gone.
+bring back a message whose body file is gone. The current segment, once the same kind of
+durable operation finds it without a live body, is cut back to nothing and reused from its
+start, so its space does not wait for it to fill up.
 Must not: know SMTP, routing or DSN text. The statements live in sqlite_queries.py, the schema
 and row mapping in sqlite_schema.py, the thread in group_commit.py, incoming bytes in
 spool_writer.py, segment files in segments.py; this module only wires them to the `QueueStore`
@@ -342,11 +343,11 @@ class SqliteQueueStore(SpooledQueueStore):
         is logged, not raised: the caller's own operation has succeeded; recover() retries."""
         candidates = sorted(numbers)
         removable: list[int] = []
+        emptied_current: list[int] = []
 
         def drop_rows(connection: sqlite3.Connection) -> None:
             current = self._segments.current
-            if current in candidates and queries.segment_live(connection, current) == 0:
-                self._segments.request_retire(current)  # retired after this group, then reaped
+            emptied_current[:] = [current] if current in candidates and queries.segment_live(connection, current) == 0 else []
             finished = [
                 number
                 for number in candidates
@@ -358,12 +359,16 @@ class SqliteQueueStore(SpooledQueueStore):
             for number in removable:
                 segments.unlink_segment(self.segments_dir, number)
 
+        def rewind_current() -> None:  # after the durable commit: no deleted row comes back
+            for number in emptied_current:
+                self._segments.request_rewind(number)
+
         try:
-            await self._writer.run(drop_rows, [unlink_files])
+            await self._writer.run(drop_rows, [unlink_files, rewind_current])
         except (OSError, sqlite3.Error) as exc:
             log.warning("segments %s not removed yet: %s", candidates, exc)
             return
-        retired = self._segments.take_retired()  # the emptied current segment, retired just now
+        retired = self._segments.take_retired()  # a current segment whose rewind failed
         if retired:
             await self._reap(retired)
 
