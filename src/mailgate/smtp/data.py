@@ -14,8 +14,12 @@ split so a body is never walked line by line in Python.
 from __future__ import annotations
 
 TERMINATOR = b"\r\n.\r\n"  # RFC 5321 §4.1.1.4
+_STUFFED = b"\r\n."  # RFC 5321 §4.5.2: a line that starts with a dot; the dot goes
 _CR = 0x0D
 _LF = 0x0A
+# Stuffed dots are cut out one `find` at a time; past this many in one scan the rest of the
+# region is searched for the terminator and unstuffed with one `replace` (no Python loop per line).
+_DOTS_ONE_BY_ONE = 32
 
 
 def _held_back(view: bytes) -> int:
@@ -26,6 +30,30 @@ def _held_back(view: bytes) -> int:
     return 0
 
 
+def _cut(buffer: bytes | bytearray, region_end: int, dots: list[int], replace_from: int | None) -> bytes:
+    """`buffer[:region_end]` as bytes without the octets at `dots` (sorted), one copy; from
+    `replace_from` on (when set) every stuffed dot is taken out by `replace` instead."""
+    view = memoryview(buffer)  # no copy; released before the caller resizes `buffer`
+    pieces: list[memoryview | bytes] = []
+    try:
+        last = 0
+        for dot in dots:
+            if dot >= region_end:
+                break
+            pieces.append(view[last:dot])
+            last = dot + 1
+        if replace_from is not None and last < region_end:
+            pieces.append(bytes(view[last:region_end]).replace(_STUFFED, b"\r\n"))
+        elif not pieces:
+            return bytes(view[:region_end])
+        else:
+            pieces.append(view[last:region_end])
+        return b"".join(pieces)
+    finally:
+        pieces.clear()
+        view.release()
+
+
 class DotBodyScanner:
     """Splits a DATA stream into unstuffed body bytes and the end of data.
 
@@ -33,6 +61,10 @@ class DotBodyScanner:
     starts at a line start), so a terminator or a stuffed dot split across `scan` calls at any
     byte is still seen. A bare LF or bare CR never ends the data: `\\n.\\n`, `\\r\\n.\\n`,
     `\\n.\\r\\n` and `\\r.\\r\\n` are body bytes (which the inspector flags).
+    One pass finds both: every CRLF "." is either the terminator (CRLF follows) or a stuffed
+    dot, searched in the caller's buffer itself; only the two consumed octets and the first four
+    of `buffer` are joined (for a terminator or dot that starts before `buffer`), and the body is
+    copied once.
     """
 
     def __init__(self) -> None:
@@ -40,19 +72,41 @@ class DotBodyScanner:
 
     def scan(self, buffer: bytes | bytearray) -> tuple[bytes, int, bool]:
         """Return (unstuffed body bytes, octets of `buffer` consumed, end of data reached)."""
-        view = self._previous + bytes(buffer)
-        end = view.find(TERMINATOR)
-        if end >= 0:
+        previous = self._previous
+        # Positions are in `buffer`; -2 and -1 are the two octets of `previous`.
+        joint = previous + bytes(buffer[:4])
+        end: int | None = joint.find(TERMINATOR) - 2 if TERMINATOR in joint else None
+        dots: list[int] = []
+        replace_from: int | None = None
+        if end is None:
+            stuffed = joint.find(_STUFFED, 0, 4)  # a dot at position 0 or 1, after `previous`
+            if stuffed >= 0:
+                dots.append(stuffed)
+            start = 0
+            while True:
+                found = buffer.find(_STUFFED, start)
+                if found < 0:
+                    break
+                if buffer[found + 3:found + 5] == b"\r\n":
+                    end = found
+                    break
+                dots.append(found + 2)  # a dot at the buffer's end may yet be the terminator's:
+                start = found + 3  # then it is held back below and not cut
+                if len(dots) >= _DOTS_ONE_BY_ONE:
+                    replace_from = start
+                    found = buffer.find(TERMINATOR, start)
+                    end = found if found >= 0 else None
+                    break
+        if end is not None:
             # The CRLF before the final dot belongs to the message; the ".\r\n" does not.
-            region_end, consumed, done = end + 2, end + 3, True
+            region_end, consumed, done = end + 2, end + 5, True
         else:
-            region_end = max(len(view) - _held_back(view), 2)
-            consumed, done = region_end - 2, False
-        region = view[:region_end]
-        # RFC 5321 §4.5.2: a line starting with "." lost that first dot. Matches start at index
-        # 0 at the earliest and keep their CRLF, so dropping the two `_previous` octets is exact.
-        body = (region.replace(b"\r\n.", b"\r\n") if b"\r\n." in region else region)[2:]
-        self._previous = region[-2:]
+            region_end = max(len(buffer) - _held_back(previous + bytes(buffer[-4:])), 0)
+            consumed, done = region_end, False
+        if region_end <= 0:
+            return b"", consumed, done
+        body = _cut(buffer, region_end, dots, replace_from)
+        self._previous = (previous + bytes(buffer[max(region_end - 2, 0):region_end]))[-2:]
         return body, consumed, done
 
 
@@ -87,10 +141,10 @@ class BodyInspector:
     """Counts a message's octets and flags what makes the caller refuse it; with `normalize`,
     passes the body on with bare CR and LF turned into CRLF (`LineEndingNormalizer`).
 
-    Bare line endings: with every CRLF pair taken out, no CR or LF may be left (a pair split
-    between two chunks is joined up by `_pending_cr`). Long lines: a run of `max_line` octets
-    without LF holds a whole block of `max_line // 2` octets without one, so only blocks are
-    searched (one `find` per block) and only a block without LF is measured exactly.
+    Bare line endings: as many CRs and as many LFs as CRLF pairs, counted in the chunk in place
+    (a pair split between two chunks is joined up by `_pending_cr`). Long lines: from a line
+    start, the next `max_line` octets must hold an LF, and the last LF among them is where the
+    next window starts, so one `rfind` covers about `max_line` octets.
     The same inspector serves every BDAT chunk of a transaction: BDAT framing is a byte count,
     so a bare LF there cannot end the message here, but the message may later be relayed with
     DATA to a next hop that does treat bare LF as a line end, so BDAT content is flagged too.
@@ -139,8 +193,9 @@ class BodyInspector:
             start = 1
         self._pending_cr = chunk[-1] == _CR
         end = len(chunk) - 1 if self._pending_cr and len(chunk) > start else len(chunk)
-        rest = chunk[start:end].replace(b"\r\n", b"")
-        if b"\r" in rest or b"\n" in rest:
+        # Every CR and every LF in a CRLF pair, counted in place (no copy of the chunk).
+        pairs = chunk.count(b"\r\n", start, end)
+        if chunk.count(b"\n", start, end) != pairs or chunk.count(b"\r", start, end) != pairs:
             self._bare = True
 
     def _measure_lines(self, chunk: bytes) -> None:
@@ -155,18 +210,13 @@ class BodyInspector:
         if self._open_line + first >= self.max_line:
             self.long_line = True
             return
-        self._open_line = len(chunk) - chunk.rfind(b"\n") - 1
-        block = max(self.max_line // 2, 1)
-        position = first + 1
-        while position < len(chunk):
-            if chunk.find(b"\n", position, position + block) >= 0:
-                position += block
-                continue
-            run_start = chunk.rfind(b"\n", 0, position) + 1
-            run_end = chunk.find(b"\n", position + block)
-            if (len(chunk) if run_end < 0 else run_end) - run_start >= self.max_line:
+        # From a line start, the next max_line octets must hold an LF; the last LF among them
+        # starts the next window (every line that starts before it ends before it).
+        size, window, line_start = len(chunk), self.max_line, first + 1
+        while line_start + window <= size:
+            last = chunk.rfind(b"\n", line_start, line_start + window)
+            if last < 0:
                 self.long_line = True
                 return
-            if run_end < 0:
-                return
-            position = run_end + 1
+            line_start = last + 1
+        self._open_line = size - chunk.rfind(b"\n") - 1

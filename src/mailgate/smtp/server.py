@@ -403,10 +403,12 @@ class ServerProtocol:
         chunk = self._chunk
         assert chunk is not None
         while chunk.remaining:
-            taken = bytes(self._buffer[: chunk.remaining])
-            if not taken:
+            size = min(chunk.remaining, len(self._buffer))
+            if not size:
                 return NeedData()
-            del self._buffer[: len(taken)]
+            with memoryview(self._buffer) as view:
+                taken = bytes(view[:size])  # one copy (a bytearray slice would be a second)
+            del self._buffer[:size]
             chunk.remaining -= len(taken)
             if chunk.refusal is None and self._transaction and self._transaction.inspector:
                 passed = self._transaction.inspector.inspect(taken)
