@@ -108,7 +108,8 @@ class SessionBody:
             return
         rest = self.head.feed(data)
         if self.head.done:
-            self.writer.write(self.trace + self.head.completed_head() + rest)
+            self.writer.write(self.trace + self.head.completed_head())
+            self.writer.write(rest)
 
     def finish(self) -> None:
         if not self.head.done:

@@ -1,8 +1,9 @@
 """The incoming-message writer of the embedded store: memory first, a spill file past a threshold.
 
 Owns: `SpoolWriter`, which collects one message's bytes while DATA or BDAT arrives. Up to
-`memory_threshold` bytes stay in memory; past it everything goes to `spool_dir/incoming/<id>` with
-plain buffered writes. No fsync here: the message becomes durable only when the writer thread
+`memory_threshold` bytes stay in memory, as the written pieces themselves (joined once, when the
+body is read or sealed: a one-piece message is never copied); past it everything goes to
+`spool_dir/incoming/<id>` with plain buffered writes. No fsync here: the message becomes durable only when the writer thread
 copies it into SQLite and commits (`sqlite_store.py`), and a spill file left behind by a crash is
 deleted by `recover()`.
 Must not: talk to SQLite, or keep a large message in memory.
@@ -32,7 +33,8 @@ class SpoolWriter(MessageWriter):
         self.size = 0
         self._incoming_dir = incoming_dir
         self._memory_threshold = memory_threshold
-        self._buffer = bytearray()
+        self._pieces: list[bytes] = []  # immutable, so keeping them is safe
+        self._held = 0  # octets in `_pieces`
         self._file: BinaryIO | None = None
         self._spill_path: Path | None = None
         self._sealed = False
@@ -49,8 +51,10 @@ class SpoolWriter(MessageWriter):
         if not data:
             return
         self.size += len(data)
-        if self._file is None and len(self._buffer) + len(data) <= self._memory_threshold:
-            self._buffer += data
+        if self._file is None and self._held + len(data) <= self._memory_threshold:
+            # A caller's bytearray or memoryview may change after the call: keep a copy of it.
+            self._pieces.append(data if type(data) is bytes else bytes(data))
+            self._held += len(data)
             return
         if self._file is None:
             self._spill()
@@ -63,7 +67,7 @@ class SpoolWriter(MessageWriter):
             self._file.flush()
         if self._spill_path is not None:
             return open(self._spill_path, "rb")  # noqa: SIM115 - the caller closes it
-        return io.BytesIO(bytes(self._buffer))
+        return io.BytesIO(self._in_memory())  # shares the bytes, no copy
 
     def _spill(self) -> None:
         """Move the in-memory part to a fresh spill file; later writes append to it."""
@@ -72,8 +76,8 @@ class SpoolWriter(MessageWriter):
         path = self._incoming_dir / f"{self.queue_id}.{os.getpid()}.{id(self):x}"
         self._file = open(path, "xb", buffering=FILE_BUFFER_SIZE)  # noqa: SIM115 - closed in seal
         self._spill_path = path
-        self._file.write(self._buffer)
-        self._buffer = bytearray()
+        self._file.writelines(self._pieces)
+        self._pieces, self._held = [], 0
 
     def seal(self) -> bytes | Path:
         """End writing: the body is now the returned bytes, or the flushed spill file's path."""
@@ -85,11 +89,17 @@ class SpoolWriter(MessageWriter):
             self._file = None
         if self._spill_path is not None:
             return self._spill_path
-        return bytes(self._buffer)
+        return self._in_memory()
+
+    def _in_memory(self) -> bytes:
+        """The in-memory body as one bytes object: joined on the first call, then kept joined."""
+        if len(self._pieces) != 1:
+            self._pieces = [b"".join(self._pieces)]
+        return self._pieces[0]
 
     def mark_committed(self) -> None:
         """The store owns the bytes now; a later discard() must not touch anything."""
-        self._buffer = bytearray()
+        self._pieces, self._held = [], 0
         self._spill_path = None
         self._discarded = True
 
@@ -97,7 +107,7 @@ class SpoolWriter(MessageWriter):
         """Drop the message; the spill file is always removed, even when closing it fails (on a
         full disk the buffered tail cannot be flushed and close() raises ENOSPC)."""
         self._discarded = True
-        self._buffer = bytearray()
+        self._pieces, self._held = [], 0
         try:
             if self._file is not None:
                 file, self._file = self._file, None

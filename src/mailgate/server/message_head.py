@@ -59,22 +59,35 @@ class HeadBuilder:
         self.message_id = ""  # as stored (ours when we added it), set by completed_head()
 
     def feed(self, data: bytes) -> bytes:
-        """Take body bytes; once the header ends (or passes MAX_HEAD) return what follows it."""
-        start = max(0, len(self._buffer) - 3)
-        self._buffer += data
-        if self._buffer.startswith((b"\r\n", b"\n")):
+        """Take body bytes; once the header ends (or passes MAX_HEAD) return what follows it.
+        A header that ends in the chunk it starts in (the usual case) is searched in `data`
+        itself: only the header is copied, and what follows it once."""
+        held = self._buffer
+        if held:  # the header goes on from an earlier chunk: search the octets joined
+            start = max(0, len(held) - 3)
+            held += data
+            text: bytes | bytearray = held
+        else:
+            start, text = 0, data
+        if text.startswith((b"\r\n", b"\n")):
             end = 0  # no header section at all
         else:
             # The first empty line, however its lines end: a bare LF is kept as sent under
             # server.bare_newline = "no" (RFC 5322 §2.1: the header ends at the first empty line).
-            found = _HEAD_END.search(self._buffer, start)
+            found = _HEAD_END.search(text, start)
             end = found.start(1) if found else -1
-        if end < 0 and len(self._buffer) < MAX_HEAD:
+        if end < 0 and len(text) < MAX_HEAD:
+            if text is data:
+                held += data
             return b""
         if end < 0:
-            end = len(self._buffer)
-        rest = bytes(self._buffer[end:])
-        del self._buffer[end:]
+            end = len(text)
+        if text is data:
+            held += data[:end]
+            rest = data[end:]
+        else:
+            rest = bytes(held[end:])
+            del held[end:]
         self.finish()
         return rest
 

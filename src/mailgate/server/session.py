@@ -417,20 +417,21 @@ class Session:
             return
         rest = transaction.head.feed(data)
         if transaction.head.done:
-            self._store(transaction, self._head_bytes(transaction) + rest)
+            self._store(transaction, self._head_bytes(transaction), rest)  # not joined: no copy
 
-    def _store(self, transaction: _Transaction, data: bytes) -> None:
+    def _store(self, transaction: _Transaction, *pieces: bytes) -> None:
         """Spool bytes of the message; on a write error, or once the spool is below the soft
         threshold (measured about once per MiB), the message is dropped (its spill file removed)
         and the rest of its data read and thrown away, so the framing holds and the end of data
         gets 452 4.3.1 (RFC 3463 §3.4 "mail system full"; RFC 5321 §4.2.2), not a dead session."""
         assert transaction.writer is not None
         try:
-            transaction.writer.write(data)
+            for piece in pieces:
+                transaction.writer.write(piece)
         except OSError as exc:
             self._storage_failed(transaction, f"write error: {exc}")
             return
-        transaction.unchecked_bytes += len(data)
+        transaction.unchecked_bytes += sum(map(len, pieces))
         disk = self.reception.disk
         if disk is not None and transaction.unchecked_bytes >= DISK_CHECK_BYTES:
             transaction.unchecked_bytes = 0

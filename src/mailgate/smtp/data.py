@@ -7,17 +7,25 @@ bare CR or LF anywhere (SMTP smuggling, CVE-2023-51764 family) and text lines ov
 (RFC 5321 §4.5.3.1.6), and, when asked, turning every bare CR or LF into CRLF (`normalize`, the
 same rule the delivery side's `BodyEncoder` applies). Whatever the caller does with bare line
 endings, the end of data is only ever CRLF "." CRLF: a bare CR or LF never ends a message.
-Must not: know about commands, replies or state. Every scan uses bytes.find / count / replace /
-split so a body is never walked line by line in Python.
+Must not: know about commands, replies or state. Every scan is one C-level pass (re's literal
+search, bytes.translate, find / rfind / replace), so a body is never walked line by line in
+Python, and the body is copied once (docs/performance.md, bench/data_path_bench.py).
 """
 
 from __future__ import annotations
+
+import re
 
 TERMINATOR = b"\r\n.\r\n"  # RFC 5321 §4.1.1.4
 _STUFFED = b"\r\n."  # RFC 5321 §4.5.2: a line that starts with a dot; the dot goes
 _CR = 0x0D
 _LF = 0x0A
-# Stuffed dots are cut out one `find` at a time; past this many in one scan the rest of the
+_CR_MARKS = bytes(octet == _CR for octet in range(256))  # bytes.translate tables: 1 at a CR
+_LF_MARKS = bytes(octet == _LF for octet in range(256))  # 1 at an LF, 0 elsewhere
+# The next stuffed dot or the end of data, whichever comes first (re's literal search runs
+# faster here than bytes.find).
+_STUFFED_OR_END = re.compile(rb"\r\n\.(?:\r\n)?")
+# Stuffed dots are cut out one search at a time; past this many in one scan the rest of the
 # region is searched for the terminator and unstuffed with one `replace` (no Python loop per line).
 _DOTS_ONE_BY_ONE = 32
 
@@ -72,6 +80,8 @@ class DotBodyScanner:
 
     def scan(self, buffer: bytes | bytearray) -> tuple[bytes, int, bool]:
         """Return (unstuffed body bytes, octets of `buffer` consumed, end of data reached)."""
+        if not buffer:
+            return b"", 0, False
         previous = self._previous
         # Positions are in `buffer`; -2 and -1 are the two octets of `previous`.
         joint = previous + bytes(buffer[:4])
@@ -83,11 +93,9 @@ class DotBodyScanner:
             if stuffed >= 0:
                 dots.append(stuffed)
             start = 0
-            while True:
-                found = buffer.find(_STUFFED, start)
-                if found < 0:
-                    break
-                if buffer[found + 3:found + 5] == b"\r\n":
+            while (match := _STUFFED_OR_END.search(buffer, start)) is not None:
+                found = match.start()
+                if match.end() - found == len(TERMINATOR):
                     end = found
                     break
                 dots.append(found + 2)  # a dot at the buffer's end may yet be the terminator's:
@@ -141,10 +149,11 @@ class BodyInspector:
     """Counts a message's octets and flags what makes the caller refuse it; with `normalize`,
     passes the body on with bare CR and LF turned into CRLF (`LineEndingNormalizer`).
 
-    Bare line endings: as many CRs and as many LFs as CRLF pairs, counted in the chunk in place
-    (a pair split between two chunks is joined up by `_pending_cr`). Long lines: from a line
-    start, the next `max_line` octets must hold an LF, and the last LF among them is where the
-    next window starts, so one `rfind` covers about `max_line` octets.
+    Bare line endings: every CR has an LF right after it and every LF a CR right before it,
+    seen by comparing the chunk's CR and LF marks one octet apart (a pair split between two
+    chunks is joined up by `_pending_cr`). Long lines: from a line start, the next `max_line`
+    octets must hold an LF, and the last LF among them is where the next window starts, so one
+    `rfind` covers about `max_line` octets.
     The same inspector serves every BDAT chunk of a transaction: BDAT framing is a byte count,
     so a bare LF there cannot end the message here, but the message may later be relayed with
     DATA to a next hop that does treat bare LF as a line end, so BDAT content is flagged too.
@@ -193,9 +202,12 @@ class BodyInspector:
             start = 1
         self._pending_cr = chunk[-1] == _CR
         end = len(chunk) - 1 if self._pending_cr and len(chunk) > start else len(chunk)
-        # Every CR and every LF in a CRLF pair, counted in place (no copy of the chunk).
-        pairs = chunk.count(b"\r\n", start, end)
-        if chunk.count(b"\n", start, end) != pairs or chunk.count(b"\r", start, end) != pairs:
+        if end <= start:
+            return
+        # Clean: an LF right after every CR and nowhere else, so the CRs' marks moved one octet
+        # on are the LFs' marks (two translations and a comparison; no count, no search).
+        crs, lfs = chunk.translate(_CR_MARKS), chunk.translate(_LF_MARKS)
+        if lfs[start] or crs[end - 1] or crs[start:end - 1] != lfs[start + 1:end]:
             self._bare = True
 
     def _measure_lines(self, chunk: bytes) -> None:
