@@ -1,16 +1,17 @@
 """Micro-benchmark of the DATA body path: microseconds of CPU per message from the first body
 bytes received to the sealed body, without sockets.
 
-Usage: python -m bench.data_path_bench [--runs N] [--messages M] [--read BYTES] [--json]
+Usage: python -m bench.data_path_bench [--runs N] [--messages M] [--read OCTETS] [--json]
 
 One message is a realistic text mail (a header section, then lines of about 70 characters of
 words, about one line in 40 starting with a dot, so dot-stuffed on the wire) of 4 KiB and of
 100 KiB. Each message goes through what the server does with it: `ServerProtocol.receive_data`
-with the wire bytes in reads of `--read` bytes (a socket read's size; the 4 KiB message is one
-read), `next_event` until `MessageEnd`, each `BodyChunk` through the session's storing path
-(`Session._body` and `_store` in server/session.py, copied here as `SessionBody`: `HeadBuilder`,
-the Received header, `SpoolWriter.write`) and at the end `SpoolWriter.seal()`. The commands before DATA are not timed. Printed: per size, the median over
-`--runs` runs of each run's median time per message.
+with the wire bytes in reads of `--read` octets (a socket read's size, 64 KiB by default; 0 =
+the whole message in one read), `next_event` until `MessageEnd`, each `BodyChunk` through the
+session's storing path (`Session._body` and `_store` in server/session.py, copied here as
+`SessionBody`: `HeadBuilder`, the Received header, `SpoolWriter.write`) and at the end
+`SpoolWriter.seal()`. The commands before DATA are not timed. Printed: per size, the median
+over `--runs` runs of each run's median time per message.
 Must not: be imported by mailgate; it is a tool for people. Not collected by pytest.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -35,6 +37,7 @@ from mailgate.smtp.server import ServerProtocol, ServerSettings  # noqa: E402
 
 SIZES = (4 * 1024, 100 * 1024)
 MEMORY_THRESHOLD = 256 * 1024  # the stores' default (queue/sqlite_store.py)
+PRIMING_BLOCK = 4 * 1024 * 1024
 COMMANDS = b"EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nDATA\r\n"
 WORDS = (
     "the of and to in is that for it as was with be by on not he this are or his from at which but "
@@ -75,6 +78,8 @@ def wire(body: bytes) -> bytes:
 
 
 def reads(data: bytes, size: int) -> list[bytes]:
+    """`data` as a socket delivers it in reads of `size` octets (0: all in one read)."""
+    size = size or len(data)
     return [data[offset:offset + size] for offset in range(0, len(data), size)]
 
 
@@ -139,35 +144,52 @@ def receive_one(chunks: list[bytes], incoming: Path) -> tuple[int, bytes | Path]
         return time.perf_counter_ns() - started, sealed
 
 
+def prime_allocator() -> None:
+    """Allocate and free one large block, as a running server has done at some point: glibc then
+    keeps freed memory instead of handing it back to the kernel at once. Without it the bench
+    pays page faults per 100 KiB message (about 60, some 90 us) that a real worker does not
+    (0.0-0.2 per message measured with /proc/PID/stat)."""
+    block = bytes(PRIMING_BLOCK)
+    del block
+
+
 def measure(size: int, runs: int, messages: int, read_size: int) -> dict[str, object]:
     body = message(size)
     chunks = reads(wire(body), read_size)
     per_run: list[float] = []
+    faults = 0
     with tempfile.TemporaryDirectory() as directory:
         incoming = Path(directory)
         _, sealed = receive_one(chunks, incoming)
         assert isinstance(sealed, bytes) and sealed.endswith(body[-200:]), "the body did not survive"
         for _ in range(runs):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             times = [receive_one(chunks, incoming)[0] for _ in range(messages)]
+            faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
             per_run.append(statistics.median(times) / 1000)
+    # Page faults: the C library handing freed memory back to the kernel and taking it again
+    # costs more than the copies themselves (see docs/performance.md).
     return {"size": size, "reads": len(chunks), "us_per_message": round(statistics.median(per_run), 1),
-            "runs_us": [round(value, 1) for value in per_run]}
+            "runs_us": [round(value, 1) for value in per_run],
+            "page_faults_per_message": round(faults / (runs * messages), 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--messages", type=int, default=200)
-    parser.add_argument("--read", type=int, default=64 * 1024, help="bytes per socket read")
+    parser.add_argument("--read", type=int, default=64 * 1024, help="octets per socket read (0: one read)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    prime_allocator()
     results = [measure(size, args.runs, args.messages, args.read) for size in SIZES]
     if args.json:
         print(json.dumps(results))
     else:
         for result in results:
             print(f"{result['size'] // 1024:>4} KiB in {result['reads']} read(s): "
-                  f"{result['us_per_message']:7.1f} us per message (runs: {result['runs_us']})")
+                  f"{result['us_per_message']:7.1f} us per message (runs: {result['runs_us']}), "
+                  f"{result['page_faults_per_message']} page faults per message")
     return 0
 
 
