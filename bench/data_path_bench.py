@@ -1,17 +1,18 @@
 """Micro-benchmark of the DATA body path: microseconds of CPU per message from the first body
 bytes received to the sealed body, without sockets.
 
-Usage: python -m bench.data_path_bench [--runs N] [--messages M] [--read OCTETS] [--json]
+Usage: python -m bench.data_path_bench [--runs N] [--messages M] [--read OCTETS] [--lf] [--json]
 
 One message is a realistic text mail (a header section, then lines of about 70 characters of
 words, about one line in 40 starting with a dot, so dot-stuffed on the wire) of 4 KiB and of
-100 KiB. Each message goes through what the server does with it: `ServerProtocol.receive_data`
-with the wire bytes in reads of `--read` octets (a socket read's size, 64 KiB by default; 0 =
-the whole message in one read), `next_event` until `MessageEnd`, each `BodyChunk` through the
-session's storing path (`Session._body` and `_store` in server/session.py, copied here as
-`SessionBody`: `HeadBuilder`, the Received header, `SpoolWriter.write`) and at the end
-`SpoolWriter.seal()`. The commands before DATA are not timed. Printed: per size, the median
-over `--runs` runs of each run's median time per message.
+100 KiB; with `--lf` its lines end in a bare LF, as some scripts send them, and are normalized
+to CRLF (`server.bare_newline`'s default). Each message goes through what the server does with
+it: `ServerProtocol.receive_data` with the wire bytes in reads of `--read` octets (a socket
+read's size, 64 KiB by default; 0 = the whole message in one read), `next_event` until
+`MessageEnd`, each `BodyChunk` through the session's storing path (`Session._body` and `_store`
+in server/session.py, copied here as `SessionBody`: `HeadBuilder`, the Received header,
+`SpoolWriter.write`) and at the end `SpoolWriter.seal()`. The commands before DATA are not
+timed. Printed: per size, the median over `--runs` runs of each run's median time per message.
 Must not: be imported by mailgate; it is a tool for people. Not collected by pytest.
 """
 
@@ -70,7 +71,10 @@ def message(size: int, seed: int = 18) -> bytes:
 
 
 def wire(body: bytes) -> bytes:
-    """The DATA wire form: dot-stuffed (RFC 5321 §4.5.2), then CRLF.CRLF."""
+    """The DATA wire form: dot-stuffed (RFC 5321 §4.5.2; only after CRLF), then CRLF.CRLF (a
+    body of LF-only lines gets the CRLF before the dot too)."""
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
     stuffed = body.replace(b"\r\n.", b"\r\n..")
     if stuffed.startswith(b"."):
         stuffed = b"." + stuffed
@@ -85,7 +89,8 @@ def reads(data: bytes, size: int) -> list[bytes]:
 
 def _ready_protocol() -> ServerProtocol:
     """A protocol in DATA mode, the commands before it answered (not timed)."""
-    protocol = ServerProtocol(ServerSettings("mx.test", 10 * 1024 * 1024, False, False))
+    # server.bare_newline's default, "normalize" (config/schema.py)
+    protocol = ServerProtocol(ServerSettings("mx.test", 10 * 1024 * 1024, False, False, bare_line_endings="normalize"))
     protocol.receive_data(COMMANDS)
     while True:
         event = protocol.next_event()
@@ -153,15 +158,18 @@ def prime_allocator() -> None:
     del block
 
 
-def measure(size: int, runs: int, messages: int, read_size: int) -> dict[str, object]:
+def measure(size: int, runs: int, messages: int, read_size: int, lf_only: bool) -> dict[str, object]:
     body = message(size)
+    if lf_only:
+        body = body.replace(b"\r\n", b"\n")
     chunks = reads(wire(body), read_size)
+    stored = body.replace(b"\n", b"\r\n") + b"\r\n" if lf_only else body  # as normalized
     per_run: list[float] = []
     faults = 0
     with tempfile.TemporaryDirectory() as directory:
         incoming = Path(directory)
         _, sealed = receive_one(chunks, incoming)
-        assert isinstance(sealed, bytes) and sealed.endswith(body[-200:]), "the body did not survive"
+        assert isinstance(sealed, bytes) and sealed.endswith(stored[-200:]), "the body did not survive"
         for _ in range(runs):
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             times = [receive_one(chunks, incoming)[0] for _ in range(messages)]
@@ -179,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--read", type=int, default=64 * 1024, help="octets per socket read (0: one read)")
+    parser.add_argument("--lf", action="store_true", help="LF-only lines (bare LF, normalized to CRLF)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     prime_allocator()
-    results = [measure(size, args.runs, args.messages, args.read) for size in SIZES]
+    results = [measure(size, args.runs, args.messages, args.read, args.lf) for size in SIZES]
     if args.json:
         print(json.dumps(results))
     else:

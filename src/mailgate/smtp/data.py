@@ -118,6 +118,16 @@ class DotBodyScanner:
         return body, consumed, done
 
 
+def _crlf_only(chunk: bytes, start: int, end: int) -> bool:
+    """True when `chunk[start:end]` has no bare CR or LF: an LF right after every CR and nowhere
+    else, so the CRs' marks moved one octet on are the LFs' marks (two translations and one
+    comparison; no count, no search)."""
+    if end <= start:
+        return True
+    crs, lfs = chunk.translate(_CR_MARKS), chunk.translate(_LF_MARKS)
+    return not (lfs[start] or crs[end - 1]) and crs[start:end - 1] == lfs[start + 1:end]
+
+
 class LineEndingNormalizer:
     """Streams body bytes with every bare CR or LF turned into CRLF (RFC 5321 §2.3.8).
 
@@ -138,9 +148,11 @@ class LineEndingNormalizer:
             self._drop_lf = False
             if chunk.startswith(b"\n"):
                 chunk = chunk[1:]
+        if b"\r" not in chunk:
+            return chunk.replace(b"\n", b"\r\n")  # LF-only lines (a common bare case): one pass
         if chunk.endswith(b"\r"):
             self._drop_lf = True
-        elif chunk.count(b"\r\n") == chunk.count(b"\r") == chunk.count(b"\n"):
+        elif _crlf_only(chunk, 0, len(chunk)):
             return chunk  # already CRLF-clean: no copy
         return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
@@ -184,7 +196,7 @@ class BodyInspector:
         if not self._bare:
             self._find_bare_line_endings(chunk)
         normalizer = self._normalizer
-        # A chunk the scan just found clean needs no second look (three counts per chunk).
+        # A chunk the scan just found clean needs no second look.
         if normalizer is not None and (self._bare or not normalizer.passes_unchanged(chunk)):
             chunk = normalizer.normalize(chunk)  # lines are measured as they will be stored
         if not self.long_line:
@@ -202,12 +214,7 @@ class BodyInspector:
             start = 1
         self._pending_cr = chunk[-1] == _CR
         end = len(chunk) - 1 if self._pending_cr and len(chunk) > start else len(chunk)
-        if end <= start:
-            return
-        # Clean: an LF right after every CR and nowhere else, so the CRs' marks moved one octet
-        # on are the LFs' marks (two translations and a comparison; no count, no search).
-        crs, lfs = chunk.translate(_CR_MARKS), chunk.translate(_LF_MARKS)
-        if lfs[start] or crs[end - 1] or crs[start:end - 1] != lfs[start + 1:end]:
+        if not _crlf_only(chunk, start, end):
             self._bare = True
 
     def _measure_lines(self, chunk: bytes) -> None:
