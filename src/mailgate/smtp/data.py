@@ -125,7 +125,8 @@ def _crlf_only(chunk: bytes, start: int, end: int) -> bool:
     if end <= start:
         return True
     crs, lfs = chunk.translate(_CR_MARKS), chunk.translate(_LF_MARKS)
-    return not (lfs[start] or crs[end - 1]) and crs[start:end - 1] == lfs[start + 1:end]
+    # crs[start:end - 1] == lfs[start + 1:end], compared in place (no slice copies)
+    return not (lfs[start] or crs[end - 1]) and crs.startswith(memoryview(lfs)[start + 1:end], start)
 
 
 class LineEndingNormalizer:
