@@ -144,8 +144,9 @@ def read_range(
 
 
 class SegmentAppender:
-    """Appends bodies for ONE writer thread: `append` per body, `sync` once per group, then
-    `end_group`. Segments it stops appending to are listed by `take_retired()` for the store
+    """Appends bodies for ONE writer at a time (the writer thread, or a caller committing inline
+    while it holds the writer's turn, queue/group_commit.py): `append` per body, `sync` once per
+    group, then `end_group`. Segments it stops appending to are listed by `take_retired()` for the store
     to remove once empty. Only `take_retired` may be called from another thread."""
 
     def __init__(

@@ -142,8 +142,11 @@ def _icontains(haystack: str | None, needle: str | None) -> bool:
 
 
 def connect(path: Path, *, writer: bool) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit) with the durable settings."""
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=writer)
+    """A connection in autocommit mode (transactions are explicit) with the durable settings.
+    Any thread may use it, one at a time: readers come from a pool, and the writer's is used by
+    the writer thread or by a caller committing inline while it holds the writer's turn
+    (queue/group_commit.py)."""
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     connection.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # takes effect only on a new database
     connection.execute("PRAGMA journal_mode = WAL")

@@ -212,7 +212,10 @@ class SqliteQueueStore(SpooledQueueStore):
         )
         remove_spill_file = [partial(remove_quietly, body)] if isinstance(body, Path) else []
         try:
-            await self._writer.run(insert, remove_spill_file, stage=stage, undo=undo, reserve=False)
+            # Inline only for a body in memory: copying a spill file would hold up the loop.
+            await self._writer.run(
+                insert, remove_spill_file, stage=stage, undo=undo, reserve=False, inline=isinstance(body, bytes)
+            )
         except sqlite3.Error as exc:
             if disk_full(exc):  # the caller answers 452 for lack of space, not 451
                 raise OSError(errno.ENOSPC, f"queue database full: {exc}") from exc
