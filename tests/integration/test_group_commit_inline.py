@@ -84,10 +84,10 @@ def test_a_lone_commit_runs_inline_and_is_committed_when_it_returns(tmp_path: Pa
     async def test(writer: GroupCommitWriter, lock: Path) -> None:
         assert await writer.run(insert("one", threads), inline=True) == "one"
         assert threads == [threading.current_thread().name]  # the caller's thread
-        assert committed(tmp_path) == ["one"] and writer.stats.commits == 1
+        assert committed(tmp_path) == ["one"] and writer.stats.commits == writer.stats.inline_commits == 1
         # Without inline=True the writer thread commits, as before.
         assert await writer.run(insert("two", threads)) == "two"
-        assert threads[1] == "mailgate-queue-writer"
+        assert threads[1] == "mailgate-queue-writer" and writer.stats.inline_commits == 1
 
     run(tmp_path, test)
 

@@ -119,6 +119,7 @@ class WriterStats:
     failed_commits: int = 0
     largest_group: int = 0
     stage_syncs: int = 0  # Staging.sync() calls: one per group holding staged data
+    inline_commits: int = 0  # groups of one committed by their caller's thread
 
 
 @dataclass(slots=True)
@@ -225,6 +226,7 @@ class GroupCommitWriter:
             finally:
                 self._unlock_writers()
                 self._last_group_end = time.monotonic()
+            self.stats.inline_commits += 1
             return True
         finally:
             self._turn.release()
