@@ -38,9 +38,9 @@ def _held_back(view: bytes) -> int:
     return 0
 
 
-def _cut(buffer: bytes | bytearray, region_end: int, dots: list[int], replace_from: int | None) -> bytes:
-    """`buffer[:region_end]` as bytes without the octets at `dots` (sorted), one copy; from
-    `replace_from` on (when set) every stuffed dot is taken out by `replace` instead."""
+def _cut(buffer: bytes | bytearray, region_end: int, dots: list[int], replace_rest: bool) -> bytes:
+    """`buffer[:region_end]` as bytes without the octets at `dots` (sorted), one copy; with
+    `replace_rest`, every stuffed dot after the last of `dots` is taken out by `replace`."""
     view = memoryview(buffer)  # no copy; released before the caller resizes `buffer`
     pieces: list[memoryview | bytes] = []
     try:
@@ -50,7 +50,7 @@ def _cut(buffer: bytes | bytearray, region_end: int, dots: list[int], replace_fr
                 break
             pieces.append(view[last:dot])
             last = dot + 1
-        if replace_from is not None and last < region_end:
+        if replace_rest and last < region_end:
             pieces.append(bytes(view[last:region_end]).replace(_STUFFED, b"\r\n"))
         elif not pieces:
             return bytes(view[:region_end])
@@ -87,7 +87,7 @@ class DotBodyScanner:
         joint = previous + bytes(buffer[:4])
         end: int | None = joint.find(TERMINATOR) - 2 if TERMINATOR in joint else None
         dots: list[int] = []
-        replace_from: int | None = None
+        replace_rest = False
         if end is None:
             stuffed = joint.find(_STUFFED, 0, 4)  # a dot at position 0 or 1, after `previous`
             if stuffed >= 0:
@@ -101,7 +101,7 @@ class DotBodyScanner:
                 dots.append(found + 2)  # a dot at the buffer's end may yet be the terminator's:
                 start = found + 3  # then it is held back below and not cut
                 if len(dots) >= _DOTS_ONE_BY_ONE:
-                    replace_from = start
+                    replace_rest = True
                     found = buffer.find(TERMINATOR, start)
                     end = found if found >= 0 else None
                     break
@@ -113,7 +113,7 @@ class DotBodyScanner:
             consumed, done = region_end, False
         if region_end <= 0:
             return b"", consumed, done
-        body = _cut(buffer, region_end, dots, replace_from)
+        body = _cut(buffer, region_end, dots, replace_rest)
         self._previous = (previous + bytes(buffer[max(region_end - 2, 0):region_end]))[-2:]
         return body, consumed, done
 
