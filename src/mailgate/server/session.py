@@ -228,6 +228,8 @@ class Session:
             reply = await self._answer(event)
             encoded = protocol.send(reply)
             self.out += encoded
+            if isinstance(event, ev.MessageEnd):
+                await self._flush()  # the client waits for this one: its records can wait instead
             self._log_command(event, reply, len(encoded), started, queue_id)
             if protocol.mode is Mode.CLOSED:  # Quit, TooManyErrors, FramingLost
                 await self._flush()
