@@ -169,3 +169,23 @@ def test_a_failing_inline_commit_raises_leaves_nothing_and_the_next_one_works(tm
         assert committed(tmp_path) == ["after"]
 
     run(tmp_path, test)
+
+
+def test_after_a_slow_inline_commit_commits_wait_in_the_thread_for_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that stalls holds up the caller's loop once: then the thread waits for it."""
+    threads: list[str] = []
+
+    async def test(writer: GroupCommitWriter, lock: Path) -> None:
+        monkeypatch.setattr(group_commit, "INLINE_IDLE_SECONDS", 0.0)
+        monkeypatch.setattr(group_commit, "INLINE_SLOW_SECONDS", 0.0)  # every commit counts as slow
+        await writer.run(insert("slow", threads), inline=True)
+        await writer.run(insert("paused", threads), inline=True)
+        assert threads == [threading.current_thread().name, "mailgate-queue-writer"]
+        monkeypatch.setattr(writer, "_inline_paused_until", 0.0)  # the pause is over
+        await writer.run(insert("resumed", threads), inline=True)
+        assert threads[2] == threading.current_thread().name
+        assert committed(tmp_path) == ["slow", "paused", "resumed"]
+
+    run(tmp_path, test)

@@ -35,6 +35,8 @@ same transaction and fsyncs, without the two thread hand-offs (waking the writer
 waking the caller's loop) that cost about 0.15 ms of a lone message's acceptance latency. The
 caller's event loop waits for that commit: that is why only a caller that has seen no commit for
 a while goes inline; under load commits keep arriving, and they group in the thread as before.
+An inline commit slower than `INLINE_SLOW_SECONDS` (a disk that stalls) stops inline commits for
+`INLINE_PAUSE_SECONDS`: a stalling disk holds up the loop once, then the thread waits for it.
 Several worker processes share one database. SQLite's own answer to a write lock held by another
 process is to sleep and retry (1, 2, 5, 10 ms ...), which under load cost more than the commits
 themselves; so a writer made with `lock_path` first takes an exclusive `flock` on that file, which
@@ -103,6 +105,8 @@ MAX_GROUP = 1000
 # An inline commit needs this long without a group ending: at 100 messages a second a worker sees
 # one every 10-20 ms, under load several per millisecond (module doc).
 INLINE_IDLE_SECONDS = 0.002
+INLINE_SLOW_SECONDS = 0.05  # a commit's fsync takes 0.2-0.5 ms on an ordinary disk
+INLINE_PAUSE_SECONDS = 10.0
 
 
 class WriterStoppedError(RuntimeError):
@@ -167,6 +171,7 @@ class GroupCommitWriter:
         self._connection: sqlite3.Connection | None = None  # open while the thread runs
         self._lock_fd = -1
         self._last_group_end = 0.0  # time.monotonic()
+        self._inline_paused_until = 0.0  # time.monotonic(); after a slow inline commit
 
     async def start(self) -> None:
         """Start the thread and open the connection in it; raises what opening raised."""
@@ -211,11 +216,12 @@ class GroupCommitWriter:
 
     def _committed_inline(self, operation: _Operation) -> bool:
         """Commit `operation` alone in the calling thread if the writer is idle; False (nothing
-        done) if it is not: a group is running or waiting, one ended just now, or another
-        process holds the flock."""
-        if not self._inbox.empty() or time.monotonic() - self._last_group_end < INLINE_IDLE_SECONDS:
+        done) if it is not: a group is running or waiting, one ended just now, another
+        process holds the flock, or an inline commit was slow a short while ago."""
+        started = time.monotonic()
+        if not self._inbox.empty() or started - self._last_group_end < INLINE_IDLE_SECONDS:
             return False
-        if not self._turn.acquire(blocking=False):
+        if started < self._inline_paused_until or not self._turn.acquire(blocking=False):
             return False
         try:
             connection = self._connection
@@ -226,6 +232,10 @@ class GroupCommitWriter:
             finally:
                 self._unlock_writers()
                 self._last_group_end = time.monotonic()
+                if self._last_group_end - started > INLINE_SLOW_SECONDS:
+                    self._inline_paused_until = self._last_group_end + INLINE_PAUSE_SECONDS
+                    log.warning("a commit took %.3f s: commits wait in the writer thread for %d s",
+                                self._last_group_end - started, INLINE_PAUSE_SECONDS)
             self.stats.inline_commits += 1
             return True
         finally:
