@@ -238,14 +238,17 @@ def test_concurrent_long_streams_on_a_small_spool_every_session_answered_nothing
         hop.drop_at = None
         await asyncio.to_thread(mg.call, mg.app.store.reschedule(QueueFilter(), time.time()))
         await asyncio.to_thread(mg.call, _wake(mg))
-        for _ in range(600):  # bounded: until every queued message is delivered and removed
-            if not queued(mg):
+        def holding_segments() -> list[str]:  # finished ones are unlinked, the current one cut back
+            return [name for name in os.listdir(spool / "segments") if (spool / "segments" / name).stat().st_size]
+
+        # Bounded: until every queued message is delivered and removed, and the space of its body
+        # given back (that follows the removal: one more durable commit, then unlink or cut back).
+        for _ in range(600):
+            if not queued(mg) and not holding_segments():
                 break
             await asyncio.sleep(0.05)
         seen["left"] = [summary.queue_id for summary in queued(mg)]
-        seen["segments"] = [  # finished segments are unlinked, the current one cut back to nothing
-            name for name in os.listdir(spool / "segments") if (spool / "segments" / name).stat().st_size
-        ]
+        seen["segments"] = holding_segments()
         (spool / "filler").unlink()
         for _ in range(300):  # bounded: the disk guard sees the space back
             after = await send(port, message("after", 100_000))
