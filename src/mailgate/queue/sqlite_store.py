@@ -350,7 +350,8 @@ class SqliteQueueStore(SpooledQueueStore):
 
         def drop_rows(connection: sqlite3.Connection) -> None:
             current = self._segments.current
-            emptied_current[:] = [current] if current in candidates and queries.segment_live(connection, current) == 0 else []
+            emptied = current in candidates and queries.segment_live(connection, current) == 0
+            emptied_current[:] = [current] if emptied else []
             finished = [
                 number
                 for number in candidates
