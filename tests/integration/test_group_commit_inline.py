@@ -16,6 +16,7 @@ import pytest
 
 from mailgate.queue import group_commit
 from mailgate.queue.group_commit import GroupCommitWriter
+from tests.support.loop_ticks import ticking_while
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -59,23 +60,6 @@ def insert(value: str, threads: list[str]) -> Callable[[sqlite3.Connection], str
         connection.execute("INSERT INTO rows VALUES (?)", (value,))
         return value
     return write
-
-
-async def ticking_while(awaitable: Awaitable[object]) -> tuple[object, int]:
-    """Await `awaitable` and count how often the loop ran something else meanwhile."""
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0.01)
-
-    task = asyncio.create_task(ticker())
-    try:
-        return await awaitable, ticks
-    finally:
-        task.cancel()
 
 
 def test_a_lone_commit_runs_inline_and_is_committed_when_it_returns(tmp_path: Path) -> None:
@@ -141,7 +125,7 @@ def test_an_inline_commit_never_blocks_the_loop_on_another_process_flock(tmp_pat
         try:
             fcntl.flock(other, fcntl.LOCK_EX)
             pending = asyncio.ensure_future(writer.run(insert("waited", threads), inline=True))
-            (_, ticks) = await ticking_while(asyncio.sleep(0.3))
+            (_, ticks) = await ticking_while(asyncio.sleep(0.3), interval=0.01)
             assert ticks >= 10 and not pending.done()  # queued for the thread, the loop runs on
             assert committed(tmp_path) == []
             fcntl.flock(other, fcntl.LOCK_UN)

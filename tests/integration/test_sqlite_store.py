@@ -25,6 +25,7 @@ from mailgate.queue import sqlite_schema
 from mailgate.queue.postgres_store import PostgresQueueStore
 from mailgate.queue.sqlite_store import SqliteQueueStore
 from mailgate.queue.store import MessageMeta, MessageNotFoundError, MessageState, QueueFilter, RecipientUpdate
+from tests.support.loop_ticks import ticking_while
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -394,17 +395,7 @@ def test_large_message_spills_to_disk_and_comes_back_identical(any_store: StoreF
         spill = writer.spill_path
         assert spill.exists()  # past the threshold the bytes are on disk, not in memory
         env = envelope("s@example.com", "a@example.com")
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0)
-
-        ticking = asyncio.create_task(ticker())
-        queue_id = await store.commit(writer, env, MessageMeta())
-        ticking.cancel()
+        queue_id, ticks = await ticking_while(store.commit(writer, env, MessageMeta()))
         assert ticks > 1  # the loop kept running while the writer thread copied 5 MB
         assert not spill.exists()  # the database owns the bytes now
         writer.discard()  # harmless after commit
