@@ -2,7 +2,7 @@
 
 Per scenario the hop (tests/support/fault_hop.py, strict like Postfix: a refused DATA keeps the
 MAIL) answers 421, 451, 452, 550, 552 or 554, drops the connection, or stalls past the time-out
-at one step: greeting, EHLO, STARTTLS, MAIL, each RCPT, DATA, end of data, RSET (reached through
+(or, in `test_dripped_reply`, sends its reply an octet at a time and never ends it) at one step: greeting, EHLO, STARTTLS, MAIL, each RCPT, DATA, end of data, RSET (reached through
 a 451 at end of data) or QUIT; with and without PIPELINING and CHUNKING, on a fresh and on a
 reused (pooled) connection, with one and with two recipients. Checked each time:
   * every recipient's outcome is the one RFC 5321 gives (`expected`);
@@ -28,7 +28,7 @@ from mailgate.core.envelope import Recipient
 from mailgate.core.status import RecipientState
 from mailgate.delivery.request import Candidate, DeliveryRequest, HopPolicy, Route
 from mailgate.delivery.transport import CommandTimeouts, SmtpTransport
-from tests.support.fault_hop import DROP, STALL, Fault, FaultHop
+from tests.support.fault_hop import DRIP, DROP, STALL, Fault, FaultHop
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,7 +63,7 @@ def scenarios():
 def expected(step: str, action: int | str, reused: bool, count: int) -> list[RecipientState]:
     """RFC 5321: 2yz delivered, 4yz deferred, 5yz failed (§4.2.1), per the command it answers."""
     everyone = lambda state: [state] * count  # noqa: E731
-    no_reply = action in (DROP, STALL)
+    no_reply = action in (DROP, STALL, DRIP)
     if step == "GREETING":
         return everyone(DEFERRED)  # §3.1: a refusing or silent server is as if unreachable
     if step == "EHLO":
@@ -122,6 +122,25 @@ def server_tls(tls_files: dict[str, str]) -> ssl.SSLContext:
 
 @pytest.mark.parametrize(("step", "action", "pipelining", "chunking", "reused", "count"), list(scenarios()))
 def test_fault(step, action, pipelining, chunking, reused, count, tls_files):
+    run_fault(step, action, pipelining, chunking, reused, count, tls_files)
+
+
+DRIP_CASES = [
+    pytest.param(step, reused, id=f"{step}-{'reused' if reused else 'fresh'}")
+    for step in ("GREETING", "EHLO", "MAIL", "RCPT1", "DATA", "END_OF_DATA")
+    for reused in (False, True)
+    if not (reused and step in SET_UP_STEPS)  # a pooled connection has no set-up left to fail
+]
+
+
+@pytest.mark.parametrize(("step", "reused"), DRIP_CASES)
+def test_dripped_reply(step, reused, tls_files):
+    """A reply that keeps coming but never ends is bounded by the command's time-out as a whole,
+    not restarted by each octet (RFC 5321 §4.5.3.2 times a reply, not a read)."""
+    run_fault(step, DRIP, True, False, reused, 1, tls_files)
+
+
+def run_fault(step, action, pipelining, chunking, reused, count, tls_files):
     tls = server_tls(tls_files) if step == "STARTTLS" else None
     a_recipients = [f"rcpt{number}@hop.test" for number in range(1, count + 1)]
 

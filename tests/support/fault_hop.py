@@ -4,8 +4,8 @@ fails once at a chosen step, in a chosen way.
 Owns: keeping the session state as a strict server does (a refused DATA keeps the MAIL, so a
 second MAIL gets `503 5.5.1 nested MAIL`, as Postfix 3.7 answers; RCPT without MAIL and DATA
 without an accepted RCPT are refused), offering PIPELINING, CHUNKING and STARTTLS on request,
-the armed faults (a reply code, a dropped connection, or a stall past any time-out at the n-th
-time a step is reached after arming) and recording every message it accepted with its sender,
+the armed faults (a reply code, a dropped connection, a stall past any time-out, or a reply
+dripped an octet at a time and never finished, at the n-th time a step is reached after arming) and recording every message it accepted with its sender,
 recipients and un-stuffed body. Must not: be used outside tests; it never relays anything.
 """
 
@@ -20,6 +20,8 @@ from mailgate.core.reply import Reply
 STEPS = ("GREETING", "EHLO", "STARTTLS", "MAIL", "RCPT", "DATA", "END_OF_DATA", "RSET", "QUIT")
 DROP = "drop"  # close the connection without a reply
 STALL = "stall"  # never answer (until the client gives up and closes)
+DRIP = "drip"  # start a reply and send one more octet of it every DRIP_INTERVAL, never ending it
+DRIP_INTERVAL = 0.05
 # One fault reply per code: enhanced codes as RFC 3463 gives them for each meaning.
 FAULT_REPLIES = {
     421: Reply(421, "4.3.2", "Service shutting down"),
@@ -34,7 +36,7 @@ FAULT_REPLIES = {
 @dataclass(frozen=True)
 class Fault:
     step: str  # one of STEPS
-    action: int | str  # a code of FAULT_REPLIES, DROP or STALL
+    action: int | str  # a code of FAULT_REPLIES, DROP, STALL or DRIP
     occurrence: int = 1  # the n-th time the step is reached after arming (RCPT #2: 2)
 
 
@@ -123,6 +125,8 @@ class _Session:
         reply = normal if fault is None else FAULT_REPLIES.get(fault.action)  # type: ignore[arg-type]
         if fault is not None and fault.action == STALL:
             await asyncio.sleep(3600)  # cancelled when the client closes or the hop stops
+        if fault is not None and fault.action == DRIP:
+            await self.drip()
         if reply is None:
             raise _Closed  # DROP
         self.writer.write(reply.encode())
@@ -130,6 +134,15 @@ class _Session:
         if reply.code == 421:  # RFC 5321 §3.8
             raise _Closed
         return reply
+
+    async def drip(self) -> None:
+        """Each read of a client finds something new, but the reply never ends: only a time-out
+        for the whole reply ends the wait (until the hop stops)."""
+        self.writer.write(b"250-")
+        while not self.writer.is_closing():
+            await asyncio.sleep(DRIP_INTERVAL)
+            self.writer.write(b"x")
+        raise _Closed
 
     async def line(self) -> str:
         raw = await self.reader.readuntil(b"\r\n")

@@ -14,6 +14,7 @@ import ssl
 from collections import deque
 from collections.abc import Hashable
 
+from mailgate.core.read_deadline import ReadDeadline
 from mailgate.smtp.client import (
     ClientProtocol,
     ClientUsageError,
@@ -43,6 +44,7 @@ class SmtpConnection:
         self.replies_received = 0
         self._events: deque[ReplyEvent] = deque()
         self._outgoing = bytearray()  # written in one piece by flush(): one send per round trip
+        self._deadline = ReadDeadline()  # one timer for the connection's life, not one per reply
 
     def queue_command(self, verb: Verb, line: str, *, utf8: bool = False) -> None:
         """Buffer a command; several can go out in one write when the server pipelines."""
@@ -67,14 +69,15 @@ class SmtpConnection:
         return await self.next_reply(timeout)
 
     async def next_reply(self, timeout: float) -> ReplyEvent:
-        """The reply to the oldest outstanding command; EOF raises IncompleteReadError."""
-        if not self._events:  # else already read with an earlier reply (pipelining): no timer
-            async with asyncio.timeout(timeout):
-                while not self._events:
-                    data = await self._reader.read(READ_SIZE)
-                    if not data:
-                        raise asyncio.IncompleteReadError(b"", None)
-                    self._events.extend(self.protocol.receive(data))
+        """The reply to the oldest outstanding command, within `timeout` seconds however many
+        reads it takes; EOF raises IncompleteReadError."""
+        if not self._events:  # else already read with an earlier reply (pipelining)
+            started = self._deadline.now()
+            while not self._events:
+                data = await self._deadline.read(self._reader, READ_SIZE, timeout, started)
+                if not data:
+                    raise asyncio.IncompleteReadError(b"", None)
+                self._events.extend(self.protocol.receive(data))
         self.replies_received += 1
         return self._events.popleft()
 
@@ -99,6 +102,7 @@ class SmtpConnection:
         )
 
     def abort(self) -> None:
+        self._deadline.close()
         transport = self._writer.transport
         if not transport.is_closing():
             transport.abort()

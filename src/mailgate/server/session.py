@@ -41,7 +41,7 @@ from mailgate.server.context import ListenerProfile, Reception
 from mailgate.server.drain import Drain
 from mailgate.server.line_rules import KEEP, REJECT
 from mailgate.server.message_head import HeadBuilder, received_header
-from mailgate.server.read_deadline import ReadDeadline
+from mailgate.core.read_deadline import ReadDeadline
 from mailgate.server.screening import Screened, screen_message
 from mailgate.server.tls import describe
 from mailgate.smtp import events as ev

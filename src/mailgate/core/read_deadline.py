@@ -1,8 +1,11 @@
-"""Read time-outs for a session without a new timer for every read.
+"""Read time-outs without a new timer for every read.
 
-Owns: enforcing "no more than N seconds waiting for the client" (RFC 5321 §4.5.3.2.7) with one
-timer per session that is only moved when it fires, instead of `asyncio.timeout()` creating and
-cancelling a timer on every read (measurably costly at hundreds of messages per second).
+Owns: "no more than N seconds waiting for the peer" on a stream (RFC 5321 §4.5.3.2: the client's
+and the server's time-outs), with one timer per stream that is only moved when it fires, instead
+of `asyncio.timeout()` making and cancelling a timer on every read (measurably costly at hundreds
+of messages per second). Inbound sessions give each read its own time-out; an outbound
+connection gives a whole reply one time-out over all the reads it takes, so a next hop that
+drips a reply byte by byte cannot stretch it.
 Must not: know about SMTP; it only bounds reads.
 """
 
@@ -12,17 +15,26 @@ import asyncio
 
 
 class ReadDeadline:
+    """The reads of one stream. Only one task reads at a time, but it need not be the same task
+    each time (a pooled outbound connection serves one delivery after another)."""
+
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
+        self._task: asyncio.Task[object] | None = None
         self._deadline = 0.0
         self._handle: asyncio.TimerHandle | None = None
         self._reading = False
         self._expired = False
 
-    async def read(self, reader: asyncio.StreamReader, size: int, timeout: float) -> bytes:
-        """`reader.read(size)`, raising TimeoutError when nothing arrives within `timeout`."""
-        self._deadline = self._loop.time() + timeout
+    def now(self) -> float:
+        """The loop's clock, which `read`'s `started` is measured by."""
+        return self._loop.time()
+
+    async def read(self, reader: asyncio.StreamReader, size: int, timeout: float, started: float | None = None) -> bytes:
+        """`reader.read(size)`, raising TimeoutError when nothing arrives within `timeout`
+        seconds of `started` (a `now()`; by default, of this call)."""
+        self._deadline = (self._loop.time() if started is None else started) + timeout
+        self._task = asyncio.current_task()
         if self._handle is not None and self._handle.when() > self._deadline:
             self._handle.cancel()  # a shorter time-out than the timer's (the end of a DATA deadline)
             self._handle = None
