@@ -278,7 +278,8 @@ DELIVERY = Section(
         Key("max_per_destination", Integer(minimum=1, maximum=1000), 20,
             "Outbound connections to one next hop.", restart=True),
         Key("connection_idle", Duration(minimum=0, maximum=3600), 30,
-            "How long an idle outbound connection is kept for reuse.", restart=True),
+            "How long an idle outbound connection is kept for reuse (closed with QUIT up to an eighth "
+            "later: one timer serves them all).", restart=True),
         Key("connect_timeout", Duration(minimum=1, maximum=600), 30, "TCP connect time-out.", restart=True),
         Key("retry_schedule", ListOf(item=Duration(minimum=1)), ("1m", "5m", "10m", "30m", "1h"),
             "Waits between attempts; after the last, `max_retry_interval` (jittered by 20%).", restart=True),
