@@ -51,6 +51,12 @@ class LineWrapper:
 
     def _head_lines(self, complete: bytes, out: bytearray) -> bytes:
         """Write the header lines in `complete` (up to the empty line); return the body part."""
+        end = _end_of_head(complete)
+        head = complete if end < 0 else complete[:end]
+        if not _has_long_line(head, self._limit):  # the common case: nothing to fold, one copy
+            out += head
+            self._in_head = end < 0
+            return b"" if end < 0 else complete[end:]
         position = 0
         while position < len(complete):
             end = complete.index(b"\n", position) + 1
@@ -84,6 +90,16 @@ class LineWrapper:
             if fold > 0 and line[:fold].strip(b" \t"):
                 return line[:fold] + b"\r\n", line[fold:]  # RFC 5322 §2.2.3: CRLF before the WSP
         return line[: self._limit] + b"\r\n", b" " + line[self._limit:]
+
+
+def _end_of_head(lines: bytes) -> int:
+    """The index just past the first empty line (CRLF or LF alone) of complete `lines`, or -1."""
+    if lines.startswith(b"\n"):
+        return 1
+    if lines.startswith(b"\r\n"):
+        return 2
+    ends = [found + length for found, length in ((lines.find(b"\n\n"), 2), (lines.find(b"\n\r\n"), 3)) if found >= 0]
+    return min(ends, default=-1)
 
 
 def _has_long_line(lines: bytes, limit: int) -> bool:
