@@ -136,6 +136,24 @@ def test_metrics_follow_the_events(setup):
     assert value("mailgate_smtp_bytes_total", {"direction": "in"}) == 21 + 40 + 30 + 1500
 
 
+def test_session_bytes_reach_the_metrics_at_each_transaction_end_and_at_the_close_once(setup):
+    """A long session's bytes show before it closes (each accepted or refused transaction adds
+    them), and nothing is counted twice."""
+    clock, metrics, log, _tmp = setup
+    value = lambda direction: metrics.registry.get_sample_value("mailgate_smtp_bytes_total", {"direction": direction})  # noqa: E731
+    _session(log, clock)
+    log.transaction_accepted("s1", "Q1", "", ["b@hosted.example"], 900, "hosted_domain")
+    assert (value("in"), value("out")) == (21 + 40 + 30 + 1500, 120 + 30 + 14 + 30)
+    log.command("s1", "MAIL", "FROM:<c@example.com>", 550, 30, 20, 0)
+    log.transaction_refused("s1", "mail", Reply(550, "5.7.1", "blocked"), "sender_blocklist")
+    assert value("in") == 21 + 40 + 30 + 1500 + 30
+    log.command("s1", "QUIT", "", 221, 6, 12, 0)
+    log.connection_closed("s1")
+    assert (value("in"), value("out")) == (21 + 40 + 30 + 1500 + 30 + 6, 120 + 30 + 14 + 30 + 20 + 12)
+    log.command("gone", "NOOP", "", 250, 6, 8, 0)  # an unknown session: counted at once
+    assert value("in") == 21 + 40 + 30 + 1500 + 30 + 6 + 6
+
+
 def test_unknown_or_closed_sessions_are_harmless(setup):
     clock, metrics, log, tmp_path = setup
     log.connection_closed("never-opened")

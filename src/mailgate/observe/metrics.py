@@ -68,7 +68,9 @@ class Metrics:
             "mailgate_received_message_bytes", "Bytes of accepted messages.", ["direction"], registry=r
         )
         self._smtp_bytes = Counter(
-            "mailgate_smtp_bytes", "Bytes of SMTP commands and replies on inbound sessions.",
+            "mailgate_smtp_bytes",
+            "Bytes of SMTP commands and replies on inbound sessions (added at each transaction's end "
+            "and at the close).",
             ["direction"], registry=r,
         )
         self._deliveries = Counter(

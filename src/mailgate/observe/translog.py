@@ -72,6 +72,8 @@ class _Connection:
     messages: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    metered_in: int = 0  # of bytes_in, what the metrics counted already
+    metered_out: int = 0
 
 
 class TransactionLog:
@@ -137,6 +139,7 @@ class TransactionLog:
         if connection is None:
             return
         if self.metrics:
+            self._meter(connection)
             self.metrics.connection_closed(connection.listener)
         self._emit_json(lambda: jsonlog.record(
             jsonlog.CONNECTION_CLOSED, now, session_id=session_id, client_ip=connection.client_ip,
@@ -175,11 +178,11 @@ class TransactionLog:
         if verb == "AUTH":
             argument = argument.split(" ", 1)[0]  # never the initial response (credentials)
         connection = self._connections.get(session_id)
-        if connection is not None:
+        if connection is not None:  # the metrics count them at the transaction's end or the close
             connection.commands += 1
             connection.bytes_in += bytes_in
             connection.bytes_out += bytes_out
-        if self.metrics:
+        elif self.metrics:
             self.metrics.smtp_bytes(bytes_in, bytes_out)
         if self._w3c is None or self.writer is None:
             return
@@ -216,6 +219,8 @@ class TransactionLog:
             connection.messages += 1
         if self.metrics:
             self.metrics.transaction_accepted(direction, rule, size, tls, elapsed)
+            if connection is not None:
+                self._meter(connection)
         self._emit_json(lambda: jsonlog.record(
             jsonlog.TRANSACTION_ACCEPTED, self._clock.now(), session_id=session_id, queue_id=queue_id,
             sender=sender, recipients=list(recipients), recipient_count=len(recipients), size=size,
@@ -235,6 +240,8 @@ class TransactionLog:
         connection = self._connections.get(session_id)
         if self.metrics:
             self.metrics.transaction_refused(stage, rule)
+            if connection is not None:
+                self._meter(connection)
         self._emit_json(lambda: jsonlog.record(
             jsonlog.TRANSACTION_REFUSED, self._clock.now(), session_id=session_id, stage=stage,
             rule=rule or None, sender=sender, recipient=recipient or None,
@@ -295,6 +302,13 @@ class TransactionLog:
     def close(self) -> None:
         if self.writer:
             self.writer.close()
+
+    def _meter(self, connection: _Connection) -> None:
+        """Add the session's bytes since the last call to the metrics: once per transaction and
+        at the close instead of at every command (two counter updates each)."""
+        assert self.metrics is not None
+        self.metrics.smtp_bytes(connection.bytes_in - connection.metered_in, connection.bytes_out - connection.metered_out)
+        connection.metered_in, connection.metered_out = connection.bytes_in, connection.bytes_out
 
     def _emit_json(self, build: Callable[[], dict[str, Any]]) -> None:
         """Records are built only when the JSON log is on (the hot path pays nothing otherwise)."""
