@@ -173,3 +173,38 @@ def test_after_a_slow_inline_commit_commits_wait_in_the_thread_for_a_while(
         assert committed(tmp_path) == ["slow", "paused", "resumed"]
 
     run(tmp_path, test)
+
+
+def test_after_a_non_durable_group_the_idle_writer_restores_full_sync_before_the_next_commit(tmp_path: Path) -> None:
+    """A delivery's deletions commit with synchronous=NORMAL; the writer switches back to FULL
+    as soon as it is idle, in its own thread, so the next message's inline commit (its client
+    waiting for the 250) does not run the PRAGMA itself."""
+    statements: list[tuple[str, str]] = []
+    database, lock = tmp_path / "queue.db", tmp_path / "writer.lock"
+
+    def traced() -> sqlite3.Connection:
+        connection = connect(database)
+        connection.set_trace_callback(lambda sql: statements.append((threading.current_thread().name, sql)))
+        return connection
+
+    async def main() -> None:
+        writer = GroupCommitWriter(traced, lock_path=lock)
+        await writer.start()
+        try:
+            await writer.run(insert("deleted later", []), durable=False)
+            for _ in range(200):  # bounded: the writer restores FULL once idle
+                if writer._synchronous == "FULL":
+                    break
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(group_commit.INLINE_IDLE_SECONDS * 2)
+            caller = threading.current_thread().name
+            statements.clear()
+            assert await writer.run(insert("new message", []), inline=True) == "new message"
+            assert writer.stats.inline_commits == 1
+            inline = [sql for thread, sql in statements if thread == caller]
+            assert inline and not any(sql.upper().startswith("PRAGMA SYNCHRONOUS") for sql in inline), inline
+        finally:
+            await writer.close()
+
+    asyncio.run(main())
+    assert committed(tmp_path) == ["deleted later", "new message"]
