@@ -307,7 +307,9 @@ class TransactionLog:
         """Add the session's bytes since the last call to the metrics: once per transaction and
         at the close instead of at every command (two counter updates each)."""
         assert self.metrics is not None
-        self.metrics.smtp_bytes(connection.bytes_in - connection.metered_in, connection.bytes_out - connection.metered_out)
+        self.metrics.smtp_bytes(
+            connection.bytes_in - connection.metered_in, connection.bytes_out - connection.metered_out
+        )
         connection.metered_in, connection.metered_out = connection.bytes_in, connection.bytes_out
 
     def _emit_json(self, build: Callable[[], dict[str, Any]]) -> None:

@@ -310,7 +310,7 @@ class GroupCommitWriter:
     def _restore_full_sync(self, connection: sqlite3.Connection) -> None:
         """Idle after a group without a durable write: set `synchronous` back to FULL now, so
         that the next new message's commit (often inline, its client waiting) does not pay for
-        the switch (about 25 µs: SQLite reads the schema for it)."""
+        the switch (about 23 µs: SQLite reads the schema for it)."""
         with self._turn:
             if self._connection is None or self._synchronous == "FULL":
                 return

@@ -24,6 +24,7 @@ from typing import Any
 from mailgate.auth.lockout import address_key
 from mailgate.auth.message import QUARANTINE, Origin
 from mailgate.core.envelope import Envelope, Ret
+from mailgate.core.read_deadline import ReadDeadline
 from mailgate.core.reply import (
     AUTH_FAILED, AUTH_REQUIRED, CANNOT_VRFY, CLOSING, HELP, INSUFFICIENT_STORAGE, LOCAL_ERROR,
     LOOP_DETECTED, MESSAGE_TOO_BIG, NOOP_OK, RATE_LIMITED, READY_TLS, RESET_OK, SCANNER_UNAVAILABLE,
@@ -41,7 +42,6 @@ from mailgate.server.context import ListenerProfile, Reception
 from mailgate.server.drain import Drain
 from mailgate.server.line_rules import KEEP, REJECT
 from mailgate.server.message_head import HeadBuilder, received_header
-from mailgate.core.read_deadline import ReadDeadline
 from mailgate.server.screening import Screened, screen_message
 from mailgate.server.tls import describe
 from mailgate.smtp import events as ev

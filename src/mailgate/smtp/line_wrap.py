@@ -51,12 +51,12 @@ class LineWrapper:
 
     def _head_lines(self, complete: bytes, out: bytearray) -> bytes:
         """Write the header lines in `complete` (up to the empty line); return the body part."""
-        end = _end_of_head(complete)
-        head = complete if end < 0 else complete[:end]
+        head_end = _end_of_head(complete)
+        head = complete if head_end < 0 else complete[:head_end]
         if not _has_long_line(head, self._limit):  # the common case: nothing to fold, one copy
             out += head
-            self._in_head = end < 0
-            return b"" if end < 0 else complete[end:]
+            self._in_head = head_end < 0
+            return b"" if head_end < 0 else complete[head_end:]
         position = 0
         while position < len(complete):
             end = complete.index(b"\n", position) + 1
@@ -98,8 +98,9 @@ def _end_of_head(lines: bytes) -> int:
         return 1
     if lines.startswith(b"\r\n"):
         return 2
-    ends = [found + length for found, length in ((lines.find(b"\n\n"), 2), (lines.find(b"\n\r\n"), 3)) if found >= 0]
-    return min(ends, default=-1)
+    # Further in, an empty line is found with the LF that ends the line before it.
+    searches = ((lines.find(b"\n\n"), 2), (lines.find(b"\n\r\n"), 3))
+    return min((found + length for found, length in searches if found >= 0), default=-1)
 
 
 def _has_long_line(lines: bytes, limit: int) -> bool:
