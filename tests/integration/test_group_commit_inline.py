@@ -31,11 +31,11 @@ def connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
-def run(tmp_path: Path, test: WriterTest) -> None:
+def run(tmp_path: Path, test: WriterTest, connect_to: Callable[[Path], sqlite3.Connection] = connect) -> None:
     database, lock = tmp_path / "queue.db", tmp_path / "writer.lock"
 
     async def main() -> None:
-        writer = GroupCommitWriter(lambda: connect(database), lock_path=lock)
+        writer = GroupCommitWriter(lambda: connect_to(database), lock_path=lock)
         await writer.start()
         try:
             await test(writer, lock)
@@ -180,31 +180,25 @@ def test_after_a_non_durable_group_the_idle_writer_restores_full_sync_before_the
     as soon as it is idle, in its own thread, so the next message's inline commit (its client
     waiting for the 250) does not run the PRAGMA itself."""
     statements: list[tuple[str, str]] = []
-    database, lock = tmp_path / "queue.db", tmp_path / "writer.lock"
 
-    def traced() -> sqlite3.Connection:
+    def traced(database: Path) -> sqlite3.Connection:
         connection = connect(database)
         connection.set_trace_callback(lambda sql: statements.append((threading.current_thread().name, sql)))
         return connection
 
-    async def main() -> None:
-        writer = GroupCommitWriter(traced, lock_path=lock)
-        await writer.start()
-        try:
-            await writer.run(insert("deleted later", []), durable=False)
-            for _ in range(200):  # bounded: the writer restores FULL once idle
-                if writer._synchronous == "FULL":
-                    break
-                await asyncio.sleep(0.005)
-            await asyncio.sleep(group_commit.INLINE_IDLE_SECONDS * 2)
-            caller = threading.current_thread().name
-            statements.clear()
-            assert await writer.run(insert("new message", []), inline=True) == "new message"
-            assert writer.stats.inline_commits == 1
-            inline = [sql for thread, sql in statements if thread == caller]
-            assert inline and not any(sql.upper().startswith("PRAGMA SYNCHRONOUS") for sql in inline), inline
-        finally:
-            await writer.close()
+    async def test(writer: GroupCommitWriter, lock: Path) -> None:
+        await writer.run(insert("deleted later", []), durable=False)
+        for _ in range(200):  # bounded: the writer restores FULL once idle
+            if writer._synchronous == "FULL":
+                break
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(group_commit.INLINE_IDLE_SECONDS * 2)
+        caller = threading.current_thread().name
+        statements.clear()
+        assert await writer.run(insert("new message", []), inline=True) == "new message"
+        assert writer.stats.inline_commits == 1
+        inline = [sql for thread, sql in statements if thread == caller]
+        assert inline and not any(sql.upper().startswith("PRAGMA SYNCHRONOUS") for sql in inline), inline
 
-    asyncio.run(main())
+    run(tmp_path, test, connect_to=traced)
     assert committed(tmp_path) == ["deleted later", "new message"]
