@@ -7,17 +7,20 @@ the queue holds afterwards, byte for byte after our Received header.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import smtplib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mailgate.auth.store import FileUserStore
+from mailgate.server import session as session_module
 from tests.support.mailgate_server import InProcessMailgate
 from tests.support.receiving import (
-    EXTERNAL, HOSTED, HOSTNAME, RawSmtp, client_context, config_text, only_message, queued,
+    EXTERNAL, HOSTED, HOSTNAME, REPLY_TIMEOUT, RawSmtp, client_context, config_text, only_message, queued,
     split_received,
 )
 
@@ -333,3 +336,42 @@ def test_idle_client_is_disconnected_after_the_command_timeout(tmp_path: Path) -
     assert greeting.code == 220
     assert (timeout.code, timeout.lines[0][:5]) == (421, "4.4.2")  # RFC 5321 §4.5.3.2.7
     assert closed
+
+
+def test_reply_to_the_end_of_data_goes_out_before_the_cpu_is_given_up_and_the_records_follow(
+    mailgate: InProcessMailgate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux wakes a local client on the session's CPU: the session must yield it after the 250
+    and before the message's records and hand-off, on a reused connection too."""
+    events: list[str] = []
+    original_flush = session_module.Session._flush
+
+    async def flush(self) -> None:
+        if b"queued as" in self.out:
+            events.append("reply")
+        await original_flush(self)
+
+    class QueuedRecords(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("queued "):
+                events.append("records")
+
+    handler = QueuedRecords(logging.INFO)
+    smtp_log = logging.getLogger("mailgate.smtp")
+    level = smtp_log.level
+    smtp_log.setLevel(logging.INFO)
+    smtp_log.addHandler(handler)
+    monkeypatch.setattr(session_module.Session, "_flush", flush)
+    monkeypatch.setattr(session_module.os, "sched_yield", lambda: events.append("yield"))
+    try:
+        with smtplib.SMTP("127.0.0.1", mailgate.port("mx"), timeout=REPLY_TIMEOUT) as client:
+            for number in (1, 2):
+                client.sendmail("sender@external.test", [f"user@{HOSTED}"], f"Subject: {number}\r\n\r\nbody\r\n")
+        deadline = time.monotonic() + REPLY_TIMEOUT
+        while events.count("records") < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        smtp_log.removeHandler(handler)
+        smtp_log.setLevel(level)
+
+    assert events == ["reply", "yield", "records"] * 2
