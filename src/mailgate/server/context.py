@@ -16,6 +16,7 @@ from mailgate.policy.limits import MessageRateLimits
 from mailgate.policy.relay import RelayPolicy
 from mailgate.queue.store import QueueStore
 from mailgate.screen import Screener
+from mailgate.server.cpu_handover import CpuHandover
 from mailgate.server.line_rules import LineRules
 
 
@@ -66,6 +67,7 @@ class Reception:
     authenticator: Any = None  # auth.message.MessageAuthenticator: DKIM signing, inbound checks
     postmaster_domain: str = ""  # where RCPT TO:<Postmaster> goes (app_config.postmaster_domain)
     recipients: Any = None  # recipients.source.RecipientValidation: asked at RCPT for hosted domains
+    cpu_handover: CpuHandover = field(default_factory=CpuHandover)  # after the end of data's reply
 
     def reload(self, settings: Mapping[str, Any]) -> None:
         """Take the settings a reload changes (SIGHUP; app_config.reception_settings): each

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -231,11 +230,7 @@ class Session:
             self.out += encoded
             if isinstance(event, ev.MessageEnd):
                 await self._flush()  # the client waits for this one: its records can wait instead
-                # Linux wakes the reader of a socket on the writer's CPU when that CPU runs
-                # nothing else (a "sync" wake-up: the writer is expected to block), so a client
-                # on this host (a content filter, a local submitter) would wait for the records
-                # and the delivery hand-off that follow (0.2-0.3 ms). Let it read the reply first.
-                os.sched_yield()
+                self.reception.cpu_handover.after_end_of_data_reply()  # a local client reads it first
             self._log_command(event, reply, len(encoded), started, queue_id)
             if protocol.mode is Mode.CLOSED:  # Quit, TooManyErrors, FramingLost
                 await self._flush()
