@@ -26,11 +26,11 @@ def yields(monkeypatch: pytest.MonkeyPatch) -> tuple[list[float], list[float]]:
 
 def test_the_first_reply_and_one_after_a_quiet_spell_yield(yields) -> None:
     readings, yielded = yields
-    readings += [100.0, 100.0 + QUIET_SECONDS, 100.0 + 10 * QUIET_SECONDS]
+    readings += [100.0, 100.0 + 2 * QUIET_SECONDS, 100.0 + 10 * QUIET_SECONDS]
     handover = CpuHandover()
     for _ in range(3):
         handover.after_end_of_data_reply()
-    assert yielded == [100.0, 100.0 + QUIET_SECONDS, 100.0 + 10 * QUIET_SECONDS]
+    assert yielded == [100.0, 100.0 + 2 * QUIET_SECONDS, 100.0 + 10 * QUIET_SECONDS]
 
 
 def test_a_burst_of_ends_of_data_yields_once(yields) -> None:
