@@ -6,10 +6,9 @@ wake-up: the writer is expected to block next). A session does not block after t
 writes the message's records and hands the message to delivery, 0.2-0.3 ms of CPU, and a client
 on the same host (a content filter, a local submitter, a load generator) waits that long for a
 250 already written. `os.sched_yield()` lets it read the reply first.
-Only when the worker is lightly loaded: under load other sessions are ready and the client is
-served anyway, while a yield per message hands the CPU to other processes at every message
-(measured: 2-6 % less throughput at 100 concurrent sessions). A worker whose previous end of data
-is more than `QUIET_SECONDS` ago counts as lightly loaded.
+Only when the worker is lightly loaded (its previous end of data is more than `QUIET_SECONDS`
+ago): under load other sessions are ready and the client is served anyway, and a yield per
+message would hand the CPU to other processes at every message for nothing.
 Must not: block, or yield anywhere else than after a reply.
 """
 
