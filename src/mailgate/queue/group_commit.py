@@ -11,6 +11,8 @@ An operation submitted with `durable=False` (delivery bookkeeping: leases, attem
 deletions) does not need an fsync of its own: a group made only of such operations commits with
 `synchronous=NORMAL` (atomic, survives a process crash, written to disk by the next durable
 commit or checkpoint); a group holding any durable operation commits with `synchronous=FULL`.
+`run_unawaited` queues such a write from any thread with nobody waiting for it (the store's
+restart of the WAL after a checkpoint, queue/checkpointer.py).
 An operation may also carry a `stage` function: data kept outside SQLite (large bodies in segment
 files, queue/segments.py) is written by the stages of the whole group BEFORE its transaction; then
 `Staging.sync()` (one fdatasync per group) runs in a helper thread WHILE the transaction commits,
@@ -129,8 +131,8 @@ class WriterStats:
 @dataclass(slots=True)
 class _Operation:
     function: WriteFunction
-    future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any] | None  # None: nobody awaits it (`run_unawaited`)
+    loop: asyncio.AbstractEventLoop | None
     after_commit: list[AfterCommit] = field(default_factory=list)
     durable: bool = True
     stage: StageFunction | None = None
@@ -213,6 +215,14 @@ class GroupCommitWriter:
             return operation.result
         self._inbox.put(operation)
         return await future
+
+    def run_unawaited(self, function: WriteFunction) -> None:
+        """Queue a write that nobody awaits, from any thread: non-durable (it commits with the
+        next group, or alone with `synchronous=NORMAL`), its result and errors dropped. Ignored
+        once the writer is stopping."""
+        if self._stopping or not self._thread.is_alive():
+            return
+        self._inbox.put(_Operation(function, None, None, durable=False))
 
     def _committed_inline(self, operation: _Operation) -> bool:
         """Commit `operation` alone in the calling thread if the writer is idle; False (nothing
@@ -489,7 +499,8 @@ class GroupCommitWriter:
         """One wake-up of each caller's loop for the whole group, not one per operation."""
         by_loop: dict[asyncio.AbstractEventLoop, list[_Operation]] = {}
         for operation in group:
-            by_loop.setdefault(operation.loop, []).append(operation)
+            if operation.loop is not None:
+                by_loop.setdefault(operation.loop, []).append(operation)
         for loop, operations in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_resolve_all, operations)
@@ -509,6 +520,7 @@ def _checkpointed(connection: sqlite3.Connection) -> bool:
 
 def _resolve_all(operations: list[_Operation]) -> None:
     for operation in operations:
+        assert operation.future is not None  # only awaited operations are settled
         if operation.future.cancelled():
             continue
         if operation.error is not None:
