@@ -9,12 +9,13 @@ import asyncio
 import sqlite3
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from mailgate.core.envelope import Envelope, Recipient
 from mailgate.core.address import parse_mailbox
+from mailgate.core.envelope import Envelope, Recipient
 from mailgate.queue.group_commit import GroupCommitWriter
 from mailgate.queue.sqlite_store import SqliteQueueStore
 from mailgate.queue.store import MessageMeta
@@ -31,7 +32,7 @@ def wal_salts(spool: Path) -> bytes:
         return wal.read(24)[16:24]
 
 
-async def wait_until(condition, what: str) -> None:
+async def wait_until(condition: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + WAIT_LIMIT
     while not condition():
         if time.monotonic() > deadline:
@@ -46,14 +47,10 @@ async def accept(store: SqliteQueueStore) -> str:
     return await store.commit(writer, envelope, MessageMeta())
 
 
-def run(spool: Path, test) -> None:
+def run(spool: Path, test: Callable[[SqliteQueueStore], Awaitable[None]]) -> None:
     async def main() -> None:
-        store = SqliteQueueStore(spool, checkpoint_interval=CHECKPOINT_INTERVAL)
-        await store.open()
-        try:
+        async with SqliteQueueStore(spool, checkpoint_interval=CHECKPOINT_INTERVAL) as store:
             await test(store)
-        finally:
-            await store.close()
 
     asyncio.run(main())
 
