@@ -100,8 +100,8 @@ def _insert_batch(connection: sqlite3.Connection, first_id: int, count: int, bod
         recipient_rows.append(rcpt)
         body_rows.append((message_id, body))
     connection.execute("BEGIN")
-    connection.executemany(sqlite_queries.insert_sql("messages", message_rows[0]), message_rows)
-    connection.executemany(sqlite_queries.insert_sql("recipients", recipient_rows[0]), recipient_rows)
+    for table, rows in (("messages", message_rows), ("recipients", recipient_rows)):
+        connection.executemany(sqlite_queries.insert_sql(table, tuple(rows[0])), [tuple(row.values()) for row in rows])
     connection.executemany("INSERT INTO bodies (message_id, data) VALUES (?, ?)", body_rows)
     connection.execute("COMMIT")
 
