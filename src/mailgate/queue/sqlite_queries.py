@@ -49,12 +49,12 @@ def insert_message(
         if counted != 1:
             raise segments.SegmentError(f"segment {body.segment} has no row")
     row = {**row, "next_due": row["created"]}  # every recipient is due at once (below)
-    cursor = connection.execute(insert_sql("messages", tuple(row)), tuple(row.values()))
+    cursor = _insert_row(connection, "messages", row)
     message_id = cursor.lastrowid
     assert message_id is not None
     for index, recipient in enumerate(envelope.recipients):
         recipient_row = records.recipient_row(message_id, index, recipient, row["created"])
-        connection.execute(insert_sql("recipients", tuple(recipient_row)), tuple(recipient_row.values()))
+        _insert_row(connection, "recipients", recipient_row)
     if isinstance(body, bytes):
         connection.execute(
             "INSERT INTO bodies (message_id, data) VALUES (?, ?)", (message_id, body)
@@ -76,6 +76,10 @@ def insert_sql(table: str, columns: tuple[str, ...]) -> str:
     """The INSERT for these columns, with positional parameters in their order: made once per
     shape, and bound without a look-up by name (about 6 µs less per new message)."""
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+def _insert_row(connection: sqlite3.Connection, table: str, row: dict[str, Any]) -> sqlite3.Cursor:
+    return connection.execute(insert_sql(table, tuple(row)), tuple(row.values()))
 
 
 def _copy_spill_file(
