@@ -6,17 +6,21 @@ a trusted client, which may relay anywhere else.
 Before: only the listeners' own configured addresses counted, and a wildcard one none, so the
 trusted client got 250 for `user@[<the host's eth0 address>]` and the message looped.
 The addresses come from the host's real interfaces (psutil); loopback is always among them.
+The port is probed on the wildcard itself: one free on 127.0.0.1 may be held on another address
+(a peer another test left on 127.0.0.2), which a wildcard bind would collide with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 from pathlib import Path
 
 import pytest
 
 from mailgate.server.interfaces import interface_addresses
+from tests.conftest import free_port
 from tests.support.mailgate_server import InProcessMailgate
 from tests.support.receiving import EXTERNAL, RawSmtp, config_text
 
@@ -48,7 +52,8 @@ async def _rcpt_replies(host: str, port: int, recipients: list[str]) -> dict[str
 def test_a_literal_naming_any_interface_of_a_wildcard_listener_is_refused(
     tmp_path: Path, wildcard: str, loopback: str
 ) -> None:
-    text = config_text(tmp_path).replace('address = "127.0.0.1:', f'address = "{wildcard}:', 1)
+    port = free_port(wildcard.strip("[]"))
+    text = re.sub(r'address = "127\.0\.0\.1:\d+"', f'address = "{wildcard}:{port}"', config_text(tmp_path), count=1)
     text = text.replace('trusted_networks = ["127.0.0.1/32"]', 'trusted_networks = ["127.0.0.1/32", "::1/128"]')
     interfaces = interface_addresses()
     others = [a for a in interfaces if not a.is_loopback]
